@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the C tests in $1 (or only test $2), each under a timeout, and
+# prints one line per test and a summary line "N passed, N failed, N skipped".
+# A skip (exit 77) prints its reason; under CI (CI=true) a skip fails.
+set -u
+dir=$1
+only=${2:-}
+limit=${TEST_TIMEOUT:-120}
+pass=0 fail=0 skip=0 failed=()
+for t in "$dir"/*; do
+	[ -x "$t" ] || continue
+	name=$(basename "$t")
+	[ -n "$only" ] && [ "$name" != "$only" ] && continue
+	log=$(mktemp)
+	start=$(date +%s%N)
+	if [ -n "${VALGRIND:-}" ]; then
+		timeout -k 5 $((limit * 4)) valgrind -q --error-exitcode=99 --leak-check=full \
+			--errors-for-leak-kinds=definite "$t" >"$log" 2>&1
+	else
+		timeout -k 5 "$limit" "$t" >"$log" 2>&1
+	fi
+	rc=$?
+	ms=$(( ($(date +%s%N) - start) / 1000000 ))
+	secs=$((ms / 1000)).$(printf '%03d' $((ms % 1000)))
+	case $rc in
+	0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
+	77)
+		skip=$((skip + 1))
+		echo "SKIP $name: $(tail -n 1 "$log")"
+		if [ "${CI:-}" = true ]; then failed+=("$name(skipped in CI)"); fi
+		;;
+	*)
+		fail=$((fail + 1)); failed+=("$name")
+		[ $rc -eq 124 ] && echo "FAIL $name: timed out after ${limit}s" || echo "FAIL $name (exit $rc)"
+		sed 's/^/    /' "$log" | tail -n 40
+		;;
+	esac
+	rm -f "$log"
+done
+echo "c-tests: $pass passed, $fail failed, $skip skipped"
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "c-tests failing: ${failed[*]}"
+	exit 1
+fi
+[ $((pass + fail + skip)) -gt 0 ] || { echo "c-tests: no test ran"; exit 1; }
+exit 0

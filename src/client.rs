@@ -1,0 +1,417 @@
+//! `struct dm_io_client`: private memory, an engine, a completion thread,
+//! and the set of live requests (for cancel by device and destroy).
+//!
+//! [`Client::submit`] is `dm_io` without the C: it checks the request
+//! against the devices, splits regions into slot-sized operations, copies
+//! write data into private memory and hands the operations to the engine.
+
+use crate::completion::CompletionThread;
+use crate::device::Device;
+use crate::engine::{uring::UringEngine, Engine, EngineKind, IoOp, OpKind};
+use crate::error::{Error, Result};
+use crate::handle;
+use crate::memory::caller::CallerMemory;
+use crate::memory::pool::{Pool, SlotRef};
+use crate::memory::PAGE_SIZE;
+use crate::request::{CancelReason, Event, Mode, Notifier, RegionSpec, Request, RequestOwner, State};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Most devices (regions per request) a client may declare.
+pub(crate) const MAX_DEVICES: u32 = 1024;
+/// Largest `max_size` accepted (1 GiB).
+pub(crate) const MAX_SIZE_LIMIT: u32 = 1 << 30;
+
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// Per-client counters (cheap atomics).
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub regions: AtomicU64,
+    pub ok: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub errors: AtomicU64,
+    pub late: AtomicU64,
+}
+
+struct Live {
+    closed: bool,
+    reqs: HashMap<u64, Arc<Request>>,
+}
+
+/// Shared state of one client.
+pub struct Client {
+    id: u64,
+    devices: u32,
+    min_ios: u32,
+    max_size: u32,
+    pool: Arc<Pool>,
+    engine: Arc<dyn Engine>,
+    live: Mutex<Live>,
+    completion: CompletionThread,
+    next_req: AtomicU64,
+    pub counters: Counters,
+}
+
+/// One `dm_io` call, decoded.
+pub struct Submit {
+    pub mode: Mode,
+    pub flush: bool,
+    pub fua: bool,
+    pub timeout: Option<Duration>,
+    pub regions: Vec<RegionSpec>,
+    pub mem: CallerMemory,
+    pub notify: Option<Box<dyn Notifier>>,
+    pub want_handle: bool,
+}
+
+/// What `dm_io` returns: the handle (if asked) and, for SYNC, the summary.
+pub struct Submitted {
+    pub handle: Option<usize>,
+    pub result: i32,
+}
+
+fn total_ram() -> u64 {
+    // SAFETY: sysinfo fills the zeroed struct; result checked.
+    let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return u64::MAX;
+    }
+    (si.totalram as u64).saturating_mul(si.mem_unit as u64)
+}
+
+/// Checks the proposal's arguments; returns (slots, slot size).
+pub fn geometry(devices: u32, min_ios: u32, max_size: u32) -> Result<(u32, usize)> {
+    if devices == 0 || devices > MAX_DEVICES {
+        return Err(crate::einval!("devices must be 1..={MAX_DEVICES}, got {devices}"));
+    }
+    if min_ios == 0 {
+        return Err(crate::einval!("min_ios must be at least 1"));
+    }
+    if max_size == 0 || max_size > MAX_SIZE_LIMIT {
+        return Err(crate::einval!("max_size must be 1..={MAX_SIZE_LIMIT} bytes, got {max_size}"));
+    }
+    let slots = devices
+        .checked_mul(min_ios)
+        .ok_or_else(|| Error::new(libc::ENOMEM, "devices x min_ios overflows"))?;
+    let slot_size = (max_size as usize).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let bytes = (slots as u64).saturating_mul(slot_size as u64);
+    if bytes > total_ram() {
+        return Err(Error::new(
+            libc::ENOMEM,
+            format!("private memory of {bytes} bytes exceeds this machine's RAM"),
+        ));
+    }
+    Ok((slots, slot_size))
+}
+
+impl Client {
+    /// `dm_io_client_create` on the io_uring reactor.
+    pub fn create(devices: u32, min_ios: u32, max_size: u32) -> Result<Arc<Client>> {
+        let (slots, _) = geometry(devices, min_ios, max_size)?;
+        let entries = (slots.saturating_mul(2)).clamp(64, 4096).next_power_of_two();
+        let engine = UringEngine::new(entries)?;
+        Client::with_engine(devices, min_ios, max_size, engine)
+    }
+
+    /// A client on the given engine (tests drive a manual one).
+    pub fn with_engine(
+        devices: u32,
+        min_ios: u32,
+        max_size: u32,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Arc<Client>> {
+        let (slots, slot_size) = geometry(devices, min_ios, max_size)?;
+        let pool = Pool::new(slots, slot_size)?;
+        let completion = CompletionThread::start("dmio-notify")
+            .map_err(|e| Error::from_io("spawn completion thread", &e))?;
+        Ok(Arc::new(Client {
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            devices,
+            min_ios,
+            max_size,
+            pool,
+            engine,
+            live: Mutex::new(Live {
+                closed: false,
+                reqs: HashMap::new(),
+            }),
+            completion,
+            next_req: AtomicU64::new(1),
+            counters: Counters::default(),
+        }))
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    pub fn devices(&self) -> u32 {
+        self.devices
+    }
+    pub fn min_ios(&self) -> u32 {
+        self.min_ios
+    }
+    pub fn max_size(&self) -> u32 {
+        self.max_size
+    }
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+    /// Requests not yet final.
+    pub fn live_requests(&self) -> usize {
+        self.live().reqs.len()
+    }
+
+    fn check(&self, s: &Submit) -> Result<()> {
+        let n = s.regions.len();
+        if n == 0 {
+            return Err(crate::einval!("num_regions is 0"));
+        }
+        if n > self.devices as usize {
+            return Err(crate::einval!(
+                "{n} regions, but the client was created for {} devices",
+                self.devices
+            ));
+        }
+        if !s.mode.write {
+            if n != 1 {
+                return Err(crate::einval!("a read names exactly one region, got {n}"));
+            }
+            if s.flush || s.fua {
+                return Err(crate::einval!("DM_IO_FLUSH and DM_IO_FUA apply to writes only"));
+            }
+        }
+        if !s.mode.sync && s.notify.is_none() {
+            return Err(crate::einval!("an asynchronous request needs a notify function"));
+        }
+        let mut need = 0u64;
+        for (i, r) in s.regions.iter().enumerate() {
+            if s.mode.write && r.dev.read_only() {
+                return Err(Error::new(libc::EBADF, format!("region {i}: device opened read-only")));
+            }
+            if r.count == 0 {
+                if s.mode.write && s.flush {
+                    continue;
+                }
+                return Err(crate::einval!("region {i}: count is 0 (allowed only for a DM_IO_FLUSH write)"));
+            }
+            let end = r.sector.checked_add(r.count);
+            if end.is_none_or(|e| e > r.dev.sectors()) {
+                return Err(crate::einval!(
+                    "region {i}: sectors {}+{} beyond the device end ({} sectors)",
+                    r.sector,
+                    r.count,
+                    r.dev.sectors()
+                ));
+            }
+            let lbs_sectors = (r.dev.logical_block_size() / 512) as u64;
+            if r.sector % lbs_sectors != 0 || r.count % lbs_sectors != 0 {
+                return Err(crate::einval!(
+                    "region {i}: sector {} / count {} not aligned to the device's {}-byte blocks",
+                    r.sector,
+                    r.count,
+                    r.dev.logical_block_size()
+                ));
+            }
+            need = need.max(r.count * 512);
+        }
+        if (s.mem.len() as u64) < need {
+            return Err(crate::einval!("memory covers {} bytes, regions need {need}", s.mem.len()));
+        }
+        Ok(())
+    }
+
+    /// `dm_io`: validates and starts the request. Waits for private memory
+    /// while all of it is in use; for SYNC requests waits for the end.
+    pub fn submit(self: &Arc<Self>, s: Submit) -> Result<Submitted> {
+        self.check(&s)?;
+        let slot = self.pool.slot_size() as u64;
+        let nreg = s.regions.len();
+        let regions: Vec<(RegionSpec, u32)> = s
+            .regions
+            .into_iter()
+            .map(|r| {
+                let ops = (r.count * 512).div_ceil(slot).max(1) as u32;
+                (r, ops)
+            })
+            .collect();
+        let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
+        let req = Request::new(
+            self.next_req.fetch_add(1, Ordering::Relaxed),
+            self.id,
+            s.mode,
+            regions,
+            s.mem,
+            s.notify,
+            owner,
+        );
+        let token = handle::register(Arc::clone(&req), s.want_handle as u32);
+        req.set_handle(token);
+        {
+            let mut live = self.live();
+            if live.closed {
+                drop(live);
+                handle::discard(token);
+                return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
+            }
+            live.reqs.insert(req.id, Arc::clone(&req));
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.regions.fetch_add(nreg as u64, Ordering::Relaxed);
+        if let Some(t) = s.timeout {
+            if let Some(at) = Instant::now().checked_add(t) {
+                self.engine.arm_deadline(at, Arc::downgrade(&req));
+            }
+        }
+        self.start(&req, s.flush, s.fua);
+        let result = if s.mode.sync { req.wait_sync() } else { 0 };
+        Ok(Submitted {
+            handle: s.want_handle.then_some(token),
+            result,
+        })
+    }
+
+    /// Takes a slot, handing queued ops to the engine before waiting so
+    /// they can run (and free memory) meanwhile.
+    fn slot(&self, batch: &mut Vec<IoOp>) -> Option<SlotRef> {
+        if let Some(s) = self.pool.try_acquire() {
+            return Some(s);
+        }
+        self.engine.submit(std::mem::take(batch));
+        self.pool.acquire().ok()
+    }
+
+    fn start(&self, req: &Arc<Request>, flush: bool, fua: bool) {
+        let slot_size = self.pool.slot_size() as u64;
+        let n = req.num_regions();
+        let specs: Vec<(Arc<Device>, u64, u64)> = (0..n)
+            .map(|i| req.with_region(i, |r| (Arc::clone(&r.dev), r.sector * 512, r.count * 512)))
+            .collect();
+        let mut batch = Vec::new();
+        let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
+            kind,
+            offset: specs[i].1 + off,
+            len: len as u32,
+            pre_flush: flush && kind == OpKind::Write,
+            fua: fua && kind == OpKind::Write,
+            dev: Arc::clone(&specs[i].0),
+            req: Arc::clone(req),
+            region: i as u32,
+            mem_off: off,
+            slot,
+        };
+        for (i, s) in specs.iter().enumerate() {
+            if s.2 == 0 {
+                batch.push(op(OpKind::Flush, i, 0, 0, None));
+            }
+        }
+        let total = specs.iter().map(|s| s.2).max().unwrap_or(0);
+        let mut off = 0;
+        let mut aborted = false;
+        while off < total {
+            let chunk = slot_size.min(total - off);
+            let Some(slot) = self.slot(&mut batch) else {
+                aborted = true;
+                break;
+            };
+            if req.mode.write {
+                let users = req.fill_write_chunk(off, chunk as usize, &slot);
+                if users.is_empty() && req.live_regions() == 0 {
+                    break;
+                }
+                for i in users {
+                    let len = slot_size.min(specs[i as usize].2 - off);
+                    batch.push(op(OpKind::Write, i as usize, off, len, Some(slot.clone())));
+                }
+            } else {
+                if !req.is_region_live(0) {
+                    break;
+                }
+                batch.push(op(OpKind::Read, 0, off, chunk, Some(slot)));
+            }
+            off += chunk;
+        }
+        self.engine.submit(batch);
+        if aborted {
+            req.cancel_where(CancelReason::Shutdown, |_| true);
+        }
+    }
+
+    /// `dm_io_cancel_by_handle`: cancels the request's live regions.
+    pub fn cancel_request(&self, req: &Arc<Request>) -> Result<usize> {
+        if req.client_id != self.id {
+            return Err(crate::einval!("handle belongs to another client"));
+        }
+        Ok(req.cancel_where(CancelReason::User, |_| true))
+    }
+
+    /// `dm_io_cancel_by_device`: cancels every live region on `dev`.
+    pub fn cancel_device(&self, dev: &Device) -> usize {
+        let reqs: Vec<Arc<Request>> = self.live().reqs.values().cloned().collect();
+        let id = dev.id();
+        reqs.iter()
+            .map(|r| r.cancel_where(CancelReason::User, |d| d.id() == id))
+            .sum()
+    }
+
+    /// `dm_io_client_destroy`: cancels everything, delivers the CANCELLED
+    /// notifications, stops the threads. Kernel IO still running keeps its
+    /// private memory; the reactor frees it when the IO ends.
+    pub fn destroy(&self) {
+        let reqs: Vec<Arc<Request>> = {
+            let mut live = self.live();
+            live.closed = true;
+            live.reqs.values().cloned().collect()
+        };
+        self.pool.close();
+        for r in &reqs {
+            r.cancel_where(CancelReason::Shutdown, |_| true);
+        }
+        self.engine.shutdown();
+        self.completion.stop();
+    }
+
+    /// Whether the caller runs inside one of this client's notify calls.
+    pub fn in_notify(&self) -> bool {
+        self.completion.is_current()
+    }
+}
+
+impl RequestOwner for Client {
+    fn deliver_async(&self, ev: Event) {
+        self.count(&ev);
+        self.completion.push(ev);
+    }
+
+    fn request_final(&self, req: &Request) {
+        self.live().reqs.remove(&req.id);
+    }
+
+    fn request_delivered(&self, req: &Request) {
+        handle::release_lib(req.handle());
+    }
+}
+
+impl Client {
+    fn count(&self, ev: &Event) {
+        let c = &self.counters;
+        match ev.state {
+            State::Ok => c.ok.fetch_add(1, Ordering::Relaxed),
+            State::Timeout => c.timeouts.fetch_add(1, Ordering::Relaxed),
+            State::Cancelled => c.cancelled.fetch_add(1, Ordering::Relaxed),
+            State::Error => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}

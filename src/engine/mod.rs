@@ -1,0 +1,104 @@
+//! Engines perform operations; they know nothing of regions or notify.
+//!
+//! The client splits a request into [`IoOp`]s and hands them to an
+//! [`Engine`]. The engine starts each one (after asking the device's fault
+//! table), and when the kernel is done with it calls [`IoOp::complete`],
+//! which gives the result to the request's state machine. Engines also keep
+//! the requests' deadlines. Every op owns its private memory (`slot`) from
+//! submission until `complete`, so the memory outlives any caller that
+//! cancelled or any client that was destroyed meanwhile.
+
+pub mod sched;
+pub mod uring;
+
+#[cfg(test)]
+pub mod manual;
+
+use crate::device::Device;
+use crate::memory::pool::SlotRef;
+use crate::request::Request;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+/// What an operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Read,
+    Write,
+    /// fdatasync of the device (an empty flush).
+    Flush,
+}
+
+/// One kernel operation: up to one slot of one region.
+pub struct IoOp {
+    pub kind: OpKind,
+    /// Byte offset on the device.
+    pub offset: u64,
+    /// Bytes to transfer (0 for a flush).
+    pub len: u32,
+    /// Flush the device before this write (`DM_IO_FLUSH`).
+    pub pre_flush: bool,
+    /// Write through to stable media (`DM_IO_FUA`, RWF_DSYNC).
+    pub fua: bool,
+    pub dev: Arc<Device>,
+    pub req: Arc<Request>,
+    pub region: u32,
+    /// Offset of this op's data in the caller's memory.
+    pub mem_off: u64,
+    /// The private memory `buf()` points into; owned by this op until it completes.
+    pub slot: Option<SlotRef>,
+}
+
+impl IoOp {
+    /// Start of the op's buffer in private memory (null for a flush).
+    pub fn buf(&self) -> *mut u8 {
+        self.slot
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |s| s.as_ptr())
+    }
+
+    pub fn is_write(&self) -> bool {
+        self.kind != OpKind::Read
+    }
+
+    /// First sector and sector count, for fault rules.
+    pub fn sectors(&self) -> (u64, u64) {
+        (self.offset / 512, self.len as u64 / 512)
+    }
+
+    /// The kernel (or a fault rule) is done with this op: `res` is the byte
+    /// count or a negative errno. Releases the private memory, then tells
+    /// the request.
+    pub fn complete(self, res: i32) {
+        let IoOp {
+            req,
+            region,
+            mem_off,
+            slot,
+            len,
+            ..
+        } = self;
+        req.op_done(region, mem_off, slot, len, res);
+    }
+}
+
+/// Which engine runs a client's IO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Uring,
+    Threads,
+    Manual,
+}
+
+/// An IO engine: the io_uring reactor, or (for tests) a hand-driven one.
+pub trait Engine: Send + Sync {
+    fn kind(&self) -> EngineKind;
+    /// Starts the ops; never waits for IO. Ops that cannot be started end
+    /// through `complete` with a negative errno.
+    fn submit(&self, ops: Vec<IoOp>);
+    /// Calls `on_deadline` on the request at `at` if it is still alive.
+    fn arm_deadline(&self, at: Instant, req: Weak<Request>);
+    /// Accepts no more work; finishes (without waiting for it here) every op
+    /// still in the kernel, then releases its resources.
+    fn shutdown(&self);
+}

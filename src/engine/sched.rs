@@ -1,0 +1,138 @@
+//! Engine-independent timing: request deadlines, and ops delayed or held by
+//! fault rules. Engines own one [`Sched`] on their reactor thread.
+
+use super::IoOp;
+use crate::device::faults::Decision;
+use crate::request::Request;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+/// How often held ops are looked at again for a changed fault spec.
+const HOLD_POLL: Duration = Duration::from_millis(2);
+
+struct Timed<T> {
+    at: Instant,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Timed<T> {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl<T> Eq for Timed<T> {}
+impl<T> PartialOrd for Timed<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Timed<T> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// Deadlines plus delayed and held operations.
+#[derive(Default)]
+pub struct Sched {
+    seq: u64,
+    deadlines: BinaryHeap<Reverse<Timed<Weak<Request>>>>,
+    delayed: BinaryHeap<Reverse<Timed<IoOp>>>,
+    held: Vec<(u64, IoOp)>,
+}
+
+impl Sched {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn arm(&mut self, at: Instant, req: Weak<Request>) {
+        let seq = self.next_seq();
+        self.deadlines.push(Reverse(Timed { at, seq, item: req }));
+    }
+
+    /// Applies the device's fault rules to a new op: returns it when it
+    /// may start now; otherwise parks it or completes it here.
+    pub fn admit(&mut self, op: IoOp, now: Instant) -> Option<IoOp> {
+        let faults = &op.dev.faults;
+        if !faults.is_active() {
+            return Some(op);
+        }
+        let gen = faults.generation();
+        let (sector, count) = op.sectors();
+        match faults.decide(op.is_write(), sector, count) {
+            Decision::Pass => Some(op),
+            Decision::Delay(d) => {
+                let seq = self.next_seq();
+                self.delayed.push(Reverse(Timed {
+                    at: now + d,
+                    seq,
+                    item: op,
+                }));
+                None
+            }
+            Decision::Hold => {
+                self.held.push((gen, op));
+                None
+            }
+            Decision::Fail(e) => {
+                op.complete(-e);
+                None
+            }
+            Decision::Drop => {
+                let len = op.len as i32;
+                op.complete(len);
+                None
+            }
+        }
+    }
+
+    /// Fires due deadlines and moves ops that may start now into `ready`.
+    pub fn expire(&mut self, now: Instant, ready: &mut Vec<IoOp>) {
+        while self.deadlines.peek().is_some_and(|t| t.0.at <= now) {
+            let t = self.deadlines.pop().expect("peeked").0;
+            if let Some(req) = t.item.upgrade() {
+                req.on_deadline();
+            }
+        }
+        while self.delayed.peek().is_some_and(|t| t.0.at <= now) {
+            ready.push(self.delayed.pop().expect("peeked").0.item);
+        }
+        if self.held.iter().any(|(g, op)| op.dev.faults.generation() != *g) {
+            for (g, op) in std::mem::take(&mut self.held) {
+                if op.dev.faults.generation() == g {
+                    self.held.push((g, op));
+                } else if let Some(op) = self.admit(op, now) {
+                    ready.push(op);
+                }
+            }
+        }
+    }
+
+    /// When the engine must look again, if ever.
+    pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        let mut t = self.deadlines.peek().map(|d| d.0.at);
+        if let Some(d) = self.delayed.peek() {
+            t = Some(t.map_or(d.0.at, |x| x.min(d.0.at)));
+        }
+        if !self.held.is_empty() {
+            let p = now + HOLD_POLL;
+            t = Some(t.map_or(p, |x| x.min(p)));
+        }
+        t
+    }
+
+    /// Ops parked here (delayed or held): they still own private memory.
+    pub fn parked(&self) -> usize {
+        self.delayed.len() + self.held.len()
+    }
+
+    /// Forgets deadlines (at shutdown every request is final).
+    pub fn clear_deadlines(&mut self) {
+        self.deadlines.clear();
+    }
+}

@@ -1,0 +1,355 @@
+//! The io_uring reactor: one thread owns the ring.
+//!
+//! Callers hand ops over a channel and wake the thread through an eventfd
+//! (only when it sleeps). The thread pushes submission entries in batches,
+//! waits in `io_uring_enter` until a completion or the next deadline, and
+//! completes ops from their CQEs. In-flight ops live in a slab keyed by the
+//! entry's `user_data`; the slab entry owns the op's private memory until
+//! the kernel posts its completion. After `shutdown` the thread keeps
+//! running until every op in the kernel has completed ("graveyard"), then
+//! drops the ring and the memory.
+
+use super::sched::Sched;
+use super::{Engine, EngineKind, IoOp, OpKind};
+use crate::error::{Error, Result};
+use crate::request::Request;
+use crossbeam_channel::{Receiver, Sender};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+enum Msg {
+    Ops(Vec<IoOp>),
+    Deadline(Instant, Weak<Request>),
+    Shutdown,
+}
+
+/// Wakes the reactor when (and only when) it is about to sleep.
+struct Waker {
+    efd: OwnedFd,
+    sleeping: AtomicBool,
+}
+
+impl Waker {
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
+        }
+    }
+}
+
+/// Handle to a client's reactor thread.
+pub struct UringEngine {
+    tx: Sender<Msg>,
+    waker: Arc<Waker>,
+}
+
+const WAKE: u64 = u64::MAX;
+const FLUSH_BIT: u64 = 1 << 63;
+
+impl UringEngine {
+    /// Creates the ring (so io_uring refusals surface here, as `-EPERM`,
+    /// `-ENOSYS`, ...) and starts the reactor thread.
+    pub fn new(entries: u32) -> Result<Arc<UringEngine>> {
+        let ring = IoUring::builder()
+            .build(entries)
+            .map_err(|e| Error::from_io("io_uring_setup", &e))?;
+        // SAFETY: plain eventfd creation; result checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(Error::last_os("eventfd"));
+        }
+        // SAFETY: `efd` is a fresh descriptor owned by no one else.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let waker = Arc::new(Waker {
+            efd,
+            sleeping: AtomicBool::new(false),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
+        let reactor = Reactor {
+            ring,
+            rx,
+            waker: Arc::clone(&waker),
+            slab: Vec::new(),
+            free: Vec::new(),
+            inflight: 0,
+            cap,
+            backlog: VecDeque::new(),
+            sched: Sched::default(),
+            shutting: false,
+            wake_buf: 0,
+        };
+        std::thread::Builder::new()
+            .name("dmio-reactor".into())
+            .spawn(move || reactor.run())
+            .map_err(|e| Error::from_io("spawn reactor", &e))?;
+        Ok(Arc::new(UringEngine { tx, waker }))
+    }
+
+    fn send(&self, m: Msg) {
+        match self.tx.send(m) {
+            Ok(()) => self.waker.wake(),
+            // The reactor is gone (it only stops after shutdown or a bug):
+            // nothing can start the ops, so they fail here.
+            Err(e) => {
+                if let Msg::Ops(ops) = e.into_inner() {
+                    for op in ops {
+                        op.complete(-libc::ESHUTDOWN);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Engine for UringEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Uring
+    }
+
+    fn submit(&self, ops: Vec<IoOp>) {
+        if !ops.is_empty() {
+            self.send(Msg::Ops(ops));
+        }
+    }
+
+    fn arm_deadline(&self, at: Instant, req: Weak<Request>) {
+        self.send(Msg::Deadline(at, req));
+    }
+
+    fn shutdown(&self) {
+        self.send(Msg::Shutdown);
+    }
+}
+
+struct Slot {
+    op: IoOp,
+    /// CQEs still to come for this op (2 when a flush is linked before it).
+    cqes: u8,
+    flush_err: i32,
+    data_res: i32,
+}
+
+struct Reactor {
+    ring: IoUring,
+    rx: Receiver<Msg>,
+    waker: Arc<Waker>,
+    slab: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    inflight: usize,
+    cap: usize,
+    backlog: VecDeque<IoOp>,
+    sched: Sched,
+    shutting: bool,
+    wake_buf: u64,
+}
+
+impl Reactor {
+    fn run(mut self) {
+        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(256);
+        let mut ready = Vec::new();
+        self.arm_wake();
+        loop {
+            let now = Instant::now();
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(m, now);
+            }
+            self.sched.expire(now, &mut ready);
+            self.backlog.extend(ready.drain(..));
+            self.push_backlog();
+            if self.shutting
+                && self.inflight == 0
+                && self.backlog.is_empty()
+                && self.sched.parked() == 0
+            {
+                break;
+            }
+            self.wait(now);
+            self.reap(&mut cqes);
+        }
+    }
+
+    fn take(&mut self, m: Msg, now: Instant) {
+        match m {
+            Msg::Ops(ops) => {
+                for op in ops {
+                    if let Some(op) = self.sched.admit(op, now) {
+                        self.backlog.push_back(op);
+                    }
+                }
+            }
+            Msg::Deadline(at, req) => self.sched.arm(at, req),
+            Msg::Shutdown => {
+                self.shutting = true;
+                self.sched.clear_deadlines();
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::PollAdd::new(
+            types::Fd(self.waker.efd.as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .build()
+        .user_data(WAKE);
+        // SAFETY: a poll entry carries no buffer; the eventfd lives as long
+        // as the reactor (the waker is owned by it).
+        while unsafe { self.ring.submission().push(&e) }.is_err() {
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn push_backlog(&mut self) {
+        while self.inflight < self.cap {
+            let need = match self.backlog.front() {
+                None => break,
+                Some(op) if op.pre_flush => 2,
+                Some(_) => 1,
+            };
+            {
+                let sq = self.ring.submission();
+                if sq.capacity() - sq.len() < need {
+                    drop(sq);
+                    if self.ring.submit().is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let op = self.backlog.pop_front().expect("checked front");
+            self.push_op(op);
+        }
+    }
+
+    fn push_op(&mut self, op: IoOp) {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            self.slab.len() - 1
+        });
+        let fd = types::Fd(op.dev.fd());
+        let ud = idx as u64;
+        let data = match op.kind {
+            OpKind::Read => opcode::Read::new(fd, op.buf(), op.len)
+                .offset(op.offset)
+                .build(),
+            OpKind::Write => opcode::Write::new(fd, op.buf(), op.len)
+                .offset(op.offset)
+                .rw_flags(if op.fua { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            OpKind::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        }
+        .user_data(ud);
+        let linked = op.pre_flush && op.kind == OpKind::Write;
+        let mut sq = self.ring.submission();
+        if linked {
+            let f = opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(ud | FLUSH_BIT);
+            // SAFETY: an fsync entry carries no buffer; the fd stays open
+            // because the op (in the slab below) holds `Arc<Device>`.
+            unsafe { sq.push(&f) }.expect("space checked in push_backlog");
+        }
+        // SAFETY: `op.buf()` points into the op's private slot, which the
+        // slab entry created below owns until this entry's CQE is reaped in
+        // `reap`; the fd is kept open by the op's `Arc<Device>`.
+        unsafe { sq.push(&data) }.expect("space checked in push_backlog");
+        drop(sq);
+        self.slab[idx] = Some(Slot {
+            op,
+            cqes: if linked { 2 } else { 1 },
+            flush_err: 0,
+            data_res: 0,
+        });
+        self.inflight += 1;
+    }
+
+    fn wait(&mut self, now: Instant) {
+        let pending = !self.rx.is_empty() || !self.backlog.is_empty() && self.inflight < self.cap;
+        if pending {
+            let _ = self.ring.submit();
+            return;
+        }
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.rx.is_empty() {
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            let _ = self.ring.submit();
+            return;
+        }
+        let r = match self.sched.next_wakeup(now) {
+            Some(at) => {
+                let d = at.saturating_duration_since(Instant::now());
+                let ts = types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        self.waker.sleeping.store(false, Ordering::SeqCst);
+        if let Err(e) = r {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => {
+                    eprintln!("libdmio: io_uring_enter failed: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self, cqes: &mut Vec<(u64, i32)>) {
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(ud, res) in cqes.iter() {
+            if ud == WAKE {
+                // SAFETY: reads 8 bytes into our own u64 from our eventfd,
+                // which POLLIN says is readable.
+                unsafe {
+                    libc::read(
+                        self.waker.efd.as_raw_fd(),
+                        &mut self.wake_buf as *mut u64 as *mut _,
+                        8,
+                    )
+                };
+                self.arm_wake();
+                continue;
+            }
+            let idx = (ud & !FLUSH_BIT) as usize;
+            let Some(slot) = self.slab.get_mut(idx).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            slot.cqes -= 1;
+            if ud & FLUSH_BIT == 0 {
+                slot.data_res = res;
+            } else if res < 0 {
+                slot.flush_err = res;
+            }
+            if slot.cqes > 0 {
+                continue;
+            }
+            let slot = self.slab[idx].take().expect("present");
+            self.free.push(idx);
+            self.inflight -= 1;
+            let res = if slot.flush_err < 0 {
+                slot.flush_err
+            } else {
+                slot.data_res
+            };
+            slot.op.complete(res);
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The C ABI. The only module that touches raw C pointers: every exported
+//! function checks its arguments, calls safe Rust, and maps the result to
+//! `-errno`, under `catch_unwind` so no panic reaches C.
+
+pub mod guard;
+pub mod memory;
+pub mod types;
+
+use crate::client::{Client, Submit};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::handle;
+use crate::registry::Registry;
+use crate::request::{Mode, Notifier, RegionSpec, State};
+use std::os::raw::{c_char, c_int, c_uint, c_void};
+use std::sync::Arc;
+use std::time::Duration;
+use types::*;
+
+static CLIENTS: Registry<Arc<Client>> = Registry::new();
+static DEVICES: Registry<Arc<Device>> = Registry::new();
+
+fn client_of(p: *mut dm_io_client) -> Result<Arc<Client>> {
+    CLIENTS
+        .get(p as usize)
+        .ok_or_else(|| crate::einval!("not a live dm_io_client"))
+}
+
+fn device_of(p: *const block_device) -> Result<Arc<Device>> {
+    DEVICES
+        .get(p as usize)
+        .ok_or_else(|| crate::einval!("not an open block_device"))
+}
+
+/// C string argument to `&str`, or `EINVAL`.
+///
+/// # Safety
+/// A non-NULL `p` must be a NUL-terminated string.
+unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(crate::einval!("{what} is NULL"));
+    }
+    // SAFETY: non-null, NUL-terminated per contract.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| crate::einval!("{what} is not UTF-8"))
+}
+
+struct CNotify {
+    f: unsafe extern "C" fn(*mut dm_io_region_state, *mut c_void),
+    ctx: usize,
+}
+
+impl Notifier for CNotify {
+    fn notify(&self, index: u32, state: State, error: i32, handle: usize) {
+        let state = match state {
+            State::Ok => dm_io_state::DM_IO_OK,
+            State::Timeout => dm_io_state::DM_IO_TIMEOUT,
+            State::Cancelled => dm_io_state::DM_IO_CANCELLED,
+            State::Error => dm_io_state::DM_IO_ERROR,
+        };
+        let mut st = dm_io_region_state {
+            index,
+            state,
+            error_code: error,
+            hdl: handle as *mut dm_io_handle,
+        };
+        // SAFETY: the caller gave this function and context for this
+        // request; `st` is valid for the call.
+        unsafe { (self.f)(&mut st, self.ctx as *mut c_void) }
+    }
+}
+
+/// Creates a client: private memory for `devices × min_ios` operations of
+/// up to `max_size` bytes each (rounded up to `DM_IO_PAGE_SIZE`), an io_uring
+/// reactor thread and a completion thread.
+///
+/// - `devices`: most regions per request (1..1024).
+/// - `min_ios`: requests (per device) that can run at once without waiting
+///   for private memory.
+/// - `max_size`: bytes per operation; larger regions are split.
+/// - `cl`: receives the client; the caller owns it and frees it with
+///   `dm_io_client_destroy`. Written only on success.
+///
+/// Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
+/// `-ENOMEM` (private memory larger than RAM or not mappable), or the
+/// errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
+/// kernel refuses io_uring.
+#[no_mangle]
+pub extern "C" fn dm_io_client_create(
+    devices: c_uint,
+    min_ios: c_uint,
+    max_size: c_uint,
+    cl: *mut *mut dm_io_client,
+) -> c_int {
+    guard::int("dm_io_client_create", || {
+        guard::out(cl, "cl")?;
+        let c = Client::create(devices, min_ios, max_size)?;
+        let token = CLIENTS.insert(c);
+        // SAFETY: `cl` passed `guard::out`.
+        unsafe { guard::write(cl, token as *mut dm_io_client) };
+        Ok(0)
+    })
+}
+
+/// Destroys a client. Every region not yet final ends CANCELLED (with
+/// `error_code` `-ESHUTDOWN`) and those notifications are delivered before
+/// this returns; it does not wait for kernel IO that is stuck: the library
+/// keeps that IO's private memory until the kernel completes it, then frees
+/// it. Called from one of this client's own notify callbacks, it returns at
+/// once and the completion thread ends after that callback. A NULL or
+/// already destroyed client is ignored (see `dm_io_last_error`).
+#[no_mangle]
+pub extern "C" fn dm_io_client_destroy(cl: *mut dm_io_client) {
+    guard::void("dm_io_client_destroy", || {
+        let c = CLIENTS
+            .remove(cl as usize)
+            .ok_or_else(|| crate::einval!("not a live dm_io_client"))?;
+        c.destroy();
+        Ok(())
+    })
+}
+
+const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA;
+
+/// Submits one request over `num_regions` regions.
+///
+/// A write sends the same memory to every region; a read names exactly one
+/// region. All IO runs on the client's private memory: write data is copied
+/// from the caller's memory before the write starts, read data is copied to
+/// it when the read completes, so the caller's memory may have any
+/// alignment. The caller keeps `ctrl->memory` valid until the region's
+/// final notification (for SYNC, until `dm_io` returns); after a region is
+/// final, and in particular after DM_IO_CANCELLED, the library never reads
+/// or writes it again, even if the kernel IO is still running. The contents
+/// of a cancelled write region on disk, or of a cancelled read's memory,
+/// are undefined. `ctrl` and `regions` are read during the call only.
+///
+/// Notify (`ctrl->notify`) is called once per region with a final state
+/// (OK, CANCELLED or ERROR), preceded by at most one DM_IO_TIMEOUT when
+/// `ctrl->timeout` ms pass while the region still runs (with
+/// `DM_IO_CANCEL_ON_TIMEOUT` the region ends CANCELLED instead). For an
+/// asynchronous request it is called from the client's completion thread,
+/// never from inside `dm_io`; for `DM_IO_SYNC` it is called from inside
+/// `dm_io`, in the calling thread. Calling any dm_io function (including a
+/// SYNC `dm_io`) from a notify callback is allowed.
+///
+/// Regions larger than the client's `max_size` are split. When the
+/// client's private memory is all in use, `dm_io` waits for some to be
+/// released (bounded memory, never growth).
+///
+/// `hdl`, if not NULL, receives a referenced handle (written only on
+/// success) that the caller releases with `dm_io_handle_put`.
+///
+/// Returns 0 when an asynchronous request was started. A SYNC request
+/// returns 0 when every region ended OK; otherwise the `error_code` of the
+/// first region that ended ERROR, else of the first CANCELLED region
+/// (`-ETIMEDOUT` for its deadline, which without notify cancels
+/// automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy).
+/// Errors before anything starts: `-EINVAL` (NULL `ctrl`/`regions`, unknown
+/// client or device, `num_regions` 0 or above the client's `devices`, a
+/// read with more than one region, a region with `count` 0 (allowed only
+/// for a `DM_IO_FLUSH` write), past the device end, overflowing, or not
+/// aligned to the device's logical block size, unknown bits in `rw` or
+/// `flags`, `DM_IO_FLUSH`/`DM_IO_FUA` on a read, an unknown memory type,
+/// memory that is NULL or shorter than the largest region, a page that is
+/// not from `dm_io_page_alloc`, no notify without `DM_IO_SYNC`), `-EBADF`
+/// (write to a device opened read-only), `-ESHUTDOWN` (client being
+/// destroyed).
+#[no_mangle]
+pub unsafe extern "C" fn dm_io(
+    ctrl: *mut dm_io_control,
+    num_regions: c_uint,
+    regions: *mut dm_io_region,
+    hdl: *mut *mut dm_io_handle,
+) -> c_int {
+    guard::int("dm_io", || {
+        // SAFETY: a non-NULL `ctrl` is the caller's valid control block.
+        let ctrl = unsafe { guard::borrow(ctrl, "ctrl") }?;
+        let client = client_of(ctrl.client)?;
+        if !hdl.is_null() {
+            guard::out(hdl, "hdl")?;
+        }
+        if num_regions == 0 {
+            return Err(crate::einval!("num_regions is 0"));
+        }
+        if num_regions > client.devices() {
+            return Err(crate::einval!(
+                "{num_regions} regions, but the client was created for {} devices",
+                client.devices()
+            ));
+        }
+        // SAFETY: the caller lends `num_regions` regions (bounded above by
+        // the client's device count).
+        let regs = unsafe { guard::slice(regions, num_regions as usize, "regions") }?;
+        if ctrl.rw & !RW_KNOWN != 0 {
+            return Err(crate::einval!("unknown bits {:#x} in rw", ctrl.rw & !RW_KNOWN));
+        }
+        if ctrl.flags & !DM_IO_CANCEL_ON_TIMEOUT != 0 {
+            return Err(crate::einval!(
+                "unknown bits {:#x} in flags",
+                ctrl.flags & !DM_IO_CANCEL_ON_TIMEOUT
+            ));
+        }
+        let mut specs = Vec::with_capacity(regs.len());
+        let mut need = 0u64;
+        for (i, r) in regs.iter().enumerate() {
+            let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
+            let bytes = r
+                .count
+                .checked_mul(512)
+                .ok_or_else(|| crate::einval!("region {i}: count overflows"))?;
+            need = need.max(bytes);
+            specs.push(RegionSpec {
+                dev,
+                sector: r.sector,
+                count: r.count,
+            });
+        }
+        // SAFETY: the memory descriptor is the caller's, lent for this request.
+        let mem = unsafe { memory::resolve(&ctrl.memory, need) }?;
+        let notify = ctrl.notify.map(|f| {
+            Box::new(CNotify {
+                f,
+                ctx: ctrl.context as usize,
+            }) as Box<dyn Notifier>
+        });
+        let sub = Submit {
+            mode: Mode {
+                write: ctrl.rw & DM_IO_WRITE != 0,
+                sync: ctrl.rw & DM_IO_SYNC != 0,
+                cancel_on_timeout: ctrl.flags & DM_IO_CANCEL_ON_TIMEOUT != 0,
+            },
+            flush: ctrl.rw & DM_IO_FLUSH != 0,
+            fua: ctrl.rw & DM_IO_FUA != 0,
+            timeout: (ctrl.timeout != 0).then(|| Duration::from_millis(ctrl.timeout as u64)),
+            regions: specs,
+            mem,
+            notify,
+            want_handle: !hdl.is_null(),
+        };
+        let done = client.submit(sub)?;
+        if let Some(h) = done.handle {
+            // SAFETY: `hdl` passed `guard::out` above.
+            unsafe { guard::write(hdl, h as *mut dm_io_handle) };
+        }
+        Ok(done.result)
+    })
+}
+
+/// Takes another reference to a request handle (for example to keep
+/// `state->hdl` beyond a notify call). Returns `io`, or NULL when `io` is
+/// not a live handle. Thread-safe.
+#[no_mangle]
+pub extern "C" fn dm_io_handle_get(io: *mut dm_io_handle) -> *mut dm_io_handle {
+    guard::ptr("dm_io_handle_get", || {
+        handle::get(io as usize).ok_or_else(|| crate::einval!("not a live dm_io_handle"))?;
+        Ok(io)
+    })
+}
+
+/// Releases one reference taken by `dm_io` or `dm_io_handle_get`. Returns
+/// NULL when the caller's last reference is gone (the handle must not be
+/// used again), else `io`. Putting a handle the caller holds no reference
+/// to (a double put, or an unknown pointer) does nothing and returns NULL
+/// (see `dm_io_last_error`). Releasing the handle does not cancel the IO.
+#[no_mangle]
+pub extern "C" fn dm_io_handle_put(io: *mut dm_io_handle) -> *mut dm_io_handle {
+    guard::ptr("dm_io_handle_put", || {
+        match handle::put(io as usize) {
+            Some(true) => Ok(io),
+            Some(false) => Ok(std::ptr::null_mut()),
+            None => Err(crate::einval!("no reference held on this dm_io_handle")),
+        }
+    })
+}
+
+/// Cancels every region not yet final, of any request of client `cl`, that
+/// is on `bdev`: each ends DM_IO_CANCELLED (`error_code` `-ECANCELED`),
+/// notified as usual. When this returns the library no longer touches those
+/// regions' memory. Returns the number of regions cancelled (0 if none), or
+/// `-EINVAL` for an unknown client or device.
+#[no_mangle]
+pub extern "C" fn dm_io_cancel_by_device(cl: *mut dm_io_client, bdev: *mut block_device) -> c_int {
+    guard::int("dm_io_cancel_by_device", || {
+        let c = client_of(cl)?;
+        let d = device_of(bdev)?;
+        Ok(c.cancel_device(&d) as c_int)
+    })
+}
+
+/// Cancels every region of request `hdl` that is not yet final (see
+/// `dm_io_cancel_by_device`). Returns the number of regions cancelled (0
+/// when the request is already done), or `-EINVAL` for an unknown client,
+/// a dead handle, or a handle of another client.
+#[no_mangle]
+pub extern "C" fn dm_io_cancel_by_handle(cl: *mut dm_io_client, hdl: *mut dm_io_handle) -> c_int {
+    guard::int("dm_io_cancel_by_handle", || {
+        let c = client_of(cl)?;
+        let req = handle::lookup(hdl as usize)
+            .ok_or_else(|| crate::einval!("not a live dm_io_handle"))?;
+        Ok(c.cancel_request(&req)? as c_int)
+    })
+}
+
+fn open_with(dev: Result<Device>, spec: Option<&str>, out: *mut *mut block_device) -> Result<c_int> {
+    let d = dev?;
+    if let Some(s) = spec {
+        d.faults.set(s)?;
+    }
+    let token = DEVICES.insert(Arc::new(d));
+    // SAFETY: `out` passed `guard::out` in the caller.
+    unsafe { guard::write(out, token as *mut block_device) };
+    Ok(0)
+}
+
+/// Opens a block device or regular file for dm_io. Uses O_DIRECT unless
+/// `DM_IO_BDEV_BUFFERED` is given or the file system refuses it (tmpfs),
+/// in which case IO goes through the page cache. Writes `*bdev` on success;
+/// the caller closes it with `dm_io_bdev_close`.
+///
+/// Returns 0, `-EINVAL` (NULL argument, unknown flag), `-ENOTBLK` (neither
+/// a block device nor a regular file), `-EOPNOTSUPP` (logical block size
+/// above `DM_IO_PAGE_SIZE`), or the errno of open(2).
+#[no_mangle]
+pub unsafe extern "C" fn dm_io_bdev_open(
+    path: *const c_char,
+    flags: c_uint,
+    bdev: *mut *mut block_device,
+) -> c_int {
+    guard::int("dm_io_bdev_open", || {
+        guard::out(bdev, "bdev")?;
+        // SAFETY: a non-NULL `path` is a C string.
+        let p = unsafe { str_arg(path, "path") }?;
+        open_with(Device::open(p, flags), None, bdev)
+    })
+}
+
+/// Like `dm_io_bdev_open` for an already open descriptor, which is
+/// duplicated (the caller keeps and closes `fd`). O_DIRECT is used if `fd`
+/// has it. Returns 0, `-EINVAL`, `-EBADF`, `-ENOTBLK` or `-EOPNOTSUPP`.
+#[no_mangle]
+pub extern "C" fn dm_io_bdev_open_fd(fd: c_int, flags: c_uint, bdev: *mut *mut block_device) -> c_int {
+    guard::int("dm_io_bdev_open_fd", || {
+        guard::out(bdev, "bdev")?;
+        open_with(Device::from_fd(fd, flags), None, bdev)
+    })
+}
+
+/// Like `dm_io_bdev_open` (read-write, O_DIRECT where possible) with fault
+/// injection set to `spec` (see `dm_io_bdev_set_faults`). Returns 0,
+/// `-EINVAL` for a bad spec (message in `dm_io_last_error`), or the errors
+/// of `dm_io_bdev_open`.
+#[no_mangle]
+pub unsafe extern "C" fn dm_io_bdev_open_faulty(
+    path: *const c_char,
+    spec: *const c_char,
+    bdev: *mut *mut block_device,
+) -> c_int {
+    guard::int("dm_io_bdev_open_faulty", || {
+        guard::out(bdev, "bdev")?;
+        // SAFETY: non-NULL arguments are C strings.
+        let (p, s) = unsafe { (str_arg(path, "path")?, str_arg(spec, "spec")?) };
+        open_with(Device::open(p, 0), Some(s), bdev)
+    })
+}
+
+/// Replaces the device's injected faults, effective for IO started from now
+/// on; IO held by `hang` is looked at again within milliseconds. Rules are
+/// separated by `;` or newlines:
+///
+/// - `delay 50ms` or `delay read=50ms write=200ms`: wait before starting IO;
+/// - `error [reads|writes] [sectors=A-B] [errno=EIO]`: fail matching IO;
+/// - `hang [reads|writes] [sectors=A-B]`: hold IO until the spec changes
+///   (its private memory stays in use, exactly like stuck kernel IO);
+/// - `flakey up=5s down=1s [drop_writes]`: alternately healthy and failing
+///   (or, with `drop_writes`, losing writes while reporting success);
+/// - an empty spec or `none` clears all faults.
+///
+/// `sectors=A-B` is inclusive, in 512-byte sectors. Durations take `us`,
+/// `ms` or `s`. Returns 0 or `-EINVAL` (bad spec, unknown device).
+#[no_mangle]
+pub unsafe extern "C" fn dm_io_bdev_set_faults(bdev: *mut block_device, spec: *const c_char) -> c_int {
+    guard::int("dm_io_bdev_set_faults", || {
+        let d = device_of(bdev)?;
+        // SAFETY: a non-NULL `spec` is a C string.
+        let s = unsafe { str_arg(spec, "spec") }?;
+        d.faults.set(s)?;
+        Ok(0)
+    })
+}
+
+/// Closes a device handle. IO still running on it keeps the underlying file
+/// open until it completes; cancel it first if the caller must not wait.
+/// A NULL or already closed handle is ignored.
+#[no_mangle]
+pub extern "C" fn dm_io_bdev_close(bdev: *mut block_device) {
+    guard::void("dm_io_bdev_close", || {
+        DEVICES
+            .remove(bdev as usize)
+            .map(|_| ())
+            .ok_or_else(|| crate::einval!("not an open block_device"))
+    })
+}
+
+/// Size of the device in 512-byte sectors (0 for an unknown handle).
+#[no_mangle]
+pub extern "C" fn dm_io_bdev_sectors(bdev: *const block_device) -> sector_t {
+    guard::value("dm_io_bdev_sectors", 0, || Ok(device_of(bdev)?.sectors()))
+}
+
+/// Logical block size in bytes: region sectors and counts must be
+/// multiples of it (0 for an unknown handle).
+#[no_mangle]
+pub extern "C" fn dm_io_bdev_block_size(bdev: *const block_device) -> c_uint {
+    guard::value("dm_io_bdev_block_size", 0, || {
+        Ok(device_of(bdev)?.logical_block_size())
+    })
+}
+
+/// 1 if the device does O_DIRECT IO, 0 if it goes through the page cache,
+/// `-EINVAL` for an unknown handle.
+#[no_mangle]
+pub extern "C" fn dm_io_bdev_is_direct(bdev: *const block_device) -> c_int {
+    guard::int("dm_io_bdev_is_direct", || Ok(device_of(bdev)?.direct() as c_int))
+}
+
+/// Allocates one zeroed, `DM_IO_PAGE_SIZE`-aligned page; NULL when out of
+/// memory. Free it with `dm_io_page_free`.
+#[no_mangle]
+pub extern "C" fn dm_io_page_alloc() -> *mut page {
+    guard::ptr("dm_io_page_alloc", || {
+        crate::memory::pages::alloc()
+            .map(|a| a as *mut page)
+            .ok_or_else(|| Error::new(libc::ENOMEM, "out of memory"))
+    })
+}
+
+/// Frees a page from `dm_io_page_alloc`. NULL, a pointer that is not such a
+/// page, or a page already freed is ignored (see `dm_io_last_error`). The
+/// page must not be in use by a request that is not final.
+#[no_mangle]
+pub extern "C" fn dm_io_page_free(p: *mut page) {
+    guard::void("dm_io_page_free", || {
+        if p.is_null() {
+            return Ok(());
+        }
+        if crate::memory::pages::free(p as usize) {
+            Ok(())
+        } else {
+            Err(crate::einval!("not a page from dm_io_page_alloc (or freed twice)"))
+        }
+    })
+}
+
+/// The address of the page's `DM_IO_PAGE_SIZE` bytes (NULL for NULL).
+#[no_mangle]
+pub extern "C" fn dm_io_page_address(p: *const page) -> *mut c_void {
+    p as *mut c_void
+}
+
+/// The message of this thread's last failed dm_io call (never NULL; empty
+/// when none failed). Valid until this thread's next failing call.
+#[no_mangle]
+pub extern "C" fn dm_io_last_error() -> *const c_char {
+    guard::last_error_ptr()
+}
+
+/// The library's version string, "MAJOR.MINOR.PATCH".
+#[no_mangle]
+pub extern "C" fn dm_io_version() -> *const c_char {
+    static V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    V.as_ptr() as *const c_char
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_version_matches_cargo() {
+        let v: Vec<i32> = env!("CARGO_PKG_VERSION")
+            .split('.')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(
+            v,
+            [
+                super::DM_IO_VERSION_MAJOR,
+                super::DM_IO_VERSION_MINOR,
+                super::DM_IO_VERSION_PATCH
+            ]
+        );
+    }
+}

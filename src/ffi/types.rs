@@ -1,0 +1,174 @@
+//! The C types of `dm_io.h`, laid out as in the dm-io proposal.
+#![allow(non_camel_case_types)]
+
+use std::os::raw::{c_int, c_uint, c_void};
+
+/// A disk address or length in 512-byte sectors.
+pub type sector_t = u64;
+
+/// Opaque: a client created by `dm_io_client_create`.
+pub struct dm_io_client {
+    _private: [u8; 0],
+}
+
+/// Opaque: a request, referenced with `dm_io_handle_get` / `dm_io_handle_put`.
+pub struct dm_io_handle {
+    _private: [u8; 0],
+}
+
+/// Opaque: an open block device or regular file (`dm_io_bdev_open`).
+pub struct block_device {
+    _private: [u8; 0],
+}
+
+/// Opaque: one page of `DM_IO_PAGE_SIZE` bytes from `dm_io_page_alloc`.
+/// Its address is `dm_io_page_address(page)`.
+pub struct page {
+    _private: [u8; 0],
+}
+
+/// Version of this header and library: major.
+pub const DM_IO_VERSION_MAJOR: c_int = 0;
+/// Version: minor.
+pub const DM_IO_VERSION_MINOR: c_int = 1;
+/// Version: patch.
+pub const DM_IO_VERSION_PATCH: c_int = 0;
+
+/// Size in bytes of a `struct page`.
+pub const DM_IO_PAGE_SIZE: c_uint = 4096;
+/// Bytes per sector (`sector_t` unit).
+pub const DM_IO_SECTOR_SIZE: c_uint = 512;
+
+/// `rw`: read from the one region into memory.
+pub const DM_IO_READ: c_int = 0;
+/// `rw`: write memory to every region (mirror).
+pub const DM_IO_WRITE: c_int = 1;
+/// `rw` flag: `dm_io` returns only when every region is final.
+pub const DM_IO_SYNC: c_int = 0x10;
+/// `rw` flag (writes): flush the device's volatile cache before writing
+/// (like REQ_PREFLUSH). With `count == 0` a region is an empty flush.
+pub const DM_IO_FLUSH: c_int = 0x20;
+/// `rw` flag (writes): the write is on stable media when it completes (RWF_DSYNC).
+pub const DM_IO_FUA: c_int = 0x40;
+
+/// `flags`: at the deadline, unfinished regions end CANCELLED instead of TIMEOUT.
+pub const DM_IO_CANCEL_ON_TIMEOUT: c_uint = 1;
+
+/// `dm_io_bdev_open` flag: open read-only (writes fail with -EBADF).
+pub const DM_IO_BDEV_RDONLY: c_uint = 1;
+/// `dm_io_bdev_open` flag: use the page cache instead of O_DIRECT.
+pub const DM_IO_BDEV_BUFFERED: c_uint = 2;
+
+/// The state of a region, as given to notify.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum dm_io_state {
+    /// The region's IO completed successfully (final).
+    DM_IO_OK = 0,
+    /// The deadline passed; the IO is still running and will be notified
+    /// again with its final state (not final).
+    DM_IO_TIMEOUT = 1,
+    /// Cancelled; the library will not touch the caller's memory for this
+    /// region again (final).
+    DM_IO_CANCELLED = 2,
+    /// The IO failed; `error_code` is a negative errno (final).
+    DM_IO_ERROR = 3,
+}
+
+/// Values of `dm_io_memory.type`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum dm_io_mem_type {
+    /// `ptr.pl`: a list of whole pages; `offset` skips bytes of the first.
+    DM_IO_PAGE_LIST = 0,
+    /// `ptr.bv`: an array of bio_vecs, ended early by an entry whose
+    /// `bv_page` is NULL; `offset` skips bytes of the array's data.
+    DM_IO_BVEC = 1,
+    /// `ptr.vma`: contiguous memory starting `offset` bytes after `vma`.
+    DM_IO_VM = 2,
+}
+
+/// One target or source: `count` sectors at `sector` of `bdev`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dm_io_region {
+    pub bdev: *mut block_device,
+    pub sector: sector_t,
+    pub count: sector_t,
+}
+
+/// What notify is told about one region. Its contents do not change during
+/// the call; `hdl` is valid only during the call unless `dm_io_handle_get`
+/// takes a reference.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dm_io_region_state {
+    /// Index of the region in the `regions` array given to `dm_io`.
+    pub index: c_uint,
+    pub state: dm_io_state,
+    /// 0 for OK; `-ETIMEDOUT` for TIMEOUT; a negative errno for ERROR; for
+    /// CANCELLED, why: `-ECANCELED` (cancel call), `-ETIMEDOUT` (deadline),
+    /// `-ESHUTDOWN` (client destroyed).
+    pub error_code: c_int,
+    pub hdl: *mut dm_io_handle,
+}
+
+/// Called per region: at most once with DM_IO_TIMEOUT, then once with a
+/// final state.
+pub type dm_io_notify_fn =
+    Option<unsafe extern "C" fn(state: *mut dm_io_region_state, context: *mut c_void)>;
+
+/// A page list: `page` then `next`, NULL-terminated.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dm_io_page_list {
+    pub next: *mut dm_io_page_list,
+    pub page: *mut page,
+}
+
+/// A piece of a page: `bv_len` bytes at `bv_offset` in `bv_page`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct bio_vec {
+    pub bv_page: *mut page,
+    pub bv_len: c_uint,
+    pub bv_offset: c_uint,
+}
+
+/// The memory pointer of a `dm_io_memory`, by `type`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union dm_io_memory_ptr {
+    pub vma: *mut c_void,
+    pub bv: *mut bio_vec,
+    pub pl: *mut dm_io_page_list,
+}
+
+/// The caller's memory of a request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct dm_io_memory {
+    /// One of `enum dm_io_mem_type`.
+    pub r#type: c_int,
+    pub ptr: dm_io_memory_ptr,
+    /// Bytes to skip at the start of the memory.
+    pub offset: c_uint,
+}
+
+/// One request's parameters.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct dm_io_control {
+    pub memory: dm_io_memory,
+    /// `DM_IO_READ` or `DM_IO_WRITE`, or'ed with `DM_IO_SYNC`, `DM_IO_FLUSH`, `DM_IO_FUA`.
+    pub rw: c_int,
+    /// May be NULL only with `DM_IO_SYNC`.
+    pub notify: dm_io_notify_fn,
+    /// Passed to notify unchanged.
+    pub context: *mut c_void,
+    pub client: *mut dm_io_client,
+    /// Deadline in milliseconds from submission; 0 = none.
+    pub timeout: std::os::raw::c_ulong,
+    /// `DM_IO_CANCEL_ON_TIMEOUT` or 0.
+    pub flags: c_uint,
+}

@@ -1,0 +1,113 @@
+//! The caller's memory of one request, as validated segments.
+//!
+//! The FFI layer walks the C descriptor (`DM_IO_VM`, `DM_IO_BVEC`,
+//! `DM_IO_PAGE_LIST`) once, at submission, into a [`CallerMemory`]: the byte
+//! ranges that make up the logical buffer, `offset` already skipped. The
+//! library copies between these ranges and private memory only while the
+//! region that needs them is not final, under the request's lock, so after
+//! `DM_IO_CANCELLED` the caller's memory is never touched again.
+
+/// One contiguous piece of caller memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub addr: usize,
+    pub len: usize,
+}
+
+/// The logical buffer of a request: `len()` bytes spread over segments.
+#[derive(Debug, Default)]
+pub struct CallerMemory {
+    segs: Vec<Segment>,
+    total: usize,
+}
+
+impl CallerMemory {
+    /// Builds the buffer from segments. The caller (the FFI layer) promises
+    /// that every segment is memory the C caller lent us for this request.
+    pub fn from_segments(segs: Vec<Segment>) -> Self {
+        let total = segs.iter().map(|s| s.len).sum();
+        CallerMemory { segs, total }
+    }
+
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Visits the pieces of caller memory covering `[off, off + len)`,
+    /// calling `f(segment_address, position_in_range, piece_len)`.
+    fn walk(&self, mut off: usize, len: usize, mut f: impl FnMut(usize, usize, usize)) {
+        assert!(off + len <= self.total, "copy beyond the caller's memory");
+        let mut done = 0;
+        for s in &self.segs {
+            if done == len {
+                break;
+            }
+            if off >= s.len {
+                off -= s.len;
+                continue;
+            }
+            let n = (s.len - off).min(len - done);
+            f(s.addr + off, done, n);
+            done += n;
+            off = 0;
+        }
+    }
+
+    /// Copies `dst.len()` bytes starting at logical offset `off` out of the
+    /// caller's memory.
+    ///
+    /// # Safety
+    /// The caller's memory must still be valid (the request's region that
+    /// needs it is not final).
+    pub unsafe fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        self.walk(off, dst.len(), |addr, pos, n| {
+            // SAFETY: `addr..addr+n` lies in a segment the C caller lent us
+            // and keeps valid until the region is final (function contract);
+            // `pos..pos+n` lies within `dst`; the two cannot overlap because
+            // `dst` is library-private memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr().add(pos), n)
+            }
+        });
+    }
+
+    /// Copies `src` into the caller's memory at logical offset `off`.
+    ///
+    /// # Safety
+    /// As for [`CallerMemory::copy_out`].
+    pub unsafe fn copy_in(&self, off: usize, src: &[u8]) {
+        self.walk(off, src.len(), |addr, pos, n| {
+            // SAFETY: as in `copy_out`, with the direction reversed.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(pos), addr as *mut u8, n) }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_across_segments() {
+        let mut a = [0u8; 5];
+        let mut b = [0u8; 7];
+        let m = CallerMemory::from_segments(vec![
+            Segment { addr: a.as_mut_ptr() as usize, len: a.len() },
+            Segment { addr: b.as_mut_ptr() as usize, len: b.len() },
+        ]);
+        assert_eq!(m.len(), 12);
+        let src: Vec<u8> = (1..=8).collect();
+        // SAFETY: a and b are alive for the whole test.
+        unsafe { m.copy_in(3, &src) };
+        assert_eq!(a, [0, 0, 0, 1, 2]);
+        assert_eq!(b, [3, 4, 5, 6, 7, 8, 0]);
+        let mut out = [0u8; 4];
+        // SAFETY: as above.
+        unsafe { m.copy_out(4, &mut out) };
+        assert_eq!(out, [2, 3, 4, 5]);
+    }
+}

@@ -1,0 +1,278 @@
+//! Private (bounce) memory of one client.
+//!
+//! One anonymous mapping of `slots × slot_size` bytes, page-aligned (so it
+//! suits O_DIRECT), cut into equal slots. Every IO that the library may have
+//! to abandon runs on a slot: reads land in it and are copied out while the
+//! region is live; writes are copied in before submission. A slot is held by
+//! a [`SlotRef`]; the in-flight operation that names the slot keeps it until
+//! the kernel has completed that operation, and the slot returns to the pool
+//! when its last reference drops. The mapping itself is unmapped only when
+//! the pool *and* every slot reference are gone, which is why a destroyed
+//! client's memory outlives it while stuck kernel IO still points into it.
+//!
+//! Acquiring waits when every slot is in use: memory is bounded, never grown.
+
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+struct State {
+    free: Vec<u32>,
+    closed: bool,
+}
+
+/// A fixed set of equal, page-aligned slots of private memory.
+pub struct Pool {
+    base: *mut u8,
+    map_len: usize,
+    slot_size: usize,
+    nslots: u32,
+    state: Mutex<State>,
+    cv: Condvar,
+    high_water: AtomicU64,
+    waits: AtomicU64,
+}
+
+// SAFETY: `base` is a private mapping owned by the pool; slots are handed
+// out exclusively through `SlotRef` (one slot to one holder at a time), and
+// the free list is behind a mutex.
+unsafe impl Send for Pool {}
+// SAFETY: as above: shared access only reads immutable fields or goes
+// through the mutex and atomics.
+unsafe impl Sync for Pool {}
+
+impl Pool {
+    /// Maps `nslots × slot_size` bytes. `slot_size` must be a multiple of 4096.
+    pub fn new(nslots: u32, slot_size: usize) -> Result<Arc<Pool>> {
+        let map_len = (nslots as usize)
+            .checked_mul(slot_size)
+            .ok_or_else(|| Error::new(libc::ENOMEM, "private memory size overflows"))?;
+        if nslots == 0 || slot_size == 0 || slot_size % super::PAGE_SIZE != 0 {
+            return Err(crate::einval!("bad pool geometry {nslots} x {slot_size}"));
+        }
+        // SAFETY: anonymous private mapping, no fd, no fixed address; the
+        // result is checked against MAP_FAILED below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::new(
+                libc::ENOMEM,
+                format!("cannot map {map_len} bytes of private memory"),
+            ));
+        }
+        Ok(Arc::new(Pool {
+            base: base as *mut u8,
+            map_len,
+            slot_size,
+            nslots,
+            state: Mutex::new(State {
+                free: (0..nslots).rev().collect(),
+                closed: false,
+            }),
+            cv: Condvar::new(),
+            high_water: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.nslots
+    }
+
+    /// Bytes of private memory in the pool (its bound).
+    pub fn bound(&self) -> u64 {
+        self.map_len as u64
+    }
+
+    /// Slots in use now.
+    pub fn in_use(&self) -> u32 {
+        self.nslots - self.lock().free.len() as u32
+    }
+
+    pub fn high_water(&self) -> u64 {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    /// How many acquisitions had to wait for a free slot.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    fn take(self: &Arc<Self>, st: &mut State) -> Option<SlotRef> {
+        let idx = st.free.pop()?;
+        let used = (self.nslots as usize - st.free.len()) as u64;
+        self.high_water.fetch_max(used, Ordering::Relaxed);
+        Some(SlotRef(Arc::new(Slot {
+            pool: Arc::clone(self),
+            idx,
+        })))
+    }
+
+    /// Takes a free slot without waiting.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<SlotRef> {
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        self.take(&mut st)
+    }
+
+    /// Takes a free slot, waiting for one while all are in use.
+    /// Fails with `ESHUTDOWN` once the pool is closed.
+    pub fn acquire(self: &Arc<Self>) -> Result<SlotRef> {
+        let mut st = self.lock();
+        let mut waited = false;
+        loop {
+            if st.closed {
+                return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
+            }
+            if let Some(s) = self.take(&mut st) {
+                return Ok(s);
+            }
+            if !waited {
+                waited = true;
+                self.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wakes every waiter and refuses further acquisitions.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    fn release(&self, idx: u32) {
+        self.lock().free.push(idx);
+        self.cv.notify_one();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`map_len` are the mapping made in `new`; the pool is
+        // dropped only after every `Slot` (each holds an `Arc<Pool>`) is gone,
+        // so no IO and no copy can still use the memory.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
+    }
+}
+
+/// One slot, returned to its pool when dropped.
+pub struct Slot {
+    pool: Arc<Pool>,
+    idx: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.release(self.idx);
+    }
+}
+
+/// A shared reference to a slot: a write to N regions shares one slot among
+/// its N operations; the slot is free again when the last one is dropped.
+#[derive(Clone)]
+pub struct SlotRef(Arc<Slot>);
+
+impl SlotRef {
+    /// Address of the slot's first byte (page-aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: idx < nslots, so the offset stays inside the mapping.
+        unsafe { self.0.pool.base.add(self.0.idx as usize * self.0.pool.slot_size) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.pool.slot_size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The slot's bytes, for copying. Only call while no kernel IO writes
+    /// into the slot (before submission of a write, after completion of a read).
+    pub fn bytes(&self, len: usize) -> &[u8] {
+        assert!(len <= self.len());
+        // SAFETY: the range is inside this slot, which belongs to this
+        // reference's holders alone; the caller only reads it when no IO is
+        // writing into it (documented above).
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), len) }
+    }
+
+    /// The slot's bytes, mutable, for filling before a write is submitted.
+    #[allow(clippy::mut_from_ref)]
+    pub fn bytes_mut(&self, len: usize) -> &mut [u8] {
+        assert!(len <= self.len());
+        // SAFETY: the slot is exclusively ours and not yet handed to the
+        // kernel when this is called (only before submission).
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), len) }
+    }
+
+    /// Whether the pool behind this slot is the given one (tests).
+    pub fn pool_ptr(&self) -> *const Pool {
+        Arc::as_ptr(&self.0.pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_reusable() {
+        let p = Pool::new(2, 4096).unwrap();
+        let a = p.acquire().unwrap();
+        let b = a.clone();
+        let c = p.try_acquire().unwrap();
+        assert!(p.try_acquire().is_none());
+        assert_eq!(a.as_ptr() as usize % 4096, 0);
+        drop(a);
+        assert!(p.try_acquire().is_none(), "a shared slot stays held");
+        drop(b);
+        assert!(p.try_acquire().is_some());
+        drop(c);
+        assert_eq!(p.in_use(), 0);
+        assert_eq!(p.high_water(), 2);
+    }
+
+    #[test]
+    fn close_wakes_waiters() {
+        let p = Pool::new(1, 4096).unwrap();
+        let held = p.acquire().unwrap();
+        let p2 = Arc::clone(&p);
+        let t = std::thread::spawn(move || p2.acquire().map(|_| ()));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        p.close();
+        assert_eq!(t.join().unwrap().unwrap_err().errno, libc::ESHUTDOWN);
+        drop(held);
+    }
+
+    #[test]
+    fn memory_outlives_pool_handle() {
+        let p = Pool::new(1, 4096).unwrap();
+        let s = p.acquire().unwrap();
+        let weak = Arc::downgrade(&p);
+        drop(p);
+        assert!(weak.upgrade().is_some(), "slot keeps the mapping alive");
+        s.bytes_mut(4096)[4095] = 7;
+        drop(s);
+        assert!(weak.upgrade().is_none());
+    }
+}

@@ -1,0 +1,390 @@
+//! The request / region state machine.
+//!
+//! One request names N regions. Each region moves
+//!
+//! ```text
+//!   running ──deadline──▶ timed out ──kernel IO ends──▶ OK | ERROR
+//!      │                     │
+//!      ├──kernel IO ends─────┼──────────────────────────▶ OK | ERROR
+//!      └──cancel / deadline with CANCEL_ON_TIMEOUT / destroy──▶ CANCELLED
+//! ```
+//!
+//! and produces exactly one final event, preceded by at most one TIMEOUT
+//! event. All transitions happen under the request's lock, which is also
+//! held while caller memory is copied, so once a region is final the caller's
+//! memory is never touched again. This module knows nothing about how IO is
+//! performed: engines report each operation's result through
+//! [`Request::op_done`] and deadlines through [`Request::on_deadline`].
+
+use crate::device::Device;
+use crate::memory::caller::CallerMemory;
+use crate::memory::pool::SlotRef;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// A region's state as reported to notify (values of `DM_IO_OK` ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum State {
+    Ok = 0,
+    Timeout = 1,
+    Cancelled = 2,
+    Error = 3,
+}
+
+/// Why a region was cancelled; its `error_code` tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// `dm_io_cancel_by_handle` / `dm_io_cancel_by_device`: `-ECANCELED`.
+    User,
+    /// The deadline passed with `DM_IO_CANCEL_ON_TIMEOUT`: `-ETIMEDOUT`.
+    Deadline,
+    /// `dm_io_client_destroy`: `-ESHUTDOWN`.
+    Shutdown,
+}
+
+impl CancelReason {
+    pub fn errno(self) -> i32 {
+        match self {
+            CancelReason::User => -libc::ECANCELED,
+            CancelReason::Deadline => -libc::ETIMEDOUT,
+            CancelReason::Shutdown => -libc::ESHUTDOWN,
+        }
+    }
+}
+
+/// Receives a request's notifications (the C notify function, in the FFI).
+pub trait Notifier: Send + Sync {
+    fn notify(&self, index: u32, state: State, error: i32, handle: usize);
+}
+
+/// One notification.
+pub struct Event {
+    pub req: Arc<Request>,
+    pub index: u32,
+    pub state: State,
+    pub error: i32,
+}
+
+impl Event {
+    pub fn is_final(&self) -> bool {
+        self.state != State::Timeout
+    }
+
+    /// Calls the request's notify function with this event.
+    pub fn deliver(&self) {
+        if let Some(n) = &self.req.notify {
+            n.notify(self.index, self.state, self.error, self.req.handle());
+        }
+    }
+}
+
+/// What a request needs from its client, without knowing the client.
+pub trait RequestOwner: Send + Sync {
+    /// Queue an event of an asynchronous request for the completion thread.
+    fn deliver_async(&self, ev: Event);
+    /// Every region is final: the request leaves the client's live set.
+    fn request_final(&self, req: &Request);
+    /// Every final event has been delivered: the library's handle reference goes.
+    fn request_delivered(&self, req: &Request);
+}
+
+/// One region of a request.
+pub struct RegionSpec {
+    pub dev: Arc<Device>,
+    pub sector: u64,
+    pub count: u64,
+}
+
+struct Region {
+    spec: RegionSpec,
+    /// Operations not yet completed (including ones not yet submitted).
+    outstanding: u32,
+    /// First error seen (negative errno), 0 if none.
+    error: i32,
+    timed_out: bool,
+    fin: Option<(State, i32)>,
+}
+
+struct Inner {
+    regions: Vec<Region>,
+    live: usize,
+    queue: VecDeque<Event>,
+    undelivered: usize,
+}
+
+/// How the request behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    pub write: bool,
+    pub sync: bool,
+    pub cancel_on_timeout: bool,
+}
+
+/// One `dm_io` call.
+pub struct Request {
+    pub id: u64,
+    pub client_id: u64,
+    pub mode: Mode,
+    handle: AtomicUsize,
+    notify: Option<Box<dyn Notifier>>,
+    mem: CallerMemory,
+    owner: Arc<dyn RequestOwner>,
+    inner: Mutex<Inner>,
+    cv: Condvar,
+}
+
+impl Request {
+    /// `ops[i]` is how many operations region `i` will be split into.
+    pub fn new(
+        id: u64,
+        client_id: u64,
+        mode: Mode,
+        regions: Vec<(RegionSpec, u32)>,
+        mem: CallerMemory,
+        notify: Option<Box<dyn Notifier>>,
+        owner: Arc<dyn RequestOwner>,
+    ) -> Arc<Request> {
+        let n = regions.len();
+        let regions = regions
+            .into_iter()
+            .map(|(spec, ops)| Region {
+                spec,
+                outstanding: ops,
+                error: 0,
+                timed_out: false,
+                fin: None,
+            })
+            .collect();
+        Arc::new(Request {
+            id,
+            client_id,
+            mode,
+            handle: AtomicUsize::new(0),
+            notify,
+            mem,
+            owner,
+            inner: Mutex::new(Inner {
+                regions,
+                live: n,
+                queue: VecDeque::new(),
+                undelivered: n,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The C handle token of this request (0 until assigned).
+    pub fn handle(&self) -> usize {
+        self.handle.load(Ordering::Acquire)
+    }
+
+    pub fn set_handle(&self, h: usize) {
+        self.handle.store(h, Ordering::Release);
+    }
+
+    pub fn num_regions(&self) -> usize {
+        self.lock().regions.len()
+    }
+
+    /// Number of regions not yet final.
+    pub fn live_regions(&self) -> usize {
+        self.lock().live
+    }
+
+    pub fn is_region_live(&self, i: usize) -> bool {
+        self.lock().regions[i].fin.is_none()
+    }
+
+    /// Final state of region `i`, if it has one.
+    pub fn region_final(&self, i: usize) -> Option<(State, i32)> {
+        self.lock().regions[i].fin
+    }
+
+    fn emit(self: &Arc<Self>, g: &mut Inner, index: u32, state: State, error: i32) {
+        let ev = Event {
+            req: Arc::clone(self),
+            index,
+            state,
+            error,
+        };
+        if self.mode.sync {
+            if self.notify.is_some() {
+                g.queue.push_back(ev);
+            }
+            self.cv.notify_all();
+        } else {
+            self.owner.deliver_async(ev);
+        }
+    }
+
+    fn finalize(self: &Arc<Self>, g: &mut Inner, i: usize, state: State, error: i32) {
+        debug_assert!(g.regions[i].fin.is_none());
+        g.regions[i].fin = Some((state, error));
+        g.live -= 1;
+        self.emit(g, i as u32, state, error);
+        if g.live == 0 {
+            self.owner.request_final(self);
+        }
+    }
+
+    /// Write path: copies the caller's bytes `[off, off + len)` into `slot`
+    /// if any live region still needs them, and returns the indices of the
+    /// live regions whose data reaches `off`. Copying under the lock means a
+    /// region cancelled meanwhile never has its memory read again.
+    pub fn fill_write_chunk(&self, off: u64, len: usize, slot: &SlotRef) -> Vec<u32> {
+        let g = self.lock();
+        let users: Vec<u32> = g
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.fin.is_none() && r.spec.count * 512 > off)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if !users.is_empty() {
+            // SAFETY: the regions in `users` are live, so the caller's memory
+            // is still lent to us; `off + len` is within it (checked at submit).
+            unsafe { self.mem.copy_out(off as usize, slot.bytes_mut(len)) };
+        }
+        users
+    }
+
+    /// Region spec accessor for building operations.
+    pub fn with_region<R>(&self, i: usize, f: impl FnOnce(&RegionSpec) -> R) -> R {
+        f(&self.lock().regions[i].spec)
+    }
+
+    /// Result of one operation of region `region`. For reads, `slot` holds
+    /// the data for caller bytes `[mem_off, mem_off + expected)`. The slot
+    /// is released here, before the region's final notification is queued.
+    pub fn op_done(
+        self: &Arc<Self>,
+        region: u32,
+        mem_off: u64,
+        slot: Option<SlotRef>,
+        expected: u32,
+        res: i32,
+    ) {
+        let mut g = self.lock();
+        let i = region as usize;
+        let r = &mut g.regions[i];
+        if r.fin.is_none() {
+            if res < 0 {
+                if r.error == 0 {
+                    r.error = res;
+                }
+            } else if res as u32 != expected {
+                if r.error == 0 {
+                    r.error = -libc::EIO;
+                }
+            } else if !self.mode.write && r.error == 0 {
+                if let Some(s) = &slot {
+                    // SAFETY: the region is live, so the caller's memory is
+                    // still lent to us; bounds were checked at submission.
+                    unsafe { self.mem.copy_in(mem_off as usize, s.bytes(expected as usize)) };
+                }
+            }
+        }
+        drop(slot);
+        let r = &mut g.regions[i];
+        if r.fin.is_some() {
+            return;
+        }
+        r.outstanding = r.outstanding.saturating_sub(1);
+        if r.outstanding == 0 {
+            let (state, err) = if r.error == 0 {
+                (State::Ok, 0)
+            } else {
+                (State::Error, r.error)
+            };
+            self.finalize(&mut g, i, state, err);
+        }
+    }
+
+    /// The deadline passed: running regions get TIMEOUT (once), or end
+    /// CANCELLED with `DM_IO_CANCEL_ON_TIMEOUT` (and for SYNC requests
+    /// without notify, as the proposal says).
+    pub fn on_deadline(self: &Arc<Self>) {
+        let cancel = self.mode.cancel_on_timeout || (self.mode.sync && self.notify.is_none());
+        let mut g = self.lock();
+        for i in 0..g.regions.len() {
+            let r = &mut g.regions[i];
+            if r.fin.is_some() || r.timed_out {
+                continue;
+            }
+            r.timed_out = true;
+            if cancel {
+                self.finalize(&mut g, i, State::Cancelled, CancelReason::Deadline.errno());
+            } else {
+                self.emit(&mut g, i as u32, State::Timeout, -libc::ETIMEDOUT);
+            }
+        }
+    }
+
+    /// Cancels every live region for which `pick(device)` holds; returns
+    /// how many were cancelled.
+    pub fn cancel_where(self: &Arc<Self>, reason: CancelReason, pick: impl Fn(&Device) -> bool) -> usize {
+        let mut g = self.lock();
+        let mut n = 0;
+        for i in 0..g.regions.len() {
+            if g.regions[i].fin.is_none() && pick(&g.regions[i].spec.dev) {
+                self.finalize(&mut g, i, State::Cancelled, reason.errno());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Waits (in the `dm_io` caller's thread) until every region is final,
+    /// calling notify for each event here, and returns the summary: 0 when
+    /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
+    /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
+    pub fn wait_sync(self: &Arc<Self>) -> i32 {
+        let mut g = self.lock();
+        loop {
+            if let Some(ev) = g.queue.pop_front() {
+                drop(g);
+                ev.deliver();
+                g = self.lock();
+                continue;
+            }
+            if g.live == 0 {
+                break;
+            }
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
+        drop(g);
+        self.owner.request_delivered(self);
+        summarize(&finals)
+    }
+
+    /// The completion thread delivered a final event of this request.
+    pub fn final_delivered(&self) {
+        let mut g = self.lock();
+        g.undelivered -= 1;
+        let done = g.undelivered == 0;
+        drop(g);
+        if done {
+            self.owner.request_delivered(self);
+        }
+    }
+}
+
+/// 0 if every state is OK; else the first ERROR's code; else the first
+/// CANCELLED region's code.
+pub fn summarize(finals: &[(State, i32)]) -> i32 {
+    if let Some((_, e)) = finals.iter().find(|(s, _)| *s == State::Error) {
+        return *e;
+    }
+    finals
+        .iter()
+        .find(|(s, _)| *s != State::Ok)
+        .map(|(_, e)| *e)
+        .unwrap_or(0)
+}
