@@ -172,3 +172,33 @@ pub struct dm_io_control {
     /// `DM_IO_CANCEL_ON_TIMEOUT` or 0.
     pub flags: c_uint,
 }
+
+/// The ABI pinned: the same numbers are `_Static_assert`ed in
+/// `c-tests/abi_layout.c` against the header (64-bit Linux).
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<sector_t>() == 8);
+    assert!(size_of::<dm_io_region>() == 24);
+    assert!(offset_of!(dm_io_region, sector) == 8);
+    assert!(offset_of!(dm_io_region, count) == 16);
+    assert!(size_of::<dm_io_region_state>() == 24);
+    assert!(offset_of!(dm_io_region_state, state) == 4);
+    assert!(offset_of!(dm_io_region_state, error_code) == 8);
+    assert!(offset_of!(dm_io_region_state, hdl) == 16);
+    assert!(size_of::<dm_io_page_list>() == 16);
+    assert!(offset_of!(dm_io_page_list, page) == 8);
+    assert!(size_of::<bio_vec>() == 16);
+    assert!(offset_of!(bio_vec, bv_len) == 8);
+    assert!(offset_of!(bio_vec, bv_offset) == 12);
+    assert!(size_of::<dm_io_memory>() == 24);
+    assert!(offset_of!(dm_io_memory, ptr) == 8);
+    assert!(offset_of!(dm_io_memory, offset) == 16);
+    assert!(size_of::<dm_io_control>() == 72);
+    assert!(offset_of!(dm_io_control, rw) == 24);
+    assert!(offset_of!(dm_io_control, notify) == 32);
+    assert!(offset_of!(dm_io_control, context) == 40);
+    assert!(offset_of!(dm_io_control, client) == 48);
+    assert!(offset_of!(dm_io_control, timeout) == 56);
+    assert!(offset_of!(dm_io_control, flags) == 64);
+    assert!(size_of::<dm_io_state>() == 4);
+};
