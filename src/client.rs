@@ -13,7 +13,9 @@ use crate::handle;
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::{Pool, SlotRef};
 use crate::memory::PAGE_SIZE;
-use crate::request::{CancelReason, Event, Mode, Notifier, RegionSpec, Request, RequestOwner, State};
+use crate::request::{
+    CancelReason, Event, Mode, Notifier, RegionSpec, Request, RequestOwner, State,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,13 +90,17 @@ fn total_ram() -> u64 {
 /// Checks the proposal's arguments; returns (slots, slot size).
 pub fn geometry(devices: u32, min_ios: u32, max_size: u32) -> Result<(u32, usize)> {
     if devices == 0 || devices > MAX_DEVICES {
-        return Err(crate::einval!("devices must be 1..={MAX_DEVICES}, got {devices}"));
+        return Err(crate::einval!(
+            "devices must be 1..={MAX_DEVICES}, got {devices}"
+        ));
     }
     if min_ios == 0 {
         return Err(crate::einval!("min_ios must be at least 1"));
     }
     if max_size == 0 || max_size > MAX_SIZE_LIMIT {
-        return Err(crate::einval!("max_size must be 1..={MAX_SIZE_LIMIT} bytes, got {max_size}"));
+        return Err(crate::einval!(
+            "max_size must be 1..={MAX_SIZE_LIMIT} bytes, got {max_size}"
+        ));
     }
     let slots = devices
         .checked_mul(min_ios)
@@ -114,7 +120,9 @@ impl Client {
     /// `dm_io_client_create` on the io_uring reactor.
     pub fn create(devices: u32, min_ios: u32, max_size: u32) -> Result<Arc<Client>> {
         let (slots, _) = geometry(devices, min_ios, max_size)?;
-        let entries = (slots.saturating_mul(2)).clamp(64, 4096).next_power_of_two();
+        let entries = (slots.saturating_mul(2))
+            .clamp(64, 4096)
+            .next_power_of_two();
         let engine = UringEngine::new(entries)?;
         Client::with_engine(devices, min_ios, max_size, engine)
     }
@@ -190,22 +198,31 @@ impl Client {
                 return Err(crate::einval!("a read names exactly one region, got {n}"));
             }
             if s.flush || s.fua {
-                return Err(crate::einval!("DM_IO_FLUSH and DM_IO_FUA apply to writes only"));
+                return Err(crate::einval!(
+                    "DM_IO_FLUSH and DM_IO_FUA apply to writes only"
+                ));
             }
         }
         if !s.mode.sync && s.notify.is_none() {
-            return Err(crate::einval!("an asynchronous request needs a notify function"));
+            return Err(crate::einval!(
+                "an asynchronous request needs a notify function"
+            ));
         }
         let mut need = 0u64;
         for (i, r) in s.regions.iter().enumerate() {
             if s.mode.write && r.dev.read_only() {
-                return Err(Error::new(libc::EBADF, format!("region {i}: device opened read-only")));
+                return Err(Error::new(
+                    libc::EBADF,
+                    format!("region {i}: device opened read-only"),
+                ));
             }
             if r.count == 0 {
                 if s.mode.write && s.flush {
                     continue;
                 }
-                return Err(crate::einval!("region {i}: count is 0 (allowed only for a DM_IO_FLUSH write)"));
+                return Err(crate::einval!(
+                    "region {i}: count is 0 (allowed only for a DM_IO_FLUSH write)"
+                ));
             }
             let end = r.sector.checked_add(r.count);
             if end.is_none_or(|e| e > r.dev.sectors()) {
@@ -228,7 +245,10 @@ impl Client {
             need = need.max(r.count * 512);
         }
         if (s.mem.len() as u64) < need {
-            return Err(crate::einval!("memory covers {} bytes, regions need {need}", s.mem.len()));
+            return Err(crate::einval!(
+                "memory covers {} bytes, regions need {need}",
+                s.mem.len()
+            ));
         }
         Ok(())
     }
@@ -269,7 +289,9 @@ impl Client {
             live.reqs.insert(req.id, Arc::clone(&req));
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        self.counters.regions.fetch_add(nreg as u64, Ordering::Relaxed);
+        self.counters
+            .regions
+            .fetch_add(nreg as u64, Ordering::Relaxed);
         if let Some(t) = s.timeout {
             if let Some(at) = Instant::now().checked_add(t) {
                 self.engine.arm_deadline(at, Arc::downgrade(&req));

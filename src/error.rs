@@ -23,11 +23,17 @@ impl Error {
     /// Builds an error from the calling thread's `errno` after a failed libc call.
     pub fn last_os(what: &str) -> Self {
         let e = std::io::Error::last_os_error();
-        Error::new(e.raw_os_error().unwrap_or(libc::EIO), format!("{what}: {e}"))
+        Error::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("{what}: {e}"),
+        )
     }
 
     pub fn from_io(what: &str, e: &std::io::Error) -> Self {
-        Error::new(e.raw_os_error().unwrap_or(libc::EIO), format!("{what}: {e}"))
+        Error::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("{what}: {e}"),
+        )
     }
 }
 

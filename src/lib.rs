@@ -17,3 +17,6 @@ pub mod handle;
 pub mod memory;
 pub mod registry;
 pub mod request;
+
+#[cfg(test)]
+mod state_tests;

@@ -286,7 +286,10 @@ impl Request {
                 if let Some(s) = &slot {
                     // SAFETY: the region is live, so the caller's memory is
                     // still lent to us; bounds were checked at submission.
-                    unsafe { self.mem.copy_in(mem_off as usize, s.bytes(expected as usize)) };
+                    unsafe {
+                        self.mem
+                            .copy_in(mem_off as usize, s.bytes(expected as usize))
+                    };
                 }
             }
         }
@@ -328,7 +331,11 @@ impl Request {
 
     /// Cancels every live region for which `pick(device)` holds; returns
     /// how many were cancelled.
-    pub fn cancel_where(self: &Arc<Self>, reason: CancelReason, pick: impl Fn(&Device) -> bool) -> usize {
+    pub fn cancel_where(
+        self: &Arc<Self>,
+        reason: CancelReason,
+        pick: impl Fn(&Device) -> bool,
+    ) -> usize {
         let mut g = self.lock();
         let mut n = 0;
         for i in 0..g.regions.len() {

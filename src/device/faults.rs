@@ -48,10 +48,17 @@ enum Dir {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
-    Delay { read: Duration, write: Duration },
+    Delay {
+        read: Duration,
+        write: Duration,
+    },
     Error(i32),
     Hang,
-    Flakey { up: Duration, down: Duration, drop_writes: bool },
+    Flakey {
+        up: Duration,
+        down: Duration,
+        drop_writes: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,12 +321,25 @@ mod tests {
         let t = FaultTable::default();
         assert_eq!(t.decide(false, 0, 8), Decision::Pass);
         t.set("delay read=50ms write=200ms").unwrap();
-        assert_eq!(t.decide(false, 0, 8), Decision::Delay(Duration::from_millis(50)));
-        assert_eq!(t.decide(true, 0, 8), Decision::Delay(Duration::from_millis(200)));
-        t.set("error reads sectors=0-2047 errno=ENOSPC; delay 5ms").unwrap();
+        assert_eq!(
+            t.decide(false, 0, 8),
+            Decision::Delay(Duration::from_millis(50))
+        );
+        assert_eq!(
+            t.decide(true, 0, 8),
+            Decision::Delay(Duration::from_millis(200))
+        );
+        t.set("error reads sectors=0-2047 errno=ENOSPC; delay 5ms")
+            .unwrap();
         assert_eq!(t.decide(false, 2040, 16), Decision::Fail(libc::ENOSPC));
-        assert_eq!(t.decide(false, 2048, 16), Decision::Delay(Duration::from_millis(5)));
-        assert_eq!(t.decide(true, 0, 8), Decision::Delay(Duration::from_millis(5)));
+        assert_eq!(
+            t.decide(false, 2048, 16),
+            Decision::Delay(Duration::from_millis(5))
+        );
+        assert_eq!(
+            t.decide(true, 0, 8),
+            Decision::Delay(Duration::from_millis(5))
+        );
         t.set("hang writes").unwrap();
         assert_eq!(t.decide(true, 0, 8), Decision::Hold);
         assert_eq!(t.decide(false, 0, 8), Decision::Pass);

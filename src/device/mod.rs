@@ -72,7 +72,10 @@ impl Device {
     /// buffered IO and [`Device::direct`] says so.
     pub fn open(path: &str, flags: u32) -> Result<Device> {
         if flags & !OPEN_KNOWN != 0 {
-            return Err(crate::einval!("unknown open flags {:#x}", flags & !OPEN_KNOWN));
+            return Err(crate::einval!(
+                "unknown open flags {:#x}",
+                flags & !OPEN_KNOWN
+            ));
         }
         let c = CString::new(path).map_err(|_| crate::einval!("path contains a NUL byte"))?;
         let acc = if flags & OPEN_RDONLY != 0 {
@@ -107,7 +110,10 @@ impl Device {
     /// it (or can be given it and `OPEN_BUFFERED` is not set).
     pub fn from_fd(fd: RawFd, flags: u32) -> Result<Device> {
         if flags & !OPEN_KNOWN != 0 {
-            return Err(crate::einval!("unknown open flags {:#x}", flags & !OPEN_KNOWN));
+            return Err(crate::einval!(
+                "unknown open flags {:#x}",
+                flags & !OPEN_KNOWN
+            ));
         }
         // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; a bad fd gives EBADF.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -167,7 +173,10 @@ impl Device {
         if !lbs.is_power_of_two() || lbs as usize > crate::memory::PAGE_SIZE {
             return Err(Error::new(
                 libc::EOPNOTSUPP,
-                format!("logical block size {lbs} is above {}", crate::memory::PAGE_SIZE),
+                format!(
+                    "logical block size {lbs} is above {}",
+                    crate::memory::PAGE_SIZE
+                ),
             ));
         }
         Ok(Device {
@@ -220,9 +229,18 @@ mod tests {
         let d = Device::open(p.to_str().unwrap(), 0).unwrap();
         assert_eq!(d.sectors(), 2048);
         assert!(d.logical_block_size() >= 512);
-        assert_eq!(Device::open("/nonexistent/x", 0).unwrap_err().errno, libc::ENOENT);
-        assert_eq!(Device::open(p.to_str().unwrap(), 99).unwrap_err().errno, libc::EINVAL);
-        assert_eq!(Device::open("/dev/null", 0).unwrap_err().errno, libc::ENOTBLK);
+        assert_eq!(
+            Device::open("/nonexistent/x", 0).unwrap_err().errno,
+            libc::ENOENT
+        );
+        assert_eq!(
+            Device::open(p.to_str().unwrap(), 99).unwrap_err().errno,
+            libc::EINVAL
+        );
+        assert_eq!(
+            Device::open("/dev/null", 0).unwrap_err().errno,
+            libc::ENOTBLK
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -102,7 +102,11 @@ impl Sched {
         while self.delayed.peek().is_some_and(|t| t.0.at <= now) {
             ready.push(self.delayed.pop().expect("peeked").0.item);
         }
-        if self.held.iter().any(|(g, op)| op.dev.faults.generation() != *g) {
+        if self
+            .held
+            .iter()
+            .any(|(g, op)| op.dev.faults.generation() != *g)
+        {
             for (g, op) in std::mem::take(&mut self.held) {
                 if op.dev.faults.generation() == g {
                     self.held.push((g, op));

@@ -194,12 +194,9 @@ impl Reactor {
     }
 
     fn arm_wake(&mut self) {
-        let e = opcode::PollAdd::new(
-            types::Fd(self.waker.efd.as_raw_fd()),
-            libc::POLLIN as u32,
-        )
-        .build()
-        .user_data(WAKE);
+        let e = opcode::PollAdd::new(types::Fd(self.waker.efd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
         // SAFETY: a poll entry carries no buffer; the eventfd lives as long
         // as the reactor (the waker is owned by it).
         while unsafe { self.ring.submission().push(&e) }.is_err() {

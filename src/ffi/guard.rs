@@ -34,7 +34,10 @@ pub fn int(name: &str, f: impl FnOnce() -> Result<c_int>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => record(name, &e),
-        Err(_) => record(name, &Error::new(PANIC_ERRNO, "internal error (panic caught)")),
+        Err(_) => record(
+            name,
+            &Error::new(PANIC_ERRNO, "internal error (panic caught)"),
+        ),
     }
 }
 
@@ -47,7 +50,10 @@ pub fn ptr<T>(name: &str, f: impl FnOnce() -> Result<*mut T>) -> *mut T {
             std::ptr::null_mut()
         }
         Err(_) => {
-            record(name, &Error::new(PANIC_ERRNO, "internal error (panic caught)"));
+            record(
+                name,
+                &Error::new(PANIC_ERRNO, "internal error (panic caught)"),
+            );
             std::ptr::null_mut()
         }
     }
@@ -67,7 +73,10 @@ pub fn value<T>(name: &str, dflt: T, f: impl FnOnce() -> Result<T>) -> T {
             dflt
         }
         Err(_) => {
-            record(name, &Error::new(PANIC_ERRNO, "internal error (panic caught)"));
+            record(
+                name,
+                &Error::new(PANIC_ERRNO, "internal error (panic caught)"),
+            );
             dflt
         }
     }

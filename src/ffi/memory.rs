@@ -1,6 +1,6 @@
 //! Walks a C `dm_io_memory` descriptor into validated segments.
 
-use super::types::{bio_vec, dm_io_memory, dm_io_mem_type, dm_io_page_list};
+use super::types::{bio_vec, dm_io_mem_type, dm_io_memory, dm_io_page_list};
 use crate::error::Result;
 use crate::memory::caller::{CallerMemory, Segment};
 use crate::memory::pages::LivePages;
@@ -29,7 +29,10 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
             .checked_add(offset)
             .filter(|s| s.checked_add(need).is_some())
             .ok_or_else(|| crate::einval!("memory.ptr.vma + offset + length overflows"))?;
-        return Ok(CallerMemory::from_segments(vec![Segment { addr: start, len: need }]));
+        return Ok(CallerMemory::from_segments(vec![Segment {
+            addr: start,
+            len: need,
+        }]));
     }
     let live = LivePages::lock();
     let mut w = Walk {
@@ -57,11 +60,15 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
             }
             let page = v.bv_page as usize;
             if !live.contains(page) {
-                return Err(crate::einval!("bio_vec {i}: bv_page is not from dm_io_page_alloc"));
+                return Err(crate::einval!(
+                    "bio_vec {i}: bv_page is not from dm_io_page_alloc"
+                ));
             }
             let (o, l) = (v.bv_offset as usize, v.bv_len as usize);
             if o.checked_add(l).is_none_or(|e| e > PAGE_SIZE) {
-                return Err(crate::einval!("bio_vec {i}: offset {o} + len {l} exceeds the page"));
+                return Err(crate::einval!(
+                    "bio_vec {i}: offset {o} + len {l} exceeds the page"
+                ));
             }
             w.add(page + o, l);
             // SAFETY: stays within the caller's array (see above).
@@ -83,7 +90,9 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
             let node: dm_io_page_list = unsafe { pl.read() };
             let page = node.page as usize;
             if !live.contains(page) {
-                return Err(crate::einval!("page list entry {i}: page is not from dm_io_page_alloc"));
+                return Err(crate::einval!(
+                    "page list entry {i}: page is not from dm_io_page_alloc"
+                ));
             }
             w.add(page, PAGE_SIZE);
             pl = node.next;

@@ -1,6 +1,12 @@
 //! The C ABI. The only module that touches raw C pointers: every exported
 //! function checks its arguments, calls safe Rust, and maps the result to
 //! `-errno`, under `catch_unwind` so no panic reaches C.
+//!
+//! The contract of each function (which pointers must be valid, for how
+//! long) is written for C callers in its doc comment, which cbindgen puts in
+//! `dm_io.h`; Rust's `# Safety` sections and `unsafe fn` markers would say
+//! the same to no reader, hence the two allows.
+#![allow(clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod guard;
 pub mod memory;
@@ -194,7 +200,10 @@ pub unsafe extern "C" fn dm_io(
         // the client's device count).
         let regs = unsafe { guard::slice(regions, num_regions as usize, "regions") }?;
         if ctrl.rw & !RW_KNOWN != 0 {
-            return Err(crate::einval!("unknown bits {:#x} in rw", ctrl.rw & !RW_KNOWN));
+            return Err(crate::einval!(
+                "unknown bits {:#x} in rw",
+                ctrl.rw & !RW_KNOWN
+            ));
         }
         if ctrl.flags & !DM_IO_CANCEL_ON_TIMEOUT != 0 {
             return Err(crate::einval!(
@@ -266,12 +275,10 @@ pub extern "C" fn dm_io_handle_get(io: *mut dm_io_handle) -> *mut dm_io_handle {
 /// (see `dm_io_last_error`). Releasing the handle does not cancel the IO.
 #[no_mangle]
 pub extern "C" fn dm_io_handle_put(io: *mut dm_io_handle) -> *mut dm_io_handle {
-    guard::ptr("dm_io_handle_put", || {
-        match handle::put(io as usize) {
-            Some(true) => Ok(io),
-            Some(false) => Ok(std::ptr::null_mut()),
-            None => Err(crate::einval!("no reference held on this dm_io_handle")),
-        }
+    guard::ptr("dm_io_handle_put", || match handle::put(io as usize) {
+        Some(true) => Ok(io),
+        Some(false) => Ok(std::ptr::null_mut()),
+        None => Err(crate::einval!("no reference held on this dm_io_handle")),
     })
 }
 
@@ -303,7 +310,11 @@ pub extern "C" fn dm_io_cancel_by_handle(cl: *mut dm_io_client, hdl: *mut dm_io_
     })
 }
 
-fn open_with(dev: Result<Device>, spec: Option<&str>, out: *mut *mut block_device) -> Result<c_int> {
+fn open_with(
+    dev: Result<Device>,
+    spec: Option<&str>,
+    out: *mut *mut block_device,
+) -> Result<c_int> {
     let d = dev?;
     if let Some(s) = spec {
         d.faults.set(s)?;
@@ -340,7 +351,11 @@ pub unsafe extern "C" fn dm_io_bdev_open(
 /// duplicated (the caller keeps and closes `fd`). O_DIRECT is used if `fd`
 /// has it. Returns 0, `-EINVAL`, `-EBADF`, `-ENOTBLK` or `-EOPNOTSUPP`.
 #[no_mangle]
-pub extern "C" fn dm_io_bdev_open_fd(fd: c_int, flags: c_uint, bdev: *mut *mut block_device) -> c_int {
+pub extern "C" fn dm_io_bdev_open_fd(
+    fd: c_int,
+    flags: c_uint,
+    bdev: *mut *mut block_device,
+) -> c_int {
     guard::int("dm_io_bdev_open_fd", || {
         guard::out(bdev, "bdev")?;
         open_with(Device::from_fd(fd, flags), None, bdev)
@@ -380,7 +395,10 @@ pub unsafe extern "C" fn dm_io_bdev_open_faulty(
 /// `sectors=A-B` is inclusive, in 512-byte sectors. Durations take `us`,
 /// `ms` or `s`. Returns 0 or `-EINVAL` (bad spec, unknown device).
 #[no_mangle]
-pub unsafe extern "C" fn dm_io_bdev_set_faults(bdev: *mut block_device, spec: *const c_char) -> c_int {
+pub unsafe extern "C" fn dm_io_bdev_set_faults(
+    bdev: *mut block_device,
+    spec: *const c_char,
+) -> c_int {
     guard::int("dm_io_bdev_set_faults", || {
         let d = device_of(bdev)?;
         // SAFETY: a non-NULL `spec` is a C string.
@@ -422,7 +440,9 @@ pub extern "C" fn dm_io_bdev_block_size(bdev: *const block_device) -> c_uint {
 /// `-EINVAL` for an unknown handle.
 #[no_mangle]
 pub extern "C" fn dm_io_bdev_is_direct(bdev: *const block_device) -> c_int {
-    guard::int("dm_io_bdev_is_direct", || Ok(device_of(bdev)?.direct() as c_int))
+    guard::int("dm_io_bdev_is_direct", || {
+        Ok(device_of(bdev)?.direct() as c_int)
+    })
 }
 
 /// Allocates one zeroed, `DM_IO_PAGE_SIZE`-aligned page; NULL when out of
@@ -448,7 +468,9 @@ pub extern "C" fn dm_io_page_free(p: *mut page) {
         if crate::memory::pages::free(p as usize) {
             Ok(())
         } else {
-            Err(crate::einval!("not a page from dm_io_page_alloc (or freed twice)"))
+            Err(crate::einval!(
+                "not a page from dm_io_page_alloc (or freed twice)"
+            ))
         }
     })
 }

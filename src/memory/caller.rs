@@ -96,8 +96,14 @@ mod tests {
         let mut a = [0u8; 5];
         let mut b = [0u8; 7];
         let m = CallerMemory::from_segments(vec![
-            Segment { addr: a.as_mut_ptr() as usize, len: a.len() },
-            Segment { addr: b.as_mut_ptr() as usize, len: b.len() },
+            Segment {
+                addr: a.as_mut_ptr() as usize,
+                len: a.len(),
+            },
+            Segment {
+                addr: b.as_mut_ptr() as usize,
+                len: b.len(),
+            },
         ]);
         assert_eq!(m.len(), 12);
         let src: Vec<u8> = (1..=8).collect();

@@ -195,7 +195,12 @@ impl SlotRef {
     /// Address of the slot's first byte (page-aligned).
     pub fn as_ptr(&self) -> *mut u8 {
         // SAFETY: idx < nslots, so the offset stays inside the mapping.
-        unsafe { self.0.pool.base.add(self.0.idx as usize * self.0.pool.slot_size) }
+        unsafe {
+            self.0
+                .pool
+                .base
+                .add(self.0.idx as usize * self.0.pool.slot_size)
+        }
     }
 
     pub fn len(&self) -> usize {

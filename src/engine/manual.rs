@@ -1,0 +1,66 @@
+//! A test engine whose completions and deadlines the test releases by hand,
+//! to drive the state machine through exact interleavings.
+
+use super::{Engine, EngineKind, IoOp};
+use crate::request::Request;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Weak};
+use std::time::Instant;
+
+#[derive(Default)]
+pub struct ManualEngine {
+    pub ops: Mutex<Vec<IoOp>>,
+    deadlines: Mutex<Vec<Weak<Request>>>,
+    pub shut: AtomicBool,
+}
+
+impl ManualEngine {
+    /// Ops submitted and not yet completed.
+    pub fn pending(&self) -> usize {
+        self.ops.lock().unwrap().len()
+    }
+
+    /// Completes every pending op with its full length (reads fill their
+    /// buffer with `fill`), or with `err` when negative.
+    pub fn complete_all(&self, err: i32, fill: u8) {
+        let ops: Vec<IoOp> = std::mem::take(&mut *self.ops.lock().unwrap());
+        for op in ops {
+            if err < 0 {
+                op.complete(err);
+                continue;
+            }
+            if let Some(s) = &op.slot {
+                if op.kind == super::OpKind::Read {
+                    s.bytes_mut(op.len as usize).fill(fill);
+                }
+            }
+            let n = op.len as i32;
+            op.complete(n);
+        }
+    }
+
+    /// Fires every armed deadline now.
+    pub fn fire_deadlines(&self) {
+        let ds: Vec<Weak<Request>> = std::mem::take(&mut *self.deadlines.lock().unwrap());
+        for d in ds {
+            if let Some(r) = d.upgrade() {
+                r.on_deadline();
+            }
+        }
+    }
+}
+
+impl Engine for ManualEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Manual
+    }
+    fn submit(&self, ops: Vec<IoOp>) {
+        self.ops.lock().unwrap().extend(ops);
+    }
+    fn arm_deadline(&self, _at: Instant, req: Weak<Request>) {
+        self.deadlines.lock().unwrap().push(req);
+    }
+    fn shutdown(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+    }
+}
