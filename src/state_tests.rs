@@ -246,7 +246,8 @@ fn errors_keep_first_errno_and_split_regions_wait_for_memory() {
     let rec2 = Arc::clone(&rec);
     let d2 = Arc::clone(&d);
     let t = std::thread::spawn(move || {
-        // SAFETY (test): `buf` outlives the thread, joined below.
+        // SAFETY: `buf` outlives the thread (joined below) and is not
+        // touched by the test until then.
         let b = unsafe { std::slice::from_raw_parts_mut(bufp as *mut u8, 12288) };
         submit(&c2, READ, vec![region(&d2, 0, 24)], b, &rec2, None)
     });
