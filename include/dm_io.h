@@ -114,6 +114,16 @@
 #define DM_IO_BDEV_BUFFERED 2
 
 /**
+ * `dm_io_stats.engine`: the io_uring reactor.
+ */
+#define DM_IO_ENGINE_URING 1
+
+/**
+ * `dm_io_stats.engine`: the thread-pool engine (io_uring refused).
+ */
+#define DM_IO_ENGINE_THREADS 2
+
+/**
  * The state of a region, as given to notify.
  */
 enum dm_io_state {
@@ -286,6 +296,67 @@ struct dm_io_region {
   sector_t count;
 };
 
+/**
+ * A client's counters, filled by `dm_io_client_stats`. New fields are only
+ * ever added at the end.
+ */
+struct dm_io_stats {
+  /**
+   * `dm_io` calls accepted.
+   */
+  uint64_t requests;
+  /**
+   * Regions of those requests.
+   */
+  uint64_t regions;
+  /**
+   * Regions not yet final.
+   */
+  uint64_t regions_in_flight;
+  /**
+   * Regions that ended OK.
+   */
+  uint64_t ok;
+  /**
+   * TIMEOUT notifications.
+   */
+  uint64_t timeouts;
+  /**
+   * Regions that ended CANCELLED (by a cancel call, CANCEL_ON_TIMEOUT or destroy).
+   */
+  uint64_t cancelled;
+  /**
+   * Regions that ended ERROR.
+   */
+  uint64_t errors;
+  /**
+   * Final states (OK or ERROR) that came after a TIMEOUT.
+   */
+  uint64_t late_completions;
+  /**
+   * Private memory in use now, in bytes (includes memory held by
+   * cancelled IO still running in the kernel).
+   */
+  uint64_t private_bytes_in_use;
+  /**
+   * Most private memory ever in use, in bytes.
+   */
+  uint64_t private_bytes_high_water;
+  /**
+   * The private memory bound: `devices × min_ios × max_size` (rounded to pages).
+   */
+  uint64_t private_bytes_bound;
+  /**
+   * How many times `dm_io` had to wait for private memory.
+   */
+  uint64_t memory_waits;
+  /**
+   * `DM_IO_ENGINE_URING` or `DM_IO_ENGINE_THREADS`.
+   */
+  unsigned int engine;
+  unsigned int reserved;
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -406,6 +477,15 @@ int dm_io_cancel_by_device(struct dm_io_client *cl, struct block_device *bdev);
  * a dead handle, or a handle of another client.
  */
 int dm_io_cancel_by_handle(struct dm_io_client *cl, struct dm_io_handle *hdl);
+
+/**
+ * Copies the client's counters into `st`, writing at most `size` bytes
+ * (pass `sizeof(struct dm_io_stats)`; a program built against an older,
+ * shorter struct gets the fields it knows; bytes beyond the library's
+ * struct are zeroed). Cheap: atomic counters, safe to call from notify.
+ * Returns 0, or `-EINVAL` (unknown client, NULL `st`, `size` < 8).
+ */
+int dm_io_client_stats(struct dm_io_client *cl, struct dm_io_stats *st, size_t size);
 
 /**
  * Opens a block device or regular file for dm_io. Uses O_DIRECT unless

@@ -37,7 +37,26 @@ pub struct Counters {
     pub timeouts: AtomicU64,
     pub cancelled: AtomicU64,
     pub errors: AtomicU64,
+    /// Final states (OK or ERROR) that came after a TIMEOUT.
     pub late: AtomicU64,
+}
+
+/// A snapshot of a client's counters and memory use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub regions: u64,
+    pub regions_in_flight: u64,
+    pub ok: u64,
+    pub timeouts: u64,
+    pub cancelled: u64,
+    pub errors: u64,
+    pub late: u64,
+    pub private_in_use: u64,
+    pub private_high_water: u64,
+    pub private_bound: u64,
+    pub memory_waits: u64,
+    pub engine: EngineKind,
 }
 
 struct Live {
@@ -177,6 +196,31 @@ impl Client {
     pub fn engine_kind(&self) -> EngineKind {
         self.engine.kind()
     }
+    /// Counters and memory use now. Each counter is read atomically, the
+    /// set is not one instant's (cheap, lock-free apart from the pool's).
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let regions = ld(&c.regions);
+        let finals = ld(&c.ok) + ld(&c.cancelled) + ld(&c.errors);
+        let slot = self.pool.slot_size() as u64;
+        Stats {
+            requests: ld(&c.requests),
+            regions,
+            regions_in_flight: regions.saturating_sub(finals),
+            ok: ld(&c.ok),
+            timeouts: ld(&c.timeouts),
+            cancelled: ld(&c.cancelled),
+            errors: ld(&c.errors),
+            late: ld(&c.late),
+            private_in_use: self.pool.in_use() as u64 * slot,
+            private_high_water: self.pool.high_water() * slot,
+            private_bound: self.pool.bound(),
+            memory_waits: self.pool.waits(),
+            engine: self.engine.kind(),
+        }
+    }
+
     /// Requests not yet final.
     pub fn live_requests(&self) -> usize {
         self.live().reqs.len()
@@ -412,8 +456,20 @@ impl Client {
 }
 
 impl RequestOwner for Client {
+    fn observe(&self, state: State, late: bool) {
+        let c = &self.counters;
+        match state {
+            State::Ok => c.ok.fetch_add(1, Ordering::Relaxed),
+            State::Timeout => c.timeouts.fetch_add(1, Ordering::Relaxed),
+            State::Cancelled => c.cancelled.fetch_add(1, Ordering::Relaxed),
+            State::Error => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        if late {
+            c.late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn deliver_async(&self, ev: Event) {
-        self.count(&ev);
         self.completion.push(ev);
     }
 
@@ -423,17 +479,5 @@ impl RequestOwner for Client {
 
     fn request_delivered(&self, req: &Request) {
         handle::release_lib(req.handle());
-    }
-}
-
-impl Client {
-    fn count(&self, ev: &Event) {
-        let c = &self.counters;
-        match ev.state {
-            State::Ok => c.ok.fetch_add(1, Ordering::Relaxed),
-            State::Timeout => c.timeouts.fetch_add(1, Ordering::Relaxed),
-            State::Cancelled => c.cancelled.fetch_add(1, Ordering::Relaxed),
-            State::Error => c.errors.fetch_add(1, Ordering::Relaxed),
-        };
     }
 }

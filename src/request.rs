@@ -82,6 +82,8 @@ impl Event {
 
 /// What a request needs from its client, without knowing the client.
 pub trait RequestOwner: Send + Sync {
+    /// Counts an event (`late`: a final state after TIMEOUT).
+    fn observe(&self, state: State, late: bool);
     /// Queue an event of an asynchronous request for the completion thread.
     fn deliver_async(&self, ev: Event);
     /// Every region is final: the request leaves the client's live set.
@@ -207,6 +209,8 @@ impl Request {
     }
 
     fn emit(self: &Arc<Self>, g: &mut Inner, index: u32, state: State, error: i32) {
+        let late = state != State::Timeout && g.regions[index as usize].timed_out;
+        self.owner.observe(state, late);
         let ev = Event {
             req: Arc::clone(self),
             index,

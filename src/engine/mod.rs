@@ -83,8 +83,9 @@ impl IoOp {
 }
 
 /// Which engine runs a client's IO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
+    #[default]
     Uring,
     Threads,
     Manual,

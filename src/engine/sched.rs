@@ -36,12 +36,24 @@ impl<T> Ord for Timed<T> {
 }
 
 /// Deadlines plus delayed and held operations.
-#[derive(Default)]
 pub struct Sched {
     seq: u64,
+    purge_at: usize,
     deadlines: BinaryHeap<Reverse<Timed<Weak<Request>>>>,
     delayed: BinaryHeap<Reverse<Timed<IoOp>>>,
     held: Vec<(u64, IoOp)>,
+}
+
+impl Default for Sched {
+    fn default() -> Self {
+        Sched {
+            seq: 0,
+            purge_at: 1024,
+            deadlines: BinaryHeap::new(),
+            delayed: BinaryHeap::new(),
+            held: Vec::new(),
+        }
+    }
 }
 
 impl Sched {
@@ -50,9 +62,16 @@ impl Sched {
         self.seq
     }
 
+    /// Arms a deadline. Entries of requests already freed are dropped in
+    /// bulk whenever the heap doubles, so long timeouts on many short
+    /// requests cannot grow it without bound.
     pub fn arm(&mut self, at: Instant, req: Weak<Request>) {
         let seq = self.next_seq();
         self.deadlines.push(Reverse(Timed { at, seq, item: req }));
+        if self.deadlines.len() >= self.purge_at {
+            self.deadlines.retain(|t| t.0.item.strong_count() > 0);
+            self.purge_at = (self.deadlines.len() * 2).max(1024);
+        }
     }
 
     /// Applies the device's fault rules to a new op: returns it when it

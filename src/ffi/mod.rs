@@ -325,6 +325,62 @@ fn open_with(
     Ok(0)
 }
 
+/// Copies the client's counters into `st`, writing at most `size` bytes
+/// (pass `sizeof(struct dm_io_stats)`; a program built against an older,
+/// shorter struct gets the fields it knows; bytes beyond the library's
+/// struct are zeroed). Cheap: atomic counters, safe to call from notify.
+/// Returns 0, or `-EINVAL` (unknown client, NULL `st`, `size` < 8).
+#[no_mangle]
+pub extern "C" fn dm_io_client_stats(
+    cl: *mut dm_io_client,
+    st: *mut dm_io_stats,
+    size: usize,
+) -> c_int {
+    guard::int("dm_io_client_stats", || {
+        let c = client_of(cl)?;
+        if st.is_null() || size < 8 {
+            return Err(crate::einval!("st is NULL or size below 8"));
+        }
+        let s = c.stats();
+        let out = dm_io_stats {
+            requests: s.requests,
+            regions: s.regions,
+            regions_in_flight: s.regions_in_flight,
+            ok: s.ok,
+            timeouts: s.timeouts,
+            cancelled: s.cancelled,
+            errors: s.errors,
+            late_completions: s.late,
+            private_bytes_in_use: s.private_in_use,
+            private_bytes_high_water: s.private_high_water,
+            private_bytes_bound: s.private_bound,
+            memory_waits: s.memory_waits,
+            engine: match s.engine {
+                crate::engine::EngineKind::Uring => DM_IO_ENGINE_URING,
+                crate::engine::EngineKind::Threads => DM_IO_ENGINE_THREADS,
+                crate::engine::EngineKind::Manual => 0,
+            },
+            reserved: 0,
+        };
+        let ours = std::mem::size_of::<dm_io_stats>();
+        let n = size.min(ours);
+        // SAFETY: `st` is non-NULL and the caller promises `size` writable
+        // bytes there; we write `n <= size` bytes from a local struct, then
+        // zero any bytes between `ours` and `size`. Byte copies need no alignment.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &out as *const dm_io_stats as *const u8,
+                st as *mut u8,
+                n,
+            );
+            if size > ours {
+                std::ptr::write_bytes((st as *mut u8).add(ours), 0, size - ours);
+            }
+        }
+        Ok(0)
+    })
+}
+
 /// Opens a block device or regular file for dm_io. Uses O_DIRECT unless
 /// `DM_IO_BDEV_BUFFERED` is given or the file system refuses it (tmpfs),
 /// in which case IO goes through the page cache. Writes `*bdev` on success;

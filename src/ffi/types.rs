@@ -202,3 +202,43 @@ const _: () = {
     assert!(offset_of!(dm_io_control, flags) == 64);
     assert!(size_of::<dm_io_state>() == 4);
 };
+
+/// `dm_io_stats.engine`: the io_uring reactor.
+pub const DM_IO_ENGINE_URING: c_uint = 1;
+/// `dm_io_stats.engine`: the thread-pool engine (io_uring refused).
+pub const DM_IO_ENGINE_THREADS: c_uint = 2;
+
+/// A client's counters, filled by `dm_io_client_stats`. New fields are only
+/// ever added at the end.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct dm_io_stats {
+    /// `dm_io` calls accepted.
+    pub requests: u64,
+    /// Regions of those requests.
+    pub regions: u64,
+    /// Regions not yet final.
+    pub regions_in_flight: u64,
+    /// Regions that ended OK.
+    pub ok: u64,
+    /// TIMEOUT notifications.
+    pub timeouts: u64,
+    /// Regions that ended CANCELLED (by a cancel call, CANCEL_ON_TIMEOUT or destroy).
+    pub cancelled: u64,
+    /// Regions that ended ERROR.
+    pub errors: u64,
+    /// Final states (OK or ERROR) that came after a TIMEOUT.
+    pub late_completions: u64,
+    /// Private memory in use now, in bytes (includes memory held by
+    /// cancelled IO still running in the kernel).
+    pub private_bytes_in_use: u64,
+    /// Most private memory ever in use, in bytes.
+    pub private_bytes_high_water: u64,
+    /// The private memory bound: `devices × min_ios × max_size` (rounded to pages).
+    pub private_bytes_bound: u64,
+    /// How many times `dm_io` had to wait for private memory.
+    pub memory_waits: u64,
+    /// `DM_IO_ENGINE_URING` or `DM_IO_ENGINE_THREADS`.
+    pub engine: c_uint,
+    pub reserved: c_uint,
+}
