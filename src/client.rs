@@ -7,7 +7,7 @@
 
 use crate::completion::CompletionThread;
 use crate::device::Device;
-use crate::engine::{uring::UringEngine, Engine, EngineKind, IoOp, OpKind};
+use crate::engine::{Engine, EngineKind, IoOp, OpKind};
 use crate::error::{Error, Result};
 use crate::handle;
 use crate::memory::caller::CallerMemory;
@@ -136,13 +136,14 @@ pub fn geometry(devices: u32, min_ios: u32, max_size: u32) -> Result<(u32, usize
 }
 
 impl Client {
-    /// `dm_io_client_create` on the io_uring reactor.
+    /// `dm_io_client_create`: the io_uring reactor, or the thread pool
+    /// where io_uring is refused (see [`crate::engine::choose`]).
     pub fn create(devices: u32, min_ios: u32, max_size: u32) -> Result<Arc<Client>> {
         let (slots, _) = geometry(devices, min_ios, max_size)?;
         let entries = (slots.saturating_mul(2))
             .clamp(64, 4096)
             .next_power_of_two();
-        let engine = UringEngine::new(entries)?;
+        let engine = crate::engine::choose(entries, (slots as usize).min(64))?;
         Client::with_engine(devices, min_ios, max_size, engine)
     }
 

@@ -9,6 +9,7 @@
 //! cancelled or any client that was destroyed meanwhile.
 
 pub mod sched;
+pub mod threads;
 pub mod uring;
 
 #[cfg(test)]
@@ -91,7 +92,26 @@ pub enum EngineKind {
     Manual,
 }
 
-/// An IO engine: the io_uring reactor, or (for tests) a hand-driven one.
+/// Picks the engine from `DMIO_ENGINE`: unset or `auto` tries io_uring
+/// and falls back to threads when the kernel refuses it; `uring` fails
+/// instead of falling back; `threads` forces the thread pool.
+pub fn choose(ring_entries: u32, workers: usize) -> crate::error::Result<Arc<dyn Engine>> {
+    let want = std::env::var("DMIO_ENGINE").unwrap_or_default();
+    match want.as_str() {
+        "" | "auto" => match uring::UringEngine::new(ring_entries) {
+            Ok(e) => Ok(e),
+            Err(_) => Ok(threads::ThreadsEngine::new(workers)?),
+        },
+        "uring" => Ok(uring::UringEngine::new(ring_entries)?),
+        "threads" => Ok(threads::ThreadsEngine::new(workers)?),
+        other => Err(crate::einval!(
+            "DMIO_ENGINE={other}: use auto, uring or threads"
+        )),
+    }
+}
+
+/// An IO engine: the io_uring reactor, the thread pool, or (for tests) a
+/// hand-driven one.
 pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
     /// Starts the ops; never waits for IO. Ops that cannot be started end

@@ -1,0 +1,243 @@
+//! The thread-pool engine, for where io_uring is refused (seccomp profiles
+//! of containers, `kernel.io_uring_disabled`, old kernels).
+//!
+//! A dispatcher thread owns the [`Sched`] (deadlines, delayed and held ops)
+//! exactly as the io_uring reactor does; ready ops go to a bounded set of
+//! worker threads doing blocking `pread`/`pwritev2`. A worker stuck in the
+//! kernel keeps its op, and so the op's private memory, until the call
+//! returns; after `shutdown` the dispatcher stays until every op is done.
+
+use super::sched::Sched;
+use super::{Engine, EngineKind, IoOp, OpKind};
+use crate::error::{Error, Result};
+use crate::request::Request;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+enum Msg {
+    Ops(Vec<IoOp>),
+    Deadline(Instant, Weak<Request>),
+    Done,
+    Shutdown,
+}
+
+pub struct ThreadsEngine {
+    tx: Sender<Msg>,
+}
+
+impl ThreadsEngine {
+    /// Starts the dispatcher; workers (at most `max_workers`) start on demand.
+    pub fn new(max_workers: usize) -> Result<Arc<ThreadsEngine>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (wtx, wrx) = crossbeam_channel::unbounded();
+        let d = Dispatcher {
+            rx,
+            tx: tx.clone(),
+            work: wtx,
+            work_rx: wrx,
+            workers: 0,
+            idle: Arc::new(AtomicUsize::new(0)),
+            max_workers: max_workers.max(1),
+            inflight: 0,
+            sched: Sched::default(),
+            shutting: false,
+        };
+        std::thread::Builder::new()
+            .name("dmio-dispatch".into())
+            .spawn(move || d.run())
+            .map_err(|e| Error::from_io("spawn dispatcher", &e))?;
+        Ok(Arc::new(ThreadsEngine { tx }))
+    }
+}
+
+impl Engine for ThreadsEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Threads
+    }
+
+    fn submit(&self, ops: Vec<IoOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.send(Msg::Ops(ops)) {
+            if let Msg::Ops(ops) = e.into_inner() {
+                for op in ops {
+                    op.complete(-libc::ESHUTDOWN);
+                }
+            }
+        }
+    }
+
+    fn arm_deadline(&self, at: Instant, req: Weak<Request>) {
+        let _ = self.tx.send(Msg::Deadline(at, req));
+    }
+
+    fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+}
+
+struct Dispatcher {
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
+    work: Sender<IoOp>,
+    work_rx: Receiver<IoOp>,
+    workers: usize,
+    idle: Arc<AtomicUsize>,
+    max_workers: usize,
+    inflight: usize,
+    sched: Sched,
+    shutting: bool,
+}
+
+impl Dispatcher {
+    fn run(mut self) {
+        let mut ready = Vec::new();
+        loop {
+            let now = Instant::now();
+            self.sched.expire(now, &mut ready);
+            for op in ready.drain(..) {
+                self.dispatch(op);
+            }
+            if self.shutting && self.inflight == 0 && self.sched.parked() == 0 {
+                return;
+            }
+            let msg = match self.sched.next_wakeup(now) {
+                Some(at) => match self
+                    .rx
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+            };
+            self.take(msg);
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(m);
+            }
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Ops(ops) => {
+                let now = Instant::now();
+                for op in ops {
+                    if let Some(op) = self.sched.admit(op, now) {
+                        self.dispatch(op);
+                    }
+                }
+            }
+            Msg::Deadline(at, req) => self.sched.arm(at, req),
+            Msg::Done => self.inflight -= 1,
+            Msg::Shutdown => {
+                self.shutting = true;
+                self.sched.clear_deadlines();
+            }
+        }
+    }
+
+    fn dispatch(&mut self, op: IoOp) {
+        self.inflight += 1;
+        if self.idle.load(Ordering::Acquire) == 0 && self.workers < self.max_workers {
+            let rx = self.work_rx.clone();
+            let done = self.tx.clone();
+            let idle = Arc::clone(&self.idle);
+            let spawned = std::thread::Builder::new()
+                .name("dmio-io".into())
+                .spawn(move || worker(rx, done, idle));
+            if spawned.is_ok() {
+                self.workers += 1;
+            }
+        }
+        if let Err(e) = self.work.send(op) {
+            self.inflight -= 1;
+            e.into_inner().complete(-libc::EIO);
+        }
+    }
+}
+
+fn worker(rx: Receiver<IoOp>, done: Sender<Msg>, idle: Arc<AtomicUsize>) {
+    loop {
+        idle.fetch_add(1, Ordering::AcqRel);
+        let op = rx.recv();
+        idle.fetch_sub(1, Ordering::AcqRel);
+        let Ok(op) = op else { return };
+        let res = perform(&op);
+        op.complete(res);
+        if done.send(Msg::Done).is_err() {
+            return;
+        }
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn fdatasync(fd: i32) -> i32 {
+    loop {
+        // SAFETY: fdatasync on a descriptor kept open by the op's Arc<Device>.
+        if unsafe { libc::fdatasync(fd) } == 0 {
+            return 0;
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return -e;
+        }
+    }
+}
+
+/// Performs one op with blocking calls; returns bytes done or `-errno`.
+fn perform(op: &IoOp) -> i32 {
+    let fd = op.dev.fd();
+    if op.kind == OpKind::Flush || op.pre_flush {
+        let r = fdatasync(fd);
+        if r < 0 || op.kind == OpKind::Flush {
+            return r;
+        }
+    }
+    let buf = op.buf();
+    let len = op.len as usize;
+    let mut done = 0usize;
+    while done < len {
+        let off = (op.offset + done as u64) as libc::off_t;
+        // SAFETY: `buf..buf+len` lies in the op's private slot, owned by
+        // the op (which this worker holds) until `complete`; the fd is kept
+        // open by the op's Arc<Device>.
+        let n = unsafe {
+            let p = buf.add(done);
+            if op.kind == OpKind::Read {
+                libc::pread(fd, p as *mut libc::c_void, len - done, off)
+            } else {
+                let iov = libc::iovec {
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: len - done,
+                };
+                let flags = if op.fua { libc::RWF_DSYNC } else { 0 };
+                libc::pwritev2(fd, &iov, 1, off, flags)
+            }
+        };
+        if n < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return -e;
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    done as i32
+}
