@@ -209,7 +209,7 @@ impl Request {
     }
 
     fn emit(self: &Arc<Self>, g: &mut Inner, index: u32, state: State, error: i32) {
-        let late = state != State::Timeout && g.regions[index as usize].timed_out;
+        let late = matches!(state, State::Ok | State::Error) && g.regions[index as usize].timed_out;
         self.owner.observe(state, late);
         let ev = Event {
             req: Arc::clone(self),
