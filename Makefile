@@ -22,7 +22,7 @@ CBINDGEN_VERSION := 0.29.4
 CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
-.PHONY: all lib header check-header demo test test-rust test-c test-install \
+.PHONY: all lib header check-header demo test test-rust test-c test-header test-install \
         deps install uninstall clean lint
 
 # The header is checked in; `make header` regenerates it, `make check-header`
@@ -66,7 +66,7 @@ demo: all $(BUILD)/demo
 deps:
 	@./scripts/deps.sh
 
-test: deps all check-header test-rust test-c test-install
+test: deps all check-header test-rust test-header test-c test-install
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -74,6 +74,9 @@ test-rust:
 
 test-c: all
 	@$(MAKE) --no-print-directory -C c-tests run
+
+test-header: all
+	@./scripts/test-header.sh
 
 test-install: all
 	@./scripts/test-install.sh
