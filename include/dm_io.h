@@ -99,6 +99,15 @@
 #define DM_IO_FUA 64
 
 /**
+ * `rw` flag (reads): the regions hold the same data (mirror legs); read
+ * the first region, start the next one after the client's hedge delay
+ * (`dm_io_client_set_hedge`) or at once when one ends in ERROR, deliver
+ * the first OK into memory and cancel the rest. Each region must fit in
+ * the client's `max_size`, and all must have the same `count`.
+ */
+#define DM_IO_READ_ANY 128
+
+/**
  * `flags`: at the deadline, unfinished regions end CANCELLED instead of TIMEOUT.
  */
 #define DM_IO_CANCEL_ON_TIMEOUT 1
@@ -355,6 +364,11 @@ struct dm_io_stats {
    */
   unsigned int engine;
   unsigned int reserved;
+  /**
+   * Regions of `DM_IO_READ_ANY` reads started after the first (hedges
+   * and retries after ERROR).
+   */
+  uint64_t hedges;
 };
 
 #ifdef __cplusplus
@@ -486,6 +500,16 @@ int dm_io_cancel_by_handle(struct dm_io_client *cl, struct dm_io_handle *hdl);
  * Returns 0, or `-EINVAL` (unknown client, NULL `st`, `size` < 8).
  */
 int dm_io_client_stats(struct dm_io_client *cl, struct dm_io_stats *st, size_t size);
+
+/**
+ * Sets the hedge delay of the client's `DM_IO_READ_ANY` reads: when a
+ * region has not completed `delay_ms` after it started, the next region
+ * starts too (a backup request, as in "The Tail at Scale"). 0, the
+ * default, turns hedging off: the next region starts only when the
+ * running one ends in ERROR. Applies to reads submitted afterwards.
+ * Returns 0 or `-EINVAL` (unknown client).
+ */
+int dm_io_client_set_hedge(struct dm_io_client *cl, unsigned int delay_ms);
 
 /**
  * Opens a block device or regular file for dm_io. Uses O_DIRECT unless

@@ -39,6 +39,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Final states (OK or ERROR) that came after a TIMEOUT.
     pub late: AtomicU64,
+    /// Regions of hedged reads started after the first.
+    pub hedges: AtomicU64,
 }
 
 /// A snapshot of a client's counters and memory use.
@@ -57,6 +59,7 @@ pub struct Stats {
     pub private_bound: u64,
     pub memory_waits: u64,
     pub engine: EngineKind,
+    pub hedges: u64,
 }
 
 struct Live {
@@ -75,6 +78,8 @@ pub struct Client {
     live: Mutex<Live>,
     completion: CompletionThread,
     next_req: AtomicU64,
+    /// Hedged reads: ms before the next region starts; 0 = only on ERROR.
+    hedge_ms: std::sync::atomic::AtomicU32,
     pub counters: Counters,
 }
 
@@ -171,6 +176,7 @@ impl Client {
             }),
             completion,
             next_req: AtomicU64::new(1),
+            hedge_ms: std::sync::atomic::AtomicU32::new(0),
             counters: Counters::default(),
         }))
     }
@@ -219,7 +225,14 @@ impl Client {
             private_bound: self.pool.bound(),
             memory_waits: self.pool.waits(),
             engine: self.engine.kind(),
+            hedges: ld(&c.hedges),
         }
+    }
+
+    /// Sets the hedge delay of `DM_IO_READ_ANY` reads (0 = off: the next
+    /// region starts only when the running one ends in ERROR).
+    pub fn set_hedge(&self, ms: u32) {
+        self.hedge_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Requests not yet final.
@@ -238,9 +251,28 @@ impl Client {
                 self.devices
             ));
         }
+        if s.mode.read_any && s.mode.write {
+            return Err(crate::einval!("DM_IO_READ_ANY applies to reads only"));
+        }
+        if s.mode.read_any {
+            let c0 = s.regions[0].count;
+            if s.regions.iter().any(|r| r.count != c0) {
+                return Err(crate::einval!(
+                    "DM_IO_READ_ANY regions must all have the same count"
+                ));
+            }
+            if c0 * 512 > self.pool.slot_size() as u64 {
+                return Err(crate::einval!(
+                    "DM_IO_READ_ANY regions must fit in max_size ({} bytes)",
+                    self.pool.slot_size()
+                ));
+            }
+        }
         if !s.mode.write {
-            if n != 1 {
-                return Err(crate::einval!("a read names exactly one region, got {n}"));
+            if n != 1 && !s.mode.read_any {
+                return Err(crate::einval!(
+                    "a read names exactly one region (or uses DM_IO_READ_ANY), got {n}"
+                ));
             }
             if s.flush || s.fua {
                 return Err(crate::einval!(
@@ -339,7 +371,7 @@ impl Client {
             .fetch_add(nreg as u64, Ordering::Relaxed);
         if let Some(t) = s.timeout {
             if let Some(at) = Instant::now().checked_add(t) {
-                self.engine.arm_deadline(at, Arc::downgrade(&req));
+                req.arm_deadline(at);
             }
         }
         self.start(&req, s.flush, s.fua);
@@ -384,6 +416,9 @@ impl Client {
                 batch.push(op(OpKind::Flush, i, 0, 0, None));
             }
         }
+        if req.mode.read_any {
+            return self.start_any(req, &specs);
+        }
         let total = specs.iter().map(|s| s.2).max().unwrap_or(0);
         let mut off = 0;
         let mut aborted = false;
@@ -414,6 +449,35 @@ impl Client {
         if aborted {
             req.cancel_where(CancelReason::Shutdown, |_| true);
         }
+    }
+
+    /// Hedged read: one slot per region, taken now (so starting a hedge
+    /// never waits for memory), then the request starts them in turn.
+    fn start_any(&self, req: &Arc<Request>, specs: &[(Arc<Device>, u64, u64)]) {
+        let mut ops = Vec::with_capacity(specs.len());
+        for (i, (dev, off, len)) in specs.iter().enumerate() {
+            let Some(slot) = self.slot(&mut Vec::new()) else {
+                req.cancel_where(CancelReason::Shutdown, |_| true);
+                return;
+            };
+            ops.push(IoOp {
+                kind: OpKind::Read,
+                offset: *off,
+                len: *len as u32,
+                pre_flush: false,
+                fua: false,
+                dev: Arc::clone(dev),
+                req: Arc::clone(req),
+                region: i as u32,
+                mem_off: 0,
+                slot: Some(slot),
+            });
+        }
+        let rest = ops.split_off(1);
+        let first = ops.pop().expect("at least one region");
+        let ms = self.hedge_ms.load(Ordering::Relaxed);
+        let every = (ms > 0).then(|| Duration::from_millis(ms as u64));
+        req.start_any(first, rest, every);
     }
 
     /// `dm_io_cancel_by_handle`: cancels the request's live regions.
@@ -480,5 +544,17 @@ impl RequestOwner for Client {
 
     fn request_delivered(&self, req: &Request) {
         handle::release_lib(req.handle());
+    }
+
+    fn submit_ops(&self, ops: Vec<IoOp>, hedge: bool) {
+        if hedge {
+            let n = ops.len() as u64;
+            self.counters.hedges.fetch_add(n, Ordering::Relaxed);
+        }
+        self.engine.submit(ops);
+    }
+
+    fn arm_timer(&self, at: Instant, req: std::sync::Weak<Request>) {
+        self.engine.arm_timer(at, req);
     }
 }

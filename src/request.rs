@@ -17,11 +17,13 @@
 //! [`Request::op_done`] and deadlines through [`Request::on_deadline`].
 
 use crate::device::Device;
+use crate::engine::IoOp;
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::SlotRef;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 /// A region's state as reported to notify (values of `DM_IO_OK` ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,11 @@ pub trait RequestOwner: Send + Sync {
     fn request_final(&self, req: &Request);
     /// Every final event has been delivered: the library's handle reference goes.
     fn request_delivered(&self, req: &Request);
+    /// Starts operations prepared earlier (hedged reads); `hedge` says
+    /// they are extra regions beyond the first.
+    fn submit_ops(&self, ops: Vec<IoOp>, hedge: bool);
+    /// Calls [`Request::on_timer`] at `at`.
+    fn arm_timer(&self, at: Instant, req: Weak<Request>);
 }
 
 /// One region of a request.
@@ -114,6 +121,13 @@ struct Inner {
     live: usize,
     queue: VecDeque<Event>,
     undelivered: usize,
+    deadline: Option<Instant>,
+    deadline_fired: bool,
+    /// Hedged reads: prepared ops of regions not started yet, in order.
+    standby: VecDeque<IoOp>,
+    hedge_at: Option<Instant>,
+    hedge_every: Option<Duration>,
+    winner: Option<usize>,
 }
 
 /// How the request behaves.
@@ -122,6 +136,8 @@ pub struct Mode {
     pub write: bool,
     pub sync: bool,
     pub cancel_on_timeout: bool,
+    /// `DM_IO_READ_ANY`: the regions hold the same data; the first OK wins.
+    pub read_any: bool,
 }
 
 /// One `dm_io` call.
@@ -172,6 +188,12 @@ impl Request {
                 live: n,
                 queue: VecDeque::new(),
                 undelivered: n,
+                deadline: None,
+                deadline_fired: false,
+                standby: VecDeque::new(),
+                hedge_at: None,
+                hedge_every: None,
+                winner: None,
             }),
             cv: Condvar::new(),
         })
@@ -229,6 +251,9 @@ impl Request {
 
     fn finalize(self: &Arc<Self>, g: &mut Inner, i: usize, state: State, error: i32) {
         debug_assert!(g.regions[i].fin.is_none());
+        // A hedged region that never started: its prepared op (and private
+        // memory) goes now.
+        g.standby.retain(|op| op.region as usize != i);
         g.regions[i].fin = Some((state, error));
         g.live -= 1;
         self.emit(g, i as u32, state, error);
@@ -274,6 +299,9 @@ impl Request {
         expected: u32,
         res: i32,
     ) {
+        if self.mode.read_any {
+            return self.any_done(region as usize, slot, expected, res);
+        }
         let mut g = self.lock();
         let i = region as usize;
         let r = &mut g.regions[i];
@@ -319,6 +347,13 @@ impl Request {
     pub fn on_deadline(self: &Arc<Self>) {
         let cancel = self.mode.cancel_on_timeout || (self.mode.sync && self.notify.is_none());
         let mut g = self.lock();
+        g.deadline_fired = true;
+        // Hedged regions not started yet start now (or are cancelled below).
+        let start: Vec<IoOp> = if cancel {
+            Vec::new()
+        } else {
+            g.standby.drain(..).collect()
+        };
         for i in 0..g.regions.len() {
             let r = &mut g.regions[i];
             if r.fin.is_some() || r.timed_out {
@@ -330,6 +365,112 @@ impl Request {
             } else {
                 self.emit(&mut g, i as u32, State::Timeout, -libc::ETIMEDOUT);
             }
+        }
+        drop(g);
+        if !start.is_empty() {
+            self.owner.submit_ops(start, true);
+        }
+    }
+
+    /// Sets the deadline and asks the engine for a timer.
+    pub fn arm_deadline(self: &Arc<Self>, at: Instant) {
+        self.lock().deadline = Some(at);
+        self.owner.arm_timer(at, Arc::downgrade(self));
+    }
+
+    /// A timer armed by this request went off: deadline and/or hedge.
+    pub fn on_timer(self: &Arc<Self>) {
+        let now = Instant::now();
+        let (deadline, hedge) = {
+            let g = self.lock();
+            (
+                !g.deadline_fired && g.deadline.is_some_and(|d| d <= now),
+                g.hedge_at.is_some_and(|h| h <= now),
+            )
+        };
+        if deadline {
+            self.on_deadline();
+        }
+        if hedge {
+            self.hedge(now);
+        }
+    }
+
+    /// Hedged read: starts `first`, keeps `rest` (one op per further
+    /// region, each with its own private memory) to start one by one, every
+    /// `every` (if set) or at once when the running one ends in ERROR.
+    pub fn start_any(self: &Arc<Self>, first: IoOp, rest: Vec<IoOp>, every: Option<Duration>) {
+        let at = {
+            let mut g = self.lock();
+            g.standby.extend(rest);
+            g.hedge_every = every;
+            let at = every
+                .filter(|_| !g.standby.is_empty())
+                .and_then(|d| Instant::now().checked_add(d));
+            g.hedge_at = at;
+            at
+        };
+        if let Some(at) = at {
+            self.owner.arm_timer(at, Arc::downgrade(self));
+        }
+        self.owner.submit_ops(vec![first], false);
+    }
+
+    /// The hedge delay passed with no region done: start the next region.
+    fn hedge(self: &Arc<Self>, now: Instant) {
+        let mut g = self.lock();
+        g.hedge_at = None;
+        if g.winner.is_some() {
+            return;
+        }
+        let Some(op) = g.standby.pop_front() else {
+            return;
+        };
+        let next = g
+            .hedge_every
+            .filter(|_| !g.standby.is_empty())
+            .and_then(|d| now.checked_add(d));
+        g.hedge_at = next;
+        drop(g);
+        if let Some(at) = next {
+            self.owner.arm_timer(at, Arc::downgrade(self));
+        }
+        self.owner.submit_ops(vec![op], true);
+    }
+
+    /// Completion of a hedged read's region `i`: the first OK is copied to
+    /// the caller and wins, the other regions end CANCELLED; an ERROR
+    /// starts the next region at once.
+    fn any_done(self: &Arc<Self>, i: usize, slot: Option<SlotRef>, expected: u32, res: i32) {
+        let mut g = self.lock();
+        let mut next = None;
+        if g.regions[i].fin.is_none() {
+            if res >= 0 && res as u32 == expected && g.winner.is_none() {
+                if let Some(s) = &slot {
+                    // SAFETY: the region is live, so the caller's memory is
+                    // still lent to us; its length was checked at submission.
+                    unsafe { self.mem.copy_in(0, s.bytes(expected as usize)) };
+                }
+                drop(slot);
+                g.winner = Some(i);
+                self.finalize(&mut g, i, State::Ok, 0);
+                for k in 0..g.regions.len() {
+                    if g.regions[k].fin.is_none() {
+                        self.finalize(&mut g, k, State::Cancelled, CancelReason::User.errno());
+                    }
+                }
+            } else {
+                drop(slot);
+                let err = if res < 0 { res } else { -libc::EIO };
+                self.finalize(&mut g, i, State::Error, err);
+                if g.winner.is_none() {
+                    next = g.standby.pop_front();
+                }
+            }
+        }
+        drop(g);
+        if let Some(op) = next {
+            self.owner.submit_ops(vec![op], true);
         }
     }
 

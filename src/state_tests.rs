@@ -107,11 +107,13 @@ const READ: Mode = Mode {
     write: false,
     sync: false,
     cancel_on_timeout: false,
+    read_any: false,
 };
 const WRITE: Mode = Mode {
     write: true,
     sync: false,
     cancel_on_timeout: false,
+    read_any: false,
 };
 
 #[test]

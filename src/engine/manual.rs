@@ -57,7 +57,7 @@ impl Engine for ManualEngine {
     fn submit(&self, ops: Vec<IoOp>) {
         self.ops.lock().unwrap().extend(ops);
     }
-    fn arm_deadline(&self, _at: Instant, req: Weak<Request>) {
+    fn arm_timer(&self, _at: Instant, req: Weak<Request>) {
         self.deadlines.lock().unwrap().push(req);
     }
     fn shutdown(&self) {

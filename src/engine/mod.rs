@@ -117,8 +117,9 @@ pub trait Engine: Send + Sync {
     /// Starts the ops; never waits for IO. Ops that cannot be started end
     /// through `complete` with a negative errno.
     fn submit(&self, ops: Vec<IoOp>);
-    /// Calls `on_deadline` on the request at `at` if it is still alive.
-    fn arm_deadline(&self, at: Instant, req: Weak<Request>);
+    /// Calls [`Request::on_timer`] at `at` if the request is still alive
+    /// (its deadline, or the next region of a hedged read).
+    fn arm_timer(&self, at: Instant, req: Weak<Request>);
     /// Accepts no more work; finishes (without waiting for it here) every op
     /// still in the kernel, then releases its resources.
     fn shutdown(&self);

@@ -115,7 +115,7 @@ impl Sched {
         while self.deadlines.peek().is_some_and(|t| t.0.at <= now) {
             let t = self.deadlines.pop().expect("peeked").0;
             if let Some(req) = t.item.upgrade() {
-                req.on_deadline();
+                req.on_timer();
             }
         }
         while self.delayed.peek().is_some_and(|t| t.0.at <= now) {

@@ -70,7 +70,7 @@ impl Engine for ThreadsEngine {
         }
     }
 
-    fn arm_deadline(&self, at: Instant, req: Weak<Request>) {
+    fn arm_timer(&self, at: Instant, req: Weak<Request>) {
         let _ = self.tx.send(Msg::Deadline(at, req));
     }
 

@@ -120,7 +120,7 @@ impl Engine for UringEngine {
         }
     }
 
-    fn arm_deadline(&self, at: Instant, req: Weak<Request>) {
+    fn arm_timer(&self, at: Instant, req: Weak<Request>) {
         self.send(Msg::Deadline(at, req));
     }
 

@@ -127,7 +127,7 @@ pub extern "C" fn dm_io_client_destroy(cl: *mut dm_io_client) {
     })
 }
 
-const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA;
+const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_IO_READ_ANY;
 
 /// Submits one request over `num_regions` regions.
 ///
@@ -239,6 +239,7 @@ pub unsafe extern "C" fn dm_io(
                 write: ctrl.rw & DM_IO_WRITE != 0,
                 sync: ctrl.rw & DM_IO_SYNC != 0,
                 cancel_on_timeout: ctrl.flags & DM_IO_CANCEL_ON_TIMEOUT != 0,
+                read_any: ctrl.rw & DM_IO_READ_ANY != 0,
             },
             flush: ctrl.rw & DM_IO_FLUSH != 0,
             fua: ctrl.rw & DM_IO_FUA != 0,
@@ -361,6 +362,7 @@ pub extern "C" fn dm_io_client_stats(
                 crate::engine::EngineKind::Manual => 0,
             },
             reserved: 0,
+            hedges: s.hedges,
         };
         let ours = std::mem::size_of::<dm_io_stats>();
         let n = size.min(ours);
@@ -377,6 +379,20 @@ pub extern "C" fn dm_io_client_stats(
                 std::ptr::write_bytes((st as *mut u8).add(ours), 0, size - ours);
             }
         }
+        Ok(0)
+    })
+}
+
+/// Sets the hedge delay of the client's `DM_IO_READ_ANY` reads: when a
+/// region has not completed `delay_ms` after it started, the next region
+/// starts too (a backup request, as in "The Tail at Scale"). 0, the
+/// default, turns hedging off: the next region starts only when the
+/// running one ends in ERROR. Applies to reads submitted afterwards.
+/// Returns 0 or `-EINVAL` (unknown client).
+#[no_mangle]
+pub extern "C" fn dm_io_client_set_hedge(cl: *mut dm_io_client, delay_ms: c_uint) -> c_int {
+    guard::int("dm_io_client_set_hedge", || {
+        client_of(cl)?.set_hedge(delay_ms);
         Ok(0)
     })
 }

@@ -51,6 +51,13 @@ pub const DM_IO_FLUSH: c_int = 0x20;
 /// `rw` flag (writes): the write is on stable media when it completes (RWF_DSYNC).
 pub const DM_IO_FUA: c_int = 0x40;
 
+/// `rw` flag (reads): the regions hold the same data (mirror legs); read
+/// the first region, start the next one after the client's hedge delay
+/// (`dm_io_client_set_hedge`) or at once when one ends in ERROR, deliver
+/// the first OK into memory and cancel the rest. Each region must fit in
+/// the client's `max_size`, and all must have the same `count`.
+pub const DM_IO_READ_ANY: c_int = 0x80;
+
 /// `flags`: at the deadline, unfinished regions end CANCELLED instead of TIMEOUT.
 pub const DM_IO_CANCEL_ON_TIMEOUT: c_uint = 1;
 
@@ -201,6 +208,9 @@ const _: () = {
     assert!(offset_of!(dm_io_control, timeout) == 56);
     assert!(offset_of!(dm_io_control, flags) == 64);
     assert!(size_of::<dm_io_state>() == 4);
+    assert!(size_of::<dm_io_stats>() == 112);
+    assert!(offset_of!(dm_io_stats, engine) == 96);
+    assert!(offset_of!(dm_io_stats, hedges) == 104);
 };
 
 /// `dm_io_stats.engine`: the io_uring reactor.
@@ -241,4 +251,7 @@ pub struct dm_io_stats {
     /// `DM_IO_ENGINE_URING` or `DM_IO_ENGINE_THREADS`.
     pub engine: c_uint,
     pub reserved: c_uint,
+    /// Regions of `DM_IO_READ_ANY` reads started after the first (hedges
+    /// and retries after ERROR).
+    pub hedges: u64,
 }
