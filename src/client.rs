@@ -383,13 +383,15 @@ impl Client {
     }
 
     /// Takes a slot, handing queued ops to the engine before waiting so
-    /// they can run (and free memory) meanwhile.
-    fn slot(&self, batch: &mut Vec<IoOp>) -> Option<SlotRef> {
+    /// they can run (and free memory) meanwhile. `Ok(None)`: every region
+    /// of `req` became final while waiting (cancel, deadline), so nothing
+    /// is left to start; `Err`: the client is being destroyed.
+    fn slot(&self, req: &Request, batch: &mut Vec<IoOp>) -> Result<Option<SlotRef>> {
         if let Some(s) = self.pool.try_acquire() {
-            return Some(s);
+            return Ok(Some(s));
         }
         self.engine.submit(std::mem::take(batch));
-        self.pool.acquire().ok()
+        self.pool.acquire_unless(&|| req.all_final())
     }
 
     fn start(&self, req: &Arc<Request>, flush: bool, fua: bool) {
@@ -424,9 +426,13 @@ impl Client {
         let mut aborted = false;
         while off < total {
             let chunk = slot_size.min(total - off);
-            let Some(slot) = self.slot(&mut batch) else {
-                aborted = true;
-                break;
+            let slot = match self.slot(req, &mut batch) {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(_) => {
+                    aborted = true;
+                    break;
+                }
             };
             if req.mode.write {
                 let users = req.fill_write_chunk(off, chunk as usize, &slot);
@@ -456,9 +462,13 @@ impl Client {
     fn start_any(&self, req: &Arc<Request>, specs: &[(Arc<Device>, u64, u64)]) {
         let mut ops = Vec::with_capacity(specs.len());
         for (i, (dev, off, len)) in specs.iter().enumerate() {
-            let Some(slot) = self.slot(&mut Vec::new()) else {
-                req.cancel_where(CancelReason::Shutdown, |_| true);
-                return;
+            let slot = match self.slot(req, &mut Vec::new()) {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(_) => {
+                    req.cancel_where(CancelReason::Shutdown, |_| true);
+                    return;
+                }
             };
             ops.push(IoOp {
                 kind: OpKind::Read,
@@ -540,6 +550,8 @@ impl RequestOwner for Client {
 
     fn request_final(&self, req: &Request) {
         self.live().reqs.remove(&req.id);
+        // A dm_io of this request may be waiting for memory it no longer needs.
+        self.pool.kick();
     }
 
     fn request_delivered(&self, req: &Request) {

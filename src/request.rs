@@ -151,6 +151,8 @@ pub struct Request {
     owner: Arc<dyn RequestOwner>,
     inner: Mutex<Inner>,
     cv: Condvar,
+    /// Regions not yet final, readable without the lock.
+    live_now: AtomicUsize,
 }
 
 impl Request {
@@ -196,7 +198,13 @@ impl Request {
                 winner: None,
             }),
             cv: Condvar::new(),
+            live_now: AtomicUsize::new(n),
         })
+    }
+
+    /// Whether every region is final (lock-free; for memory waiters).
+    pub fn all_final(&self) -> bool {
+        self.live_now.load(Ordering::Acquire) == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -256,6 +264,7 @@ impl Request {
         g.standby.retain(|op| op.region as usize != i);
         g.regions[i].fin = Some((state, error));
         g.live -= 1;
+        self.live_now.fetch_sub(1, Ordering::AcqRel);
         self.emit(g, i as u32, state, error);
         if g.live == 0 {
             self.owner.request_final(self);

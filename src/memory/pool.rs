@@ -19,6 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 struct State {
     free: Vec<u32>,
     closed: bool,
+    /// Threads sleeping in `acquire_unless`.
+    waiters: usize,
 }
 
 /// A fixed set of equal, page-aligned slots of private memory.
@@ -76,6 +78,7 @@ impl Pool {
             state: Mutex::new(State {
                 free: (0..nslots).rev().collect(),
                 closed: false,
+                waiters: 0,
             }),
             cv: Condvar::new(),
             high_water: AtomicU64::new(0),
@@ -136,6 +139,14 @@ impl Pool {
     /// Takes a free slot, waiting for one while all are in use.
     /// Fails with `ESHUTDOWN` once the pool is closed.
     pub fn acquire(self: &Arc<Self>) -> Result<SlotRef> {
+        self.acquire_unless(&|| false)
+            .map(|s| s.expect("never abandoned"))
+    }
+
+    /// Like [`Pool::acquire`], but gives up (`Ok(None)`) as soon as
+    /// `abandon()` holds; whoever makes it hold calls [`Pool::kick`].
+    /// `abandon` runs under the pool's lock and must not take other locks.
+    pub fn acquire_unless(self: &Arc<Self>, abandon: &dyn Fn() -> bool) -> Result<Option<SlotRef>> {
         let mut st = self.lock();
         let mut waited = false;
         loop {
@@ -143,13 +154,27 @@ impl Pool {
                 return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
             }
             if let Some(s) = self.take(&mut st) {
-                return Ok(s);
+                return Ok(Some(s));
+            }
+            if abandon() {
+                return Ok(None);
             }
             if !waited {
                 waited = true;
                 self.waits.fetch_add(1, Ordering::Relaxed);
             }
+            st.waiters += 1;
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiters -= 1;
+        }
+    }
+
+    /// Wakes every waiter to look at its `abandon` condition again. Takes
+    /// the lock so that a waiter between its check and its sleep cannot
+    /// miss the wake-up.
+    pub fn kick(&self) {
+        if self.lock().waiters > 0 {
+            self.cv.notify_all();
         }
     }
 
@@ -160,8 +185,11 @@ impl Pool {
     }
 
     fn release(&self, idx: u32) {
-        self.lock().free.push(idx);
-        self.cv.notify_one();
+        let mut st = self.lock();
+        st.free.push(idx);
+        if st.waiters > 0 {
+            self.cv.notify_one();
+        }
     }
 }
 
