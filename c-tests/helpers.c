@@ -73,7 +73,7 @@ void fill_pattern(void *buf, size_t len, unsigned seed)
 {
 	unsigned char *b = buf;
 	for (size_t i = 0; i < len; i++)
-		b[i] = (unsigned char)mix((uint32_t)(i / 4) * 2654435761U + seed) >> ((i % 4) * 8);
+		b[i] = (unsigned char)(mix((uint32_t)(i / 4) * 2654435761U + seed) >> ((i % 4) * 8));
 }
 
 int check_pattern(const void *buf, size_t len, unsigned seed)
@@ -194,4 +194,124 @@ void sleep_ms(int ms)
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
 	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
 		;
+}
+
+/* ---- Additions used by the behaviour tests ---- */
+
+struct dm_io_client *make_client(unsigned devices, unsigned min_ios, unsigned max_size)
+{
+	struct dm_io_client *cl = NULL;
+	int rc = dm_io_client_create(devices, min_ios, max_size, &cl);
+	if (rc == -EPERM || rc == -ENOSYS)
+		skip("io_uring is not available here (dm_io_client_create refused it)");
+	CHECK(rc == 0 && cl, "dm_io_client_create(%u, %u, %u) returned %d", devices, min_ios,
+	      max_size, rc);
+	return cl;
+}
+
+struct block_device *make_faulty_dev(const char *name, size_t bytes, const char *spec,
+				     const char **path)
+{
+	struct block_device *b = NULL;
+	const char *p = make_file(name, bytes);
+	CHECK_OK(dm_io_bdev_open_faulty(p, spec, &b));
+	if (path)
+		*path = p;
+	check_block_size(b);
+	return b;
+}
+
+struct dm_io_memory vm_mem(void *p, unsigned offset)
+{
+	struct dm_io_memory m;
+	memset(&m, 0, sizeof(m));
+	m.type = DM_IO_VM;
+	m.ptr.vma = p;
+	m.offset = offset;
+	return m;
+}
+
+struct dm_io_control make_ctrl(struct dm_io_client *cl, int rw, struct dm_io_memory mem,
+			       dm_io_notify_fn notify, void *context)
+{
+	struct dm_io_control c;
+	memset(&c, 0, sizeof(c));
+	c.memory = mem;
+	c.rw = rw;
+	c.notify = notify;
+	c.context = context;
+	c.client = cl;
+	return c;
+}
+
+int sync_io(struct dm_io_client *cl, int rw, struct block_device *dev, uint64_t sector,
+	    uint64_t count, void *buf, unsigned offset)
+{
+	struct dm_io_region r = { dev, sector, count };
+	struct dm_io_control c = make_ctrl(cl, rw | DM_IO_SYNC, vm_mem(buf, offset), NULL, NULL);
+	return dm_io(&c, 1, &r, NULL);
+}
+
+void check_block_size(struct block_device *dev)
+{
+	unsigned bs = dm_io_bdev_block_size(dev);
+	CHECK(bs >= 512 && 4096 % bs == 0, "unexpected logical block size %u", bs);
+}
+
+unsigned tracker_count(struct tracker *t, int state)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&t->lock);
+	for (unsigned i = 0; i < t->nregions; i++)
+		n += t->final_state[i] == state;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+unsigned tracker_finals(struct tracker *t)
+{
+	pthread_mutex_lock(&t->lock);
+	unsigned n = t->finals;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+static void *bg_main(void *arg)
+{
+	struct bg *b = arg;
+	int rc = b->fn(b->arg);
+	pthread_mutex_lock(&b->lock);
+	b->rc = rc;
+	b->done = 1;
+	b->end_ms = now_ms();
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	return NULL;
+}
+
+void bg_start(struct bg *b, int (*fn)(void *), void *arg)
+{
+	memset(b, 0, sizeof(*b));
+	b->fn = fn;
+	b->arg = arg;
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->cond, NULL);
+	CHECK(pthread_create(&b->th, NULL, bg_main, b) == 0, "pthread_create");
+}
+
+int bg_wait(struct bg *b, int ms)
+{
+	struct timespec ts;
+	deadline_in(&ts, ms);
+	pthread_mutex_lock(&b->lock);
+	while (!b->done)
+		if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+			break;
+	int done = b->done;
+	pthread_mutex_unlock(&b->lock);
+	if (done && !b->joined) {
+		pthread_join(b->th, NULL);
+		b->joined = 1;
+	}
+	return done;
 }

@@ -80,4 +80,48 @@ void tracker_check(struct tracker *t);
 double now_ms(void);
 void sleep_ms(int ms);
 
+
+/* ---- Additions used by the behaviour tests ---- */
+
+/* Creates a client or fails the test. */
+struct dm_io_client *make_client(unsigned devices, unsigned min_ios, unsigned max_size);
+/* Like make_dev, but with fault injection (dm_io_bdev_open_faulty); the
+ * file's path goes to *path when path is not NULL. */
+struct block_device *make_faulty_dev(const char *name, size_t bytes, const char *spec,
+				     const char **path);
+/* A control block for memory `mem`, rw, notify/context on client cl. */
+struct dm_io_control make_ctrl(struct dm_io_client *cl, int rw, struct dm_io_memory mem,
+			       dm_io_notify_fn notify, void *context);
+/* A DM_IO_VM memory descriptor. */
+struct dm_io_memory vm_mem(void *p, unsigned offset);
+/* One SYNC dm_io of `count` sectors at `sector` of dev, VM memory at
+ * buf + offset, no notify; returns dm_io's result. */
+int sync_io(struct dm_io_client *cl, int rw, struct block_device *dev, uint64_t sector,
+	    uint64_t count, void *buf, unsigned offset);
+/* Fails the test unless the device's logical block size divides 4096
+ * (the tests use regions in multiples of 8 sectors). */
+void check_block_size(struct block_device *dev);
+
+/* Number of regions of a tracker that ended with `state`. */
+unsigned tracker_count(struct tracker *t, int state);
+/* Snapshot of how many regions are final now. */
+unsigned tracker_finals(struct tracker *t);
+
+/* A function run in a background thread, waited for with a time limit. */
+struct bg {
+	pthread_t th;
+	int (*fn)(void *);
+	void *arg;
+	int rc;
+	int done;
+	int joined;
+	double end_ms; /* now_ms() when fn returned */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+};
+void bg_start(struct bg *b, int (*fn)(void *), void *arg);
+/* Waits up to ms for the function to return; 1 if it did (the thread is
+ * then joined; calling again is fine). */
+int bg_wait(struct bg *b, int ms);
+
 #endif
