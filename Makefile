@@ -4,6 +4,7 @@
 #   make test       every test (installs missing system packages when root)
 #   make install    PREFIX=/usr/local DESTDIR=   (make uninstall removes)
 
+SHELL    := /bin/bash
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(word 1,$(subst ., ,$(VERSION)))
 PREFIX   ?= /usr/local
@@ -22,7 +23,8 @@ CBINDGEN_VERSION := 0.29.4
 CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
-.PHONY: all lib header check-header demo test test-rust test-c test-header test-install \
+.PHONY: all lib header check-header demo test test-rust test-c test-c-threads test-c-asan \
+        test-c-valgrind soak fuzz test-fuzz test-header test-install \
         deps install uninstall clean lint
 
 # The header is checked in; `make header` regenerates it, `make check-header`
@@ -66,14 +68,62 @@ demo: all $(BUILD)/demo
 deps:
 	@./scripts/deps.sh
 
-test: deps all check-header test-rust test-header test-c test-install
+test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-asan \
+      test-c-valgrind test-fuzz test-install
 	@echo "make test: all suites passed"
 
 test-rust:
 	$(CARGO) test --release --locked
 
+# The C suite runs once per engine; DMIO_ENGINE=uring makes a machine
+# without io_uring fail here instead of silently testing the fallback twice.
 test-c: all
-	@$(MAKE) --no-print-directory -C c-tests run
+	@echo "== C tests, io_uring engine"
+	@DMIO_ENGINE=uring $(MAKE) --no-print-directory -C c-tests run
+
+test-c-threads: all
+	@echo "== C tests, thread-pool engine"
+	@DMIO_ENGINE=threads $(MAKE) --no-print-directory -C c-tests run
+
+# C tests built with AddressSanitizer + UBSan (io_uring engine).
+test-c-asan: all
+	@echo "== C tests, AddressSanitizer"
+	@DMIO_ENGINE=uring DMIO_SOAK_REGIONS=200000 DMIO_THREADS_SECONDS=4 SAN=asan \
+		$(MAKE) --no-print-directory -C c-tests run
+
+# valgrind memcheck must report nothing (run.sh explains the engine choice).
+test-c-valgrind: all
+	@echo "== C tests, valgrind memcheck"
+	@VALGRIND=1 DMIO_SOAK_REGIONS=20000 DMIO_THREADS_SECONDS=2 \
+		$(MAKE) --no-print-directory -C c-tests run
+
+# The soak for longer than `make test` runs it.
+SOAK_REGIONS ?= 20000000
+soak: all
+	@DMIO_SOAK_REGIONS=$(SOAK_REGIONS) DMIO_SOAK_SECONDS=7200 TEST_TIMEOUT=7300 \
+		$(MAKE) --no-print-directory -C c-tests run T=stress_soak
+
+# Fuzzing the ABI with cargo-fuzz (libFuzzer + AddressSanitizer). This
+# machine has only a stable toolchain; RUSTC_BOOTSTRAP=1 lets it accept the
+# -Zsanitizer flag cargo-fuzz passes (the sanitizer runtimes ship with it).
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(CURDIR)/.tools/bin/cargo-fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_RUNS ?= 5000
+$(CARGO_FUZZ):
+	$(CARGO) install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(CURDIR)/.tools
+
+fuzz: $(CARGO_FUZZ)
+	@mkdir -p fuzz/corpus/abi_sequence
+	RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run abi_sequence -- -max_len=512 -len_control=0 \
+		-max_total_time=$(FUZZ_SECONDS)
+
+test-fuzz: $(CARGO_FUZZ)
+	@echo "== fuzz: $(FUZZ_RUNS) ABI call sequences under AddressSanitizer"
+	@mkdir -p fuzz/corpus/abi_sequence
+	@RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run abi_sequence -- -max_len=512 -len_control=0 \
+		-runs=$(FUZZ_RUNS) -seed=1 2>&1 | grep -E 'DONE|Done|ERROR|SUMMARY|panicked' ; \
+		test $${PIPESTATUS[0]} -eq 0
 
 test-header: all
 	@./scripts/test-header.sh
