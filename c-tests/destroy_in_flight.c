@@ -47,8 +47,8 @@ int main(void)
 	cl = make_client(2, 2, 64 * 1024); /* 4 slots of private memory */
 	a = make_faulty_dev("a", 2 << 20, "hang", NULL);
 	b = make_faulty_dev("b", 2 << 20, "hang", NULL);
-	big = malloc(BIG);
-	CHECK(big, "malloc");
+	big = calloc(1, BIG); /* written to disk: must be initialised (valgrind) */
+	CHECK(big, "calloc");
 	struct tracker tw, tr;
 	struct dm_io_handle *hdl;
 

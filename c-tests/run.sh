@@ -9,8 +9,9 @@ limit=${TEST_TIMEOUT:-120}
 # valgrind (3.19) runs io_uring_enter as a non-blocking syscall, holding its
 # global lock while the reactor waits in the kernel, which stops every other
 # thread: under valgrind the same tests run on the thread-pool engine.
-if [ -n "${VALGRIND:-}" ] && [ -z "${DMIO_ENGINE:-}" ]; then
-	export DMIO_ENGINE=threads
+if [ -n "${VALGRIND:-}" ]; then
+	[ -n "${DMIO_ENGINE:-}" ] || export DMIO_ENGINE=threads
+	export DMIO_TEST_VALGRIND=1
 fi
 pass=0 fail=0 skip=0 failed=()
 for t in "$dir"/*; do
