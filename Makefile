@@ -24,8 +24,8 @@ CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
 .PHONY: all lib header check-header demo test test-rust test-c test-c-threads test-c-asan \
-        test-c-valgrind soak fuzz test-fuzz test-header test-install \
-        deps install uninstall clean lint
+        test-c-valgrind soak fuzz test-fuzz test-header test-install test-python \
+        deps install uninstall clean lint mirror test-mirror
 
 # The header is checked in; `make header` regenerates it, `make check-header`
 # (part of `make test`) fails when it is stale.
@@ -69,7 +69,7 @@ deps:
 	@./scripts/deps.sh
 
 test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-asan \
-      test-c-valgrind test-fuzz test-install
+      test-c-valgrind test-fuzz test-install test-python test-mirror
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -130,6 +130,25 @@ test-header: all
 
 test-install: all
 	@./scripts/test-install.sh
+
+# The reference mirror (examples/mirror), built like any user would build it:
+# against a staged `make install` (PREFIX=/usr), found through pkg-config.
+MIRROR_STAGE := $(CURDIR)/$(BUILD)/stage
+MIRROR_MAKE = $(MAKE) --no-print-directory -C examples/mirror STAGE=$(MIRROR_STAGE) OUT=$(CURDIR)/$(BUILD)
+mirror: all
+	@$(MAKE) --no-print-directory install DESTDIR=$(MIRROR_STAGE) PREFIX=/usr LIBDIR=/usr/lib \
+		INCDIR=/usr/include PCDIR=/usr/lib/pkgconfig >/dev/null
+	@$(MIRROR_MAKE)
+
+test-mirror: mirror
+	@echo "== mirror tests (examples/mirror)"
+	@$(MIRROR_MAKE) test
+
+# The Python binding (python/dmio, ctypes) against build/libdmio.so.0.
+test-python: all
+	@echo "== Python binding tests"
+	@python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+	DMIO_LIBRARY=$(CURDIR)/$(BUILD)/$(SONAME) python3 -m pytest -q python/tests
 
 lint:
 	$(CARGO) fmt --all -- --check

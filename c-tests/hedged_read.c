@@ -66,6 +66,15 @@ int main(void)
 	CHECK(t.final_state[1] == DM_IO_OK, "leg B state %d", t.final_state[1]);
 	CHECK(memcmp(buf, b, BYTES) == 0, "failover data is not leg B's");
 
+	/* SYNC without notify: 0 when one leg delivered the data, although
+	 * the other ended ERROR. */
+	struct dm_io_control s0 = c;
+	s0.rw = DM_IO_READ | DM_IO_READ_ANY | DM_IO_SYNC;
+	s0.notify = NULL;
+	memset(buf, 0, BYTES);
+	CHECK(dm_io(&s0, 2, legs, NULL) == 0, "successful SYNC hedged read did not return 0");
+	CHECK(memcmp(buf, b, BYTES) == 0, "SYNC failover data is not leg B's");
+
 	/* Both legs fail: SYNC without notify returns the error. */
 	CHECK_OK(dm_io_bdev_set_faults(fast, "error reads errno=EIO"));
 	struct dm_io_control s = c;

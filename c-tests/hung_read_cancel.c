@@ -13,6 +13,7 @@
 #include "helpers.h"
 #include "hungdev.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -38,6 +39,45 @@ static int wait_held_at_least(struct hungdev *h, int n, int ms)
 		sleep_ms(10);
 	}
 	return 0;
+}
+
+/* For the log: this process's threads in D state and where they wait
+ * (the thread-pool engine blocks one in submit_bio_wait; io_uring blocks
+ * none, its bio is in flight without a task). */
+static void print_d_threads(const char *when)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	char path[300], buf[512], wchan[64];
+	int n = 0;
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/stat", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[len] = 0;
+		char *rp = strrchr(buf, ')');
+		if (!rp || rp[1] != ' ' || rp[2] != 'D')
+			continue;
+		wchan[0] = 0;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/wchan", e->d_name);
+		if ((f = fopen(path, "r"))) {
+			len = fread(wchan, 1, sizeof(wchan) - 1, f);
+			wchan[len] = 0;
+			fclose(f);
+		}
+		fprintf(stderr, "%s: thread %s in D state, waiting in %s\n", when, e->d_name, wchan);
+		n++;
+	}
+	closedir(d);
+	if (!n)
+		fprintf(stderr, "%s: no thread of this process in D state\n", when);
 }
 
 /* SYNC read or write of LEN bytes at OFF, no notify. */
@@ -108,6 +148,7 @@ int main(void)
 	      hungdev_status(h, status, sizeof(status)));
 	/* ... and is a bio in flight in the loop device's block layer. */
 	CHECK(hungdev_inflight(h) >= 1, "no IO in flight on %s (%d)", path, hungdev_inflight(h));
+	print_d_threads("case 1");
 	fprintf(stderr, "case 1: TIMEOUT after %.0f ms, %d request(s) held in hangfs, %d in flight on %s\n",
 		el, hungdev_held(h), hungdev_inflight(h), path);
 
@@ -163,6 +204,7 @@ int main(void)
 	CHECK(hungdev_held(h) >= 1, "held IO completed before the release");
 	CHECK(hungdev_inflight(h) >= 1, "IO no longer in flight on %s", path);
 	fprintf(stderr, "case 2: destroy returned after %.0f ms with IO stuck\n", el);
+	print_d_threads("case 2 after destroy");
 
 	CHECK_OK(hungdev_ctl(h, "release"));
 	CHECK(hungdev_wait_held(h, 0, 5000), "held IO not released: %s",

@@ -439,7 +439,8 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * success) that the caller releases with `dm_io_handle_put`.
  *
  * Returns 0 when an asynchronous request was started. A SYNC request
- * returns 0 when every region ended OK; otherwise the `error_code` of the
+ * returns 0 when every region ended OK (for `DM_IO_READ_ANY`, when one
+ * region ended OK and delivered the data); otherwise the `error_code` of the
  * first region that ended ERROR, else of the first CANCELLED region
  * (`-ETIMEDOUT` for its deadline, which without notify cancels
  * automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy).
