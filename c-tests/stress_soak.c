@@ -236,6 +236,32 @@ static void finish(int s)
 	busy[s] = 0;
 }
 
+/* Finishes the requests whose regions are all final, waiting up to
+ * wait_ms for one when there are none; returns their region count. */
+static long take_done(int wait_ms)
+{
+	int local[QD], n;
+	long regions = 0;
+	pthread_mutex_lock(&lock);
+	if (ndone == 0 && wait_ms > 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += wait_ms * 1000000L;
+		if (ts.tv_nsec >= 1000000000L)
+			ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+		pthread_cond_timedwait(&cond, &lock, &ts);
+	}
+	n = ndone;
+	memcpy(local, doneq, sizeof(int) * (size_t)n);
+	ndone = 0;
+	pthread_mutex_unlock(&lock);
+	for (int k = 0; k < n; k++) {
+		regions += reqs[local[k]].nreg;
+		finish(local[k]);
+	}
+	return regions;
+}
+
 int main(void)
 {
 	const char *e = getenv("DMIO_SOAK_REGIONS");
@@ -264,24 +290,7 @@ int main(void)
 		for (int s = 0; s < QD && submitted < target; s++)
 			if (!busy[s])
 				submitted += submit(s);
-		int local[QD], n;
-		pthread_mutex_lock(&lock);
-		if (ndone == 0) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 20 * 1000000L;
-			if (ts.tv_nsec >= 1000000000L)
-				ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-			pthread_cond_timedwait(&cond, &lock, &ts);
-		}
-		n = ndone;
-		memcpy(local, doneq, sizeof(int) * (size_t)n);
-		ndone = 0;
-		pthread_mutex_unlock(&lock);
-		for (int k = 0; k < n; k++) {
-			completed += reqs[local[k]].nreg;
-			finish(local[k]);
-		}
+		completed += take_done(20);
 		/* Random cancels of requests in flight. */
 		for (int s = 0; s < QD; s++) {
 			if (busy[s] && rnd() % 400 == 0) {
@@ -318,15 +327,7 @@ int main(void)
 		if (!left)
 			break;
 		CHECK(now_ms() - drain < 20000, "%d requests never became final", left);
-		pthread_mutex_lock(&lock);
-		int local[QD], n = ndone;
-		memcpy(local, doneq, sizeof(int) * (size_t)n);
-		ndone = 0;
-		pthread_mutex_unlock(&lock);
-		for (int k = 0; k < n; k++) {
-			completed += reqs[local[k]].nreg;
-			finish(local[k]);
-		}
+		completed += take_done(0);
 		sleep_ms(5);
 	}
 	/* Cancelled IO still held or in the kernel gives its memory back soon. */
