@@ -1,0 +1,430 @@
+/*
+ * dmio-mirror: command line front end of the reference mirror (mirror.h).
+ *
+ *   dmio-mirror [OPTIONS] COMMAND LEG...
+ *
+ * See usage() for the commands and options.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "mirror.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BLOCK_MAGIC 0x4b4c424d4f494d44ULL /* "DMIOMBLK" */
+
+static double t_start;
+static int verbose;
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sleep_ms(double ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6) };
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+static void on_event(void *ctx, const char *msg)
+{
+	(void)ctx;
+	fprintf(stderr, "[%8.1f ms] %s\n", now_ms() - t_start, msg);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: dmio-mirror [OPTIONS] COMMAND LEG...\n"
+		"\n"
+		"An N-way mirror over the legs (block devices or files) with libdmio: every write\n"
+		"goes to all legs with a deadline, is acknowledged when all legs are OK or, at the\n"
+		"deadline, when a quorum is; late legs are marked dirty and resynced.\n"
+		"\n"
+		"Commands:\n"
+		"  status     open the mirror (loading the log), print its status\n"
+		"  resync     copy dirty regions until every leg is in sync, printing progress;\n"
+		"             exits 0 when in sync, 1 after --seconds (default 600)\n"
+		"  workload   random block writes for --seconds (each block holds a sequence\n"
+		"             number); acked writes go to --ack-log as \"SEQ OFFSET\" lines\n"
+		"  check      every leg holds, for each offset of --ack-log, the last acked\n"
+		"             write or a newer one (intact); exits 1 otherwise\n"
+		"  shell      commands from stdin, one per line: write OFF LEN SEED,\n"
+		"             read OFF LEN [SEED], fault LEG SPEC, status, wait-sync MS,\n"
+		"             pause, resume, sleep MS, quit\n"
+		"\n"
+		"Options:\n"
+		"  -b, --block-size BYTES    IO unit (4096)\n"
+		"  -r, --region-size BYTES   dirty-tracking unit (65536)\n"
+		"  -t, --timeout MS          write deadline (100)\n"
+		"  -R, --read-timeout MS     per leg before a read moves on (100)\n"
+		"  -q, --quorum N            legs OK needed at the deadline (1)\n"
+		"  -f, --fail-after MS       fail a leg whose IO is late this long (5000)\n"
+		"  -s, --resync-rate KIB/S   resync throttle, 0 = none (16384)\n"
+		"  -l, --log PATH            persisted dirty-region log (created if missing)\n"
+		"      --sync                with a new log: copy leg 0 to the others first\n"
+		"  -F, --fault LEG:SPEC      inject faults on leg LEG (0-based), e.g.\n"
+		"                            '1:delay write=200ms', '1:hang writes'\n"
+		"      --seconds S           duration of workload / limit of resync\n"
+		"      --span BYTES          workload: write within the first BYTES only\n"
+		"      --seed N              workload: random seed (1)\n"
+		"      --ack-log FILE        workload / check: the acked writes\n"
+		"  -v, --verbose             print the mirror's events on stderr\n"
+		"  -h, --help\n");
+}
+
+/* ---- blocks written by workload/shell: a header then a seeded pattern ---- */
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static void fill_block(unsigned char *b, size_t len, uint64_t seq, uint64_t off)
+{
+	uint64_t h[3] = { BLOCK_MAGIC, seq, off };
+	for (size_t i = 24; i + 8 <= len; i += 8) {
+		uint64_t v = mix64(seq * 0x9e3779b97f4a7c15ULL + i);
+		memcpy(b + i, &v, 8);
+	}
+	memcpy(b, h, sizeof(h));
+}
+
+/* Returns the block's seq, or 0 when it is not an intact block of `off`. */
+static uint64_t block_seq(const unsigned char *b, size_t len, uint64_t off)
+{
+	uint64_t h[3];
+	memcpy(h, b, sizeof(h));
+	if (h[0] != BLOCK_MAGIC || h[2] != off)
+		return 0;
+	for (size_t i = 24; i + 8 <= len; i += 8) {
+		uint64_t v = mix64(h[1] * 0x9e3779b97f4a7c15ULL + i), w;
+		memcpy(&w, b + i, 8);
+		if (v != w)
+			return 0;
+	}
+	return h[1];
+}
+
+static void fill_seeded(unsigned char *b, size_t len, uint64_t seed, uint64_t off)
+{
+	for (size_t i = 0; i < len; i += 8) {
+		uint64_t v = mix64(seed * 0x9e3779b97f4a7c15ULL + off + i);
+		memcpy(b + i, &v, len - i < 8 ? len - i : 8);
+	}
+}
+
+/* ---- commands ---- */
+
+static int cmd_resync(struct mirror *m, double seconds)
+{
+	struct mirror_status st;
+	mirror_status(m, &st);
+	uint64_t total = st.resync_pending, last = UINT64_MAX;
+	double t0 = now_ms();
+	printf("resync: %" PRIu64 " dirty (leg, region) pairs to copy\n", total);
+	for (;;) {
+		int done = mirror_wait_in_sync(m, 200);
+		mirror_status(m, &st);
+		if (st.resync_pending != last || done) {
+			printf("resync: %" PRIu64 " copied, %" PRIu64 " left (%.0f ms)\n", st.resynced,
+			       st.resync_pending, now_ms() - t0);
+			fflush(stdout);
+			last = st.resync_pending;
+		}
+		if (done) {
+			printf("resync: all legs in sync, %" PRIu64 " region(s) copied\n", st.resynced);
+			return 0;
+		}
+		if (now_ms() - t0 > seconds * 1000) {
+			printf("resync: not in sync after %.0f s\n", seconds);
+			mirror_status_print(m, stdout);
+			return 1;
+		}
+	}
+}
+
+static int cmd_workload(struct mirror *m, double seconds, uint64_t span, uint64_t seed, const char *acklog)
+{
+	unsigned bs = mirror_block_size(m);
+	uint64_t nblocks = (span && span < mirror_size(m) ? span : mirror_size(m)) / bs;
+	unsigned char *b = malloc(bs);
+	FILE *ack = acklog ? fopen(acklog, "a") : NULL;
+	if (!b || (acklog && !ack)) {
+		perror(acklog ? acklog : "malloc");
+		return 1;
+	}
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	uint64_t base = (uint64_t)rt.tv_sec * 1000000ULL + (uint64_t)rt.tv_nsec / 1000;
+	uint64_t rng = seed ? seed : 1, n = 0, fails = 0;
+	double t0 = now_ms(), worst = 0;
+	while (now_ms() - t0 < seconds * 1000) {
+		rng = mix64(rng + 0x9e3779b97f4a7c15ULL);
+		uint64_t off = (rng % nblocks) * bs, seq = base + n;
+		fill_block(b, bs, seq, off);
+		double t = now_ms();
+		int rc = mirror_write(m, off, b, bs);
+		double took = now_ms() - t;
+		if (took > worst)
+			worst = took;
+		n++;
+		if (rc) {
+			fails++;
+			fprintf(stderr, "workload: write at %" PRIu64 " failed: %s\n", off, strerror(-rc));
+			continue;
+		}
+		if (ack) {
+			fprintf(ack, "%" PRIu64 " %" PRIu64 "\n", seq, off);
+			fflush(ack);
+		}
+	}
+	if (ack)
+		fclose(ack);
+	free(b);
+	printf("workload: %" PRIu64 " writes, %" PRIu64 " failed, slowest ack %.1f ms\n", n, fails, worst);
+	mirror_status_print(m, stdout);
+	return fails ? 1 : 0;
+}
+
+/* Reads the legs directly; the mirror is not opened (no resync runs). */
+static int cmd_check(unsigned bs, unsigned nlegs, char **legs, const char *acklog)
+{
+	uint64_t size = UINT64_MAX;
+	for (unsigned L = 0; L < nlegs; L++) {
+		int fd = open(legs[L], O_RDONLY | O_CLOEXEC);
+		off_t end = fd < 0 ? -1 : lseek(fd, 0, SEEK_END);
+		if (end < 0) {
+			perror(legs[L]);
+			return 1;
+		}
+		close(fd);
+		if ((uint64_t)end < size)
+			size = (uint64_t)end;
+	}
+	uint64_t nblocks = size / bs;
+	uint64_t *last = calloc(nblocks, sizeof(*last));
+	unsigned char *b = malloc(bs);
+	FILE *f = acklog ? fopen(acklog, "r") : NULL;
+	if (!last || !b || !f) {
+		fprintf(stderr, "check: needs --ack-log (%s)\n", acklog ? strerror(errno) : "missing");
+		return 1;
+	}
+	uint64_t seq, off, acks = 0, blocks = 0, bad = 0;
+	while (fscanf(f, "%" SCNu64 " %" SCNu64, &seq, &off) == 2)
+		if (off / bs < nblocks && off % bs == 0) {
+			last[off / bs] = seq; /* later lines are later acks */
+			acks++;
+		}
+	fclose(f);
+	for (unsigned L = 0; L < nlegs; L++) {
+		int fd = open(legs[L], O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			perror(legs[L]);
+			return 1;
+		}
+		for (uint64_t k = 0; k < nblocks; k++) {
+			if (!last[k])
+				continue;
+			if (L == 0)
+				blocks++;
+			if (pread(fd, b, bs, (off_t)(k * bs)) != (ssize_t)bs) {
+				bad++;
+				continue;
+			}
+			uint64_t s = block_seq(b, bs, k * bs);
+			if (s < last[k]) {
+				if (bad < 10)
+					printf("check: %s offset %" PRIu64 ": %s (last acked seq %" PRIu64 ")\n",
+					       legs[L], k * bs, s ? "older data" : "not an intact block", last[k]);
+				bad++;
+			}
+		}
+		close(fd);
+	}
+	printf("check: %" PRIu64 " acked writes, %" PRIu64 " blocks x %u legs: %" PRIu64 " bad\n", acks, blocks,
+	       nlegs, bad);
+	free(last);
+	free(b);
+	return bad ? 1 : 0;
+}
+
+static int cmd_shell(struct mirror *m)
+{
+	char line[1024];
+	while (fgets(line, sizeof(line), stdin)) {
+		char cmd[32] = "";
+		unsigned long long a = 0, b = 0, c = 0;
+		int n = sscanf(line, "%31s %llu %llu %llu", cmd, &a, &b, &c);
+		double t = now_ms();
+		if (n < 1 || cmd[0] == '#')
+			continue;
+		if (!strcmp(cmd, "quit"))
+			break;
+		if (!strcmp(cmd, "write") && n == 4) {
+			unsigned char *buf = malloc(b ? b : 1);
+			if (!buf)
+				return 1;
+			fill_seeded(buf, b, c, a);
+			int rc = mirror_write(m, a, buf, b);
+			printf("write %llu %llu: %s (%.1f ms)\n", a, b, rc ? strerror(-rc) : "acked", now_ms() - t);
+			free(buf);
+		} else if (!strcmp(cmd, "read") && n >= 3) {
+			unsigned char *buf = malloc(b ? b : 1), *want = malloc(b ? b : 1);
+			if (!buf || !want)
+				return 1;
+			int rc = mirror_read(m, a, buf, b);
+			if (!rc && n == 4) {
+				fill_seeded(want, b, c, a);
+				printf("read %llu %llu: %s (%.1f ms)\n", a, b,
+				       memcmp(buf, want, b) ? "DIFFERS from seed" : "matches seed", now_ms() - t);
+			} else {
+				printf("read %llu %llu: %s (%.1f ms)\n", a, b, rc ? strerror(-rc) : "OK", now_ms() - t);
+			}
+			free(buf);
+			free(want);
+		} else if (!strcmp(cmd, "fault") && n >= 2) {
+			char *spec = strchr(line, ' ');
+			spec = spec ? strchr(spec + 1, ' ') : NULL;
+			spec = spec ? spec + 1 : "";
+			spec[strcspn(spec, "\n")] = 0;
+			int rc = mirror_set_faults(m, (unsigned)a, spec);
+			printf("fault %llu '%s': %s\n", a, spec, rc ? strerror(-rc) : "set");
+		} else if (!strcmp(cmd, "status")) {
+			mirror_status_print(m, stdout);
+		} else if (!strcmp(cmd, "wait-sync") && n == 2) {
+			printf("wait-sync: %s (%.0f ms)\n", mirror_wait_in_sync(m, (int)a) ? "in sync" : "NOT in sync",
+			       now_ms() - t);
+		} else if (!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) {
+			mirror_resync_pause(m, cmd[0] == 'p');
+			printf("resync %sd\n", cmd);
+		} else if (!strcmp(cmd, "sleep") && n == 2) {
+			sleep_ms((double)a);
+		} else {
+			printf("? %s", line);
+		}
+		fflush(stdout);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct mirror_config cfg;
+	const char *acklog = NULL;
+	double seconds = -1;
+	uint64_t span = 0, seed = 1;
+	char *faults[MIRROR_MAX_LEGS] = { 0 };
+	enum { O_SYNC_ = 1000, O_SECONDS, O_SPAN, O_SEED, O_ACKLOG };
+	static const struct option opts[] = {
+		{ "block-size", required_argument, 0, 'b' },   { "region-size", required_argument, 0, 'r' },
+		{ "timeout", required_argument, 0, 't' },      { "read-timeout", required_argument, 0, 'R' },
+		{ "quorum", required_argument, 0, 'q' },       { "fail-after", required_argument, 0, 'f' },
+		{ "resync-rate", required_argument, 0, 's' },  { "log", required_argument, 0, 'l' },
+		{ "fault", required_argument, 0, 'F' },        { "sync", no_argument, 0, O_SYNC_ },
+		{ "seconds", required_argument, 0, O_SECONDS }, { "span", required_argument, 0, O_SPAN },
+		{ "seed", required_argument, 0, O_SEED },      { "ack-log", required_argument, 0, O_ACKLOG },
+		{ "verbose", no_argument, 0, 'v' },            { "help", no_argument, 0, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	t_start = now_ms();
+	mirror_config_init(&cfg);
+	int o;
+	while ((o = getopt_long(argc, argv, "b:r:t:R:q:f:s:l:F:vh", opts, NULL)) != -1) {
+		switch (o) {
+		case 'b': cfg.block_size = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'r': cfg.region_size = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 't': cfg.write_timeout_ms = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'R': cfg.read_timeout_ms = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'q': cfg.quorum = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'f': cfg.fail_after_ms = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 's': cfg.resync_kbps = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'l': cfg.log_path = optarg; break;
+		case 'F': {
+			char *colon = strchr(optarg, ':');
+			unsigned leg = (unsigned)strtoul(optarg, NULL, 0);
+			if (!colon || leg >= MIRROR_MAX_LEGS) {
+				fprintf(stderr, "dmio-mirror: --fault wants LEG:SPEC\n");
+				return 2;
+			}
+			faults[leg] = colon + 1;
+			break;
+		}
+		case O_SYNC_: cfg.initial_sync = 1; break;
+		case O_SECONDS: seconds = strtod(optarg, NULL); break;
+		case O_SPAN: span = strtoull(optarg, NULL, 0); break;
+		case O_SEED: seed = strtoull(optarg, NULL, 0); break;
+		case O_ACKLOG: acklog = optarg; break;
+		case 'v': verbose = 1; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (argc - optind < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[optind++];
+	cfg.nlegs = (unsigned)(argc - optind);
+	if (cfg.nlegs > MIRROR_MAX_LEGS) {
+		fprintf(stderr, "dmio-mirror: at most %d legs\n", MIRROR_MAX_LEGS);
+		return 2;
+	}
+	for (unsigned L = 0; L < cfg.nlegs; L++) {
+		cfg.legs[L] = argv[optind + (int)L];
+		cfg.faults[L] = faults[L];
+	}
+	if (verbose) {
+		cfg.event = on_event;
+		cfg.event_ctx = NULL;
+	}
+	if (strcmp(cmd, "status") && strcmp(cmd, "resync") && strcmp(cmd, "workload") && strcmp(cmd, "check") &&
+	    strcmp(cmd, "shell")) {
+		fprintf(stderr, "dmio-mirror: unknown command '%s'\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	/* Output may go to a pipe read by a test while we run. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	/* status only looks: no resync while it runs. */
+	cfg.resync_paused = !strcmp(cmd, "status");
+	if (!strcmp(cmd, "check"))
+		return cmd_check(cfg.block_size, cfg.nlegs, argv + optind, acklog);
+
+	struct mirror *m;
+	int rc = mirror_open(&cfg, &m);
+	if (rc) {
+		fprintf(stderr, "dmio-mirror: %s\n", mirror_last_error());
+		return 1;
+	}
+	int ret = 0;
+	if (!strcmp(cmd, "status"))
+		mirror_status_print(m, stdout);
+	else if (!strcmp(cmd, "resync"))
+		ret = cmd_resync(m, seconds > 0 ? seconds : 600);
+	else if (!strcmp(cmd, "workload"))
+		ret = cmd_workload(m, seconds > 0 ? seconds : 5, span, seed, acklog);
+	else
+		ret = cmd_shell(m);
+	mirror_close(m);
+	return ret;
+}

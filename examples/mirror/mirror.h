@@ -1,0 +1,164 @@
+/*
+ * mirror.h - a reference N-way mirror over libdmio (examples/mirror).
+ *
+ * Every write goes to all legs in one dm_io() with a deadline. It is
+ * acknowledged when every leg is OK, or when the deadline has passed (all
+ * legs are final or have been notified DM_IO_TIMEOUT) and at least `quorum`
+ * legs are OK. Legs that did not make it are marked dirty for the regions
+ * they missed in a dirty-region log (a bitmap in memory, optionally
+ * persisted on a small log device with DM_IO_FLUSH | DM_IO_FUA before the
+ * acknowledgement). A background thread copies dirty regions from an
+ * in-sync leg (resync), throttled, while the mirror keeps serving.
+ *
+ * Ordering (see mirror.c for the details): the mirror never has two writes
+ * to the same region in flight on the same leg, so a late write can never
+ * land on top of newer data. A write to a region whose previous write is
+ * still running on a leg (timed out, not final) skips that leg and marks it
+ * dirty; a late OK clears the dirty bit only when no newer write to the
+ * region was issued meanwhile. Resync of a region on a leg starts only when
+ * nothing at all is in flight on that region.
+ *
+ * Thread safety: mirror_write, mirror_read and mirror_status may be called
+ * from any number of threads at once; writes to the same region are
+ * serialized (a write waits for the acknowledgement of the previous one).
+ * mirror_close must not race with other calls.
+ */
+#ifndef DMIO_MIRROR_H
+#define DMIO_MIRROR_H
+
+#include <dm_io.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MIRROR_MAX_LEGS 8
+
+/* Called for each noteworthy event (a leg timed out, a late completion, a
+ * leg failed or came back, a region resynced...), with a one-line message
+ * without a newline. Runs on the library's completion thread, the resync
+ * thread or a caller's thread, with the mirror's lock held: it must not
+ * call mirror functions. */
+typedef void (*mirror_event_fn)(void *ctx, const char *msg);
+
+struct mirror_config {
+	unsigned nlegs;                          /* 1..MIRROR_MAX_LEGS */
+	const char *legs[MIRROR_MAX_LEGS];        /* block devices or files */
+	const char *names[MIRROR_MAX_LEGS];       /* for messages; NULL: "leg0"... */
+	const char *faults[MIRROR_MAX_LEGS];      /* fault spec per leg (dm_io_bdev_open_faulty) or NULL */
+	unsigned block_size;       /* IO granularity in bytes (default 4096) */
+	unsigned region_size;      /* dirty-tracking granularity in bytes (default 64 KiB) */
+	unsigned write_timeout_ms; /* deadline of every write (default 100) */
+	unsigned read_timeout_ms;  /* per leg before a read tries the next leg (default 100) */
+	unsigned quorum;           /* legs that must be OK at the deadline (default 1) */
+	unsigned fail_after_ms;    /* a leg with IO timed out for longer than this is failed (default 5000) */
+	unsigned resync_kbps;      /* resync throttle in KiB/s; 0: unthrottled (default 16384) */
+	unsigned probe_ms;         /* how often a failed leg is tried again (default 1000) */
+	unsigned queue_depth;      /* dm_io min_ios per leg (default 64) */
+	const char *log_path;      /* persisted dirty-region log, or NULL (in memory only) */
+	int initial_sync;          /* a new log (or no log): copy everything from leg 0 */
+	int resync_paused;         /* start with resync paused (mirror_resync_pause) */
+	mirror_event_fn event;
+	void *event_ctx;
+};
+
+/* Fills in the defaults above (nlegs 0, no legs, no log). */
+void mirror_config_init(struct mirror_config *c);
+
+struct mirror;
+
+/* Opens the legs (and the log), loads the log: regions dirty in it, and
+ * regions that were being written when the mirror stopped ("active"), are
+ * resynced. The mirror's size is the smallest leg rounded down to a whole
+ * region. Returns 0 or a negative errno (message in mirror_last_error()). */
+int mirror_open(const struct mirror_config *c, struct mirror **out);
+
+/* Stops the resync thread, commits the log, destroys the dm_io client (IO
+ * still running is cancelled; its regions stay dirty in the log). */
+void mirror_close(struct mirror *m);
+
+/* Writes len bytes at off (both multiples of block_size) to every leg and
+ * returns when the write is acknowledged: 0, or -EIO when fewer than quorum
+ * legs were OK (the data is then undefined, as after a failed block write),
+ * or -EINVAL (misaligned, out of range, or more than 64 regions). */
+int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len);
+
+/* Reads from an in-sync leg with read_timeout_ms per leg; on TIMEOUT or
+ * ERROR the next in-sync leg is tried (DM_IO_READ_ANY, hedge delay
+ * read_timeout_ms). Returns 0, -EIO (no in-sync leg left) or -ETIMEDOUT. */
+int mirror_read(struct mirror *m, uint64_t off, void *buf, size_t len);
+
+/* Replaces the injected faults of a leg (dm_io_bdev_set_faults). */
+int mirror_set_faults(struct mirror *m, unsigned leg, const char *spec);
+
+/* Pauses (1) or resumes (0) the resync thread (tests, maintenance). */
+void mirror_resync_pause(struct mirror *m, int paused);
+
+/* Waits until every leg is in sync (not failed, no dirty region, no IO
+ * running late) or ms pass; returns 1 when in sync. */
+int mirror_wait_in_sync(struct mirror *m, int ms);
+
+/* Waits until no leg has timed-out IO still running, or ms pass. */
+int mirror_wait_no_late_io(struct mirror *m, int ms);
+
+enum mirror_leg_state {
+	MIRROR_LEG_IN_SYNC = 0, /* every region up to date */
+	MIRROR_LEG_DIRTY = 1,   /* serving, some regions to resync (or IO late) */
+	MIRROR_LEG_FAILED = 2,  /* no IO sent, except resync probes */
+};
+
+struct mirror_leg_status {
+	const char *path;
+	const char *name;
+	enum mirror_leg_state state;
+	const char *fail_reason;      /* "" unless failed */
+	uint64_t dirty_regions;
+	uint64_t late_io;             /* timed-out IO still running now */
+	uint64_t timeouts;            /* write TIMEOUT notifications */
+	uint64_t late_ok;             /* OK after TIMEOUT */
+	uint64_t late_kept_dirty;     /* ... that left the region dirty (newer write) */
+	uint64_t late_errors;         /* ERROR/CANCELLED after TIMEOUT */
+	uint64_t errors;              /* write ERRORs */
+	uint64_t skipped;             /* writes not sent (failed, busy region, too much late IO) */
+	uint64_t resynced;            /* regions copied to this leg */
+	uint64_t read_errors;
+	uint64_t read_slow;           /* reads that had to move to another leg */
+	uint64_t failures;            /* times the leg was failed */
+};
+
+struct mirror_status {
+	unsigned nlegs;
+	uint64_t size;                /* bytes */
+	uint64_t nregions;
+	unsigned region_size;
+	uint64_t writes;              /* mirror_write calls acknowledged with 0 */
+	uint64_t writes_degraded;     /* ... with some leg not OK */
+	uint64_t write_errors;        /* mirror_write calls that failed */
+	double max_ack_ms;            /* slowest acknowledgement */
+	uint64_t reads, read_errors;
+	uint64_t timeouts;            /* all legs */
+	uint64_t late_completions;    /* all legs */
+	uint64_t resynced;            /* regions copied, all legs */
+	uint64_t resync_pending;      /* (leg, region) pairs dirty now */
+	int resync_paused;
+	uint64_t log_commits;         /* log writes (0 without a log) */
+	uint64_t log_errors;
+	int log;                      /* 1 when persisted */
+	struct mirror_leg_status legs[MIRROR_MAX_LEGS];
+};
+
+void mirror_status(struct mirror *m, struct mirror_status *st);
+/* Prints the status in a few human-readable lines. */
+void mirror_status_print(struct mirror *m, FILE *f);
+const char *mirror_leg_state_name(enum mirror_leg_state s);
+
+/* The dm_io client (for dm_io_client_stats). */
+struct dm_io_client *mirror_client(struct mirror *m);
+/* The size in bytes; the block size; the region size. */
+uint64_t mirror_size(const struct mirror *m);
+unsigned mirror_block_size(const struct mirror *m);
+unsigned mirror_region_size(const struct mirror *m);
+
+/* Message of this thread's last failed mirror_open. */
+const char *mirror_last_error(void);
+
+#endif

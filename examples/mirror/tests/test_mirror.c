@@ -1,0 +1,384 @@
+/* Mirror tests on files with libdmio's fault injection (no root needed).
+ * One line per check; timing checks use generous bounds. */
+#include "check.h"
+#include "mirror.h"
+
+#include <pthread.h>
+
+enum { MB = 1 << 20, RS = 64 * 1024, BS = 4096 };
+
+static struct mirror *open_mirror(unsigned n, const char **paths, const char **faults, unsigned timeout,
+				   unsigned quorum, unsigned fail_after, const char *log)
+{
+	struct mirror_config c;
+	mirror_config_init(&c);
+	c.nlegs = n;
+	for (unsigned i = 0; i < n; i++) {
+		c.legs[i] = paths[i];
+		c.faults[i] = faults ? faults[i] : NULL;
+	}
+	c.write_timeout_ms = timeout;
+	c.read_timeout_ms = 100;
+	c.quorum = quorum;
+	c.fail_after_ms = fail_after;
+	c.probe_ms = 200;
+	c.resync_kbps = 0;
+	c.log_path = log;
+	struct mirror *m = NULL;
+	int rc = mirror_open(&c, &m);
+	if (rc) {
+		check(0, "mirror_open: %s", mirror_last_error());
+		exit(summary("test_mirror"));
+	}
+	return m;
+}
+
+static struct mirror_leg_status leg_status(struct mirror *m, unsigned leg)
+{
+	struct mirror_status st;
+	mirror_status(m, &st);
+	return st.legs[leg];
+}
+
+static int legs_identical(unsigned n, const char **paths, uint64_t bytes)
+{
+	for (unsigned i = 1; i < n; i++)
+		if (!cmp_legs(paths[0], paths[i], bytes))
+			return 0;
+	return 1;
+}
+
+static void t_basic(void)
+{
+	const char *p[2] = { tfile("basic0", 4 * MB), tfile("basic1", 4 * MB) };
+	struct mirror *m = open_mirror(2, p, NULL, 100, 1, 5000, NULL);
+	static unsigned char data[MB], back[MB];
+	fill(data, MB, 1);
+	int rc = mirror_write(m, 3 * BS, data, MB);
+	check(rc == 0, "basic: 1 MiB write across 17 regions acknowledged (rc %d)", rc);
+	rc = mirror_read(m, 3 * BS, back, MB);
+	check(rc == 0 && !memcmp(data, back, MB), "basic: read back matches (rc %d)", rc);
+	check(mirror_write(m, 1, data, BS) == -EINVAL && mirror_write(m, 4 * MB, data, BS) == -EINVAL,
+	      "basic: misaligned or out-of-range writes are -EINVAL");
+	struct mirror_status st;
+	mirror_status(m, &st);
+	check(st.legs[0].state == MIRROR_LEG_IN_SYNC && st.legs[1].state == MIRROR_LEG_IN_SYNC &&
+		      st.timeouts == 0 && st.writes == 1,
+	      "basic: both legs in sync, no timeouts, 1 write");
+	mirror_close(m);
+	check(legs_identical(2, p, 4 * MB), "basic: legs byte-identical (cmp)");
+}
+
+/* A leg slower than the deadline: acks at the deadline, late OKs clean up. */
+static void t_deadline(void)
+{
+	const char *p[2] = { tfile("dl0", 4 * MB), tfile("dl1", 4 * MB) };
+	const char *f[2] = { NULL, "delay write=800ms" };
+	struct mirror *m = open_mirror(2, p, f, 50, 1, 5000, NULL);
+	static unsigned char data[BS];
+	double worst = 0, best = 1e9;
+	for (int i = 0; i < 8; i++) {
+		fill(data, BS, 100 + i);
+		double t = now_ms();
+		int rc = mirror_write(m, (uint64_t)i * RS, data, BS);
+		double took = now_ms() - t;
+		if (rc)
+			check(0, "deadline: write %d failed: %d", i, rc);
+		worst = took > worst ? took : worst;
+		best = took < best ? took : best;
+	}
+	check(worst < 50 + 400 && best >= 40,
+	      "deadline: writes acked at the 50 ms deadline, not after the 800 ms leg (%.0f..%.0f ms)", best,
+	      worst);
+	struct mirror_leg_status s = leg_status(m, 1);
+	check(s.timeouts == 8 && s.dirty_regions == 8 && s.late_io == 8,
+	      "deadline: slow leg: 8 TIMEOUTs, 8 dirty regions, 8 late IOs (%llu, %llu, %llu)",
+	      (unsigned long long)s.timeouts, (unsigned long long)s.dirty_regions, (unsigned long long)s.late_io);
+	check(mirror_wait_in_sync(m, 5000), "deadline: late OKs bring the leg in sync");
+	s = leg_status(m, 1);
+	check(s.late_ok == 8 && s.late_kept_dirty == 0 && s.resynced == 0,
+	      "deadline: 8 late OKs cleared the dirty bits themselves (no newer write), no resync (%llu, %llu, %llu)",
+	      (unsigned long long)s.late_ok, (unsigned long long)s.late_kept_dirty, (unsigned long long)s.resynced);
+	struct dm_io_stats ds;
+	dm_io_client_stats(mirror_client(m), &ds, sizeof ds);
+	check(ds.late_completions == 8, "deadline: dm_io_client_stats counts 8 late completions (%llu)",
+	      (unsigned long long)ds.late_completions);
+	mirror_close(m);
+	check(legs_identical(2, p, 4 * MB), "deadline: legs byte-identical (cmp)");
+}
+
+/* v1 times out on the slow leg; v2 to the same region is acked; when the
+ * slow leg lets v1 through late, v1 must not win. */
+static void t_overtake(void)
+{
+	const char *p[2] = { tfile("ov0", 4 * MB), tfile("ov1", 4 * MB) };
+	const char *f[2] = { NULL, "hang writes" };
+	struct mirror *m = open_mirror(2, p, f, 50, 1, 60000, NULL);
+	static unsigned char v1[RS], v2[RS], back[RS];
+	const uint64_t off = 5 * RS;
+	fill(v1, RS, 1001);
+	fill(v2, RS, 1002);
+	mirror_resync_pause(m, 1);
+	int rc1 = mirror_write(m, off, v1, RS);
+	double t = now_ms();
+	int rc2 = mirror_write(m, off, v2, RS);
+	double took2 = now_ms() - t;
+	check(rc1 == 0 && rc2 == 0, "overtake: v1 and v2 acknowledged (%d, %d)", rc1, rc2);
+	check(took2 < 50, "overtake: v2 acked without waiting (slow leg skipped, busy with v1): %.1f ms", took2);
+	check(leg_status(m, 1).skipped == 1, "overtake: v2 was not sent to the slow leg");
+	mirror_set_faults(m, 1, ""); /* v1 now lands, late */
+	check(mirror_wait_no_late_io(m, 5000), "overtake: v1 completed late on the slow leg");
+	struct mirror_leg_status s = leg_status(m, 1);
+	check(s.late_ok == 1 && s.late_kept_dirty == 1 && s.dirty_regions == 1,
+	      "overtake: the late OK of v1 left the region dirty (newer write issued)");
+	check(read_leg(p[1], off, back, RS) == 0 && !memcmp(back, v1, RS),
+	      "overtake: before resync the slow leg holds v1 (the late write)");
+	check(mirror_read(m, off, back, RS) == 0 && !memcmp(back, v2, RS),
+	      "overtake: mirror reads return v2 (the dirty leg is not read)");
+	mirror_resync_pause(m, 0);
+	check(mirror_wait_in_sync(m, 5000), "overtake: resync brings the slow leg in sync");
+	check(read_leg(p[1], off, back, RS) == 0 && !memcmp(back, v2, RS), "overtake: slow leg now holds v2");
+	mirror_close(m);
+	check(legs_identical(2, p, 4 * MB), "overtake: legs byte-identical (cmp)");
+}
+
+static void t_quorum(void)
+{
+	const char *p[3] = { tfile("q0", 2 * MB), tfile("q1", 2 * MB), tfile("q2", 2 * MB) };
+	const char *f[3] = { NULL, NULL, "hang writes" };
+	struct mirror *m = open_mirror(3, p, f, 50, 2, 60000, NULL);
+	static unsigned char d[BS];
+	fill(d, BS, 7);
+	check(mirror_write(m, 0, d, BS) == 0, "quorum 2 of 3: acked with one leg hung");
+	mirror_set_faults(m, 1, "hang writes");
+	double t = now_ms();
+	int rc = mirror_write(m, RS, d, BS);
+	check(rc == -EIO && now_ms() - t < 50 + 400, "quorum 2 of 3: -EIO at the deadline with two legs hung (%d)",
+	      rc);
+	mirror_set_faults(m, 1, "");
+	mirror_set_faults(m, 2, "");
+	check(mirror_wait_in_sync(m, 5000), "quorum: in sync after release");
+	mirror_close(m);
+	check(legs_identical(3, p, 2 * MB), "quorum: legs byte-identical (cmp)");
+}
+
+static void t_error_leg(void)
+{
+	const char *p[2] = { tfile("e0", 2 * MB), tfile("e1", 2 * MB) };
+	const char *f[2] = { NULL, "error writes errno=EIO" };
+	struct mirror *m = open_mirror(2, p, f, 100, 1, 5000, NULL);
+	static unsigned char d[BS];
+	int ok = 1;
+	for (int i = 0; i < 4; i++) {
+		fill(d, BS, 20 + i);
+		ok &= mirror_write(m, (uint64_t)i * RS, d, BS) == 0;
+	}
+	check(ok, "error leg: writes acked while leg1 fails with EIO");
+	struct mirror_leg_status s = leg_status(m, 1);
+	check(s.state == MIRROR_LEG_FAILED && s.errors == 1 && s.skipped == 3,
+	      "error leg: leg1 failed after its first ERROR, later writes skip it (errors %llu, skipped %llu, %s)",
+	      (unsigned long long)s.errors, (unsigned long long)s.skipped, s.fail_reason);
+	mirror_set_faults(m, 1, "");
+	check(mirror_wait_in_sync(m, 5000), "error leg: repaired leg comes back and is resynced");
+	s = leg_status(m, 1);
+	check(s.resynced >= 4, "error leg: %llu regions resynced", (unsigned long long)s.resynced);
+	mirror_close(m);
+	check(legs_identical(2, p, 2 * MB), "error leg: legs byte-identical (cmp)");
+}
+
+static void t_fail_after(void)
+{
+	const char *p[2] = { tfile("fa0", 4 * MB), tfile("fa1", 4 * MB) };
+	const char *f[2] = { NULL, "hang writes" };
+	struct mirror *m = open_mirror(2, p, f, 30, 1, 300, NULL);
+	static unsigned char d[BS];
+	double worst = 0, t0 = now_ms();
+	int n = 0, fails = 0;
+	while (now_ms() - t0 < 800) {
+		fill(d, BS, 300 + n);
+		double t = now_ms();
+		fails += mirror_write(m, (uint64_t)(n % 64) * RS + (uint64_t)(n / 64 % 16) * BS, d, BS) != 0;
+		double took = now_ms() - t;
+		worst = took > worst ? took : worst;
+		n++;
+	}
+	check(!fails && worst < 30 + 400, "fail-after: %d writes acked, slowest %.0f ms (deadline 30 ms)", n, worst);
+	struct mirror_leg_status s = leg_status(m, 1);
+	check(s.state == MIRROR_LEG_FAILED && strstr(s.fail_reason, "late"),
+	      "fail-after: the hung leg is failed after 300 ms (%s: %s)", mirror_leg_state_name(s.state),
+	      s.fail_reason);
+	mirror_set_faults(m, 1, "");
+	check(mirror_wait_in_sync(m, 10000), "fail-after: released leg comes back and is resynced");
+	mirror_close(m);
+	check(legs_identical(2, p, 4 * MB), "fail-after: legs byte-identical (cmp)");
+}
+
+static void t_reads(void)
+{
+	const char *p[2] = { tfile("r0", 2 * MB), tfile("r1", 2 * MB) };
+	struct mirror *m = open_mirror(2, p, NULL, 100, 1, 5000, NULL);
+	static unsigned char d[RS], back[RS];
+	fill(d, RS, 55);
+	mirror_write(m, 2 * RS, d, RS);
+	/* The first read tries leg0 first. */
+	mirror_set_faults(m, 0, "error reads errno=EIO");
+	int ok = 1;
+	for (int i = 0; i < 2; i++) {
+		memset(back, 0, RS);
+		ok &= mirror_read(m, 2 * RS, back, RS) == 0 && !memcmp(back, d, RS);
+	}
+	check(ok, "reads: a read ERROR on one leg is retried on the other, data correct");
+	check(leg_status(m, 0).read_errors == 1 && leg_status(m, 0).state == MIRROR_LEG_FAILED,
+	      "reads: the leg with the read error is failed");
+	mirror_set_faults(m, 0, "");
+	check(mirror_wait_in_sync(m, 5000), "reads: the leg comes back (probe copy)");
+	mirror_set_faults(m, 0, "delay read=1500ms");
+	double worst = 0;
+	ok = 1;
+	for (int i = 0; i < 2; i++) {
+		double t = now_ms();
+		memset(back, 0, RS);
+		ok &= mirror_read(m, 2 * RS, back, RS) == 0 && !memcmp(back, d, RS);
+		worst = now_ms() - t > worst ? now_ms() - t : worst;
+	}
+	check(ok && worst < 100 + 600,
+	      "reads: a read slower than its 100 ms timeout moves to the other leg (slowest %.0f ms)", worst);
+	struct dm_io_stats ds;
+	dm_io_client_stats(mirror_client(m), &ds, sizeof ds);
+	check(ds.hedges >= 1, "reads: dm_io counted %llu hedge(s)", (unsigned long long)ds.hedges);
+	mirror_close(m);
+}
+
+/* Initial sync, throttled, while writes go on. */
+static void t_resync_progress(void)
+{
+	const char *p[2] = { tfile("s0", 4 * MB), tfile("s1", 4 * MB) };
+	static unsigned char d[BS];
+	fill(d, BS, 9);
+	int fd = open(p[0], O_WRONLY);
+	for (int i = 0; i < 1024; i++)
+		if (pwrite(fd, d, BS, (off_t)i * BS) != BS)
+			break;
+	close(fd);
+	struct mirror_config c;
+	mirror_config_init(&c);
+	c.nlegs = 2;
+	c.legs[0] = p[0];
+	c.legs[1] = p[1];
+	c.initial_sync = 1;
+	c.resync_kbps = 4096; /* 64 regions of 64 KiB: about 1 s */
+	struct mirror *m;
+	if (mirror_open(&c, &m)) {
+		check(0, "resync: open: %s", mirror_last_error());
+		return;
+	}
+	struct mirror_status st;
+	mirror_status(m, &st);
+	uint64_t first = st.resync_pending;
+	check(first == 64, "resync: initial sync: 64 regions dirty on leg1 (%llu)", (unsigned long long)first);
+	double worst = 0;
+	for (int i = 0; i < 20; i++) {
+		fill(d, BS, 500 + i);
+		double t = now_ms();
+		mirror_write(m, (uint64_t)(i * 3 % 64) * RS + BS, d, BS);
+		worst = now_ms() - t > worst ? now_ms() - t : worst;
+		sleep_ms(10);
+	}
+	mirror_status(m, &st);
+	check(st.resync_pending > 0 && st.resync_pending < first && st.writes == 20,
+	      "resync: progress visible (%llu of %llu left after 0.2 s), mirror kept serving (slowest write %.1f ms)",
+	      (unsigned long long)st.resync_pending, (unsigned long long)first, worst);
+	check(mirror_wait_in_sync(m, 10000), "resync: throttled initial sync completes");
+	mirror_close(m);
+	check(legs_identical(2, p, 4 * MB), "resync: legs byte-identical (cmp)");
+}
+
+/* Dirty state survives close/reopen through the persisted log. */
+static void t_log_reopen(void)
+{
+	const char *p[2] = { tfile("l0", 2 * MB), tfile("l1", 2 * MB) };
+	const char *log = tfile("l.log", 0);
+	const char *f[2] = { NULL, "hang writes" };
+	struct mirror *m = open_mirror(2, p, f, 50, 1, 60000, log);
+	static unsigned char d[BS];
+	for (int i = 0; i < 3; i++) {
+		fill(d, BS, 70 + i);
+		mirror_write(m, (uint64_t)i * 5 * RS, d, BS);
+	}
+	struct mirror_status st;
+	mirror_status(m, &st);
+	check(st.legs[1].dirty_regions == 3 && st.log_commits >= 2,
+	      "log: 3 regions dirty on the hung leg, log written (%llu commits)", (unsigned long long)st.log_commits);
+	mirror_close(m); /* the held writes are cancelled, never land */
+	check(!cmp_legs(p[0], p[1], 2 * MB), "log: legs differ after close with the leg hung");
+	m = open_mirror(2, p, NULL, 50, 1, 60000, log);
+	mirror_status(m, &st);
+	check(st.legs[1].dirty_regions >= 3, "log: reopened mirror knows the dirty regions (%llu)",
+	      (unsigned long long)st.legs[1].dirty_regions);
+	check(mirror_wait_in_sync(m, 5000), "log: dirty regions resynced after reopen");
+	mirror_close(m);
+	check(legs_identical(2, p, 2 * MB), "log: legs byte-identical (cmp)");
+}
+
+/* Several threads writing the same few regions while a leg is slower than
+ * the deadline: the legs must end identical. */
+struct stress {
+	struct mirror *m;
+	int id, fails;
+};
+
+static void *stress_thread(void *arg)
+{
+	struct stress *s = arg;
+	unsigned char d[BS];
+	uint32_t x = (uint32_t)s->id * 7919u + 1;
+	for (int i = 0; i < 150; i++) {
+		x = x * 1103515245u + 12345u;
+		fill(d, BS, x);
+		s->fails += mirror_write(s->m, (uint64_t)((x >> 8) % 64) * BS, d, BS) != 0;
+	}
+	return NULL;
+}
+
+static void t_stress(void)
+{
+	const char *p[2] = { tfile("st0", 2 * MB), tfile("st1", 2 * MB) };
+	const char *f[2] = { "delay write=2ms", "delay write=25ms" };
+	struct mirror *m = open_mirror(2, p, f, 20, 1, 60000, NULL);
+	pthread_t th[4];
+	struct stress s[4];
+	for (int i = 0; i < 4; i++) {
+		s[i] = (struct stress){ m, i, 0 };
+		pthread_create(&th[i], NULL, stress_thread, &s[i]);
+	}
+	int fails = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		fails += s[i].fails;
+	}
+	struct mirror_status st;
+	mirror_status(m, &st);
+	check(!fails, "stress: 600 writes from 4 threads to 4 regions acked (%llu timeouts, %llu late kept dirty)",
+	      (unsigned long long)st.timeouts, (unsigned long long)st.legs[1].late_kept_dirty);
+	mirror_set_faults(m, 0, "");
+	mirror_set_faults(m, 1, "");
+	check(mirror_wait_in_sync(m, 10000), "stress: in sync afterwards");
+	mirror_close(m);
+	check(legs_identical(2, p, 2 * MB), "stress: legs byte-identical (cmp)");
+}
+
+int main(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	t_basic();
+	t_deadline();
+	t_overtake();
+	t_quorum();
+	t_error_leg();
+	t_fail_after();
+	t_reads();
+	t_resync_progress();
+	t_log_reopen();
+	t_stress();
+	return summary("test_mirror");
+}
