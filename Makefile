@@ -1,6 +1,6 @@
 # libdmio: build, install, test.
 #   make            library (.so with soname, .a) and include/dm_io.h
-#   make demo       build everything and run the demo on temporary files
+#   make demo       build everything and run the mirror demo on temporary files
 #   make test       every test (installs missing system packages when root)
 #   make install    PREFIX=/usr/local DESTDIR=   (make uninstall removes)
 
@@ -23,7 +23,7 @@ CBINDGEN_VERSION := 0.29.4
 CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
-.PHONY: all lib header check-header demo test test-rust test-c test-c-threads test-c-asan \
+.PHONY: all lib header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
         test-c-valgrind soak fuzz test-fuzz test-header test-install test-python \
         deps install uninstall clean lint mirror test-mirror
 
@@ -61,7 +61,13 @@ $(BUILD)/demo: examples/demo.c include/dm_io.h $(BUILD)/$(SOFILE)
 	$(CC) -std=c99 $(WARN) -pedantic $(CFLAGS) -Iinclude $< -L$(BUILD) -ldmio -lpthread \
 		-Wl,-rpath,'$$ORIGIN' -o $@
 
-demo: all $(BUILD)/demo
+# The main demo: a two-leg mirror riding through a hung leg, on temporary
+# files with the built-in fault injection (examples/mirror/demo.c).
+demo: all mirror
+	@$(BUILD)/mirror-demo
+
+# The first, smallest example: one write to three files, read back.
+demo-basic: all $(BUILD)/demo
 	$(BUILD)/demo
 
 # Installs missing system packages (as root); otherwise says what is missing.
