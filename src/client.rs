@@ -148,7 +148,9 @@ impl Client {
         let entries = (slots.saturating_mul(2))
             .clamp(64, 4096)
             .next_power_of_two();
-        let engine = crate::engine::choose(entries, (slots as usize).min(64))?;
+        // One worker per slot (started on demand): every operation holds a slot,
+        // so IO stuck in the kernel can never keep a worker from other IO.
+        let engine = crate::engine::choose(entries, (slots as usize).min(4096))?;
         Client::with_engine(devices, min_ios, max_size, engine)
     }
 
