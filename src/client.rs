@@ -377,7 +377,14 @@ impl Client {
             }
         }
         self.start(&req, s.flush, s.fua);
-        let result = if s.mode.sync { req.wait_sync() } else { 0 };
+        let result = if s.mode.sync {
+            // Called from a notify callback, our ops may wait for a wake-up
+            // deferred to the end of the callback batch: not while we block.
+            crate::engine::uring::flush_deferred_wakes();
+            req.wait_sync()
+        } else {
+            0
+        };
         Ok(Submitted {
             handle: s.want_handle.then_some(token),
             result,
@@ -393,6 +400,7 @@ impl Client {
             return Ok(Some(s));
         }
         self.engine.submit(std::mem::take(batch));
+        crate::engine::uring::flush_deferred_wakes();
         self.pool.acquire_unless(&|| req.all_final())
     }
 

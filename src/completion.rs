@@ -72,16 +72,30 @@ fn deliver(ev: Event) {
     }
 }
 
+/// Delivers events as they come; everything already queued is delivered
+/// as one batch, with the IO that its callbacks submit started together.
 fn run(rx: Receiver<Msg>) {
-    while let Ok(m) = rx.recv() {
-        match m {
-            Msg::Ev(ev) => deliver(ev),
-            Msg::Stop => {
-                while let Ok(Msg::Ev(ev)) = rx.try_recv() {
-                    deliver(ev);
+    while let Ok(first) = rx.recv() {
+        let stop = crate::engine::uring::with_deferred_wakes(|| {
+            let mut m = first;
+            loop {
+                match m {
+                    Msg::Ev(ev) => deliver(ev),
+                    Msg::Stop => {
+                        while let Ok(Msg::Ev(ev)) = rx.try_recv() {
+                            deliver(ev);
+                        }
+                        return true;
+                    }
                 }
-                return;
+                match rx.try_recv() {
+                    Ok(next) => m = next,
+                    Err(_) => return false,
+                }
             }
+        });
+        if stop {
+            return;
         }
     }
 }

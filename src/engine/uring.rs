@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::request::Request;
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -44,6 +45,53 @@ impl Waker {
     }
 }
 
+thread_local! {
+    /// Inside [`with_deferred_wakes`]: reactors to wake when it ends.
+    static DEFERRED: RefCell<Option<Vec<Arc<Waker>>>> = const { RefCell::new(None) };
+}
+
+/// Records `w` for a deferred wake-up; `false` when not deferring.
+fn defer(w: &Arc<Waker>) -> bool {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(list) => {
+            if !list.iter().any(|x| Arc::ptr_eq(x, w)) {
+                list.push(Arc::clone(w));
+            }
+            true
+        }
+        None => false,
+    })
+}
+
+/// Wakes the reactors that submissions made so far in this batch are
+/// waiting in; the batch goes on. Call before blocking on IO.
+pub fn flush_deferred_wakes() {
+    let list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
+    for w in list.into_iter().flatten() {
+        w.wake();
+    }
+}
+
+/// Runs `f` with reactor wake-ups deferred to its end: the completion
+/// thread delivers a batch of notifications, whose callbacks typically
+/// submit new IO, and the reactor is woken once for all of it.
+pub fn with_deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
+    let outer = DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        let outer = d.is_some();
+        if !outer {
+            *d = Some(Vec::new());
+        }
+        outer
+    });
+    let r = f();
+    if !outer {
+        flush_deferred_wakes();
+        DEFERRED.with(|d| *d.borrow_mut() = None);
+    }
+    r
+}
+
 /// Handle to a client's reactor thread.
 pub struct UringEngine {
     tx: Sender<Msg>,
@@ -51,6 +99,8 @@ pub struct UringEngine {
 }
 
 const WAKE: u64 = u64::MAX;
+/// How long the reactor looks for work before it sleeps (see `spin`).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 const FLUSH_BIT: u64 = 1 << 63;
 
 impl UringEngine {
@@ -95,7 +145,11 @@ impl UringEngine {
 
     fn send(&self, m: Msg) {
         match self.tx.send(m) {
-            Ok(()) => self.waker.wake(),
+            Ok(()) => {
+                if !defer(&self.waker) {
+                    self.waker.wake();
+                }
+            }
             // The reactor is gone (it only stops after shutdown or a bug):
             // nothing can start the ops, so they fail here.
             Err(e) => {
@@ -278,6 +332,9 @@ impl Reactor {
             let _ = self.ring.submit();
             return;
         }
+        if self.inflight > 1 && self.spin() {
+            return;
+        }
         self.waker.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if !self.rx.is_empty() {
@@ -306,6 +363,24 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// With several ops in flight a completion, or a resubmission from a
+    /// notify callback, is usually microseconds away: look for one briefly
+    /// before sleeping, which saves the wake-up round trip. Returns `true`
+    /// when something arrived.
+    fn spin(&mut self) -> bool {
+        if self.ring.submit().is_err() {
+            return false;
+        }
+        let start = Instant::now();
+        while start.elapsed() < SPIN {
+            if !self.rx.is_empty() || !self.ring.completion().is_empty() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
     }
 
     fn reap(&mut self, cqes: &mut Vec<(u64, i32)>) {
