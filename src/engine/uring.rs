@@ -99,17 +99,12 @@ pub struct UringEngine {
 }
 
 const WAKE: u64 = u64::MAX;
-/// How long the reactor looks for work before it sleeps (see `spin`).
-const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 const FLUSH_BIT: u64 = 1 << 63;
 
 impl UringEngine {
     /// Creates the ring (so io_uring refusals surface here, as `-EPERM`,
     /// `-ENOSYS`, ...) and starts the reactor thread.
     pub fn new(entries: u32) -> Result<Arc<UringEngine>> {
-        let ring = IoUring::builder()
-            .build(entries)
-            .map_err(|e| Error::from_io("io_uring_setup", &e))?;
         // SAFETY: plain eventfd creation; result checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -122,25 +117,44 @@ impl UringEngine {
             sleeping: AtomicBool::new(false),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
-        let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
-        let reactor = Reactor {
-            ring,
-            rx,
-            waker: Arc::clone(&waker),
-            slab: Vec::new(),
-            free: Vec::new(),
-            inflight: 0,
-            cap,
-            backlog: VecDeque::new(),
-            sched: Sched::default(),
-            shutting: false,
-            wake_buf: 0,
-        };
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let w = Arc::clone(&waker);
+        // The ring is created on the reactor thread itself: with
+        // IORING_SETUP_SINGLE_ISSUER the creating task is the only one
+        // allowed to submit.
         std::thread::Builder::new()
             .name("dmio-reactor".into())
-            .spawn(move || reactor.run())
+            .spawn(move || {
+                let ring = match build_ring(entries) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
+                Reactor {
+                    ring,
+                    rx,
+                    waker: w,
+                    slab: Vec::new(),
+                    free: Vec::new(),
+                    inflight: 0,
+                    cap,
+                    backlog: VecDeque::new(),
+                    sched: Sched::default(),
+                    shutting: false,
+                    wake_buf: 0,
+                }
+                .run()
+            })
             .map_err(|e| Error::from_io("spawn reactor", &e))?;
-        Ok(Arc::new(UringEngine { tx, waker }))
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Arc::new(UringEngine { tx, waker })),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
+        }
     }
 
     fn send(&self, m: Msg) {
@@ -161,6 +175,19 @@ impl UringEngine {
             }
         }
     }
+}
+
+/// A ring for one reactor thread: completions are processed only when the
+/// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
+/// on kernels that have it (6.1+); a plain ring elsewhere.
+fn build_ring(entries: u32) -> Result<IoUring> {
+    IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::builder().build(entries))
+        .map_err(|e| Error::from_io("io_uring_setup", &e))
 }
 
 impl Engine for UringEngine {
@@ -332,9 +359,6 @@ impl Reactor {
             let _ = self.ring.submit();
             return;
         }
-        if self.inflight > 1 && self.spin() {
-            return;
-        }
         self.waker.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if !self.rx.is_empty() {
@@ -363,24 +387,6 @@ impl Reactor {
                 }
             }
         }
-    }
-
-    /// With several ops in flight a completion, or a resubmission from a
-    /// notify callback, is usually microseconds away: look for one briefly
-    /// before sleeping, which saves the wake-up round trip. Returns `true`
-    /// when something arrived.
-    fn spin(&mut self) -> bool {
-        if self.ring.submit().is_err() {
-            return false;
-        }
-        let start = Instant::now();
-        while start.elapsed() < SPIN {
-            if !self.rx.is_empty() || !self.ring.completion().is_empty() {
-                return true;
-            }
-            std::hint::spin_loop();
-        }
-        false
     }
 
     fn reap(&mut self, cqes: &mut Vec<(u64, i32)>) {
