@@ -25,7 +25,7 @@ RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
 .PHONY: all lib header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
         test-c-valgrind soak fuzz test-fuzz test-header test-install test-python \
-        deps install uninstall clean lint mirror test-mirror
+        deps install uninstall clean lint mirror test-mirror bench test-bench-smoke
 
 # The header is checked in; `make header` regenerates it, `make check-header`
 # (part of `make test`) fails when it is stale.
@@ -75,7 +75,7 @@ deps:
 	@./scripts/deps.sh
 
 test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-asan \
-      test-c-valgrind test-fuzz test-install test-python test-mirror
+      test-c-valgrind test-fuzz test-install test-python test-mirror test-bench-smoke
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -136,6 +136,15 @@ test-header: all
 
 test-install: all
 	@./scripts/test-install.sh
+
+# libdmio side by side with fio (bench/README.md); not part of `make test`,
+# which runs only test-bench-smoke, a tiny run of every case (< 60 s).
+bench: all
+	@$(MAKE) --no-print-directory -C bench run
+
+test-bench-smoke: all
+	@echo "== benchmark smoke run (bench/)"
+	@$(MAKE) --no-print-directory -C bench smoke
 
 # The reference mirror (examples/mirror), built like any user would build it:
 # against a staged `make install` (PREFIX=/usr), found through pkg-config.
