@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import TracebackType
+
 import enum
 import errno as _errno
 import os
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, TYPE_CHECKING, Tuple, Type, TypeVar
 
 from . import ffi
 
@@ -215,3 +217,32 @@ def _call_error(rc: int, what: str) -> Error:
     """
     msg = ffi.last_error() or f"{what}: {_describe_errno(rc)}"
     return Error(-rc, msg)
+
+
+class _Closable:
+    """Context-manager and finaliser plumbing for objects with ``close()``."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self: "_C") -> "_C":
+        """Returns the object itself."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: "Optional[Type[BaseException]]",
+        exc: "Optional[BaseException]",
+        tb: "Optional[TracebackType]",
+    ) -> None:
+        """Closes the object."""
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+_C = TypeVar("_C", bound=_Closable)

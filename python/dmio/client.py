@@ -8,7 +8,6 @@ import ctypes
 import operator
 import threading
 import weakref
-from types import TracebackType
 from typing import (
     Any,
     Dict,
@@ -17,14 +16,13 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    Type,
     TypeVar,
     Union,
     overload,
 )
 
 from . import ffi
-from ._types import PAGE_SIZE, SECTOR_SIZE, Event, Op, Region, Stats, _call_error
+from ._types import _Closable, PAGE_SIZE, SECTOR_SIZE, Event, Op, Region, Stats, _call_error
 from .buffer import Buffer, BufferLike, c_memory
 from .device import Device
 from .request import _TRAMPOLINE, NotifyFn, Request, _register
@@ -97,7 +95,7 @@ def _to_op(op: Union[Op, int, str]) -> Op:
     return Op(op)
 
 
-class Client:
+class Client(_Closable):
     """A dm_io client (``struct dm_io_client``): private memory, IO and completion threads.
 
     ``devices`` is the most regions per request (1..1024), ``min_ios`` the
@@ -452,25 +450,6 @@ class Client:
         if p is not None:
             _live.discard(self)
             self._lib.dm_io_client_destroy(p)
-
-    def __enter__(self) -> "Client":
-        """Returns the client itself."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        """Closes the client."""
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.in_flight)} in flight"

@@ -5,18 +5,17 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from types import TracebackType
-from typing import Optional, Type, Union
+from typing import Optional, Union
 
 from . import ffi
-from ._types import SECTOR_SIZE, _call_error
+from ._types import _Closable, SECTOR_SIZE, _call_error
 
 __all__ = ["Device"]
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 
-class Device:
+class Device(_Closable):
     """A block device or regular file opened for dm_io (``struct block_device``).
 
     ``Device(path)`` opens it read-write with O_DIRECT where the file system
@@ -153,25 +152,6 @@ class Device:
             p, self._ptr = self._ptr, None
         if p is not None:
             self._lib.dm_io_bdev_close(p)
-
-    def __enter__(self) -> "Device":
-        """Returns the device itself."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        """Closes the device."""
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.sectors} sectors"
