@@ -105,9 +105,9 @@ def children_cpu():
 
 
 def kthreads_cpu():
-    """CPU seconds of kernel threads (kworkers doing our loop IO, ksoftirqd...)."""
+    """CPU seconds per kernel thread (kworkers doing our loop IO, ksoftirqd...)."""
     hz = os.sysconf("SC_CLK_TCK")
-    tot = 0
+    tot = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -117,8 +117,8 @@ def kthreads_cpu():
         except OSError:
             continue
         if pid == "2" or st[1] == "2":  # kthreadd and its children
-            tot += int(st[11]) + int(st[12])
-    return tot / hz
+            tot[pid] = (int(st[11]) + int(st[12])) / hz
+    return tot
 
 
 def machine_snapshot():
@@ -133,7 +133,9 @@ def machine_snapshot():
 def machine_delta(a, b):
     """Average cores over the interval: ours, kernel threads, others (user processes not ours), steal."""
     wall = max(b["t"] - a["t"], 1e-3)
-    d = {k: (b[k] - a[k]) / wall for k in ("tasks", "irq", "steal", "kthreads", "ours")}
+    d = {k: (b[k] - a[k]) / wall for k in ("tasks", "irq", "steal", "ours")}
+    # Per thread, so that a kworker exiting meanwhile does not count negative.
+    d["kthreads"] = sum(max(0.0, v - a["kthreads"].get(pid, 0.0)) for pid, v in b["kthreads"].items()) / wall
     d["others"] = max(0.0, d["tasks"] - d["kthreads"] - d["ours"])
     d["wall"] = wall
     return d
@@ -629,8 +631,8 @@ class Bench:
                           (r"[Mm]utex|futex|Condvar|pthread_mutex|lock_contended", "locks"),
                           (r"registry|handle::", "handle registry"),
                           (r"^(rand_submit|rand_notify|hist_|now_ns|main)", "benchmark driver"),
-                          (r"dmio|Vec<T>|vec_deque|IntoIter|raw_vec", "libdmio logic (incl. Vec plumbing)"),
-                          (r"fio|io_u|td_|add_.*sample|0x", "fio")):
+                          (r"dmio|io_uring|Vec<T>|vec_deque|IntoIter|raw_vec", "libdmio logic (incl. Vec plumbing)"),
+                          (r"^(get_io_u|__get_io_u|put_io_u|io_u_|td_|add_\w*sample|fio_|ntime|utime)|^0x", "fio")):
             if re.search(pat, f):
                 return kind
         return "other (libc, syscall wrappers, clock)"
@@ -755,6 +757,7 @@ class Bench:
                 f"{f['us_per_request']:.2f} us = {cr:.2f}x")
         if c["profile_secs"] and shutil.which("perf"):
             self.profile(dev)
+            out["profile_by_kind"] = [[k[0], k[1], v] for k, v in getattr(self, "profile_kinds", [])]
             ps = self.perf_stat_per_io(dev)
             if ps:
                 out["per_io_events"] = ps
@@ -822,7 +825,32 @@ class Bench:
                                       "--sort", sort, "--percent-limit", lim],
                                      capture_output=True, text=True).stdout
                 f.write("\n".join(l for l in rep.splitlines() if l.strip() and not l.startswith("#")) + "\n\n")
+            kinds = self.perf_kinds(data)
+            f.write("### by kind (self samples per thread): what fio also pays (IO submission in the kernel)\n"
+                    "### vs what it does not (thread hand-offs: sleep, wake-up, yield; channels; allocation)\n")
+            for (comm, kind), v in kinds:
+                f.write(f"{v:6.2f}%  {comm:13s} {kind}\n")
+        self.profile_kinds = kinds
         log(f"  perf profile of the QD32 run: {os.path.relpath(path, ROOT)}")
+
+    def perf_kinds(self, data):
+        rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
+                              "--sort", "comm,dso,sym", "--percent-limit", "0"], capture_output=True, text=True).stdout
+        kinds = {}
+        for line in rep.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)", line)
+            if not m:
+                continue
+            v, comm, typ, sym = float(m.group(1)), m.group(2), m.group(4), m.group(5).strip()
+            if typ == "k":
+                kind = ("kernel: sleep / wake-up / yield (thread hand-offs)"
+                        if re.search(r"finish_task_switch|schedule|sched_yield|futex|try_to_wake|wake_up|eventfd|"
+                                     r"enqueue|dequeue|pick_next|update_curr|irqentry_exit|reschedule|ttwu", sym)
+                        else "kernel: IO submission / completion, other system calls")
+            else:
+                kind = "user: " + self.cg_category(sym)
+            kinds[(comm, kind)] = kinds.get((comm, kind), 0) + v
+        return sorted(kinds.items(), key=lambda kv: -kv[1])
 
     # --------------------------------------------------------------- output
 
@@ -999,17 +1027,33 @@ class Bench:
         self.results["meta"]["devices"] = self.devices
         self.results["meta"]["machine_per_case"] = {}
         for i, fn in enumerate([self.case1, self.case2, self.case3, self.case4, self.case5, self.case6, self.case7], 1):
-            if str(i) in self.cases:
+            if str(i) not in self.cases:
+                continue
+            # A case disturbed by other users is run again, once, if the run stays near 6 min
+            # (not in the smoke run).
+            tries = 1 if self.smoke else 2
+            for attempt in range(1, tries + 1):
+                t_case = time.time()
+                nrows, ntargets = len(self.rows), len(self.targets)
                 m0 = machine_snapshot()
                 fn()
                 m = machine_delta(m0, machine_snapshot())
+                m["attempt"] = attempt
                 self.results["meta"]["machine_per_case"][str(i)] = m
                 busy = m["others"] > 0.25 or m["steal"] > 0.1
                 log(f"  machine during case {i}: other users' processes {m['others']:.2f} cores, steal {m['steal']:.2f}"
                     f" (benchmark {m['ours']:.2f}, kernel threads {m['kthreads']:.2f})"
                     + ("  -> NOISY" if busy else ""))
-                if busy:
+                if not busy:
+                    break
+                if attempt < tries and (time.time() - self.t_start) + (time.time() - t_case) < 360:
+                    log(f"  case {i} was disturbed: running it again (attempt {attempt + 1} of {tries})")
+                    del self.rows[nrows:]
+                    del self.targets[ntargets:]
+                    time.sleep(5)
+                else:
                     self.noisy_cases.append(i)
+                    break
         # How busy the machine was beyond this benchmark (includes kernel IO threads).
         busy1, tot1 = cpu_busy()
         wall = time.time() - t0
@@ -1031,7 +1075,7 @@ class Bench:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         json_path = os.path.join(self.out, f"bench-{stamp}.json" if not self.smoke else "smoke.json")
         with open(json_path, "w") as f:
-            json.dump(self.results, f, indent=1, default=str)
+            json.dump(self.results, f, separators=(",", ":"), default=str)
         if not self.smoke:
             shutil.copyfile(json_path, os.path.join(self.out, "latest.json"))
         png = self.plot(os.path.join(self.out, "latency-cdf.png"))
