@@ -252,6 +252,22 @@ int sync_io(struct dm_io_client *cl, int rw, struct block_device *dev, uint64_t 
 	return dm_io(&c, 1, &r, NULL);
 }
 
+int async_io_one(struct dm_io_client *cl, int rw, struct dm_io_memory mem, struct block_device *dev,
+		 uint64_t sector, uint64_t count)
+{
+	struct dm_io_region r = { dev, sector, count };
+	struct tracker t;
+	tracker_init(&t, 1);
+	struct dm_io_control c = make_ctrl(cl, rw, mem, tracker_notify, &t);
+	int rc = dm_io(&c, 1, &r, NULL);
+	if (rc)
+		return rc;
+	CHECK(tracker_wait(&t, 10000), "IO did not finish");
+	tracker_check(&t);
+	CHECK(t.final_state[0] == DM_IO_OK, "state %d error %d", t.final_state[0], t.final_error[0]);
+	return 0;
+}
+
 void check_block_size(struct block_device *dev)
 {
 	unsigned bs = dm_io_bdev_block_size(dev);

@@ -98,6 +98,12 @@ struct dm_io_memory vm_mem(void *p, unsigned offset);
  * buf + offset, no notify; returns dm_io's result. */
 int sync_io(struct dm_io_client *cl, int rw, struct block_device *dev, uint64_t sector,
 	    uint64_t count, void *buf, unsigned offset);
+/* An asynchronous request of one region over mem, waited for (10 s):
+ * returns dm_io's error if it refused the request; otherwise checks the
+ * notify sequence and that the region ended OK (failing the test if not)
+ * and returns 0. */
+int async_io_one(struct dm_io_client *cl, int rw, struct dm_io_memory mem, struct block_device *dev,
+		 uint64_t sector, uint64_t count);
 /* Fails the test unless the device's logical block size divides 4096
  * (the tests use regions in multiples of 8 sectors). */
 void check_block_size(struct block_device *dev);

@@ -87,17 +87,7 @@ static struct dm_io_memory bvec_mem(unsigned off)
 static int bvec_io(struct dm_io_client *cl, int rw, struct block_device *dev, uint64_t sector,
 		   unsigned off)
 {
-	struct dm_io_region r = { dev, sector, SECTORS };
-	struct tracker t;
-	tracker_init(&t, 1);
-	struct dm_io_control c = make_ctrl(cl, rw, bvec_mem(off), tracker_notify, &t);
-	int rc = dm_io(&c, 1, &r, NULL);
-	if (rc)
-		return rc;
-	CHECK(tracker_wait(&t, 10000), "IO did not finish");
-	tracker_check(&t);
-	CHECK(t.final_state[0] == DM_IO_OK, "state %d error %d", t.final_state[0], t.final_error[0]);
-	return 0;
+	return async_io_one(cl, rw, bvec_mem(off), dev, sector, SECTORS);
 }
 
 int main(void)

@@ -43,22 +43,12 @@ static void check_untouched(unsigned off, size_t len, unsigned char v, const cha
 static int pl_io(struct dm_io_client *cl, int rw, struct block_device *dev, uint64_t sector,
 		 unsigned off)
 {
-	struct dm_io_region r = { dev, sector, SECTORS };
 	struct dm_io_memory m;
 	memset(&m, 0, sizeof(m));
 	m.type = DM_IO_PAGE_LIST;
 	m.ptr.pl = pl;
 	m.offset = off;
-	struct tracker t;
-	tracker_init(&t, 1);
-	struct dm_io_control c = make_ctrl(cl, rw, m, tracker_notify, &t);
-	int rc = dm_io(&c, 1, &r, NULL);
-	if (rc)
-		return rc;
-	CHECK(tracker_wait(&t, 10000), "IO did not finish");
-	tracker_check(&t);
-	CHECK(t.final_state[0] == DM_IO_OK, "state %d error %d", t.final_state[0], t.final_error[0]);
-	return 0;
+	return async_io_one(cl, rw, m, dev, sector, SECTORS);
 }
 
 int main(void)
