@@ -553,6 +553,22 @@ out:
 	pthread_mutex_unlock(&m->lock);
 }
 
+/* One timed write of `data` to `n` leg regions for chunk `c` (user writes
+ * and resync copies alike); dm_io's result. */
+static int submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
+			unsigned n)
+{
+	struct dm_io_control ctrl = {
+		.memory = { .type = DM_IO_VM, .ptr.vma = data },
+		.rw = DM_IO_WRITE,
+		.notify = write_notify,
+		.context = c,
+		.client = m->cl,
+		.timeout = m->cfg.write_timeout_ms,
+	};
+	return dm_io(&ctrl, n, regs, NULL);
+}
+
 /* Builds and issues the write of one region piece to every eligible leg.
  * Returns the chunk (owned by the caller until chunk released) or NULL. */
 static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len)
@@ -605,15 +621,7 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	if (!c->nio)
 		return c;
 
-	struct dm_io_control ctrl = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE,
-		.notify = write_notify,
-		.context = c,
-		.client = m->cl,
-		.timeout = m->cfg.write_timeout_ms,
-	};
-	int rc = dm_io(&ctrl, c->nio, regs, NULL);
+	int rc = submit_write(m, c, data, regs, c->nio);
 	if (rc) {
 		/* Nothing started: the legs missed this write. */
 		pthread_mutex_lock(&m->lock);
@@ -971,15 +979,7 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	pthread_mutex_unlock(&m->lock);
 
 	struct dm_io_region dst = { l->bdev, off / 512, m->region_size / 512 };
-	struct dm_io_control wr = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE,
-		.notify = write_notify,
-		.context = c,
-		.client = m->cl,
-		.timeout = m->cfg.write_timeout_ms,
-	};
-	rc = dm_io(&wr, 1, &dst, NULL);
+	rc = submit_write(m, c, data, &dst, 1);
 
 	pthread_mutex_lock(&m->lock);
 	if (rc) {
