@@ -25,9 +25,14 @@
  *    on failure; dm_io_last_error() gives a message for the calling thread.
  *
  * Threads: notify functions of asynchronous requests run on the client's
- * completion thread (never on the IO thread, never inside dm_io()); for
- * DM_IO_SYNC requests they run inside dm_io(), in the caller's thread.
- * All functions are thread-safe.
+ * completion thread (never on the reactor thread, never inside dm_io());
+ * for DM_IO_SYNC requests they run inside dm_io(), in the caller's thread.
+ * With io_uring, asynchronous IO that a notify function submits runs on a
+ * ring of the completion thread itself, whose completions are processed
+ * between callbacks (so resubmitting from notify never crosses threads):
+ * a callback that blocks delays those, as it delays every notification,
+ * and should not wait for another thread's dm_io. All functions are
+ * thread-safe.
  */
 
 #ifndef DM_IO_H
@@ -429,7 +434,10 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * asynchronous request it is called from the client's completion thread,
  * never from inside `dm_io`; for `DM_IO_SYNC` it is called from inside
  * `dm_io`, in the calling thread. Calling any dm_io function (including a
- * SYNC `dm_io`) from a notify callback is allowed.
+ * SYNC `dm_io`) from a notify callback is allowed; asynchronous IO started
+ * there runs on the completion thread's own ring (io_uring engine), its
+ * deadlines included, and a `dm_io` there that waits for private memory
+ * keeps completing that ring's IO meanwhile.
  *
  * Regions larger than the client's `max_size` are split. When the
  * client's private memory is all in use, `dm_io` waits for some to be

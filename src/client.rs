@@ -163,7 +163,7 @@ impl Client {
     ) -> Result<Arc<Client>> {
         let (slots, slot_size) = geometry(devices, min_ios, max_size)?;
         let pool = Pool::new(slots, slot_size)?;
-        let completion = CompletionThread::start("dmio-notify")
+        let completion = CompletionThread::start("dmio-notify", Arc::clone(&engine))
             .map_err(|e| Error::from_io("spawn completion thread", &e))?;
         Ok(Arc::new(Client {
             id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
@@ -401,6 +401,14 @@ impl Client {
         }
         self.engine.submit(std::mem::take(batch));
         crate::engine::uring::flush_deferred_wakes();
+        if crate::engine::local::active() {
+            // On the completion thread, the ops holding the memory may be
+            // in its own ring: keep reaping that while waiting.
+            return self.pool.acquire_polling(
+                &|| req.all_final(),
+                &mut crate::engine::local::drive_briefly,
+            );
+        }
         self.pool.acquire_unless(&|| req.all_final())
     }
 

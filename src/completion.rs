@@ -1,12 +1,17 @@
 //! The completion thread: the only thread that calls notify for
-//! asynchronous requests, so a slow callback never stalls IO (the reactor
+//! asynchronous requests, so a slow callback never stalls the reactor (it
 //! only queues events here) and callbacks of one client never run
 //! concurrently with each other.
+//!
+//! With the io_uring engine the thread also runs a ring of its own
+//! ([`crate::engine::local`]) for the IO its callbacks start, and sleeps in
+//! that ring rather than on its queue.
 
+use crate::engine::{local, Engine, Wake};
 use crate::request::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 
 enum Msg {
@@ -18,18 +23,39 @@ pub struct CompletionThread {
     tx: Sender<Msg>,
     thread: ThreadId,
     join: Mutex<Option<JoinHandle<()>>>,
+    /// Wakes the thread from its local ring (`None`: it sleeps on `tx`).
+    waker: Option<Arc<dyn Wake>>,
+    /// Says (once) that every event was delivered; `true` when the thread
+    /// stays on to reap IO still in its local ring.
+    delivered: Receiver<bool>,
 }
 
 impl CompletionThread {
-    pub fn start(name: &str) -> std::io::Result<CompletionThread> {
+    pub fn start(name: &str, engine: Arc<dyn Engine>) -> std::io::Result<CompletionThread> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let h = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(rx))?;
+            .spawn(move || {
+                let waker = engine.start_local();
+                drop(engine);
+                let local = waker.is_some();
+                let _ = ready_tx.send(waker);
+                if local {
+                    run_local(rx, done_tx)
+                } else {
+                    run(rx);
+                    let _ = done_tx.send(false);
+                }
+            })?;
+        let waker = ready_rx.recv().unwrap_or(None);
         Ok(CompletionThread {
             tx,
             thread: h.thread().id(),
             join: Mutex::new(Some(h)),
+            waker,
+            delivered: done_rx,
         })
     }
 
@@ -38,6 +64,13 @@ impl CompletionThread {
         // After `stop` no request of the client can produce events (all are
         // final), so a failed send drops nothing that is owed.
         let _ = self.tx.send(Msg::Ev(ev));
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
     }
 
     /// Whether the calling thread is this completion thread (inside notify).
@@ -48,13 +81,17 @@ impl CompletionThread {
     /// Delivers everything queued, then ends the thread. Waits for that
     /// unless called from the completion thread itself (from notify), in
     /// which case the thread ends after the current callback returns.
+    /// IO still stuck in the kernel on the local ring is not waited for:
+    /// the thread stays on, detached, until the kernel completes it.
     pub fn stop(&self) {
         let _ = self.tx.send(Msg::Stop);
+        self.wake();
         if self.is_current() {
             return;
         }
+        let stays = self.delivered.recv().unwrap_or(false);
         let h = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = h {
+        if let (Some(h), false) = (h, stays) {
             let _ = h.join();
         }
     }
@@ -70,6 +107,48 @@ fn deliver(ev: Event) {
     if r.is_err() {
         eprintln!("libdmio: internal error while delivering a notification");
     }
+}
+
+/// Delivers everything queued now (its callbacks' IO wake-ups deferred to
+/// the end); `true` once `Stop` was seen (everything before it delivered).
+fn deliver_queued(rx: &Receiver<Msg>) -> bool {
+    crate::engine::uring::with_deferred_wakes(|| {
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Ev(ev) => {
+                    deliver(ev);
+                    local::submit_queued();
+                }
+                Msg::Stop => {
+                    while let Ok(Msg::Ev(ev)) = rx.try_recv() {
+                        deliver(ev);
+                    }
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// The loop with a local ring: deliver, start the IO that callbacks
+/// queued, sleep in the ring, complete what the kernel finished (which
+/// queues more events), again. After `Stop`, stays until the ring's IO is
+/// all reaped (the client's destroy does not wait for that).
+fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
+    while !deliver_queued(&rx) {
+        local::flush();
+        local::wait(&|| !rx.is_empty(), None);
+        local::reap();
+    }
+    local::close();
+    let _ = delivered.send(!local::idle());
+    while !local::idle() {
+        local::flush();
+        local::wait(&|| false, None);
+        local::reap();
+    }
+    local::remove();
 }
 
 /// Delivers events as they come; everything already queued is delivered

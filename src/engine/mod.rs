@@ -8,6 +8,7 @@
 //! submission until `complete`, so the memory outlives any caller that
 //! cancelled or any client that was destroyed meanwhile.
 
+pub mod local;
 pub mod sched;
 pub mod threads;
 pub mod uring;
@@ -110,6 +111,11 @@ pub fn choose(ring_entries: u32, workers: usize) -> crate::error::Result<Arc<dyn
     }
 }
 
+/// Wakes a thread that sleeps in its local ring.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
 /// An IO engine: the io_uring reactor, the thread pool, or (for tests) a
 /// hand-driven one.
 pub trait Engine: Send + Sync {
@@ -120,6 +126,14 @@ pub trait Engine: Send + Sync {
     /// Calls [`Request::on_timer`] at `at` if the request is still alive
     /// (its deadline, or the next region of a hedged read).
     fn arm_timer(&self, at: Instant, req: Weak<Request>);
+    /// Called on a client's completion thread when it starts: gives that
+    /// thread a ring of its own ([`local`]) for the asynchronous IO its
+    /// notify callbacks start, so that resubmitting from notify never
+    /// crosses threads. Returns how other threads wake it, or `None` when
+    /// the engine has no such ring (the thread then sleeps on its queue).
+    fn start_local(&self) -> Option<Arc<dyn Wake>> {
+        None
+    }
     /// Accepts no more work; finishes (without waiting for it here) every op
     /// still in the kernel, then releases its resources.
     fn shutdown(&self);

@@ -29,12 +29,26 @@ enum Msg {
 }
 
 /// Wakes the reactor when (and only when) it is about to sleep.
-struct Waker {
+pub(super) struct Waker {
     efd: OwnedFd,
     sleeping: AtomicBool,
 }
 
 impl Waker {
+    pub(super) fn new() -> Result<Arc<Waker>> {
+        // SAFETY: plain eventfd creation; result checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(Error::last_os("eventfd"));
+        }
+        // SAFETY: `efd` is a fresh descriptor owned by no one else.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        Ok(Arc::new(Waker {
+            efd,
+            sleeping: AtomicBool::new(false),
+        }))
+    }
+
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
@@ -42,6 +56,12 @@ impl Waker {
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
             unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
         }
+    }
+}
+
+impl super::Wake for Waker {
+    fn wake(&self) {
+        Waker::wake(self);
     }
 }
 
@@ -96,7 +116,12 @@ pub fn with_deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
 pub struct UringEngine {
     tx: Sender<Msg>,
     waker: Arc<Waker>,
+    /// Names this engine to the completion thread's local ring.
+    id: u64,
+    entries: u32,
 }
+
+static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 const WAKE: u64 = u64::MAX;
 const FLUSH_BIT: u64 = 1 << 63;
@@ -105,17 +130,7 @@ impl UringEngine {
     /// Creates the ring (so io_uring refusals surface here, as `-EPERM`,
     /// `-ENOSYS`, ...) and starts the reactor thread.
     pub fn new(entries: u32) -> Result<Arc<UringEngine>> {
-        // SAFETY: plain eventfd creation; result checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(Error::last_os("eventfd"));
-        }
-        // SAFETY: `efd` is a fresh descriptor owned by no one else.
-        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
-        let waker = Arc::new(Waker {
-            efd,
-            sleeping: AtomicBool::new(false),
-        });
+        let waker = Waker::new()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let w = Arc::clone(&waker);
@@ -125,33 +140,29 @@ impl UringEngine {
         std::thread::Builder::new()
             .name("dmio-reactor".into())
             .spawn(move || {
-                let ring = match build_ring(entries) {
-                    Ok(r) => r,
+                let core = match Core::new(entries, w) {
+                    Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
                 Reactor {
-                    ring,
+                    core,
                     rx,
-                    waker: w,
-                    slab: Vec::new(),
-                    free: Vec::new(),
-                    inflight: 0,
-                    cap,
-                    backlog: VecDeque::new(),
-                    sched: Sched::default(),
                     shutting: false,
-                    wake_buf: 0,
                 }
                 .run()
             })
             .map_err(|e| Error::from_io("spawn reactor", &e))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Arc::new(UringEngine { tx, waker })),
+            Ok(Ok(())) => Ok(Arc::new(UringEngine {
+                tx,
+                waker,
+                id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+                entries,
+            })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
         }
@@ -196,13 +207,20 @@ impl Engine for UringEngine {
     }
 
     fn submit(&self, ops: Vec<IoOp>) {
+        let ops = super::local::offer(self.id, ops);
         if !ops.is_empty() {
             self.send(Msg::Ops(ops));
         }
     }
 
     fn arm_timer(&self, at: Instant, req: Weak<Request>) {
-        self.send(Msg::Deadline(at, req));
+        if !super::local::offer_timer(self.id, at, &req) {
+            self.send(Msg::Deadline(at, req));
+        }
+    }
+
+    fn start_local(&self) -> Option<Arc<dyn super::Wake>> {
+        super::local::install(self.id, self.entries)
     }
 
     fn shutdown(&self) {
@@ -218,9 +236,11 @@ struct Slot {
     data_res: i32,
 }
 
-struct Reactor {
+/// One ring and the ops in it: what the reactor thread runs, and what the
+/// completion thread runs as its local ring ([`super::local`]). Each is
+/// owned by the one thread that created it (SINGLE_ISSUER).
+pub(super) struct Core {
     ring: IoUring,
-    rx: Receiver<Msg>,
     waker: Arc<Waker>,
     slab: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -228,50 +248,65 @@ struct Reactor {
     cap: usize,
     backlog: VecDeque<IoOp>,
     sched: Sched,
-    shutting: bool,
     wake_buf: u64,
+    cqes: Vec<(u64, i32)>,
+    ready: Vec<IoOp>,
 }
 
-impl Reactor {
-    fn run(mut self) {
-        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(256);
-        let mut ready = Vec::new();
-        self.arm_wake();
-        loop {
-            let now = Instant::now();
-            while let Ok(m) = self.rx.try_recv() {
-                self.take(m, now);
+impl Core {
+    /// A ring on the calling thread, woken through `waker`.
+    pub(super) fn new(entries: u32, waker: Arc<Waker>) -> Result<Core> {
+        let ring = build_ring(entries)?;
+        let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
+        let mut core = Core {
+            ring,
+            waker,
+            slab: Vec::new(),
+            free: Vec::new(),
+            inflight: 0,
+            cap,
+            backlog: VecDeque::new(),
+            sched: Sched::default(),
+            wake_buf: 0,
+            cqes: Vec::with_capacity(256),
+            ready: Vec::new(),
+        };
+        core.arm_wake();
+        Ok(core)
+    }
+
+    /// Takes new ops: fault rules first, then the backlog.
+    pub(super) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>, now: Instant) {
+        for op in ops {
+            if let Some(op) = self.sched.admit(op, now) {
+                self.backlog.push_back(op);
             }
-            self.sched.expire(now, &mut ready);
-            self.backlog.extend(ready.drain(..));
-            self.push_backlog();
-            if self.shutting
-                && self.inflight == 0
-                && self.backlog.is_empty()
-                && self.sched.parked() == 0
-            {
-                break;
-            }
-            self.wait(now);
-            self.reap(&mut cqes);
         }
     }
 
-    fn take(&mut self, m: Msg, now: Instant) {
-        match m {
-            Msg::Ops(ops) => {
-                for op in ops {
-                    if let Some(op) = self.sched.admit(op, now) {
-                        self.backlog.push_back(op);
-                    }
-                }
-            }
-            Msg::Deadline(at, req) => self.sched.arm(at, req),
-            Msg::Shutdown => {
-                self.shutting = true;
-                self.sched.clear_deadlines();
-            }
-        }
+    pub(super) fn arm(&mut self, at: Instant, req: Weak<Request>) {
+        self.sched.arm(at, req);
+    }
+
+    pub(super) fn clear_deadlines(&mut self) {
+        self.sched.clear_deadlines();
+    }
+
+    /// Fires due timers and puts ready ops into the submission queue.
+    pub(super) fn pump(&mut self, now: Instant) {
+        self.sched.expire(now, &mut self.ready);
+        self.backlog.extend(self.ready.drain(..));
+        self.push_backlog();
+    }
+
+    /// Starts what is in the submission queue now.
+    pub(super) fn submit_now(&mut self) {
+        let _ = self.ring.submit();
+    }
+
+    /// No op in the kernel, queued or parked.
+    pub(super) fn idle(&self) -> bool {
+        self.inflight == 0 && self.backlog.is_empty() && self.sched.parked() == 0
     }
 
     fn arm_wake(&mut self) {
@@ -279,7 +314,7 @@ impl Reactor {
             .build()
             .user_data(WAKE);
         // SAFETY: a poll entry carries no buffer; the eventfd lives as long
-        // as the reactor (the waker is owned by it).
+        // as the core (which holds the waker).
         while unsafe { self.ring.submission().push(&e) }.is_err() {
             let _ = self.ring.submit();
         }
@@ -353,20 +388,34 @@ impl Reactor {
         self.inflight += 1;
     }
 
-    fn wait(&mut self, now: Instant) {
-        let pending = !self.rx.is_empty() || !self.backlog.is_empty() && self.inflight < self.cap;
-        if pending {
+    /// Submits what is queued and, unless `pending()` says there is work
+    /// already (checked after announcing the sleep, so a waker cannot be
+    /// missed), sleeps until a completion, a wake-up, the next timer, or
+    /// `max` (when given).
+    pub(super) fn wait(
+        &mut self,
+        now: Instant,
+        pending: &dyn Fn() -> bool,
+        max: Option<std::time::Duration>,
+    ) {
+        let runnable = !self.backlog.is_empty() && self.inflight < self.cap;
+        if runnable || pending() {
             let _ = self.ring.submit();
             return;
         }
         self.waker.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if !self.rx.is_empty() {
+        if pending() {
             self.waker.sleeping.store(false, Ordering::SeqCst);
             let _ = self.ring.submit();
             return;
         }
-        let r = match self.sched.next_wakeup(now) {
+        let mut at = self.sched.next_wakeup(now);
+        if let Some(m) = max {
+            let limit = now + m;
+            at = Some(at.map_or(limit, |a| a.min(limit)));
+        }
+        let r = match at {
             Some(at) => {
                 let d = at.saturating_duration_since(Instant::now());
                 let ts = types::Timespec::new()
@@ -389,7 +438,9 @@ impl Reactor {
         }
     }
 
-    fn reap(&mut self, cqes: &mut Vec<(u64, i32)>) {
+    /// Completes the ops whose CQEs have arrived.
+    pub(super) fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         for &(ud, res) in cqes.iter() {
@@ -428,6 +479,43 @@ impl Reactor {
                 slot.data_res
             };
             slot.op.complete(res);
+        }
+        self.cqes = cqes;
+    }
+}
+
+/// The reactor thread: a [`Core`] fed through the engine's channel.
+struct Reactor {
+    core: Core,
+    rx: Receiver<Msg>,
+    shutting: bool,
+}
+
+impl Reactor {
+    fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(m, now);
+            }
+            self.core.pump(now);
+            if self.shutting && self.core.idle() {
+                break;
+            }
+            let rx = &self.rx;
+            self.core.wait(now, &|| !rx.is_empty(), None);
+            self.core.reap();
+        }
+    }
+
+    fn take(&mut self, m: Msg, now: Instant) {
+        match m {
+            Msg::Ops(ops) => self.core.admit(ops, now),
+            Msg::Deadline(at, req) => self.core.arm(at, req),
+            Msg::Shutdown => {
+                self.shutting = true;
+                self.core.clear_deadlines();
+            }
         }
     }
 }

@@ -169,6 +169,36 @@ impl Pool {
         }
     }
 
+    /// Like [`Pool::acquire_unless`], for a thread that must keep working
+    /// while it waits: calls `poll()` (which returns within a short time)
+    /// between attempts instead of sleeping on the pool.
+    pub fn acquire_polling(
+        self: &Arc<Self>,
+        abandon: &dyn Fn() -> bool,
+        poll: &mut dyn FnMut(),
+    ) -> Result<Option<SlotRef>> {
+        let mut waited = false;
+        loop {
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
+                }
+                if let Some(s) = self.take(&mut st) {
+                    return Ok(Some(s));
+                }
+            }
+            if abandon() {
+                return Ok(None);
+            }
+            if !waited {
+                waited = true;
+                self.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            poll();
+        }
+    }
+
     /// Wakes every waiter to look at its `abandon` condition again. Takes
     /// the lock so that a waiter between its check and its sleep cannot
     /// miss the wake-up.
