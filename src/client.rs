@@ -163,6 +163,7 @@ impl Client {
     ) -> Result<Arc<Client>> {
         let (slots, slot_size) = geometry(devices, min_ios, max_size)?;
         let pool = Pool::new(slots, slot_size)?;
+        engine.register_memory(pool.region());
         let completion = CompletionThread::start("dmio-notify", Arc::clone(&engine))
             .map_err(|e| Error::from_io("spawn completion thread", &e))?;
         Ok(Arc::new(Client {

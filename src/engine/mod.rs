@@ -126,6 +126,9 @@ pub trait Engine: Send + Sync {
     /// Calls [`Request::on_timer`] at `at` if the request is still alive
     /// (its deadline, or the next region of a hedged read).
     fn arm_timer(&self, at: Instant, req: Weak<Request>);
+    /// The client's private memory (start, bytes), mapped for as long as
+    /// any op can name it; engines may register it with the kernel.
+    fn register_memory(&self, _region: (usize, usize)) {}
     /// Called on a client's completion thread when it starts: gives that
     /// thread a ring of its own ([`local`]) for the asynchronous IO its
     /// notify callbacks start, so that resubmitting from notify never

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 enum Msg {
     Ops(Vec<IoOp>),
+    Register((usize, usize)),
     Deadline(Instant, Weak<Request>),
     Shutdown,
 }
@@ -119,7 +120,15 @@ pub struct UringEngine {
     /// Names this engine to the completion thread's local ring.
     id: u64,
     entries: u32,
+    memory: std::sync::OnceLock<(usize, usize)>,
 }
+
+/// Private memory up to this size is registered with each ring
+/// (`IORING_REGISTER_BUFFERS`: pinned once, so reads and writes skip the
+/// per-IO page pinning). Registering pins every page at once, so larger
+/// pools (and pools beyond `RLIMIT_MEMLOCK`, where the kernel refuses)
+/// keep plain reads and writes and fault their memory in as used.
+const REGISTER_MAX: usize = 64 << 20;
 
 static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -162,6 +171,7 @@ impl UringEngine {
                 waker,
                 id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
                 entries,
+                memory: std::sync::OnceLock::new(),
             })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
@@ -219,8 +229,14 @@ impl Engine for UringEngine {
         }
     }
 
+    fn register_memory(&self, region: (usize, usize)) {
+        if self.memory.set(region).is_ok() {
+            self.send(Msg::Register(region));
+        }
+    }
+
     fn start_local(&self) -> Option<Arc<dyn super::Wake>> {
-        super::local::install(self.id, self.entries)
+        super::local::install(self.id, self.entries, self.memory.get().copied())
     }
 
     fn shutdown(&self) {
@@ -251,6 +267,8 @@ pub(super) struct Core {
     wake_buf: u64,
     cqes: Vec<(u64, i32)>,
     ready: Vec<IoOp>,
+    /// Private memory registered as fixed buffer 0 (start, end).
+    fixed: Option<(usize, usize)>,
 }
 
 impl Core {
@@ -270,6 +288,7 @@ impl Core {
             wake_buf: 0,
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
+            fixed: None,
         };
         core.arm_wake();
         Ok(core)
@@ -281,6 +300,25 @@ impl Core {
             if let Some(op) = self.sched.admit(op, now) {
                 self.backlog.push_back(op);
             }
+        }
+    }
+
+    /// Registers the client's private memory (see [`REGISTER_MAX`]); on
+    /// any refusal ops keep using plain reads and writes.
+    pub(super) fn register(&mut self, (start, len): (usize, usize)) {
+        if self.fixed.is_some() || len == 0 || len > REGISTER_MAX {
+            return;
+        }
+        let iov = libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: the region is the pool's mapping, which stays mapped while
+        // any op can name it (ops hold the pool through their slots); once it
+        // is unmapped no op refers to it, and the pages the kernel pinned
+        // stay its own until the ring is dropped.
+        if unsafe { self.ring.submitter().register_buffers(&[iov]) }.is_ok() {
+            self.fixed = Some((start, start + len));
         }
     }
 
@@ -302,6 +340,12 @@ impl Core {
     /// Starts what is in the submission queue now.
     pub(super) fn submit_now(&mut self) {
         let _ = self.ring.submit();
+    }
+
+    /// Ops in the kernel (or submitted), and entries queued not yet submitted.
+    pub(super) fn depth(&mut self) -> (usize, usize) {
+        let q = self.ring.submission().len();
+        (self.inflight - q, q)
     }
 
     /// No op in the kernel, queued or parked.
@@ -349,13 +393,25 @@ impl Core {
         });
         let fd = types::Fd(op.dev.fd());
         let ud = idx as u64;
+        let buf = op.buf();
+        let fixed = self
+            .fixed
+            .is_some_and(|(lo, hi)| buf as usize >= lo && buf as usize + op.len as usize <= hi);
+        let rw_flags = if op.fua { libc::RWF_DSYNC } else { 0 };
         let data = match op.kind {
-            OpKind::Read => opcode::Read::new(fd, op.buf(), op.len)
+            OpKind::Read if fixed => opcode::ReadFixed::new(fd, buf, op.len, 0)
                 .offset(op.offset)
                 .build(),
-            OpKind::Write => opcode::Write::new(fd, op.buf(), op.len)
+            OpKind::Read => opcode::Read::new(fd, buf, op.len)
                 .offset(op.offset)
-                .rw_flags(if op.fua { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            OpKind::Write if fixed => opcode::WriteFixed::new(fd, buf, op.len, 0)
+                .offset(op.offset)
+                .rw_flags(rw_flags)
+                .build(),
+            OpKind::Write => opcode::Write::new(fd, buf, op.len)
+                .offset(op.offset)
+                .rw_flags(rw_flags)
                 .build(),
             OpKind::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
@@ -374,9 +430,10 @@ impl Core {
             // because the op (in the slab below) holds `Arc<Device>`.
             unsafe { sq.push(&f) }.expect("space checked in push_backlog");
         }
-        // SAFETY: `op.buf()` points into the op's private slot, which the
-        // slab entry created below owns until this entry's CQE is reaped in
-        // `reap`; the fd is kept open by the op's `Arc<Device>`.
+        // SAFETY: `buf` points into the op's private slot, which the slab
+        // entry created below owns until this entry's CQE is reaped in
+        // `reap` (for a fixed op, inside registered buffer 0, checked
+        // above); the fd is kept open by the op's `Arc<Device>`.
         unsafe { sq.push(&data) }.expect("space checked in push_backlog");
         drop(sq);
         self.slab[idx] = Some(Slot {
@@ -511,6 +568,7 @@ impl Reactor {
     fn take(&mut self, m: Msg, now: Instant) {
         match m {
             Msg::Ops(ops) => self.core.admit(ops, now),
+            Msg::Register(region) => self.core.register(region),
             Msg::Deadline(at, req) => self.core.arm(at, req),
             Msg::Shutdown => {
                 self.shutting = true;

@@ -90,6 +90,11 @@ impl Pool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The whole mapping (start, bytes), to register with io_uring.
+    pub fn region(&self) -> (usize, usize) {
+        (self.base as usize, self.map_len)
+    }
+
     pub fn slot_size(&self) -> usize {
         self.slot_size
     }
