@@ -402,9 +402,7 @@ impl Core {
             OpKind::Read if fixed => opcode::ReadFixed::new(fd, buf, op.len, 0)
                 .offset(op.offset)
                 .build(),
-            OpKind::Read => opcode::Read::new(fd, buf, op.len)
-                .offset(op.offset)
-                .build(),
+            OpKind::Read => opcode::Read::new(fd, buf, op.len).offset(op.offset).build(),
             OpKind::Write if fixed => opcode::WriteFixed::new(fd, buf, op.len, 0)
                 .offset(op.offset)
                 .rw_flags(rw_flags)
