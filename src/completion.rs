@@ -110,10 +110,13 @@ fn deliver(ev: Event) {
 }
 
 /// Delivers everything queued now (its callbacks' IO wake-ups deferred to
-/// the end); `true` once `Stop` was seen (everything before it delivered).
-fn deliver_queued(rx: &Receiver<Msg>) -> bool {
+/// the end); `Some(true)` once `Stop` was seen (everything before it
+/// delivered), `Some(false)` if it delivered something, `None` if nothing.
+fn deliver_queued(rx: &Receiver<Msg>) -> Option<bool> {
     crate::engine::uring::with_deferred_wakes(|| {
+        let mut any = None;
         while let Ok(m) = rx.try_recv() {
+            any = Some(false);
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
@@ -123,12 +126,29 @@ fn deliver_queued(rx: &Receiver<Msg>) -> bool {
                     while let Ok(Msg::Ev(ev)) = rx.try_recv() {
                         deliver(ev);
                     }
-                    return true;
+                    return Some(true);
                 }
             }
         }
-        false
+        any
     })
+}
+
+/// After a batch of events from other threads (a burst of deadlines on the
+/// reactor, say), more usually follow within microseconds: waiting for them
+/// here briefly saves a sleep and an eventfd wake-up per event. Not while
+/// the local ring has IO in the kernel: its completions are only seen by
+/// waiting in the ring.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+fn spin_for_events(rx: &Receiver<Msg>) {
+    if local::busy() {
+        return;
+    }
+    let end = std::time::Instant::now() + SPIN;
+    while rx.is_empty() && std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
 }
 
 /// The loop with a local ring: deliver, start the IO that callbacks
@@ -136,8 +156,15 @@ fn deliver_queued(rx: &Receiver<Msg>) -> bool {
 /// queues more events), again. After `Stop`, stays until the ring's IO is
 /// all reaped (the client's destroy does not wait for that).
 fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
-    while !deliver_queued(&rx) {
-        local::flush();
+    loop {
+        match deliver_queued(&rx) {
+            Some(true) => break,
+            Some(false) => {
+                local::flush();
+                spin_for_events(&rx);
+            }
+            None => local::flush(),
+        }
         local::wait(&|| !rx.is_empty(), None);
         local::reap();
     }

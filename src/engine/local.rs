@@ -164,6 +164,14 @@ pub fn reap() {
     with_core(|c| c.reap());
 }
 
+/// Whether the ring has ops in the kernel (whose completions only a wait
+/// in the ring can see).
+pub fn busy() -> bool {
+    let mut busy = false;
+    with_core(|c| busy = c.depth().0 > 0);
+    busy
+}
+
 /// No op queued, in the kernel or parked by a fault rule.
 pub fn idle() -> bool {
     let mut idle = true;
