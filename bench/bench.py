@@ -1076,12 +1076,17 @@ class Bench:
         json_path = os.path.join(self.out, f"bench-{stamp}.json" if not self.smoke else "smoke.json")
         with open(json_path, "w") as f:
             json.dump(self.results, f, separators=(",", ":"), default=str)
-        if not self.smoke:
+        full = not self.smoke and len(self.cases) == 7
+        if full:
             shutil.copyfile(json_path, os.path.join(self.out, "latest.json"))
-        png = self.plot(os.path.join(self.out, "latency-cdf.png"))
+        # A partial run (--cases) leaves latest.json and the published plot
+        # of the last full run alone.
+        png_dir = self.out if full or self.smoke else os.path.join(ROOT, "build", "bench")
+        os.makedirs(png_dir, exist_ok=True)
+        png = self.plot(os.path.join(png_dir, "latency-cdf.png"))
         log("\n" + table + "\n\nTargets:\n" + "\n".join(targets))
         log(f"\nJSON: {os.path.relpath(json_path, ROOT)}" + (f"  plot: {os.path.relpath(png, ROOT)}" if png else ""))
-        if not self.smoke and len(self.cases) == 7 and png:
+        if full and png:
             self.update_readme(table, targets, png, os.path.join(self.out, "latest.json"))
             log("bench/README.md updated with this table")
         log(f"done in {time.time() - self.t_start:.0f} s" + ("  (NOISY machine)" if noisy else ""))
