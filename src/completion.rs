@@ -120,7 +120,7 @@ fn deliver_queued(rx: &Receiver<Msg>) -> Option<bool> {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
-                    local::submit_queued();
+                    local::submit_queued(!rx.is_empty());
                 }
                 Msg::Stop => {
                     while let Ok(Msg::Ev(ev)) = rx.try_recv() {

@@ -139,13 +139,17 @@ const EAGER_BELOW: usize = 32;
 /// per IO costs more CPU than the device gains.
 const GROUP: usize = 8;
 
-/// After one notify callback: starts the IO it submitted (see
-/// [`EAGER_BELOW`]).
-pub fn submit_queued() {
+/// After one notify callback: queues the IO it submitted, and starts it at
+/// once when more callbacks are waiting (`more`; see [`EAGER_BELOW`]).
+/// Otherwise the thread's next wait submits it in the same system call.
+pub fn submit_queued(more: bool) {
     if INBOX.with(|i| i.borrow().ops.is_empty()) {
         return;
     }
     flush();
+    if !more {
+        return;
+    }
     with_core(|c| {
         let (in_kernel, queued) = c.depth();
         if in_kernel < EAGER_BELOW || queued >= GROUP {
@@ -164,11 +168,14 @@ pub fn reap() {
     with_core(|c| c.reap());
 }
 
-/// Whether the ring has ops in the kernel (whose completions only a wait
-/// in the ring can see).
+/// Whether the ring has ops submitted or queued (whose completions only a
+/// wait in the ring can see).
 pub fn busy() -> bool {
     let mut busy = false;
-    with_core(|c| busy = c.depth().0 > 0);
+    with_core(|c| {
+        let (in_kernel, queued) = c.depth();
+        busy = in_kernel + queued > 0;
+    });
     busy
 }
 
