@@ -11,7 +11,7 @@ use crate::engine::{Engine, EngineKind, IoOp, OpKind};
 use crate::error::{Error, Result};
 use crate::handle;
 use crate::memory::caller::CallerMemory;
-use crate::memory::pool::{Pool, SlotRef};
+use crate::memory::pool::{Pool, SlotRef, WaitBy};
 use crate::memory::PAGE_SIZE;
 use crate::request::{
     CancelReason, Event, Mode, Notifier, RegionSpec, Request, RequestOwner, State,
@@ -402,15 +402,15 @@ impl Client {
         }
         self.engine.submit(std::mem::take(batch));
         crate::engine::uring::flush_deferred_wakes();
-        if crate::engine::local::active() {
+        let mut drive = crate::engine::local::drive_briefly;
+        let by = if crate::engine::local::active() {
             // On the completion thread, the ops holding the memory may be
             // in its own ring: keep reaping that while waiting.
-            return self.pool.acquire_polling(
-                &|| req.all_final(),
-                &mut crate::engine::local::drive_briefly,
-            );
-        }
-        self.pool.acquire_unless(&|| req.all_final())
+            WaitBy::Poll(&mut drive)
+        } else {
+            WaitBy::Sleep
+        };
+        self.pool.acquire_unless(&|| req.all_final(), by)
     }
 
     fn start(&self, req: &Arc<Request>, flush: bool, fua: bool) {

@@ -23,6 +23,16 @@ struct State {
     waiters: usize,
 }
 
+/// How a thread waits for a free slot.
+pub enum WaitBy<'a> {
+    /// Sleeps on the pool until a slot is released.
+    Sleep,
+    /// Must keep working while it waits (the completion thread, whose own
+    /// ring may hold the memory): calls this, which returns within a short
+    /// time, between attempts.
+    Poll(&'a mut dyn FnMut()),
+}
+
 /// A fixed set of equal, page-aligned slots of private memory.
 pub struct Pool {
     base: *mut u8,
@@ -144,14 +154,19 @@ impl Pool {
     /// Takes a free slot, waiting for one while all are in use.
     /// Fails with `ESHUTDOWN` once the pool is closed.
     pub fn acquire(self: &Arc<Self>) -> Result<SlotRef> {
-        self.acquire_unless(&|| false)
+        self.acquire_unless(&|| false, WaitBy::Sleep)
             .map(|s| s.expect("never abandoned"))
     }
 
     /// Like [`Pool::acquire`], but gives up (`Ok(None)`) as soon as
     /// `abandon()` holds; whoever makes it hold calls [`Pool::kick`].
     /// `abandon` runs under the pool's lock and must not take other locks.
-    pub fn acquire_unless(self: &Arc<Self>, abandon: &dyn Fn() -> bool) -> Result<Option<SlotRef>> {
+    /// `by` says how the thread waits meanwhile.
+    pub fn acquire_unless(
+        self: &Arc<Self>,
+        abandon: &dyn Fn() -> bool,
+        mut by: WaitBy<'_>,
+    ) -> Result<Option<SlotRef>> {
         let mut st = self.lock();
         let mut waited = false;
         loop {
@@ -168,39 +183,18 @@ impl Pool {
                 waited = true;
                 self.waits.fetch_add(1, Ordering::Relaxed);
             }
-            st.waiters += 1;
-            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
-            st.waiters -= 1;
-        }
-    }
-
-    /// Like [`Pool::acquire_unless`], for a thread that must keep working
-    /// while it waits: calls `poll()` (which returns within a short time)
-    /// between attempts instead of sleeping on the pool.
-    pub fn acquire_polling(
-        self: &Arc<Self>,
-        abandon: &dyn Fn() -> bool,
-        poll: &mut dyn FnMut(),
-    ) -> Result<Option<SlotRef>> {
-        let mut waited = false;
-        loop {
-            {
-                let mut st = self.lock();
-                if st.closed {
-                    return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
+            match &mut by {
+                WaitBy::Sleep => {
+                    st.waiters += 1;
+                    st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.waiters -= 1;
                 }
-                if let Some(s) = self.take(&mut st) {
-                    return Ok(Some(s));
+                WaitBy::Poll(poll) => {
+                    drop(st);
+                    poll();
+                    st = self.lock();
                 }
             }
-            if abandon() {
-                return Ok(None);
-            }
-            if !waited {
-                waited = true;
-                self.waits.fetch_add(1, Ordering::Relaxed);
-            }
-            poll();
         }
     }
 
