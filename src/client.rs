@@ -28,6 +28,11 @@ pub(crate) const MAX_SIZE_LIMIT: u32 = 1 << 30;
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
+thread_local! {
+    /// The vector [`Client::start`] builds its ops in, kept between calls.
+    static BATCH: std::cell::RefCell<Vec<IoOp>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Per-client counters (cheap atomics).
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -62,9 +67,30 @@ pub struct Stats {
     pub hedges: u64,
 }
 
+/// Hashes request ids (sequential u64s from one counter, never chosen by
+/// a caller) with one multiplication instead of SipHash.
+#[derive(Default, Clone, Copy)]
+struct IdHash(u64);
+
+impl std::hash::Hasher for IdHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHash>>;
+
 struct Live {
     closed: bool,
-    reqs: HashMap<u64, Arc<Request>>,
+    reqs: IdMap<Arc<Request>>,
 }
 
 /// Shared state of one client.
@@ -175,7 +201,7 @@ impl Client {
             engine,
             live: Mutex::new(Live {
                 closed: false,
-                reqs: HashMap::new(),
+                reqs: IdMap::default(),
             }),
             completion,
             next_req: AtomicU64::new(1),
@@ -339,20 +365,13 @@ impl Client {
         self.check(&s)?;
         let slot = self.pool.slot_size() as u64;
         let nreg = s.regions.len();
-        let regions: Vec<(RegionSpec, u32)> = s
-            .regions
-            .into_iter()
-            .map(|r| {
-                let ops = (r.count * 512).div_ceil(slot).max(1) as u32;
-                (r, ops)
-            })
-            .collect();
         let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
         let req = Request::new(
             self.next_req.fetch_add(1, Ordering::Relaxed),
             self.id,
             s.mode,
-            regions,
+            s.regions,
+            |r| (r.count * 512).div_ceil(slot).max(1) as u32,
             s.mem,
             s.notify,
             owner,
@@ -400,7 +419,7 @@ impl Client {
         if let Some(s) = self.pool.try_acquire() {
             return Ok(Some(s));
         }
-        self.engine.submit(std::mem::take(batch));
+        self.engine.submit(batch);
         crate::engine::uring::flush_deferred_wakes();
         let mut drive = crate::engine::local::drive_briefly;
         let by = if crate::engine::local::active() {
@@ -415,32 +434,33 @@ impl Client {
 
     fn start(&self, req: &Arc<Request>, flush: bool, fua: bool) {
         let slot_size = self.pool.slot_size() as u64;
+        if req.mode.read_any {
+            return self.start_any(req);
+        }
         let n = req.num_regions();
-        let specs: Vec<(Arc<Device>, u64, u64)> = (0..n)
-            .map(|i| req.with_region(i, |r| (Arc::clone(&r.dev), r.sector * 512, r.count * 512)))
-            .collect();
-        let mut batch = Vec::new();
+        let bytes = |i: usize| req.spec(i).count * 512;
+        // The previous call's (empty) vector: no allocation per request.
+        let mut batch = BATCH
+            .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+            .unwrap_or_default();
         let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
             kind,
-            offset: specs[i].1 + off,
+            offset: req.spec(i).sector * 512 + off,
             len: len as u32,
             pre_flush: flush && kind == OpKind::Write,
             fua: fua && kind == OpKind::Write,
-            dev: Arc::clone(&specs[i].0),
+            dev: Arc::clone(&req.spec(i).dev),
             req: Arc::clone(req),
             region: i as u32,
             mem_off: off,
             slot,
         };
-        for (i, s) in specs.iter().enumerate() {
-            if s.2 == 0 {
+        for i in 0..n {
+            if bytes(i) == 0 {
                 batch.push(op(OpKind::Flush, i, 0, 0, None));
             }
         }
-        if req.mode.read_any {
-            return self.start_any(req, &specs);
-        }
-        let total = specs.iter().map(|s| s.2).max().unwrap_or(0);
+        let total = (0..n).map(bytes).max().unwrap_or(0);
         let mut off = 0;
         let mut aborted = false;
         while off < total {
@@ -459,7 +479,7 @@ impl Client {
                     break;
                 }
                 for i in users {
-                    let len = slot_size.min(specs[i as usize].2 - off);
+                    let len = slot_size.min(bytes(i as usize) - off);
                     batch.push(op(OpKind::Write, i as usize, off, len, Some(slot.clone())));
                 }
             } else {
@@ -470,7 +490,12 @@ impl Client {
             }
             off += chunk;
         }
-        self.engine.submit(batch);
+        self.engine.submit(&mut batch);
+        BATCH.with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                *b = batch;
+            }
+        });
         if aborted {
             req.cancel_where(CancelReason::Shutdown, |_| true);
         }
@@ -478,9 +503,11 @@ impl Client {
 
     /// Hedged read: one slot per region, taken now (so starting a hedge
     /// never waits for memory), then the request starts them in turn.
-    fn start_any(&self, req: &Arc<Request>, specs: &[(Arc<Device>, u64, u64)]) {
-        let mut ops = Vec::with_capacity(specs.len());
-        for (i, (dev, off, len)) in specs.iter().enumerate() {
+    fn start_any(&self, req: &Arc<Request>) {
+        let n = req.num_regions();
+        let mut ops = Vec::with_capacity(n);
+        for i in 0..n {
+            let spec = req.spec(i);
             let slot = match self.slot(req, &mut Vec::new()) {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
@@ -491,11 +518,11 @@ impl Client {
             };
             ops.push(IoOp {
                 kind: OpKind::Read,
-                offset: *off,
-                len: *len as u32,
+                offset: spec.sector * 512,
+                len: (spec.count * 512) as u32,
                 pre_flush: false,
                 fua: false,
-                dev: Arc::clone(dev),
+                dev: Arc::clone(&spec.dev),
                 req: Arc::clone(req),
                 region: i as u32,
                 mem_off: 0,
@@ -577,12 +604,12 @@ impl RequestOwner for Client {
         handle::release_lib(req.handle());
     }
 
-    fn submit_ops(&self, ops: Vec<IoOp>, hedge: bool) {
+    fn submit_ops(&self, mut ops: Vec<IoOp>, hedge: bool) {
         if hedge {
             let n = ops.len() as u64;
             self.counters.hedges.fetch_add(n, Ordering::Relaxed);
         }
-        self.engine.submit(ops);
+        self.engine.submit(&mut ops);
     }
 
     fn arm_timer(&self, at: Instant, req: std::sync::Weak<Request>) {

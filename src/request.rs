@@ -107,7 +107,6 @@ pub struct RegionSpec {
 }
 
 struct Region {
-    spec: RegionSpec,
     /// Operations not yet completed (including ones not yet submitted).
     outstanding: u32,
     /// First error seen (negative errno), 0 if none.
@@ -145,6 +144,8 @@ pub struct Request {
     pub id: u64,
     pub client_id: u64,
     pub mode: Mode,
+    /// The regions as submitted (never change).
+    specs: Vec<RegionSpec>,
     handle: AtomicUsize,
     notify: Option<Box<dyn Notifier>>,
     mem: CallerMemory,
@@ -157,21 +158,22 @@ pub struct Request {
 
 impl Request {
     /// `ops[i]` is how many operations region `i` will be split into.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         client_id: u64,
         mode: Mode,
-        regions: Vec<(RegionSpec, u32)>,
+        specs: Vec<RegionSpec>,
+        ops: impl Fn(&RegionSpec) -> u32,
         mem: CallerMemory,
         notify: Option<Box<dyn Notifier>>,
         owner: Arc<dyn RequestOwner>,
     ) -> Arc<Request> {
-        let n = regions.len();
-        let regions = regions
-            .into_iter()
-            .map(|(spec, ops)| Region {
-                spec,
-                outstanding: ops,
+        let n = specs.len();
+        let regions = specs
+            .iter()
+            .map(|spec| Region {
+                outstanding: ops(spec),
                 error: 0,
                 timed_out: false,
                 fin: None,
@@ -181,6 +183,7 @@ impl Request {
             id,
             client_id,
             mode,
+            specs,
             handle: AtomicUsize::new(0),
             notify,
             mem,
@@ -221,7 +224,12 @@ impl Request {
     }
 
     pub fn num_regions(&self) -> usize {
-        self.lock().regions.len()
+        self.specs.len()
+    }
+
+    /// Region `i` as submitted.
+    pub fn spec(&self, i: usize) -> &RegionSpec {
+        &self.specs[i]
     }
 
     /// Number of regions not yet final.
@@ -281,7 +289,7 @@ impl Request {
             .regions
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.fin.is_none() && r.spec.count * 512 > off)
+            .filter(|(i, r)| r.fin.is_none() && self.specs[*i].count * 512 > off)
             .map(|(i, _)| i as u32)
             .collect();
         if !users.is_empty() {
@@ -290,11 +298,6 @@ impl Request {
             unsafe { self.mem.copy_out(off as usize, slot.bytes_mut(len)) };
         }
         users
-    }
-
-    /// Region spec accessor for building operations.
-    pub fn with_region<R>(&self, i: usize, f: impl FnOnce(&RegionSpec) -> R) -> R {
-        f(&self.lock().regions[i].spec)
     }
 
     /// Result of one operation of region `region`. For reads, `slot` holds
@@ -493,7 +496,7 @@ impl Request {
         let mut g = self.lock();
         let mut n = 0;
         for i in 0..g.regions.len() {
-            if g.regions[i].fin.is_none() && pick(&g.regions[i].spec.dev) {
+            if g.regions[i].fin.is_none() && pick(&self.specs[i].dev) {
                 self.finalize(&mut g, i, State::Cancelled, reason.errno());
                 n += 1;
             }

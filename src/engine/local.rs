@@ -38,6 +38,9 @@ thread_local! {
     static OWNER: Cell<u64> = const { Cell::new(0) };
     static RING: RefCell<Option<Core>> = const { RefCell::new(None) };
     static INBOX: RefCell<Inbox> = RefCell::new(Inbox::default());
+    /// The inbox's previous buffers, swapped in by [`flush`] so that
+    /// queueing ops allocates nothing in the steady state.
+    static SPARE: RefCell<Inbox> = RefCell::new(Inbox::default());
 }
 
 /// Creates the ring on the calling thread for engine `engine`, with the
@@ -58,21 +61,22 @@ pub(super) fn install(
     Some(waker)
 }
 
-/// Keeps the asynchronous ops when the calling thread's ring belongs to
-/// `engine`; returns the others (for the reactor).
-pub(super) fn offer(engine: u64, mut ops: Vec<IoOp>) -> Vec<IoOp> {
+/// Takes the asynchronous ops out of `ops` when the calling thread's ring
+/// belongs to `engine`; leaves the others (for the reactor).
+pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     if OWNER.with(|o| o.get()) != engine {
-        return ops;
+        return;
     }
-    let rest = if ops.iter().any(|o| o.req.mode.sync) {
-        let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.into_iter().partition(|o| o.req.mode.sync);
-        ops = not;
-        sync
-    } else {
-        Vec::new()
-    };
-    INBOX.with(|i| i.borrow_mut().ops.extend(ops));
-    rest
+    INBOX.with(|i| {
+        let mut i = i.borrow_mut();
+        if ops.iter().any(|o| o.req.mode.sync) {
+            let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.req.mode.sync);
+            i.ops.extend(not);
+            *ops = sync;
+        } else {
+            i.ops.append(ops);
+        }
+    });
 }
 
 /// Keeps the timer when the calling thread's ring belongs to `engine` and
@@ -120,14 +124,29 @@ fn with_core(f: impl FnOnce(&mut Core)) {
 /// submits.
 pub fn flush() {
     let now = Instant::now();
-    let inbox = INBOX.with(|i| std::mem::take(&mut *i.borrow_mut()));
+    let Ok(mut spare) = SPARE.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)))
+    else {
+        return;
+    };
+    INBOX.with(|i| std::mem::swap(&mut *i.borrow_mut(), &mut spare));
+    let mut ran = false;
     with_core(|c| {
-        for (at, req) in inbox.timers {
+        ran = true;
+        for (at, req) in spare.timers.drain(..) {
             c.arm(at, req);
         }
-        c.admit(inbox.ops, now);
+        c.admit(spare.ops.drain(..), now);
         c.pump(now);
     });
+    if !ran {
+        // Not now (never expected): back into the inbox, nothing lost.
+        INBOX.with(|i| {
+            let mut i = i.borrow_mut();
+            i.ops.append(&mut spare.ops);
+            i.timers.append(&mut spare.timers);
+        });
+    }
+    SPARE.with(|s| *s.borrow_mut() = spare);
 }
 
 /// While fewer ops than this are in the kernel, IO a callback submits

@@ -54,8 +54,8 @@ impl Engine for ManualEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Manual
     }
-    fn submit(&self, ops: Vec<IoOp>) {
-        self.ops.lock().unwrap().extend(ops);
+    fn submit(&self, ops: &mut Vec<IoOp>) {
+        self.ops.lock().unwrap().append(ops);
     }
     fn arm_timer(&self, _at: Instant, req: Weak<Request>) {
         self.deadlines.lock().unwrap().push(req);

@@ -122,7 +122,8 @@ pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
     /// Starts the ops; never waits for IO. Ops that cannot be started end
     /// through `complete` with a negative errno.
-    fn submit(&self, ops: Vec<IoOp>);
+    /// Takes every op out of `ops` (which the caller may reuse).
+    fn submit(&self, ops: &mut Vec<IoOp>);
     /// Calls [`Request::on_timer`] at `at` if the request is still alive
     /// (its deadline, or the next region of a hedged read).
     fn arm_timer(&self, at: Instant, req: Weak<Request>);

@@ -57,11 +57,11 @@ impl Engine for ThreadsEngine {
         EngineKind::Threads
     }
 
-    fn submit(&self, ops: Vec<IoOp>) {
+    fn submit(&self, ops: &mut Vec<IoOp>) {
         if ops.is_empty() {
             return;
         }
-        if let Err(e) = self.tx.send(Msg::Ops(ops)) {
+        if let Err(e) = self.tx.send(Msg::Ops(std::mem::take(ops))) {
             if let Msg::Ops(ops) = e.into_inner() {
                 for op in ops {
                     op.complete(-libc::ESHUTDOWN);

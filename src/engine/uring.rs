@@ -198,10 +198,28 @@ impl UringEngine {
     }
 }
 
+/// `DMIO_URING_WAIT=poll`: threads wait in poll(2) on an eventfd that the
+/// ring signals for each completion, never inside `io_uring_enter`. Slower
+/// (completions interrupt the thread), but tools that cannot run a thread
+/// blocked in `io_uring_enter`, such as valgrind 3.19 (it holds its global
+/// lock across that call, so every other thread stops), can run the
+/// io_uring engine this way.
+fn poll_wait() -> bool {
+    static POLL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POLL.get_or_init(|| std::env::var("DMIO_URING_WAIT").is_ok_and(|v| v == "poll"))
+}
+
 /// A ring for one reactor thread: completions are processed only when the
 /// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
 /// on kernels that have it (6.1+); a plain ring elsewhere.
 fn build_ring(entries: u32) -> Result<IoUring> {
+    if poll_wait() {
+        // Completions must be posted while the thread sleeps in poll(2):
+        // task work that interrupts it (no COOP_TASKRUN, no DEFER_TASKRUN).
+        return IoUring::builder()
+            .build(entries)
+            .map_err(|e| Error::from_io("io_uring_setup", &e));
+    }
     IoUring::builder()
         .setup_coop_taskrun()
         .setup_single_issuer()
@@ -216,10 +234,10 @@ impl Engine for UringEngine {
         EngineKind::Uring
     }
 
-    fn submit(&self, ops: Vec<IoOp>) {
-        let ops = super::local::offer(self.id, ops);
+    fn submit(&self, ops: &mut Vec<IoOp>) {
+        super::local::offer(self.id, ops);
         if !ops.is_empty() {
-            self.send(Msg::Ops(ops));
+            self.send(Msg::Ops(std::mem::take(ops)));
         }
     }
 
@@ -269,6 +287,8 @@ pub(super) struct Core {
     ready: Vec<IoOp>,
     /// Private memory registered as fixed buffer 0 (start, end).
     fixed: Option<(usize, usize)>,
+    /// With [`poll_wait`]: the eventfd the ring signals on completions.
+    cq_efd: Option<OwnedFd>,
 }
 
 impl Core {
@@ -289,7 +309,22 @@ impl Core {
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             fixed: None,
+            cq_efd: None,
         };
+        if poll_wait() {
+            // SAFETY: plain eventfd creation; result checked.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if fd < 0 {
+                return Err(Error::last_os("eventfd"));
+            }
+            // SAFETY: `fd` is a fresh descriptor owned by no one else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            core.ring
+                .submitter()
+                .register_eventfd(fd.as_raw_fd())
+                .map_err(|e| Error::from_io("IORING_REGISTER_EVENTFD", &e))?;
+            core.cq_efd = Some(fd);
+        }
         core.arm_wake();
         Ok(core)
     }
@@ -470,6 +505,15 @@ impl Core {
             let limit = now + m;
             at = Some(at.map_or(limit, |a| a.min(limit)));
         }
+        if let Some(efd) = &self.cq_efd {
+            let r = poll_for_completion(&mut self.ring, efd, at);
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = r {
+                eprintln!("libdmio: waiting for completions failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            return;
+        }
         let r = match at {
             Some(at) => {
                 let d = at.saturating_duration_since(Instant::now());
@@ -537,6 +581,48 @@ impl Core {
         }
         self.cqes = cqes;
     }
+}
+
+/// [`poll_wait`]: submits, then sleeps in ppoll(2) until the ring signals a
+/// completion on `efd` (a wake-up arrives as the completion of the poll on
+/// the waker's eventfd) or `at` passes.
+fn poll_for_completion(
+    ring: &mut IoUring,
+    efd: &OwnedFd,
+    at: Option<Instant>,
+) -> std::io::Result<()> {
+    let mut count: u64 = 0;
+    // SAFETY: reads 8 bytes into our own u64 from our non-blocking eventfd
+    // (resetting it before the CQ is looked at, so no signal is lost).
+    unsafe { libc::read(efd.as_raw_fd(), &mut count as *mut u64 as *mut _, 8) };
+    ring.submit()?;
+    if !ring.completion().is_empty() {
+        return Ok(());
+    }
+    let ts = at.map(|at| {
+        let d = at.saturating_duration_since(Instant::now());
+        libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        }
+    });
+    let mut pfd = libc::pollfd {
+        fd: efd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: one valid pollfd, an optional valid timespec, no signal mask.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// The reactor thread: a [`Core`] fed through the engine's channel.

@@ -29,10 +29,10 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
             .checked_add(offset)
             .filter(|s| s.checked_add(need).is_some())
             .ok_or_else(|| crate::einval!("memory.ptr.vma + offset + length overflows"))?;
-        return Ok(CallerMemory::from_segments(vec![Segment {
+        return Ok(CallerMemory::contiguous(Segment {
             addr: start,
             len: need,
-        }]));
+        }));
     }
     let live = LivePages::lock();
     let mut w = Walk {

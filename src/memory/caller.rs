@@ -14,11 +14,28 @@ pub struct Segment {
     pub len: usize,
 }
 
+/// The segments: one kept inline (`DM_IO_VM`, the common case, allocates
+/// nothing), or several.
+#[derive(Debug)]
+enum Segs {
+    One(Segment),
+    Many(Vec<Segment>),
+}
+
 /// The logical buffer of a request: `len()` bytes spread over segments.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallerMemory {
-    segs: Vec<Segment>,
+    segs: Segs,
     total: usize,
+}
+
+impl Default for CallerMemory {
+    fn default() -> Self {
+        CallerMemory {
+            segs: Segs::Many(Vec::new()),
+            total: 0,
+        }
+    }
 }
 
 impl CallerMemory {
@@ -26,7 +43,26 @@ impl CallerMemory {
     /// that every segment is memory the C caller lent us for this request.
     pub fn from_segments(segs: Vec<Segment>) -> Self {
         let total = segs.iter().map(|s| s.len).sum();
+        let segs = match segs.as_slice() {
+            [one] => Segs::One(*one),
+            _ => Segs::Many(segs),
+        };
         CallerMemory { segs, total }
+    }
+
+    /// One contiguous range (no allocation).
+    pub fn contiguous(seg: Segment) -> Self {
+        CallerMemory {
+            segs: Segs::One(seg),
+            total: seg.len,
+        }
+    }
+
+    fn segments(&self) -> &[Segment] {
+        match &self.segs {
+            Segs::One(s) => std::slice::from_ref(s),
+            Segs::Many(v) => v,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -42,7 +78,7 @@ impl CallerMemory {
     fn walk(&self, mut off: usize, len: usize, mut f: impl FnMut(usize, usize, usize)) {
         assert!(off + len <= self.total, "copy beyond the caller's memory");
         let mut done = 0;
-        for s in &self.segs {
+        for s in self.segments() {
             if done == len {
                 break;
             }
