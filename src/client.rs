@@ -13,9 +13,8 @@ use crate::handle;
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::{Pool, SlotRef, WaitBy};
 use crate::memory::PAGE_SIZE;
-use crate::request::{
-    CancelReason, Event, Mode, Notifier, RegionSpec, Request, RequestOwner, State,
-};
+use crate::request::{CancelReason, Event, Mode, Notify, RegionSpec, Request, RequestOwner, State};
+use crate::small::Small;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -115,9 +114,9 @@ pub struct Submit {
     pub flush: bool,
     pub fua: bool,
     pub timeout: Option<Duration>,
-    pub regions: Vec<RegionSpec>,
+    pub regions: Small<RegionSpec>,
     pub mem: CallerMemory,
-    pub notify: Option<Box<dyn Notifier>>,
+    pub notify: Option<Notify>,
     pub want_handle: bool,
 }
 

@@ -17,6 +17,7 @@ pub mod handle;
 pub mod memory;
 pub mod registry;
 pub mod request;
+pub mod small;
 
 #[cfg(test)]
 mod state_tests;

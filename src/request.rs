@@ -20,6 +20,7 @@ use crate::device::Device;
 use crate::engine::IoOp;
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::SlotRef;
+use crate::small::Small;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -59,6 +60,30 @@ impl CancelReason {
 /// Receives a request's notifications (the C notify function, in the FFI).
 pub trait Notifier: Send + Sync {
     fn notify(&self, index: u32, state: State, error: i32, handle: usize);
+}
+
+/// A notifier kept inline (no allocation per request): a plain function
+/// and two words it is called with (for the C ABI, the notify function and
+/// its context).
+#[derive(Clone, Copy)]
+pub struct FnNotifier {
+    pub call: fn(&FnNotifier, u32, State, i32, usize),
+    pub words: [usize; 2],
+}
+
+/// How a request's notifications are delivered.
+pub enum Notify {
+    Fn(FnNotifier),
+    Dyn(Box<dyn Notifier>),
+}
+
+impl Notify {
+    pub fn notify(&self, index: u32, state: State, error: i32, handle: usize) {
+        match self {
+            Notify::Fn(f) => (f.call)(f, index, state, error, handle),
+            Notify::Dyn(n) => n.notify(index, state, error, handle),
+        }
+    }
 }
 
 /// One notification.
@@ -116,7 +141,7 @@ struct Region {
 }
 
 struct Inner {
-    regions: Vec<Region>,
+    regions: Small<Region>,
     live: usize,
     queue: VecDeque<Event>,
     undelivered: usize,
@@ -145,9 +170,9 @@ pub struct Request {
     pub client_id: u64,
     pub mode: Mode,
     /// The regions as submitted (never change).
-    specs: Vec<RegionSpec>,
+    specs: Small<RegionSpec>,
     handle: AtomicUsize,
-    notify: Option<Box<dyn Notifier>>,
+    notify: Option<Notify>,
     mem: CallerMemory,
     owner: Arc<dyn RequestOwner>,
     inner: Mutex<Inner>,
@@ -163,10 +188,10 @@ impl Request {
         id: u64,
         client_id: u64,
         mode: Mode,
-        specs: Vec<RegionSpec>,
+        specs: Small<RegionSpec>,
         ops: impl Fn(&RegionSpec) -> u32,
         mem: CallerMemory,
-        notify: Option<Box<dyn Notifier>>,
+        notify: Option<Notify>,
         owner: Arc<dyn RequestOwner>,
     ) -> Arc<Request> {
         let n = specs.len();

@@ -6,7 +6,7 @@ use crate::client::{Client, Submit};
 use crate::device::Device;
 use crate::engine::manual::ManualEngine;
 use crate::memory::caller::{CallerMemory, Segment};
-use crate::request::{Mode, Notifier, RegionSpec, State};
+use crate::request::{Mode, Notifier, Notify, RegionSpec, State};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,9 +85,9 @@ fn submit(
         flush: false,
         fua: false,
         timeout,
-        regions,
+        regions: regions.into(),
         mem: mem(buf),
-        notify: Some(Box::new(RecRef(Arc::clone(rec)))),
+        notify: Some(Notify::Dyn(Box::new(RecRef(Arc::clone(rec))))),
         want_handle: true,
     })
     .unwrap()

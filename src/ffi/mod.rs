@@ -17,7 +17,8 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::handle;
 use crate::registry::Registry;
-use crate::request::{Mode, Notifier, RegionSpec, State};
+use crate::request::{FnNotifier, Mode, Notify, RegionSpec, State};
+use crate::small::Small;
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,29 +53,36 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
         .map_err(|_| crate::einval!("{what} is not UTF-8"))
 }
 
-struct CNotify {
-    f: unsafe extern "C" fn(*mut dm_io_region_state, *mut c_void),
-    ctx: usize,
+type CNotifyFn = unsafe extern "C" fn(*mut dm_io_region_state, *mut c_void);
+
+/// The C notify function and its context, kept inline in the request:
+/// `words` are the function pointer and the context.
+fn c_notifier(f: CNotifyFn, ctx: *mut c_void) -> FnNotifier {
+    FnNotifier {
+        call: call_c_notify,
+        words: [f as usize, ctx as usize],
+    }
 }
 
-impl Notifier for CNotify {
-    fn notify(&self, index: u32, state: State, error: i32, handle: usize) {
-        let state = match state {
-            State::Ok => dm_io_state::DM_IO_OK,
-            State::Timeout => dm_io_state::DM_IO_TIMEOUT,
-            State::Cancelled => dm_io_state::DM_IO_CANCELLED,
-            State::Error => dm_io_state::DM_IO_ERROR,
-        };
-        let mut st = dm_io_region_state {
-            index,
-            state,
-            error_code: error,
-            hdl: handle as *mut dm_io_handle,
-        };
-        // SAFETY: the caller gave this function and context for this
-        // request; `st` is valid for the call.
-        unsafe { (self.f)(&mut st, self.ctx as *mut c_void) }
-    }
+fn call_c_notify(n: &FnNotifier, index: u32, state: State, error: i32, handle: usize) {
+    // SAFETY: `words[0]` was made from a `CNotifyFn` in `c_notifier` (a
+    // non-null function pointer, the size of usize).
+    let f = unsafe { std::mem::transmute::<usize, CNotifyFn>(n.words[0]) };
+    let state = match state {
+        State::Ok => dm_io_state::DM_IO_OK,
+        State::Timeout => dm_io_state::DM_IO_TIMEOUT,
+        State::Cancelled => dm_io_state::DM_IO_CANCELLED,
+        State::Error => dm_io_state::DM_IO_ERROR,
+    };
+    let mut st = dm_io_region_state {
+        index,
+        state,
+        error_code: error,
+        hdl: handle as *mut dm_io_handle,
+    };
+    // SAFETY: the caller gave this function and context for this request;
+    // `st` is valid for the call.
+    unsafe { f(&mut st, n.words[1] as *mut c_void) }
 }
 
 /// Creates a client: private memory for `devices × min_ios` operations of
@@ -215,29 +223,27 @@ pub unsafe extern "C" fn dm_io(
                 ctrl.flags & !DM_IO_CANCEL_ON_TIMEOUT
             ));
         }
-        let mut specs = Vec::with_capacity(regs.len());
         let mut need = 0u64;
-        for (i, r) in regs.iter().enumerate() {
-            let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
-            let bytes = r
-                .count
-                .checked_mul(512)
-                .ok_or_else(|| crate::einval!("region {i}: count overflows"))?;
-            need = need.max(bytes);
-            specs.push(RegionSpec {
-                dev,
-                sector: r.sector,
-                count: r.count,
-            });
-        }
+        let specs = regs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
+                let bytes = r
+                    .count
+                    .checked_mul(512)
+                    .ok_or_else(|| crate::einval!("region {i}: count overflows"))?;
+                need = need.max(bytes);
+                Ok(RegionSpec {
+                    dev,
+                    sector: r.sector,
+                    count: r.count,
+                })
+            })
+            .collect::<Result<Small<RegionSpec>>>()?;
         // SAFETY: the memory descriptor is the caller's, lent for this request.
         let mem = unsafe { memory::resolve(&ctrl.memory, need) }?;
-        let notify = ctrl.notify.map(|f| {
-            Box::new(CNotify {
-                f,
-                ctx: ctrl.context as usize,
-            }) as Box<dyn Notifier>
-        });
+        let notify = ctrl.notify.map(|f| Notify::Fn(c_notifier(f, ctrl.context)));
         let sub = Submit {
             mode: Mode {
                 write: ctrl.rw & DM_IO_WRITE != 0,

@@ -7,6 +7,8 @@
 //! region that needs them is not final, under the request's lock, so after
 //! `DM_IO_CANCELLED` the caller's memory is never touched again.
 
+use crate::small::Small;
+
 /// One contiguous piece of caller memory.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
@@ -14,28 +16,12 @@ pub struct Segment {
     pub len: usize,
 }
 
-/// The segments: one kept inline (`DM_IO_VM`, the common case, allocates
-/// nothing), or several.
-#[derive(Debug)]
-enum Segs {
-    One(Segment),
-    Many(Vec<Segment>),
-}
-
 /// The logical buffer of a request: `len()` bytes spread over segments.
-#[derive(Debug)]
+/// `DM_IO_VM` memory is one inline segment (no allocation).
+#[derive(Debug, Default)]
 pub struct CallerMemory {
-    segs: Segs,
+    segs: Small<Segment>,
     total: usize,
-}
-
-impl Default for CallerMemory {
-    fn default() -> Self {
-        CallerMemory {
-            segs: Segs::Many(Vec::new()),
-            total: 0,
-        }
-    }
 }
 
 impl CallerMemory {
@@ -43,25 +29,17 @@ impl CallerMemory {
     /// that every segment is memory the C caller lent us for this request.
     pub fn from_segments(segs: Vec<Segment>) -> Self {
         let total = segs.iter().map(|s| s.len).sum();
-        let segs = match segs.as_slice() {
-            [one] => Segs::One(*one),
-            _ => Segs::Many(segs),
-        };
-        CallerMemory { segs, total }
+        CallerMemory {
+            segs: segs.into(),
+            total,
+        }
     }
 
     /// One contiguous range (no allocation).
     pub fn contiguous(seg: Segment) -> Self {
         CallerMemory {
-            segs: Segs::One(seg),
+            segs: Small::One(seg),
             total: seg.len,
-        }
-    }
-
-    fn segments(&self) -> &[Segment] {
-        match &self.segs {
-            Segs::One(s) => std::slice::from_ref(s),
-            Segs::Many(v) => v,
         }
     }
 
@@ -78,7 +56,7 @@ impl CallerMemory {
     fn walk(&self, mut off: usize, len: usize, mut f: impl FnMut(usize, usize, usize)) {
         assert!(off + len <= self.total, "copy beyond the caller's memory");
         let mut done = 0;
-        for s in self.segments() {
+        for s in self.segs.iter() {
             if done == len {
                 break;
             }

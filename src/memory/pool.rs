@@ -13,7 +13,7 @@
 //! Acquiring waits when every slot is in use: memory is bounded, never grown.
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 struct State {
@@ -43,6 +43,8 @@ pub struct Pool {
     cv: Condvar,
     high_water: AtomicU64,
     waits: AtomicU64,
+    /// References to each slot in use (a write's legs share one).
+    refs: Box<[AtomicU32]>,
 }
 
 // SAFETY: `base` is a private mapping owned by the pool; slots are handed
@@ -93,6 +95,7 @@ impl Pool {
             cv: Condvar::new(),
             high_water: AtomicU64::new(0),
             waits: AtomicU64::new(0),
+            refs: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
         }))
     }
 
@@ -136,10 +139,11 @@ impl Pool {
         let idx = st.free.pop()?;
         let used = (self.nslots as usize - st.free.len()) as u64;
         self.high_water.fetch_max(used, Ordering::Relaxed);
-        Some(SlotRef(Arc::new(Slot {
+        self.refs[idx as usize].store(1, Ordering::Relaxed);
+        Some(SlotRef {
             pool: Arc::clone(self),
             idx,
-        })))
+        })
     }
 
     /// Takes a free slot without waiting.
@@ -225,43 +229,50 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         // SAFETY: `base`/`map_len` are the mapping made in `new`; the pool is
-        // dropped only after every `Slot` (each holds an `Arc<Pool>`) is gone,
+        // dropped only after every `SlotRef` (each holds an `Arc<Pool>`) is gone,
         // so no IO and no copy can still use the memory.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.map_len) };
     }
 }
 
-/// One slot, returned to its pool when dropped.
-pub struct Slot {
+/// A reference to a slot: a write to N regions shares one slot among its
+/// N operations; the slot is free again when the last reference is
+/// dropped. Counted in the pool (no allocation per slot); each reference
+/// also holds the pool, so the mapping outlives every slot in use.
+pub struct SlotRef {
     pool: Arc<Pool>,
     idx: u32,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.pool.release(self.idx);
+impl Clone for SlotRef {
+    fn clone(&self) -> Self {
+        self.pool.refs[self.idx as usize].fetch_add(1, Ordering::Relaxed);
+        SlotRef {
+            pool: Arc::clone(&self.pool),
+            idx: self.idx,
+        }
     }
 }
 
-/// A shared reference to a slot: a write to N regions shares one slot among
-/// its N operations; the slot is free again when the last one is dropped.
-#[derive(Clone)]
-pub struct SlotRef(Arc<Slot>);
+impl Drop for SlotRef {
+    fn drop(&mut self) {
+        if self.pool.refs[self.idx as usize].fetch_sub(1, Ordering::Release) == 1 {
+            // Every other holder's use of the slot happens before its reuse.
+            fence(Ordering::Acquire);
+            self.pool.release(self.idx);
+        }
+    }
+}
 
 impl SlotRef {
     /// Address of the slot's first byte (page-aligned).
     pub fn as_ptr(&self) -> *mut u8 {
         // SAFETY: idx < nslots, so the offset stays inside the mapping.
-        unsafe {
-            self.0
-                .pool
-                .base
-                .add(self.0.idx as usize * self.0.pool.slot_size)
-        }
+        unsafe { self.pool.base.add(self.idx as usize * self.pool.slot_size) }
     }
 
     pub fn len(&self) -> usize {
-        self.0.pool.slot_size
+        self.pool.slot_size
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,7 +300,7 @@ impl SlotRef {
 
     /// Whether the pool behind this slot is the given one (tests).
     pub fn pool_ptr(&self) -> *const Pool {
-        Arc::as_ptr(&self.0.pool)
+        Arc::as_ptr(&self.pool)
     }
 }
 
