@@ -7,8 +7,10 @@ dir=$1
 only=${2:-}
 limit=${TEST_TIMEOUT:-120}
 # valgrind (3.19) runs io_uring_enter as a non-blocking syscall, holding its
-# global lock while the reactor waits in the kernel, which stops every other
-# thread: under valgrind the same tests run on the thread-pool engine.
+# global lock while a thread waits in the kernel, which stops every other
+# thread: under valgrind the tests run on the thread-pool engine unless
+# DMIO_ENGINE says otherwise (make test-c-valgrind-uring sets uring with
+# DMIO_URING_WAIT=poll, which never waits inside io_uring_enter).
 if [ -n "${VALGRIND:-}" ]; then
 	[ -n "${DMIO_ENGINE:-}" ] || export DMIO_ENGINE=threads
 fi
