@@ -3,10 +3,11 @@
 
 use super::IoOp;
 use crate::device::faults::Decision;
+use crate::device::Device;
 use crate::request::Request;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// How often held ops are looked at again for a changed fault spec.
@@ -42,6 +43,10 @@ pub struct Sched {
     deadlines: BinaryHeap<Reverse<Timed<Weak<Request>>>>,
     delayed: BinaryHeap<Reverse<Timed<IoOp>>>,
     held: Vec<(u64, IoOp)>,
+    /// The devices of the held ops, with the fault generation they were
+    /// held under: looking at these (usually one or two) tells whether any
+    /// held op may start, without walking thousands of held ops each turn.
+    held_devs: Vec<(Arc<Device>, u64)>,
 }
 
 impl Default for Sched {
@@ -52,6 +57,7 @@ impl Default for Sched {
             deadlines: BinaryHeap::new(),
             delayed: BinaryHeap::new(),
             held: Vec::new(),
+            held_devs: Vec::new(),
         }
     }
 }
@@ -72,6 +78,18 @@ impl Sched {
             self.deadlines.retain(|t| t.0.item.strong_count() > 0);
             self.purge_at = (self.deadlines.len() * 2).max(1024);
         }
+    }
+
+    /// Parks `op`, held under fault generation `gen` of its device.
+    fn hold(&mut self, gen: u64, op: IoOp) {
+        let known = self
+            .held_devs
+            .iter()
+            .any(|(d, g)| Arc::ptr_eq(d, &op.dev) && *g == gen);
+        if !known {
+            self.held_devs.push((Arc::clone(&op.dev), gen));
+        }
+        self.held.push((gen, op));
     }
 
     /// Applies the device's fault rules to a new op: returns it when it
@@ -95,7 +113,7 @@ impl Sched {
                 None
             }
             Decision::Hold => {
-                self.held.push((gen, op));
+                self.hold(gen, op);
                 None
             }
             Decision::Fail(e) => {
@@ -122,13 +140,14 @@ impl Sched {
             ready.push(self.delayed.pop().expect("peeked").0.item);
         }
         if self
-            .held
+            .held_devs
             .iter()
-            .any(|(g, op)| op.dev.faults.generation() != *g)
+            .any(|(d, g)| d.faults.generation() != *g)
         {
+            self.held_devs.clear();
             for (g, op) in std::mem::take(&mut self.held) {
                 if op.dev.faults.generation() == g {
-                    self.held.push((g, op));
+                    self.hold(g, op);
                 } else if let Some(op) = self.admit(op, now) {
                     ready.push(op);
                 }
