@@ -191,10 +191,7 @@ pub fn reap() {
 /// wait in the ring can see).
 pub fn busy() -> bool {
     let mut busy = false;
-    with_core(|c| {
-        let (in_kernel, queued) = c.depth();
-        busy = in_kernel + queued > 0;
-    });
+    with_core(|c| busy = c.busy());
     busy
 }
 

@@ -377,10 +377,16 @@ impl Core {
         let _ = self.ring.submit();
     }
 
-    /// Ops in the kernel (or submitted), and entries queued not yet submitted.
+    /// Ops submitted to the kernel (about: the queue also holds linked
+    /// flushes and the wake-up poll), and entries queued not yet submitted.
     pub(super) fn depth(&mut self) -> (usize, usize) {
         let q = self.ring.submission().len();
-        (self.inflight - q, q)
+        (self.inflight.saturating_sub(q), q)
+    }
+
+    /// Whether any op is queued or in the kernel.
+    pub(super) fn busy(&mut self) -> bool {
+        self.inflight > 0 || !self.ring.submission().is_empty()
     }
 
     /// No op in the kernel, queued or parked.
