@@ -24,7 +24,7 @@ CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
 .PHONY: all lib header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
-        test-c-valgrind test-c-valgrind-uring soak fuzz test-fuzz test-header test-install test-python \
+        test-c-debug test-c-valgrind test-c-valgrind-uring soak fuzz test-fuzz test-header test-install test-python \
         deps install uninstall clean lint mirror test-mirror bench test-bench-smoke
 
 # The header is checked in; `make header` regenerates it, `make check-header`
@@ -74,7 +74,7 @@ demo-basic: all $(BUILD)/demo
 deps:
 	@./scripts/deps.sh
 
-test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-asan \
+test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-debug test-c-asan \
       test-c-valgrind test-c-valgrind-uring test-fuzz test-install test-python test-mirror test-bench-smoke
 	@echo "make test: all suites passed"
 
@@ -90,6 +90,16 @@ test-c: all
 test-c-threads: all
 	@echo "== C tests, thread-pool engine"
 	@DMIO_ENGINE=threads $(MAKE) --no-print-directory -C c-tests run
+
+# The C suite against a debug build of the library (overflow checks and
+# debug assertions on: an arithmetic slip panics instead of wrapping).
+test-c-debug: all
+	@echo "== C tests, debug build of the library (overflow checks)"
+	@$(CARGO) build --locked
+	@mkdir -p $(BUILD)/debug-lib
+	@ln -sf $(abspath target/debug/libdmio.so) $(BUILD)/debug-lib/$(SONAME)
+	@LD_LIBRARY_PATH=$(BUILD)/debug-lib DMIO_SOAK_REGIONS=100000 DMIO_THREADS_SECONDS=3 \
+		$(MAKE) --no-print-directory -C c-tests run
 
 # C tests built with AddressSanitizer + UBSan (io_uring engine).
 test-c-asan: all
