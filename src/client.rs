@@ -399,7 +399,7 @@ impl Client {
         let result = if s.mode.sync {
             // Called from a notify callback, our ops may wait for a wake-up
             // deferred to the end of the callback batch: not while we block.
-            crate::engine::uring::flush_deferred_wakes();
+            crate::engine::wake::flush_deferred_wakes();
             req.wait_sync()
         } else {
             0
@@ -419,7 +419,7 @@ impl Client {
             return Ok(Some(s));
         }
         self.engine.submit(batch);
-        crate::engine::uring::flush_deferred_wakes();
+        crate::engine::wake::flush_deferred_wakes();
         let mut drive = crate::engine::local::drive_briefly;
         let by = if crate::engine::local::active() {
             // On the completion thread, the ops holding the memory may be

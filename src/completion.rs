@@ -69,7 +69,7 @@ impl CompletionThread {
 
     fn wake(&self) {
         if let Some(w) = &self.waker {
-            w.wake();
+            crate::engine::wake::wake_or_defer(w);
         }
     }
 
@@ -89,6 +89,9 @@ impl CompletionThread {
         if self.is_current() {
             return;
         }
+        // Called from another client's notify, our wake-up may be deferred
+        // to the end of that batch: not while we wait for this thread.
+        crate::engine::wake::flush_deferred_wakes();
         let stays = self.delivered.recv().unwrap_or(false);
         let h = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let (Some(h), false) = (h, stays) {
@@ -110,13 +113,10 @@ fn deliver(ev: Event) {
 }
 
 /// Delivers everything queued now (its callbacks' IO wake-ups deferred to
-/// the end); `Some(true)` once `Stop` was seen (everything before it
-/// delivered), `Some(false)` if it delivered something, `None` if nothing.
-fn deliver_queued(rx: &Receiver<Msg>) -> Option<bool> {
-    crate::engine::uring::with_deferred_wakes(|| {
-        let mut any = None;
+/// the end); `true` once `Stop` was seen (everything before it delivered).
+fn deliver_queued(rx: &Receiver<Msg>) -> bool {
+    crate::engine::wake::with_deferred_wakes(|| {
         while let Ok(m) = rx.try_recv() {
-            any = Some(false);
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
@@ -126,29 +126,12 @@ fn deliver_queued(rx: &Receiver<Msg>) -> Option<bool> {
                     while let Ok(Msg::Ev(ev)) = rx.try_recv() {
                         deliver(ev);
                     }
-                    return Some(true);
+                    return true;
                 }
             }
         }
-        any
+        false
     })
-}
-
-/// After a batch of events from other threads (a burst of deadlines on the
-/// reactor, say), more usually follow within microseconds: waiting for them
-/// here briefly saves a sleep and an eventfd wake-up per event. Not while
-/// the local ring has IO in the kernel: its completions are only seen by
-/// waiting in the ring.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
-
-fn spin_for_events(rx: &Receiver<Msg>) {
-    if local::busy() {
-        return;
-    }
-    let end = std::time::Instant::now() + SPIN;
-    while rx.is_empty() && std::time::Instant::now() < end {
-        std::hint::spin_loop();
-    }
 }
 
 /// The loop with a local ring: deliver, start the IO that callbacks
@@ -156,15 +139,8 @@ fn spin_for_events(rx: &Receiver<Msg>) {
 /// queues more events), again. After `Stop`, stays until the ring's IO is
 /// all reaped (the client's destroy does not wait for that).
 fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
-    loop {
-        match deliver_queued(&rx) {
-            Some(true) => break,
-            Some(false) => {
-                local::flush();
-                spin_for_events(&rx);
-            }
-            None => local::flush(),
-        }
+    while !deliver_queued(&rx) {
+        local::flush();
         local::wait(&|| !rx.is_empty(), None);
         local::reap();
     }
@@ -182,7 +158,7 @@ fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
 /// as one batch, with the IO that its callbacks submit started together.
 fn run(rx: Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
-        let stop = crate::engine::uring::with_deferred_wakes(|| {
+        let stop = crate::engine::wake::with_deferred_wakes(|| {
             let mut m = first;
             loop {
                 match m {

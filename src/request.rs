@@ -415,9 +415,9 @@ impl Request {
         self.owner.arm_timer(at, Arc::downgrade(self));
     }
 
-    /// A timer armed by this request went off: deadline and/or hedge.
-    pub fn on_timer(self: &Arc<Self>) {
-        let now = Instant::now();
+    /// A timer armed by this request went off (`now`: when the engine
+    /// looked at its clock): deadline and/or hedge.
+    pub fn on_timer(self: &Arc<Self>, now: Instant) {
         let (deadline, hedge) = {
             let g = self.lock();
             (

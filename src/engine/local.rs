@@ -187,14 +187,6 @@ pub fn reap() {
     with_core(|c| c.reap());
 }
 
-/// Whether the ring has ops submitted or queued (whose completions only a
-/// wait in the ring can see).
-pub fn busy() -> bool {
-    let mut busy = false;
-    with_core(|c| busy = c.busy());
-    busy
-}
-
 /// No op queued, in the kernel or parked by a fault rule.
 pub fn idle() -> bool {
     let mut idle = true;

@@ -12,6 +12,9 @@ pub mod local;
 pub mod sched;
 pub mod threads;
 pub mod uring;
+pub mod wake;
+
+pub use wake::Wake;
 
 #[cfg(test)]
 pub mod manual;
@@ -109,11 +112,6 @@ pub fn choose(ring_entries: u32, workers: usize) -> crate::error::Result<Arc<dyn
             "DMIO_ENGINE={other}: use auto, uring or threads"
         )),
     }
-}
-
-/// Wakes a thread that sleeps in its local ring.
-pub trait Wake: Send + Sync {
-    fn wake(&self);
 }
 
 /// An IO engine: the io_uring reactor, the thread pool, or (for tests) a

@@ -133,7 +133,7 @@ impl Sched {
         while self.deadlines.peek().is_some_and(|t| t.0.at <= now) {
             let t = self.deadlines.pop().expect("peeked").0;
             if let Some(req) = t.item.upgrade() {
-                req.on_timer();
+                req.on_timer(now);
             }
         }
         while self.delayed.peek().is_some_and(|t| t.0.at <= now) {

@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::request::Request;
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -52,7 +51,9 @@ impl Waker {
 
     fn wake(&self) {
         fence(Ordering::SeqCst);
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // A plain load first: while the thread is awake (the common case in
+        // a burst) this keeps the flag's cache line shared, not bouncing.
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
             unsafe { libc::write(self.efd.as_raw_fd(), &one as *const u64 as *const _, 8) };
@@ -66,57 +67,11 @@ impl super::Wake for Waker {
     }
 }
 
-thread_local! {
-    /// Inside [`with_deferred_wakes`]: reactors to wake when it ends.
-    static DEFERRED: RefCell<Option<Vec<Arc<Waker>>>> = const { RefCell::new(None) };
-}
-
-/// Records `w` for a deferred wake-up; `false` when not deferring.
-fn defer(w: &Arc<Waker>) -> bool {
-    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-        Some(list) => {
-            if !list.iter().any(|x| Arc::ptr_eq(x, w)) {
-                list.push(Arc::clone(w));
-            }
-            true
-        }
-        None => false,
-    })
-}
-
-/// Wakes the reactors that submissions made so far in this batch are
-/// waiting in; the batch goes on. Call before blocking on IO.
-pub fn flush_deferred_wakes() {
-    let list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
-    for w in list.into_iter().flatten() {
-        w.wake();
-    }
-}
-
-/// Runs `f` with reactor wake-ups deferred to its end: the completion
-/// thread delivers a batch of notifications, whose callbacks typically
-/// submit new IO, and the reactor is woken once for all of it.
-pub fn with_deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
-    let outer = DEFERRED.with(|d| {
-        let mut d = d.borrow_mut();
-        let outer = d.is_some();
-        if !outer {
-            *d = Some(Vec::new());
-        }
-        outer
-    });
-    let r = f();
-    if !outer {
-        flush_deferred_wakes();
-        DEFERRED.with(|d| *d.borrow_mut() = None);
-    }
-    r
-}
-
 /// Handle to a client's reactor thread.
 pub struct UringEngine {
     tx: Sender<Msg>,
-    waker: Arc<Waker>,
+    /// The reactor's waker, as deferrable ([`super::wake`]).
+    waker: Arc<dyn super::Wake>,
     /// Names this engine to the completion thread's local ring.
     id: u64,
     entries: u32,
@@ -168,7 +123,7 @@ impl UringEngine {
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Arc::new(UringEngine {
                 tx,
-                waker,
+                waker: waker as Arc<dyn super::Wake>,
                 id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
                 entries,
                 memory: std::sync::OnceLock::new(),
@@ -180,11 +135,7 @@ impl UringEngine {
 
     fn send(&self, m: Msg) {
         match self.tx.send(m) {
-            Ok(()) => {
-                if !defer(&self.waker) {
-                    self.waker.wake();
-                }
-            }
+            Ok(()) => super::wake::wake_or_defer(&self.waker),
             // The reactor is gone (it only stops after shutdown or a bug):
             // nothing can start the ops, so they fail here.
             Err(e) => {
@@ -382,11 +333,6 @@ impl Core {
     pub(super) fn depth(&mut self) -> (usize, usize) {
         let q = self.ring.submission().len();
         (self.inflight.saturating_sub(q), q)
-    }
-
-    /// Whether any op is queued or in the kernel.
-    pub(super) fn busy(&mut self) -> bool {
-        self.inflight > 0 || !self.ring.submission().is_empty()
     }
 
     /// No op in the kernel, queued or parked.
@@ -645,13 +591,15 @@ impl Reactor {
             while let Ok(m) = self.rx.try_recv() {
                 self.take(m, now);
             }
-            self.core.pump(now);
+            // The completion thread is woken once per batch of events (a
+            // burst of deadlines, a batch of completions), not per event.
+            super::wake::with_deferred_wakes(|| self.core.pump(now));
             if self.shutting && self.core.idle() {
                 break;
             }
             let rx = &self.rx;
             self.core.wait(now, &|| !rx.is_empty(), None);
-            self.core.reap();
+            super::wake::with_deferred_wakes(|| self.core.reap());
         }
     }
 
