@@ -1,7 +1,7 @@
 /* Private memory is registered with the kernel (IORING_REGISTER_BUFFERS),
  * so reads and writes use READ_FIXED/WRITE_FIXED without pinning pages
  * per IO: a client's rings (the reactor's and the completion thread's) show
- * one registered buffer in /proc/self/fdinfo. A pool above 64 MiB is not
+ * one registered buffer in /proc/self/fdinfo. A pool above 16 MiB is not
  * registered (pinning it all at once would defeat MAP_NORESERVE). IO is
  * right either way: data written and read back through both clients, from
  * the main thread and from notify. With the thread-pool engine there are
