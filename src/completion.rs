@@ -112,11 +112,13 @@ fn deliver(ev: Event) {
     }
 }
 
-/// Delivers everything queued now (its callbacks' IO wake-ups deferred to
-/// the end); `true` once `Stop` was seen (everything before it delivered).
-fn deliver_queued(rx: &Receiver<Msg>) -> bool {
+/// Delivers `first` (if any) and everything queued now, with the wake-ups
+/// its callbacks cause deferred to the end; `true` once `Stop` was seen
+/// (everything queued before it delivered).
+fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
     crate::engine::wake::with_deferred_wakes(|| {
-        while let Ok(m) = rx.try_recv() {
+        let queued = std::iter::from_fn(|| rx.try_recv().ok());
+        for m in first.into_iter().chain(queued) {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
@@ -139,44 +141,23 @@ fn deliver_queued(rx: &Receiver<Msg>) -> bool {
 /// queues more events), again. After `Stop`, stays until the ring's IO is
 /// all reaped (the client's destroy does not wait for that).
 fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
-    while !deliver_queued(&rx) {
-        local::flush();
-        local::wait(&|| !rx.is_empty(), None);
-        local::reap();
+    while !deliver_queued(&rx, None) {
+        local::turn(&|| !rx.is_empty(), None);
     }
     local::close();
     let _ = delivered.send(!local::idle());
     while !local::idle() {
-        local::flush();
-        local::wait(&|| false, None);
-        local::reap();
+        local::turn(&|| false, None);
     }
     local::remove();
 }
 
-/// Delivers events as they come; everything already queued is delivered
-/// as one batch, with the IO that its callbacks submit started together.
+/// Without a local ring: sleeps on the queue, then delivers everything
+/// queued as one batch, with the IO that its callbacks submit started
+/// together.
 fn run(rx: Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
-        let stop = crate::engine::wake::with_deferred_wakes(|| {
-            let mut m = first;
-            loop {
-                match m {
-                    Msg::Ev(ev) => deliver(ev),
-                    Msg::Stop => {
-                        while let Ok(Msg::Ev(ev)) = rx.try_recv() {
-                            deliver(ev);
-                        }
-                        return true;
-                    }
-                }
-                match rx.try_recv() {
-                    Ok(next) => m = next,
-                    Err(_) => return false,
-                }
-            }
-        });
-        if stop {
+        if deliver_queued(&rx, Some(first)) {
             return;
         }
     }

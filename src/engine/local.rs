@@ -122,7 +122,7 @@ fn with_core(f: impl FnOnce(&mut Core)) {
 
 /// Moves what callbacks queued into the ring, fires due timers and
 /// submits.
-pub fn flush() {
+fn flush() {
     let now = Instant::now();
     let Ok(mut spare) = SPARE.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)))
     else {
@@ -178,12 +178,12 @@ pub fn submit_queued(more: bool) {
 }
 
 /// Sleeps in the ring until `pending()`, a completion, a timer or `max`.
-pub fn wait(pending: &dyn Fn() -> bool, max: Option<Duration>) {
+fn wait(pending: &dyn Fn() -> bool, max: Option<Duration>) {
     with_core(|c| c.wait(Instant::now(), &|| pending() || !inbox_empty(), max));
 }
 
 /// Completes the ops whose IO ended; their events go to the queue.
-pub fn reap() {
+fn reap() {
     with_core(|c| c.reap());
 }
 
@@ -207,11 +207,18 @@ pub fn remove() {
     RING.with(|r| *r.borrow_mut() = None);
 }
 
+/// One turn of the ring: starts what callbacks queued, sleeps until
+/// `pending()`, a completion, a timer or `max`, then completes what the
+/// kernel finished (their events go to the queue).
+pub fn turn(pending: &dyn Fn() -> bool, max: Option<Duration>) {
+    flush();
+    wait(pending, max);
+    reap();
+}
+
 /// Waits, on a thread with a local ring, for something to change while it
 /// needs private memory: drives the ring (whose ops may hold that memory)
 /// for at most a millisecond.
 pub fn drive_briefly() {
-    flush();
-    wait(&|| false, Some(Duration::from_millis(1)));
-    reap();
+    turn(&|| false, Some(Duration::from_millis(1)));
 }
