@@ -77,14 +77,8 @@ int main(void)
 	struct dm_io_region r[2] = { { a, 16, BYTES / 512 }, { b, 16, BYTES / 512 } };
 	struct tracker t;
 	tracker_init(&t, 2);
-	struct dm_io_control c = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE,
-		.notify = tracker_notify,
-		.context = &t,
-		.client = cl,
-		.timeout = 50,
-	};
+	struct dm_io_control c = make_ctrl(cl, DM_IO_WRITE, vm_mem(data, 0), tracker_notify, &t);
+	c.timeout = 50;
 	CHECK_OK(dm_io(&c, 2, r, NULL));
 	CHECK(tracker_wait(&t, 5000), "write did not finish");
 	tracker_check(&t);

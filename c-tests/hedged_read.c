@@ -31,13 +31,8 @@ int main(void)
 	struct dm_io_region legs[2] = { { slow, 0, BYTES / 512 }, { fast, 0, BYTES / 512 } };
 	struct tracker t;
 	tracker_init(&t, 2);
-	struct dm_io_control c = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = buf },
-		.rw = DM_IO_READ | DM_IO_READ_ANY,
-		.notify = tracker_notify,
-		.context = &t,
-		.client = cl,
-	};
+	struct dm_io_control c = make_ctrl(cl, DM_IO_READ | DM_IO_READ_ANY, vm_mem(buf, 0),
+						   tracker_notify, &t);
 	double t0 = now_ms();
 	CHECK_OK(dm_io(&c, 2, legs, NULL));
 	CHECK(tracker_wait(&t, 5000), "hedged read did not finish");

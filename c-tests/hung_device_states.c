@@ -52,14 +52,8 @@ int main(void)
 	struct dm_io_region w = { stuck, OFF / 512, BYTES / 512 };
 	struct tracker t;
 	tracker_init(&t, 1);
-	struct dm_io_control c = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE,
-		.notify = tracker_notify,
-		.context = &t,
-		.client = cl,
-		.timeout = 100,
-	};
+	struct dm_io_control c = make_ctrl(cl, DM_IO_WRITE, vm_mem(data, 0), tracker_notify, &t);
+	c.timeout = 100;
 	double t0 = now_ms();
 	CHECK_OK(dm_io(&c, 1, &w, NULL));
 	CHECK(tracker_wait_timeout(&t, 0, 3000), "no TIMEOUT for a write stuck in the kernel");
@@ -123,14 +117,8 @@ int main(void)
 	/* 4. EIO from the device. */
 	CHECK_OK(hungdev_ctl(h, "fail read all"));
 	tracker_init(&t, 1);
-	struct dm_io_control e = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = back },
-		.rw = DM_IO_READ,
-		.notify = tracker_notify,
-		.context = &t,
-		.client = cl,
-		.timeout = 2000,
-	};
+	struct dm_io_control e = make_ctrl(cl, DM_IO_READ, vm_mem(back, 0), tracker_notify, &t);
+	e.timeout = 2000;
 	CHECK_OK(dm_io(&e, 1, &w, NULL));
 	CHECK(tracker_wait(&t, 5000), "failing read not final");
 	CHECK(t.final_state[0] == DM_IO_ERROR && t.final_error[0] == -EIO, "state %d error %d",

@@ -129,14 +129,8 @@ int main(void)
 	memset(buf, CANARY, LEN);
 	tracker_init(&t, 1);
 	struct dm_io_region r = { dev, OFF / 512, LEN / 512 };
-	struct dm_io_control c = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = buf },
-		.rw = DM_IO_READ,
-		.notify = tracker_notify,
-		.context = &t,
-		.client = cl,
-		.timeout = 100,
-	};
+	struct dm_io_control c = make_ctrl(cl, DM_IO_READ, vm_mem(buf, 0), tracker_notify, &t);
+	c.timeout = 100;
 	t0 = now_ms();
 	CHECK_OK(dm_io(&c, 1, &r, &hdl));
 	CHECK(tracker_wait_timeout(&t, 0, 3000), "no TIMEOUT within 3 s (%s)",

@@ -23,13 +23,7 @@ int main(void)
 	fill_pattern(data, BYTES, 42);
 	struct tracker t;
 	tracker_init(&t, N);
-	struct dm_io_control c = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE,
-		.notify = tracker_notify,
-		.context = &t,
-		.client = cl,
-	};
+	struct dm_io_control c = make_ctrl(cl, DM_IO_WRITE, vm_mem(data, 0), tracker_notify, &t);
 	CHECK_OK(dm_io(&c, N, reg, NULL));
 	CHECK(tracker_wait(&t, 10000), "regions did not finish");
 	tracker_check(&t);

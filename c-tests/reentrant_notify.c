@@ -34,13 +34,8 @@ static void first_notify(struct dm_io_region_state *st, void *ctx)
 	put_rc = dm_io_handle_put(held_hdl);
 
 	struct dm_io_region r = { fast, 64, 8 };
-	struct dm_io_control c = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = buf_c },
-		.rw = DM_IO_WRITE,
-		.notify = tracker_notify,
-		.context = &chained_t,
-		.client = cl,
-	};
+	struct dm_io_control c = make_ctrl(cl, DM_IO_WRITE, vm_mem(buf_c, 0),
+						   tracker_notify, &chained_t);
 	CHECK_OK(dm_io(&c, 1, &r, NULL));
 
 	struct dm_io_control s = {
@@ -75,13 +70,8 @@ int main(void)
 	tracker_init(&chained_t, 1);
 	memset(buf_b, 0xAB, sizeof buf_b);
 	struct dm_io_region hr = { held, 0, 8 };
-	struct dm_io_control hc = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = buf_b },
-		.rw = DM_IO_READ,
-		.notify = tracker_notify,
-		.context = &held_t,
-		.client = cl,
-	};
+	struct dm_io_control hc = make_ctrl(cl, DM_IO_READ, vm_mem(buf_b, 0),
+						   tracker_notify, &held_t);
 	CHECK_OK(dm_io(&hc, 1, &hr, &held_hdl));
 
 	struct dm_io_region fr = { fast, 0, 8 };

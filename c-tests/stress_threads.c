@@ -93,15 +93,10 @@ static void *worker(void *arg)
 				{ dev[d0], sector, 8 },
 				{ dev[(d0 + 1) % NDEV], sector, 8 },
 			};
-			struct dm_io_control c = {
-				.memory = { .type = DM_IO_VM, .ptr.vma = r->buf },
-				.rw = write ? DM_IO_WRITE : DM_IO_READ,
-				.notify = notify,
-				.context = r,
-				.client = cl,
-				.timeout = (s >> 30) % 3 == 0 ? 1 + (s >> 33) % 20 : 0,
-				.flags = (s >> 40) % 4 == 0 ? DM_IO_CANCEL_ON_TIMEOUT : 0,
-			};
+			int rw = write ? DM_IO_WRITE : DM_IO_READ;
+			struct dm_io_control c = make_ctrl(cl, rw, vm_mem(r->buf, 0), notify, r);
+			c.timeout = (s >> 30) % 3 == 0 ? 1 + (s >> 33) % 20 : 0;
+			c.flags = (s >> 40) % 4 == 0 ? DM_IO_CANCEL_ON_TIMEOUT : 0;
 			struct dm_io_handle *h = NULL;
 			CHECK_OK(dm_io(&c, (unsigned)r->nreg, reg, &h));
 			atomic_store(&r->hdl, h);
