@@ -482,7 +482,8 @@ impl Client {
                     batch.push(op(OpKind::Write, i as usize, off, len, Some(slot.clone())));
                 }
             } else {
-                if !req.is_region_live(0) {
+                // A read names one region: is it still live?
+                if req.all_final() {
                     break;
                 }
                 batch.push(op(OpKind::Read, 0, off, chunk, Some(slot)));

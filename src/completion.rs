@@ -10,9 +10,32 @@
 use crate::engine::{local, Engine, Wake};
 use crate::request::Event;
 use crossbeam_channel::{Receiver, Sender};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// On a completion thread: its key (0 elsewhere).
+    static HERE: Cell<u64> = const { Cell::new(0) };
+    /// Events emitted on the completion thread itself (by IO its ring
+    /// completed, by callbacks) while its channel was empty: no channel
+    /// and no wake-up for them. Delivered before the channel, so the
+    /// order in which events were emitted is kept (see [`CompletionThread::push`]).
+    static LOCAL: RefCell<VecDeque<Event>> = const { RefCell::new(VecDeque::new()) };
+}
+
+fn pop_local() -> Option<Event> {
+    LOCAL.with(|q| q.try_borrow_mut().ok()?.pop_front())
+}
+
+fn local_empty() -> bool {
+    LOCAL.with(|q| q.try_borrow().map_or(true, |q| q.is_empty()))
+}
 
 enum Msg {
     Ev(Event),
@@ -21,7 +44,8 @@ enum Msg {
 
 pub struct CompletionThread {
     tx: Sender<Msg>,
-    thread: ThreadId,
+    /// Names this thread in [`HERE`].
+    key: u64,
     join: Mutex<Option<JoinHandle<()>>>,
     /// Wakes the thread from its local ring (`None`: it sleeps on `tx`).
     waker: Option<Arc<dyn Wake>>,
@@ -35,9 +59,11 @@ impl CompletionThread {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let h = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                HERE.with(|h| h.set(key));
                 let waker = engine.start_local();
                 drop(engine);
                 let local = waker.is_some();
@@ -52,7 +78,7 @@ impl CompletionThread {
         let waker = ready_rx.recv().unwrap_or(None);
         Ok(CompletionThread {
             tx,
-            thread: h.thread().id(),
+            key,
             join: Mutex::new(Some(h)),
             waker,
             delivered: done_rx,
@@ -60,7 +86,26 @@ impl CompletionThread {
     }
 
     /// Queues an event; never blocks.
+    ///
+    /// On the completion thread itself, while the channel is empty, the
+    /// event goes to the thread's local queue (no channel, no wake-up: the
+    /// thread delivers it before it next sleeps). Order is kept: the
+    /// thread takes one message at a time from the channel and delivers it
+    /// before the next, so an empty channel means every event emitted
+    /// before this one was already delivered or is in the local queue, and
+    /// the local queue is always drained before the channel. (A region's
+    /// events are emitted under its request's lock, so "emitted before"
+    /// is well defined across threads.)
     pub fn push(&self, ev: Event) {
+        let mut ev = Some(ev);
+        if self.is_current() && self.tx.is_empty() {
+            LOCAL.with(|q| {
+                if let Ok(mut q) = q.try_borrow_mut() {
+                    q.extend(ev.take());
+                }
+            });
+        }
+        let Some(ev) = ev else { return };
         // After `stop` no request of the client can produce events (all are
         // final), so a failed send drops nothing that is owed.
         let _ = self.tx.send(Msg::Ev(ev));
@@ -75,7 +120,7 @@ impl CompletionThread {
 
     /// Whether the calling thread is this completion thread (inside notify).
     pub fn is_current(&self) -> bool {
-        std::thread::current().id() == self.thread
+        HERE.with(|h| h.get()) == self.key
     }
 
     /// Delivers everything queued, then ends the thread. Waits for that
@@ -117,15 +162,17 @@ fn deliver(ev: Event) {
 /// (everything queued before it delivered).
 fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
     crate::engine::wake::with_deferred_wakes(|| {
-        let queued = std::iter::from_fn(|| rx.try_recv().ok());
-        for m in first.into_iter().chain(queued) {
+        // The local queue first: see `CompletionThread::push`.
+        let next = || pop_local().map(Msg::Ev).or_else(|| rx.try_recv().ok());
+        let mut first = first;
+        while let Some(m) = first.take().or_else(next) {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
-                    local::submit_queued(!rx.is_empty());
+                    local::submit_queued(!local_empty() || !rx.is_empty());
                 }
                 Msg::Stop => {
-                    while let Ok(Msg::Ev(ev)) = rx.try_recv() {
+                    while let Some(Msg::Ev(ev)) = next() {
                         deliver(ev);
                     }
                     return true;
@@ -142,7 +189,7 @@ fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
 /// all reaped (the client's destroy does not wait for that).
 fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
     while !deliver_queued(&rx, None) {
-        local::turn(&|| !rx.is_empty(), None);
+        local::turn(&|| !local_empty() || !rx.is_empty(), None);
     }
     local::close();
     let _ = delivered.send(!local::idle());

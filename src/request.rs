@@ -144,7 +144,6 @@ struct Inner {
     regions: Small<Region>,
     live: usize,
     queue: VecDeque<Event>,
-    undelivered: usize,
     deadline: Option<Instant>,
     deadline_fired: bool,
     /// Hedged reads: prepared ops of regions not started yet, in order.
@@ -179,6 +178,8 @@ pub struct Request {
     cv: Condvar,
     /// Regions not yet final, readable without the lock.
     live_now: AtomicUsize,
+    /// Final events not yet delivered by the completion thread.
+    undelivered: AtomicUsize,
 }
 
 impl Request {
@@ -217,7 +218,6 @@ impl Request {
                 regions,
                 live: n,
                 queue: VecDeque::new(),
-                undelivered: n,
                 deadline: None,
                 deadline_fired: false,
                 standby: VecDeque::new(),
@@ -227,6 +227,7 @@ impl Request {
             }),
             cv: Condvar::new(),
             live_now: AtomicUsize::new(n),
+            undelivered: AtomicUsize::new(n),
         })
     }
 
@@ -260,10 +261,6 @@ impl Request {
     /// Number of regions not yet final.
     pub fn live_regions(&self) -> usize {
         self.lock().live
-    }
-
-    pub fn is_region_live(&self, i: usize) -> bool {
-        self.lock().regions[i].fin.is_none()
     }
 
     /// Final state of region `i`, if it has one.
@@ -559,11 +556,7 @@ impl Request {
 
     /// The completion thread delivered a final event of this request.
     pub fn final_delivered(&self) {
-        let mut g = self.lock();
-        g.undelivered -= 1;
-        let done = g.undelivered == 0;
-        drop(g);
-        if done {
+        if self.undelivered.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.owner.request_delivered(self);
         }
     }

@@ -16,6 +16,20 @@ impl<T> Default for Small<T> {
     }
 }
 
+impl<T> Small<T> {
+    /// Appends `x`: the first element stays inline, a second moves both to a `Vec`.
+    pub fn push(&mut self, x: T) {
+        *self = match std::mem::take(self) {
+            Small::Many(v) if v.is_empty() => Small::One(x),
+            Small::Many(mut v) => {
+                v.push(x);
+                Small::Many(v)
+            }
+            Small::One(first) => Small::Many(vec![first, x]),
+        };
+    }
+}
+
 impl<T> From<Vec<T>> for Small<T> {
     fn from(mut v: Vec<T>) -> Self {
         if v.len() == 1 {
@@ -80,5 +94,11 @@ mod tests {
         assert_eq!(&*three, &[1, 9, 3]);
         assert!(matches!(Small::from(vec![5]), Small::One(5)));
         assert_eq!(&*Small::from(vec![1, 2]), &[1, 2]);
+        let mut pushed = Small::default();
+        pushed.push(1u32);
+        assert!(matches!(pushed, Small::One(1)));
+        pushed.push(2);
+        pushed.push(3);
+        assert_eq!(&*pushed, &[1, 2, 3]);
     }
 }

@@ -324,7 +324,9 @@ impl Core {
     /// Fires due timers and puts ready ops into the submission queue.
     pub(super) fn pump(&mut self, now: Instant) {
         self.sched.expire(now, &mut self.ready);
-        self.backlog.extend(self.ready.drain(..));
+        if !self.ready.is_empty() {
+            self.backlog.extend(self.ready.drain(..));
+        }
         self.push_backlog();
     }
 

@@ -224,23 +224,20 @@ pub unsafe extern "C" fn dm_io(
             ));
         }
         let mut need = 0u64;
-        let specs = regs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
-                let bytes = r
-                    .count
-                    .checked_mul(512)
-                    .ok_or_else(|| crate::einval!("region {i}: count overflows"))?;
-                need = need.max(bytes);
-                Ok(RegionSpec {
-                    dev,
-                    sector: r.sector,
-                    count: r.count,
-                })
-            })
-            .collect::<Result<Small<RegionSpec>>>()?;
+        let mut specs = Small::default();
+        for (i, r) in regs.iter().enumerate() {
+            let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
+            let bytes = r
+                .count
+                .checked_mul(512)
+                .ok_or_else(|| crate::einval!("region {i}: count overflows"))?;
+            need = need.max(bytes);
+            specs.push(RegionSpec {
+                dev,
+                sector: r.sector,
+                count: r.count,
+            });
+        }
         // SAFETY: the memory descriptor is the caller's, lent for this request.
         let mem = unsafe { memory::resolve(&ctrl.memory, need) }?;
         let notify = ctrl.notify.map(|f| Notify::Fn(c_notifier(f, ctrl.context)));
