@@ -1,5 +1,6 @@
-//! `struct dm_io_client`: private memory, an engine, a completion thread,
-//! and the set of live requests (for cancel by device and destroy).
+//! `struct dm_io_client`: private memory, an engine and a completion
+//! thread. Its live requests (for cancel by device and destroy) are found
+//! through the handle table, which holds every request until it is final.
 //!
 //! [`Client::submit`] is `dm_io` without the C: it checks the request
 //! against the devices, splits regions into slot-sized operations, copies
@@ -15,9 +16,8 @@ use crate::memory::pool::{Pool, SlotRef, WaitBy};
 use crate::memory::PAGE_SIZE;
 use crate::request::{CancelReason, Event, Mode, Notify, RegionSpec, Request, RequestOwner, State};
 use crate::small::Small;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most devices (regions per request) a client may declare.
@@ -66,32 +66,6 @@ pub struct Stats {
     pub hedges: u64,
 }
 
-/// Hashes request ids (sequential u64s from one counter, never chosen by
-/// a caller) with one multiplication instead of SipHash.
-#[derive(Default, Clone, Copy)]
-struct IdHash(u64);
-
-impl std::hash::Hasher for IdHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHash>>;
-
-struct Live {
-    closed: bool,
-    reqs: IdMap<Arc<Request>>,
-}
-
 /// Shared state of one client.
 pub struct Client {
     id: u64,
@@ -100,7 +74,9 @@ pub struct Client {
     max_size: u32,
     pool: Arc<Pool>,
     engine: Arc<dyn Engine>,
-    live: Mutex<Live>,
+    /// Set by destroy; a `dm_io` that sees it after registering its
+    /// request refuses it (see [`Client::submit`]).
+    closed: AtomicBool,
     completion: CompletionThread,
     next_req: AtomicU64,
     /// Hedged reads: ms before the next region starts; 0 = only on ERROR.
@@ -198,19 +174,12 @@ impl Client {
             max_size,
             pool,
             engine,
-            live: Mutex::new(Live {
-                closed: false,
-                reqs: IdMap::default(),
-            }),
+            closed: AtomicBool::new(false),
             completion,
             next_req: AtomicU64::new(1),
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             counters: Counters::default(),
         }))
-    }
-
-    fn live(&self) -> MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn id(&self) -> u64 {
@@ -261,11 +230,6 @@ impl Client {
     /// region starts only when the running one ends in ERROR).
     pub fn set_hedge(&self, ms: u32) {
         self.hedge_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Requests not yet final.
-    pub fn live_requests(&self) -> usize {
-        self.live().reqs.len()
     }
 
     fn check(&self, s: &Submit) -> Result<()> {
@@ -375,16 +339,15 @@ impl Client {
             s.notify,
             owner,
         );
+        // The handle table is also the live set ([`handle::live_of`]).
+        // Registered first, then `closed` checked: a destroy that sets
+        // `closed` and then scans the table either finds this request or
+        // is seen here (both SeqCst, ordered by the table's lock).
         let token = handle::register(Arc::clone(&req), s.want_handle as u32);
         req.set_handle(token);
-        {
-            let mut live = self.live();
-            if live.closed {
-                drop(live);
-                handle::discard(token);
-                return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
-            }
-            live.reqs.insert(req.id, Arc::clone(&req));
+        if self.closed.load(Ordering::SeqCst) {
+            handle::discard(token);
+            return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -546,7 +509,7 @@ impl Client {
 
     /// `dm_io_cancel_by_device`: cancels every live region on `dev`.
     pub fn cancel_device(&self, dev: &Device) -> usize {
-        let reqs: Vec<Arc<Request>> = self.live().reqs.values().cloned().collect();
+        let reqs = handle::live_of(self.id);
         let id = dev.id();
         reqs.iter()
             .map(|r| r.cancel_where(CancelReason::User, |d| d.id() == id))
@@ -557,11 +520,8 @@ impl Client {
     /// notifications, stops the threads. Kernel IO still running keeps its
     /// private memory; the reactor frees it when the IO ends.
     pub fn destroy(&self) {
-        let reqs: Vec<Arc<Request>> = {
-            let mut live = self.live();
-            live.closed = true;
-            live.reqs.values().cloned().collect()
-        };
+        self.closed.store(true, Ordering::SeqCst);
+        let reqs = handle::live_of(self.id);
         self.pool.close();
         for r in &reqs {
             r.cancel_where(CancelReason::Shutdown, |_| true);
@@ -594,8 +554,7 @@ impl RequestOwner for Client {
         self.completion.push(ev);
     }
 
-    fn request_final(&self, req: &Request) {
-        self.live().reqs.remove(&req.id);
+    fn request_final(&self, _req: &Request) {
         // A dm_io of this request may be waiting for memory it no longer needs.
         self.pool.kick();
     }

@@ -97,15 +97,20 @@ impl CompletionThread {
     /// events are emitted under its request's lock, so "emitted before"
     /// is well defined across threads.)
     pub fn push(&self, ev: Event) {
-        let mut ev = Some(ev);
+        let mut ev = ev;
         if self.is_current() && self.tx.is_empty() {
-            LOCAL.with(|q| {
-                if let Ok(mut q) = q.try_borrow_mut() {
-                    q.extend(ev.take());
+            let kept = LOCAL.with(|q| match q.try_borrow_mut() {
+                Ok(mut q) => {
+                    q.push_back(ev);
+                    None
                 }
+                Err(_) => Some(ev),
             });
+            match kept {
+                None => return,
+                Some(e) => ev = e,
+            }
         }
-        let Some(ev) = ev else { return };
         // After `stop` no request of the client can produce events (all are
         // final), so a failed send drops nothing that is owed.
         let _ = self.tx.send(Msg::Ev(ev));

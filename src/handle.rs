@@ -31,6 +31,20 @@ pub fn lookup(token: usize) -> Option<Arc<Request>> {
     HANDLES.with(token, |e| Arc::clone(&e.req))
 }
 
+/// The requests of client `client_id` that are not final yet (for cancel
+/// by device and destroy): every request is here from submission until its
+/// last final notification was delivered, so this is the client's live set
+/// without a second table to keep per IO.
+pub fn live_of(client_id: u64) -> Vec<Arc<Request>> {
+    let mut out = Vec::new();
+    HANDLES.for_each(|e| {
+        if e.req.client_id == client_id && !e.req.all_final() {
+            out.push(Arc::clone(&e.req));
+        }
+    });
+    out
+}
+
 /// Adds a caller reference. `None` for a dead or unknown handle.
 pub fn get(token: usize) -> Option<()> {
     HANDLES.with(token, |e| e.user_refs += 1)

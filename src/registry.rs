@@ -114,6 +114,17 @@ impl<T> Registry<T> {
     }
 }
 
+impl<T> Registry<T> {
+    /// Calls `f` on every live object (under the table's lock: keep it short).
+    pub fn for_each(&self, mut f: impl FnMut(&T)) {
+        let s = self.lock();
+        s.entries
+            .iter()
+            .filter_map(|e| e.val.as_ref())
+            .for_each(&mut f);
+    }
+}
+
 impl<T: Clone> Registry<T> {
     pub fn get(&self, token: usize) -> Option<T> {
         self.with(token, |v| v.clone())
@@ -144,5 +155,8 @@ mod tests {
         assert_eq!(r.get(b), Some(2));
         assert_eq!(r.get(0), None);
         assert_eq!(r.get(usize::MAX), None);
+        let mut seen = Vec::new();
+        r.for_each(|v| seen.push(*v));
+        assert_eq!(seen, [2]);
     }
 }

@@ -62,21 +62,37 @@ pub(super) fn install(
 }
 
 /// Takes the asynchronous ops out of `ops` when the calling thread's ring
-/// belongs to `engine`; leaves the others (for the reactor).
+/// belongs to `engine`; leaves the others (for the reactor). They go
+/// straight into the ring's submission queue (not submitted yet, see
+/// [`submit_queued`]), or to the inbox when the ring is busy (an op
+/// offered while the ring itself completes or fires something).
 pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     if OWNER.with(|o| o.get()) != engine {
         return;
     }
-    INBOX.with(|i| {
-        let mut i = i.borrow_mut();
-        if ops.iter().any(|o| o.req.mode.sync) {
-            let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.req.mode.sync);
-            i.ops.extend(not);
-            *ops = sync;
-        } else {
-            i.ops.append(ops);
-        }
+    let mut not_sync;
+    let mine = if ops.iter().any(|o| o.req.mode.sync) {
+        let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.req.mode.sync);
+        *ops = sync;
+        not_sync = not;
+        &mut not_sync
+    } else {
+        ops
+    };
+    let direct = RING.with(|r| match r.try_borrow_mut() {
+        Ok(mut g) => match g.as_mut() {
+            Some(c) => {
+                c.admit(mine.drain(..));
+                c.push_backlog();
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
     });
+    if !direct {
+        INBOX.with(|i| i.borrow_mut().ops.append(mine));
+    }
 }
 
 /// Keeps the timer when the calling thread's ring belongs to `engine` and
@@ -120,10 +136,16 @@ fn with_core(f: impl FnOnce(&mut Core)) {
     });
 }
 
-/// Moves what callbacks queued into the ring, fires due timers and
-/// submits.
+/// Moves what the inbox holds into the ring, fires due timers and fills
+/// the submission queue.
 fn flush() {
-    let now = Instant::now();
+    if !inbox_empty() {
+        flush_inbox();
+    }
+    with_core(|c| c.pump_lazy());
+}
+
+fn flush_inbox() {
     let Ok(mut spare) = SPARE.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)))
     else {
         return;
@@ -135,8 +157,7 @@ fn flush() {
         for (at, req) in spare.timers.drain(..) {
             c.arm(at, req);
         }
-        c.admit(spare.ops.drain(..), now);
-        c.pump(now);
+        c.admit(spare.ops.drain(..));
     });
     if !ran {
         // Not now (never expected): back into the inbox, nothing lost.
@@ -146,7 +167,7 @@ fn flush() {
             i.timers.append(&mut spare.timers);
         });
     }
-    SPARE.with(|s| *s.borrow_mut() = spare);
+    SPARE.with(|s| std::mem::swap(&mut *s.borrow_mut(), &mut spare));
 }
 
 /// While fewer ops than this are in the kernel, IO a callback submits
@@ -158,20 +179,19 @@ const EAGER_BELOW: usize = 32;
 /// per IO costs more CPU than the device gains.
 const GROUP: usize = 8;
 
-/// After one notify callback: queues the IO it submitted, and starts it at
-/// once when more callbacks are waiting (`more`; see [`EAGER_BELOW`]).
-/// Otherwise the thread's next wait submits it in the same system call.
+/// After one notify callback: starts the IO queued so far at once when
+/// more callbacks are waiting (`more`; see [`EAGER_BELOW`]). Otherwise
+/// the thread's next wait submits it in the same system call.
 pub fn submit_queued(more: bool) {
-    if INBOX.with(|i| i.borrow().ops.is_empty()) {
-        return;
+    if !inbox_empty() {
+        flush();
     }
-    flush();
     if !more {
         return;
     }
     with_core(|c| {
         let (in_kernel, queued) = c.depth();
-        if in_kernel < EAGER_BELOW || queued >= GROUP {
+        if queued > 0 && (in_kernel < EAGER_BELOW || queued >= GROUP) {
             c.submit_now();
         }
     });
@@ -179,7 +199,7 @@ pub fn submit_queued(more: bool) {
 
 /// Sleeps in the ring until `pending()`, a completion, a timer or `max`.
 fn wait(pending: &dyn Fn() -> bool, max: Option<Duration>) {
-    with_core(|c| c.wait(Instant::now(), &|| pending() || !inbox_empty(), max));
+    with_core(|c| c.wait(None, &|| pending() || !inbox_empty(), max));
 }
 
 /// Completes the ops whose IO ended; their events go to the queue.

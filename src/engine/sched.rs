@@ -94,7 +94,7 @@ impl Sched {
 
     /// Applies the device's fault rules to a new op: returns it when it
     /// may start now; otherwise parks it or completes it here.
-    pub fn admit(&mut self, op: IoOp, now: Instant) -> Option<IoOp> {
+    pub fn admit(&mut self, op: IoOp) -> Option<IoOp> {
         let faults = &op.dev.faults;
         if !faults.is_active() {
             return Some(op);
@@ -106,7 +106,7 @@ impl Sched {
             Decision::Delay(d) => {
                 let seq = self.next_seq();
                 self.delayed.push(Reverse(Timed {
-                    at: now + d,
+                    at: Instant::now() + d,
                     seq,
                     item: op,
                 }));
@@ -148,7 +148,7 @@ impl Sched {
             for (g, op) in std::mem::take(&mut self.held) {
                 if op.dev.faults.generation() == g {
                     self.hold(g, op);
-                } else if let Some(op) = self.admit(op, now) {
+                } else if let Some(op) = self.admit(op) {
                     ready.push(op);
                 }
             }
@@ -166,6 +166,12 @@ impl Sched {
             t = Some(t.map_or(p, |x| x.min(p)));
         }
         t
+    }
+
+    /// Whether [`Sched::expire`] and [`Sched::next_wakeup`] have anything
+    /// to look at (else the caller need not read the clock for them).
+    pub fn needs_clock(&self) -> bool {
+        !self.deadlines.is_empty() || !self.delayed.is_empty() || !self.held.is_empty()
     }
 
     /// Ops parked here (delayed or held): they still own private memory.

@@ -128,9 +128,8 @@ impl Dispatcher {
     fn take(&mut self, m: Msg) {
         match m {
             Msg::Ops(ops) => {
-                let now = Instant::now();
                 for op in ops {
-                    if let Some(op) = self.sched.admit(op, now) {
+                    if let Some(op) = self.sched.admit(op) {
                         self.dispatch(op);
                     }
                 }

@@ -286,9 +286,9 @@ impl Core {
     }
 
     /// Takes new ops: fault rules first, then the backlog.
-    pub(super) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>, now: Instant) {
+    pub(super) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
         for op in ops {
-            if let Some(op) = self.sched.admit(op, now) {
+            if let Some(op) = self.sched.admit(op) {
                 self.backlog.push_back(op);
             }
         }
@@ -330,6 +330,16 @@ impl Core {
         self.push_backlog();
     }
 
+    /// [`Core::pump`], reading the clock only when a timer, delayed or
+    /// held op needs it.
+    pub(super) fn pump_lazy(&mut self) {
+        if self.sched.needs_clock() {
+            self.pump(Instant::now());
+        } else {
+            self.push_backlog();
+        }
+    }
+
     /// Starts what is in the submission queue now.
     pub(super) fn submit_now(&mut self) {
         let _ = self.ring.submit();
@@ -358,7 +368,7 @@ impl Core {
         }
     }
 
-    fn push_backlog(&mut self) {
+    pub(super) fn push_backlog(&mut self) {
         while self.inflight < self.cap {
             let need = match self.backlog.front() {
                 None => break,
@@ -443,7 +453,7 @@ impl Core {
     /// `max` (when given).
     pub(super) fn wait(
         &mut self,
-        now: Instant,
+        now: Option<Instant>,
         pending: &dyn Fn() -> bool,
         max: Option<std::time::Duration>,
     ) {
@@ -459,10 +469,15 @@ impl Core {
             let _ = self.ring.submit();
             return;
         }
-        let mut at = self.sched.next_wakeup(now);
-        if let Some(m) = max {
-            let limit = now + m;
-            at = Some(at.map_or(limit, |a| a.min(limit)));
+        // `now`: the caller's clock reading, or read here if a timer needs it.
+        let mut at = None;
+        if self.sched.needs_clock() || max.is_some() {
+            let now = now.unwrap_or_else(Instant::now);
+            at = self.sched.next_wakeup(now);
+            if let Some(m) = max {
+                let limit = now + m;
+                at = Some(at.map_or(limit, |a| a.min(limit)));
+            }
         }
         if let Some(efd) = &self.cq_efd {
             let r = poll_for_completion(&mut self.ring, efd, at);
@@ -596,7 +611,7 @@ impl Reactor {
         loop {
             let now = Instant::now();
             while let Ok(m) = self.rx.try_recv() {
-                self.take(m, now);
+                self.take(m);
             }
             // The completion thread is woken once per batch of events (a
             // burst of deadlines, a batch of completions), not per event.
@@ -605,14 +620,14 @@ impl Reactor {
                 break;
             }
             let rx = &self.rx;
-            self.core.wait(now, &|| !rx.is_empty(), None);
+            self.core.wait(Some(now), &|| !rx.is_empty(), None);
             super::wake::with_deferred_wakes(|| self.core.reap());
         }
     }
 
-    fn take(&mut self, m: Msg, now: Instant) {
+    fn take(&mut self, m: Msg) {
         match m {
-            Msg::Ops(ops) => self.core.admit(ops, now),
+            Msg::Ops(ops) => self.core.admit(ops),
             Msg::Register(region) => self.core.register(region),
             Msg::Deadline(at, req) => self.core.arm(at, req),
             Msg::Shutdown => {
