@@ -742,6 +742,9 @@ static struct {
 	unsigned char *buf;
 	uint64_t n, blocks, rng;
 	struct hist h;
+	/* Where an ack's time goes: the good leg's own latency, and how late
+	 * the hung leg's TIMEOUT came after its deadline. */
+	struct hist good, tlate;
 	atomic_uint_fast64_t next, acked, finals, not_ok, late_ok;
 	atomic_int stop;
 } M;
@@ -776,11 +779,16 @@ static int mirror_submit(void)
 static void mirror_notify(struct dm_io_region_state *st, void *ctx)
 {
 	struct mreq *r = ctx;
+	uint64_t dt = now_ns() - r->t0;
 	if (st->state == DM_IO_TIMEOUT) {
+		uint64_t deadline = (uint64_t)opt.timeout_ms * 1000000ull;
+		hist_record(&M.tlate, dt > deadline ? dt - deadline : 0);
 		r->seen_timeout[st->index & 1] = 1;
 		if (!opt.wait_all)
 			r->settled++;
 	} else {
+		if (st->index == 0 && !atomic_load(&M.stop))
+			hist_record(&M.good, dt);
 		r->finals++;
 		atomic_fetch_add(&M.finals, 1);
 		if (st->state != DM_IO_OK)
@@ -817,6 +825,8 @@ static int mode_mirror(void)
 	memset(M.buf, 0x5A, opt.bs);
 	M.rng = opt.seed;
 	hist_init(&M.h);
+	hist_init(&M.good);
+	hist_init(&M.tlate);
 	uint64_t t0 = now_ns();
 	for (unsigned i = 0; i < opt.qd && i < M.n; i++)
 		mirror_submit();
@@ -860,6 +870,8 @@ static int mode_mirror(void)
 	jnum("release_to_all_final_secs", (double)(now_ns() - t_rel) / 1e9);
 	jstats(M.cl);
 	jhist("lat_ns", &M.h);
+	jhist("good_leg_ns", &M.good);
+	jhist("timeout_late_ns", &M.tlate);
 	jclose();
 	printf("\n");
 	dm_io_client_destroy(M.cl);
