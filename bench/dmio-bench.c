@@ -751,6 +751,26 @@ static struct {
 
 static void mirror_notify(struct dm_io_region_state *st, void *ctx);
 
+/* The machine's own timer floor during the run: a thread that sleeps 2 ms
+ * at a time and records how much longer each sleep took. A TIMEOUT cannot
+ * come more punctually than this machine wakes a sleeping thread. */
+static struct {
+	struct hist over;
+	atomic_int stop;
+} PROBE;
+
+static void *sleep_probe(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&PROBE.stop)) {
+		uint64_t a = now_ns();
+		sleep_ns(2000000);
+		uint64_t d = now_ns() - a;
+		hist_record(&PROBE.over, d > 2000000 ? d - 2000000 : 0);
+	}
+	return NULL;
+}
+
 static int mirror_submit(void)
 {
 	uint64_t i = atomic_fetch_add(&M.next, 1);
@@ -827,6 +847,10 @@ static int mode_mirror(void)
 	hist_init(&M.h);
 	hist_init(&M.good);
 	hist_init(&M.tlate);
+	hist_init(&PROBE.over);
+	pthread_t probe;
+	if (pthread_create(&probe, NULL, sleep_probe, NULL) != 0)
+		die("pthread_create");
 	uint64_t t0 = now_ns();
 	for (unsigned i = 0; i < opt.qd && i < M.n; i++)
 		mirror_submit();
@@ -839,6 +863,8 @@ static int mode_mirror(void)
 	}
 	uint64_t t1 = now_ns();
 	atomic_store(&M.stop, 1);
+	atomic_store(&PROBE.stop, 1);
+	pthread_join(probe, NULL);
 	uint64_t acked_in_run = atomic_load(&M.acked);
 	struct dm_io_stats during;
 	CHECK_RC(dm_io_client_stats(M.cl, &during, sizeof during));
@@ -872,6 +898,7 @@ static int mode_mirror(void)
 	jhist("lat_ns", &M.h);
 	jhist("good_leg_ns", &M.good);
 	jhist("timeout_late_ns", &M.tlate);
+	jhist("sleep_probe_oversleep_ns", &PROBE.over);
 	jclose();
 	printf("\n");
 	dm_io_client_destroy(M.cl);

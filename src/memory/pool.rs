@@ -16,6 +16,14 @@ use crate::error::{Error, Result};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+/// Pools up to this size are faulted in when the client is created
+/// (`MADV_POPULATE_WRITE`), so IO never takes a first-touch page fault on
+/// private memory, and memory that is not there fails `create` with ENOMEM
+/// instead of failing later. Larger pools are faulted in as they are used.
+pub const PREFAULT_MAX: usize = 64 << 20;
+/// `MADV_POPULATE_WRITE` (Linux 5.14), not in every libc crate version.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
 struct State {
     free: Vec<u32>,
     closed: bool,
@@ -81,6 +89,20 @@ impl Pool {
                 libc::ENOMEM,
                 format!("cannot map {map_len} bytes of private memory"),
             ));
+        }
+        if map_len <= PREFAULT_MAX {
+            // SAFETY: `base..base+map_len` is the mapping made above, owned here.
+            let r = unsafe { libc::madvise(base, map_len, MADV_POPULATE_WRITE) };
+            if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM) {
+                // SAFETY: unmaps the mapping made above; nothing refers to it yet.
+                unsafe { libc::munmap(base, map_len) };
+                return Err(Error::new(
+                    libc::ENOMEM,
+                    format!("cannot populate {map_len} bytes of private memory"),
+                ));
+            }
+            // Other failures (EINVAL: a kernel before 5.14) leave the pages
+            // to be faulted in by the first IO that uses them.
         }
         Ok(Arc::new(Pool {
             base: base as *mut u8,
