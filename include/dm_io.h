@@ -392,8 +392,13 @@ extern "C" {
  * - `cl`: receives the client; the caller owns it and frees it with
  *   `dm_io_client_destroy`. Written only on success.
  *
+ * Private memory of up to 64 MiB is faulted in here (it is resident from
+ * create to destroy, and IO never takes a page fault on it); a larger
+ * pool is faulted in as IO first uses it.
+ *
  * Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
- * `-ENOMEM` (private memory larger than RAM or not mappable), or the
+ * `-ENOMEM` (private memory larger than RAM, not mappable, or not there
+ * to fault in), or the
  * errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
  * kernel refuses io_uring.
  */

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 /// (`MADV_POPULATE_WRITE`), so IO never takes a first-touch page fault on
 /// private memory, and memory that is not there fails `create` with ENOMEM
 /// instead of failing later. Larger pools are faulted in as they are used.
-pub const PREFAULT_MAX: usize = 64 << 20;
+pub(crate) const PREFAULT_MAX: usize = 64 << 20;
 /// `MADV_POPULATE_WRITE` (Linux 5.14), not in every libc crate version.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
 
@@ -345,6 +345,33 @@ mod tests {
         drop(c);
         assert_eq!(p.in_use(), 0);
         assert_eq!(p.high_water(), 2);
+    }
+
+    /// Pages of `p`'s mapping resident now (mincore).
+    fn resident(p: &Pool) -> usize {
+        let (start, len) = p.region();
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: the pool's own mapping; `vec` has one byte per page.
+        let r = unsafe { libc::mincore(start as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        vec.iter().filter(|b| *b & 1 != 0).count()
+    }
+
+    #[test]
+    fn small_pools_are_faulted_in_at_create() {
+        let p = Pool::new(64, 8192).unwrap();
+        let (_, len) = p.region();
+        // MADV_POPULATE_WRITE needs Linux 5.14; say so rather than pass quietly.
+        assert_eq!(
+            resident(&p),
+            len / 4096,
+            "a pool within PREFAULT_MAX must be resident after create (kernel >= 5.14)"
+        );
+        let big = Pool::new(((PREFAULT_MAX / 4096) + 1) as u32, 4096).unwrap();
+        assert!(
+            resident(&big) < big.region().1 / 4096,
+            "pools beyond PREFAULT_MAX are faulted in as used"
+        );
     }
 
     #[test]
