@@ -291,7 +291,9 @@ impl Request {
         debug_assert!(g.regions[i].fin.is_none());
         // A hedged region that never started: its prepared op (and private
         // memory) goes now.
-        g.standby.retain(|op| op.region as usize != i);
+        if !g.standby.is_empty() {
+            g.standby.retain(|op| op.region as usize != i);
+        }
         g.regions[i].fin = Some((state, error));
         g.live -= 1;
         self.live_now.fetch_sub(1, Ordering::AcqRel);

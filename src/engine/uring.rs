@@ -168,6 +168,47 @@ fn poll_wait() -> bool {
 /// A ring for one reactor thread: completions are processed only when the
 /// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
 /// on kernels that have it (6.1+); a plain ring elsewhere.
+/// The submission entries of `op` with user data `ud`: a linked fsync
+/// before a `DM_IO_FLUSH` write, and the op itself (a fixed read or write
+/// when its buffer lies in the registered range `fixed`).
+fn entries(
+    op: &IoOp,
+    ud: u64,
+    fixed: Option<(usize, usize)>,
+) -> (Option<squeue::Entry>, squeue::Entry) {
+    let fd = types::Fd(op.dev.fd());
+    let buf = op.buf();
+    let fixed =
+        fixed.is_some_and(|(lo, hi)| buf as usize >= lo && buf as usize + op.len as usize <= hi);
+    let rw_flags = if op.fua { libc::RWF_DSYNC } else { 0 };
+    let data = match op.kind {
+        OpKind::Read if fixed => opcode::ReadFixed::new(fd, buf, op.len, 0)
+            .offset(op.offset)
+            .build(),
+        OpKind::Read => opcode::Read::new(fd, buf, op.len).offset(op.offset).build(),
+        OpKind::Write if fixed => opcode::WriteFixed::new(fd, buf, op.len, 0)
+            .offset(op.offset)
+            .rw_flags(rw_flags)
+            .build(),
+        OpKind::Write => opcode::Write::new(fd, buf, op.len)
+            .offset(op.offset)
+            .rw_flags(rw_flags)
+            .build(),
+        OpKind::Flush => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build(),
+    }
+    .user_data(ud);
+    let flush = (op.pre_flush && op.kind == OpKind::Write).then(|| {
+        opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(ud | FLUSH_BIT)
+    });
+    (flush, data)
+}
+
 fn build_ring(entries: u32) -> Result<IoUring> {
     if poll_wait() {
         // Completions must be posted while the thread sleeps in poll(2):
@@ -369,82 +410,54 @@ impl Core {
     }
 
     pub(super) fn push_backlog(&mut self) {
-        while self.inflight < self.cap {
-            let need = match self.backlog.front() {
-                None => break,
-                Some(op) if op.pre_flush => 2,
-                Some(_) => 1,
-            };
-            {
-                let sq = self.ring.submission();
-                if sq.capacity() - sq.len() < need {
-                    drop(sq);
-                    if self.ring.submit().is_err() {
-                        break;
-                    }
-                    continue;
+        while self.inflight < self.cap && !self.backlog.is_empty() {
+            // One view of the submission queue for the whole batch (each
+            // view reads the kernel's head and publishes our tail).
+            let mut sq = self.ring.submission();
+            let mut room = sq.capacity() - sq.len();
+            while self.inflight < self.cap {
+                let Some(front) = self.backlog.front() else {
+                    break;
+                };
+                let linked = front.pre_flush && front.kind == OpKind::Write;
+                if room < 1 + linked as usize {
+                    break;
                 }
+                let op = self.backlog.pop_front().expect("checked front");
+                let idx = self.free.pop().unwrap_or_else(|| {
+                    self.slab.push(None);
+                    self.slab.len() - 1
+                });
+                let (flush, data) = entries(&op, idx as u64, self.fixed);
+                if let Some(f) = flush {
+                    // SAFETY: an fsync entry carries no buffer; the fd stays
+                    // open because the op (in the slab below) holds `Arc<Device>`.
+                    unsafe { sq.push(&f) }.expect("room checked above");
+                }
+                // SAFETY: `data`'s buffer points into the op's private slot,
+                // which the slab entry created below owns until this entry's
+                // CQE is reaped in `reap` (for a fixed op, inside registered
+                // buffer 0, checked in `entries`); the fd is kept open by the
+                // op's `Arc<Device>`.
+                unsafe { sq.push(&data) }.expect("room checked above");
+                room -= 1 + linked as usize;
+                self.slab[idx] = Some(Slot {
+                    op,
+                    cqes: if linked { 2 } else { 1 },
+                    flush_err: 0,
+                    data_res: 0,
+                });
+                self.inflight += 1;
             }
-            let op = self.backlog.pop_front().expect("checked front");
-            self.push_op(op);
+            drop(sq);
+            if self.inflight >= self.cap || self.backlog.is_empty() {
+                break;
+            }
+            // The queue is full: hand it to the kernel and go on.
+            if self.ring.submit().is_err() {
+                break;
+            }
         }
-    }
-
-    fn push_op(&mut self, op: IoOp) {
-        let idx = self.free.pop().unwrap_or_else(|| {
-            self.slab.push(None);
-            self.slab.len() - 1
-        });
-        let fd = types::Fd(op.dev.fd());
-        let ud = idx as u64;
-        let buf = op.buf();
-        let fixed = self
-            .fixed
-            .is_some_and(|(lo, hi)| buf as usize >= lo && buf as usize + op.len as usize <= hi);
-        let rw_flags = if op.fua { libc::RWF_DSYNC } else { 0 };
-        let data = match op.kind {
-            OpKind::Read if fixed => opcode::ReadFixed::new(fd, buf, op.len, 0)
-                .offset(op.offset)
-                .build(),
-            OpKind::Read => opcode::Read::new(fd, buf, op.len).offset(op.offset).build(),
-            OpKind::Write if fixed => opcode::WriteFixed::new(fd, buf, op.len, 0)
-                .offset(op.offset)
-                .rw_flags(rw_flags)
-                .build(),
-            OpKind::Write => opcode::Write::new(fd, buf, op.len)
-                .offset(op.offset)
-                .rw_flags(rw_flags)
-                .build(),
-            OpKind::Flush => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
-        }
-        .user_data(ud);
-        let linked = op.pre_flush && op.kind == OpKind::Write;
-        let mut sq = self.ring.submission();
-        if linked {
-            let f = opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .flags(squeue::Flags::IO_LINK)
-                .user_data(ud | FLUSH_BIT);
-            // SAFETY: an fsync entry carries no buffer; the fd stays open
-            // because the op (in the slab below) holds `Arc<Device>`.
-            unsafe { sq.push(&f) }.expect("space checked in push_backlog");
-        }
-        // SAFETY: `buf` points into the op's private slot, which the slab
-        // entry created below owns until this entry's CQE is reaped in
-        // `reap` (for a fixed op, inside registered buffer 0, checked
-        // above); the fd is kept open by the op's `Arc<Device>`.
-        unsafe { sq.push(&data) }.expect("space checked in push_backlog");
-        drop(sq);
-        self.slab[idx] = Some(Slot {
-            op,
-            cqes: if linked { 2 } else { 1 },
-            flush_err: 0,
-            data_res: 0,
-        });
-        self.inflight += 1;
     }
 
     /// Submits what is queued and, unless `pending()` says there is work
