@@ -305,7 +305,10 @@ class Bench:
                 self.fill(p, size)
             disk.append(p)
         clear_status()
-        fs = subprocess.run(["stat", "-f", "-c", "%T", self.data], capture_output=True, text=True).stdout.strip()
+        # findmnt names ext4 as such (statfs's magic says only "ext2/ext3").
+        fs = (subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", self.data], capture_output=True,
+                             text=True).stdout.strip() if shutil.which("findmnt") else "") or \
+            subprocess.run(["stat", "-f", "-c", "%T", self.data], capture_output=True, text=True).stdout.strip()
         src = subprocess.run(["df", "--output=source", self.data], capture_output=True, text=True).stdout.split()[-1]
         self.devices["disk"] = {"kind": "disk-file", "paths": disk,
                                 "desc": f"files on the project's disk ({src}, {fs}), O_DIRECT"}

@@ -751,24 +751,64 @@ static struct {
 
 static void mirror_notify(struct dm_io_region_state *st, void *ctx);
 
-/* The machine's own timer floor during the run: a thread that sleeps 2 ms
- * at a time and records how much longer each sleep took. A TIMEOUT cannot
- * come more punctually than this machine wakes a sleeping thread. */
+/* The machine's own timer floor during the run: one thread per CPU, pinned
+ * there, sleeps 2 ms at a time and records how much longer each sleep took.
+ * A TIMEOUT cannot come more punctually than this machine wakes a sleeping
+ * thread on the CPU it runs on (on a VM, a CPU the host does not run for a
+ * while delays every thread on it). Only the probes are pinned. */
+#define MAX_PROBES 64
 static struct {
-	struct hist over;
+	struct hist over[MAX_PROBES];
+	pthread_t th[MAX_PROBES];
+	int n;
 	atomic_int stop;
 } PROBE;
 
 static void *sleep_probe(void *arg)
 {
-	(void)arg;
+	struct hist *h = arg;
 	while (!atomic_load(&PROBE.stop)) {
 		uint64_t a = now_ns();
 		sleep_ns(2000000);
 		uint64_t d = now_ns() - a;
-		hist_record(&PROBE.over, d > 2000000 ? d - 2000000 : 0);
+		hist_record(h, d > 2000000 ? d - 2000000 : 0);
 	}
 	return NULL;
+}
+
+static void probes_start(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	PROBE.n = cpus < 1 ? 1 : cpus > MAX_PROBES ? MAX_PROBES : (int)cpus;
+	for (int i = 0; i < PROBE.n; i++) {
+		hist_init(&PROBE.over[i]);
+		if (pthread_create(&PROBE.th[i], NULL, sleep_probe, &PROBE.over[i]) != 0)
+			die("pthread_create");
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(i, &set);
+		/* Best effort: an offline or forbidden CPU leaves the probe free. */
+		(void)pthread_setaffinity_np(PROBE.th[i], sizeof set, &set);
+	}
+}
+
+/* Stops the probes; their histograms merged into *all. */
+static void probes_stop(struct hist *all)
+{
+	atomic_store(&PROBE.stop, 1);
+	hist_init(all);
+	for (int i = 0; i < PROBE.n; i++) {
+		pthread_join(PROBE.th[i], NULL);
+		const struct hist *h = &PROBE.over[i];
+		for (unsigned b = 0; b < H_BUCKETS; b++)
+			all->count[b] += h->count[b];
+		all->n += h->n;
+		all->sum += h->sum;
+		if (h->n && h->min < all->min)
+			all->min = h->min;
+		if (h->max > all->max)
+			all->max = h->max;
+	}
 }
 
 static int mirror_submit(void)
@@ -847,10 +887,7 @@ static int mode_mirror(void)
 	hist_init(&M.h);
 	hist_init(&M.good);
 	hist_init(&M.tlate);
-	hist_init(&PROBE.over);
-	pthread_t probe;
-	if (pthread_create(&probe, NULL, sleep_probe, NULL) != 0)
-		die("pthread_create");
+	probes_start();
 	uint64_t t0 = now_ns();
 	for (unsigned i = 0; i < opt.qd && i < M.n; i++)
 		mirror_submit();
@@ -863,8 +900,8 @@ static int mode_mirror(void)
 	}
 	uint64_t t1 = now_ns();
 	atomic_store(&M.stop, 1);
-	atomic_store(&PROBE.stop, 1);
-	pthread_join(probe, NULL);
+	struct hist probe_over;
+	probes_stop(&probe_over);
 	uint64_t acked_in_run = atomic_load(&M.acked);
 	struct dm_io_stats during;
 	CHECK_RC(dm_io_client_stats(M.cl, &during, sizeof during));
@@ -898,7 +935,7 @@ static int mode_mirror(void)
 	jhist("lat_ns", &M.h);
 	jhist("good_leg_ns", &M.good);
 	jhist("timeout_late_ns", &M.tlate);
-	jhist("sleep_probe_oversleep_ns", &PROBE.over);
+	jhist("sleep_probe_oversleep_ns", &probe_over);
 	jclose();
 	printf("\n");
 	dm_io_client_destroy(M.cl);

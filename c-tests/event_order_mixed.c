@@ -26,6 +26,18 @@ static char bufs[N][4096], fbuf[4096];
 static atomic_int cancelled1, cancelled2, submitted2;
 static int cancel_rc[N], cancel2_rc[N];
 
+/* N held reads with a 20 ms deadline, one per tracker, handles kept. */
+static void submit_held(struct tracker *t, struct dm_io_handle **h)
+{
+	for (int i = 0; i < N; i++) {
+		struct dm_io_region r = { held, (uint64_t)i * 8, 8 };
+		struct dm_io_control c = make_ctrl(cl, DM_IO_READ, vm_mem(bufs[i], 0),
+						   tracker_notify, &t[i]);
+		c.timeout = 20;
+		CHECK_OK(dm_io(&c, 1, &r, &h[i]));
+	}
+}
+
 /* Blocks the completion thread past the deadlines, then cancels. */
 static void block_then_cancel(struct dm_io_region_state *st, void *ctx)
 {
@@ -44,13 +56,7 @@ static void submit_from_notify(struct dm_io_region_state *st, void *ctx)
 	(void)ctx;
 	if (st->state != DM_IO_OK)
 		return;
-	for (int i = 0; i < N; i++) {
-		struct dm_io_region r = { held, (uint64_t)i * 8, 8 };
-		struct dm_io_control c = make_ctrl(cl, DM_IO_READ, vm_mem(bufs[i], 0),
-						   tracker_notify, &second_t[i]);
-		c.timeout = 20;
-		CHECK_OK(dm_io(&c, 1, &r, &hdl2[i]));
-	}
+	submit_held(second_t, hdl2);
 	atomic_store(&submitted2, 1);
 }
 
@@ -99,14 +105,9 @@ int main(void)
 	held = make_faulty_dev("held", 1 << 20, "hang reads", 0);
 
 	/* Part 1: reactor deadlines, cancel from a blocked callback. */
-	for (int i = 0; i < N; i++) {
+	for (int i = 0; i < N; i++)
 		tracker_init(&held_t[i], 1);
-		struct dm_io_region r = { held, (uint64_t)i * 8, 8 };
-		struct dm_io_control c = make_ctrl(cl, DM_IO_READ, vm_mem(bufs[i], 0),
-						   tracker_notify, &held_t[i]);
-		c.timeout = 20;
-		CHECK_OK(dm_io(&c, 1, &r, &hdl[i]));
-	}
+	submit_held(held_t, hdl);
 	tracker_init(&trig_t, 1);
 	fast_read(block_then_cancel, &trig_t);
 	wait_flag(&cancelled1, "part 1 cancel");
