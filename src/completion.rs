@@ -174,7 +174,7 @@ fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
-                    local::submit_queued(!local_empty() || !rx.is_empty());
+                    local::submit_queued(&|| !local_empty() || !rx.is_empty());
                 }
                 Msg::Stop => {
                     while let Some(Msg::Ev(ev)) = next() {

@@ -33,14 +33,25 @@ struct Inbox {
     timers: Vec<(Instant, Weak<Request>)>,
 }
 
+impl Inbox {
+    const fn new() -> Inbox {
+        Inbox {
+            ops: Vec::new(),
+            timers: Vec::new(),
+        }
+    }
+}
+
 thread_local! {
     /// The engine whose completion thread this is (0: none).
     static OWNER: Cell<u64> = const { Cell::new(0) };
     static RING: RefCell<Option<Core>> = const { RefCell::new(None) };
-    static INBOX: RefCell<Inbox> = RefCell::new(Inbox::default());
+    static INBOX: RefCell<Inbox> = const { RefCell::new(Inbox::new()) };
+    /// Something was offered since the last [`submit_queued`].
+    static OFFERED: Cell<bool> = const { Cell::new(false) };
     /// The inbox's previous buffers, swapped in by [`flush`] so that
     /// queueing ops allocates nothing in the steady state.
-    static SPARE: RefCell<Inbox> = RefCell::new(Inbox::default());
+    static SPARE: RefCell<Inbox> = const { RefCell::new(Inbox::new()) };
 }
 
 /// Creates the ring on the calling thread for engine `engine`, with the
@@ -79,6 +90,7 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     } else {
         ops
     };
+    OFFERED.with(|o| o.set(true));
     let direct = RING.with(|r| match r.try_borrow_mut() {
         Ok(mut g) => match g.as_mut() {
             Some(c) => {
@@ -105,6 +117,7 @@ pub(super) fn offer_timer(engine: u64, at: Instant, req: &Weak<Request>) -> bool
         Some(r) if r.mode.sync => false,
         Some(_) => {
             INBOX.with(|i| i.borrow_mut().timers.push((at, req.clone())));
+            OFFERED.with(|o| o.set(true));
             true
         }
         // A request already gone needs no timer.
@@ -180,13 +193,18 @@ const EAGER_BELOW: usize = 32;
 const GROUP: usize = 8;
 
 /// After one notify callback: starts the IO queued so far at once when
-/// more callbacks are waiting (`more`; see [`EAGER_BELOW`]). Otherwise
-/// the thread's next wait submits it in the same system call.
-pub fn submit_queued(more: bool) {
+/// more callbacks are waiting (`more()`, asked only when the callback
+/// started IO; see [`EAGER_BELOW`]). Otherwise the thread's next wait
+/// submits it in the same system call.
+pub fn submit_queued(more: &dyn Fn() -> bool) {
+    // Most callbacks of a burst (TIMEOUTs, say) start no IO: one check.
+    if !OFFERED.with(|o| o.replace(false)) {
+        return;
+    }
     if !inbox_empty() {
         flush();
     }
-    if !more {
+    if !more() {
         return;
     }
     with_core(|c| {
