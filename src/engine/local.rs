@@ -42,16 +42,92 @@ impl Inbox {
     }
 }
 
-thread_local! {
+/// This thread's ring and what waits for it: one thread-local, so that
+/// each step below looks it up once (a look-up in a shared library is a
+/// call to `__tls_get_addr`).
+struct Local {
     /// The engine whose completion thread this is (0: none).
-    static OWNER: Cell<u64> = const { Cell::new(0) };
-    static RING: RefCell<Option<Core>> = const { RefCell::new(None) };
-    static INBOX: RefCell<Inbox> = const { RefCell::new(Inbox::new()) };
+    owner: Cell<u64>,
+    ring: RefCell<Option<Core>>,
+    /// Ops and timers offered while the ring was busy.
+    inbox: RefCell<Inbox>,
     /// Something was offered since the last [`submit_queued`].
-    static OFFERED: Cell<bool> = const { Cell::new(false) };
-    /// The inbox's previous buffers, swapped in by [`flush`] so that
+    offered: Cell<bool>,
+    /// The inbox's previous buffers, swapped in by `flush_inbox` so that
     /// queueing ops allocates nothing in the steady state.
-    static SPARE: RefCell<Inbox> = const { RefCell::new(Inbox::new()) };
+    spare: RefCell<Inbox>,
+}
+
+thread_local! {
+    static HERE: Local = const {
+        Local {
+            owner: Cell::new(0),
+            ring: RefCell::new(None),
+            inbox: RefCell::new(Inbox::new()),
+            offered: Cell::new(false),
+            spare: RefCell::new(Inbox::new()),
+        }
+    };
+}
+
+impl Local {
+    fn inbox_empty(&self) -> bool {
+        self.inbox
+            .try_borrow()
+            .map_or(true, |i| i.ops.is_empty() && i.timers.is_empty())
+    }
+
+    fn with_core(&self, f: impl FnOnce(&mut Core)) {
+        // Never re-entered (callbacks run outside); if it were, skipping
+        // one turn is harmless: the caller's loop comes back.
+        if let Ok(mut g) = self.ring.try_borrow_mut() {
+            if let Some(core) = g.as_mut() {
+                f(core);
+            }
+        }
+    }
+
+    /// Moves what the inbox holds into the ring, fires due timers and
+    /// fills the submission queue.
+    fn flush(&self) {
+        if !self.inbox_empty() {
+            self.flush_inbox();
+        }
+        self.with_core(|c| c.pump_lazy());
+    }
+
+    fn flush_inbox(&self) {
+        let Ok(mut spare) = self
+            .spare
+            .try_borrow_mut()
+            .map(|mut s| std::mem::take(&mut *s))
+        else {
+            return;
+        };
+        let Ok(mut inbox) = self.inbox.try_borrow_mut() else {
+            return;
+        };
+        std::mem::swap(&mut *inbox, &mut spare);
+        drop(inbox);
+        let mut ran = false;
+        self.with_core(|c| {
+            ran = true;
+            for (at, req) in spare.timers.drain(..) {
+                c.arm(at, req);
+            }
+            c.admit(spare.ops.drain(..));
+        });
+        if !ran {
+            // Not now (never expected): back into the inbox, nothing lost.
+            if let Ok(mut i) = self.inbox.try_borrow_mut() {
+                i.ops.append(&mut spare.ops);
+                i.timers.append(&mut spare.timers);
+            }
+        }
+        if let Ok(mut s) = self.spare.try_borrow_mut() {
+            std::mem::swap(&mut *s, &mut spare);
+        }
+    }
 }
 
 /// Creates the ring on the calling thread for engine `engine`, with the
@@ -67,8 +143,10 @@ pub(super) fn install(
     if let Some(m) = memory {
         core.register(m);
     }
-    RING.with(|r| *r.borrow_mut() = Some(core));
-    OWNER.with(|o| o.set(engine));
+    HERE.with(|l| {
+        *l.ring.borrow_mut() = Some(core);
+        l.owner.set(engine);
+    });
     Some(waker)
 }
 
@@ -78,109 +156,60 @@ pub(super) fn install(
 /// [`submit_queued`]), or to the inbox when the ring is busy (an op
 /// offered while the ring itself completes or fires something).
 pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
-    if OWNER.with(|o| o.get()) != engine {
-        return;
-    }
-    let mut not_sync;
-    let mine = if ops.iter().any(|o| o.req.mode.sync) {
-        let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.req.mode.sync);
-        *ops = sync;
-        not_sync = not;
-        &mut not_sync
-    } else {
-        ops
-    };
-    OFFERED.with(|o| o.set(true));
-    let direct = RING.with(|r| match r.try_borrow_mut() {
-        Ok(mut g) => match g.as_mut() {
-            Some(c) => {
-                c.admit(mine.drain(..));
-                c.push_backlog();
-                true
-            }
-            None => false,
-        },
-        Err(_) => false,
-    });
-    if !direct {
-        INBOX.with(|i| i.borrow_mut().ops.append(mine));
-    }
+    HERE.with(|l| {
+        if l.owner.get() != engine {
+            return;
+        }
+        let mut not_sync;
+        let mine = if ops.iter().any(|o| o.req.mode.sync) {
+            let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.req.mode.sync);
+            *ops = sync;
+            not_sync = not;
+            &mut not_sync
+        } else {
+            ops
+        };
+        l.offered.set(true);
+        let direct = match l.ring.try_borrow_mut() {
+            Ok(mut g) => match g.as_mut() {
+                Some(c) => {
+                    c.admit(mine.drain(..));
+                    c.push_backlog();
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if !direct {
+            l.inbox.borrow_mut().ops.append(mine);
+        }
+    })
 }
 
 /// Keeps the timer when the calling thread's ring belongs to `engine` and
 /// the request is asynchronous; `false`: the reactor keeps it.
 pub(super) fn offer_timer(engine: u64, at: Instant, req: &Weak<Request>) -> bool {
-    if OWNER.with(|o| o.get()) != engine {
-        return false;
-    }
-    match req.upgrade() {
-        Some(r) if r.mode.sync => false,
-        Some(_) => {
-            INBOX.with(|i| i.borrow_mut().timers.push((at, req.clone())));
-            OFFERED.with(|o| o.set(true));
-            true
+    HERE.with(|l| {
+        if l.owner.get() != engine {
+            return false;
         }
-        // A request already gone needs no timer.
-        None => true,
-    }
+        match req.upgrade() {
+            Some(r) if r.mode.sync => false,
+            Some(_) => {
+                l.inbox.borrow_mut().timers.push((at, req.clone()));
+                l.offered.set(true);
+                true
+            }
+            // A request already gone needs no timer.
+            None => true,
+        }
+    })
 }
 
 /// Whether the calling thread has a local ring.
 pub fn active() -> bool {
-    OWNER.with(|o| o.get()) != 0
-}
-
-fn inbox_empty() -> bool {
-    INBOX.with(|i| {
-        let i = i.borrow();
-        i.ops.is_empty() && i.timers.is_empty()
-    })
-}
-
-fn with_core(f: impl FnOnce(&mut Core)) {
-    RING.with(|r| {
-        // Never re-entered (callbacks run outside); if it were, skipping
-        // one turn is harmless: the caller's loop comes back.
-        if let Ok(mut g) = r.try_borrow_mut() {
-            if let Some(core) = g.as_mut() {
-                f(core);
-            }
-        }
-    });
-}
-
-/// Moves what the inbox holds into the ring, fires due timers and fills
-/// the submission queue.
-fn flush() {
-    if !inbox_empty() {
-        flush_inbox();
-    }
-    with_core(|c| c.pump_lazy());
-}
-
-fn flush_inbox() {
-    let Ok(mut spare) = SPARE.with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)))
-    else {
-        return;
-    };
-    INBOX.with(|i| std::mem::swap(&mut *i.borrow_mut(), &mut spare));
-    let mut ran = false;
-    with_core(|c| {
-        ran = true;
-        for (at, req) in spare.timers.drain(..) {
-            c.arm(at, req);
-        }
-        c.admit(spare.ops.drain(..));
-    });
-    if !ran {
-        // Not now (never expected): back into the inbox, nothing lost.
-        INBOX.with(|i| {
-            let mut i = i.borrow_mut();
-            i.ops.append(&mut spare.ops);
-            i.timers.append(&mut spare.timers);
-        });
-    }
-    SPARE.with(|s| std::mem::swap(&mut *s.borrow_mut(), &mut spare));
+    HERE.with(|l| l.owner.get() != 0)
 }
 
 /// While fewer ops than this are in the kernel, IO a callback submits
@@ -197,61 +226,61 @@ const GROUP: usize = 8;
 /// started IO; see [`EAGER_BELOW`]). Otherwise the thread's next wait
 /// submits it in the same system call.
 pub fn submit_queued(more: &dyn Fn() -> bool) {
-    // Most callbacks of a burst (TIMEOUTs, say) start no IO: one check.
-    if !OFFERED.with(|o| o.replace(false)) {
-        return;
-    }
-    if !inbox_empty() {
-        flush();
-    }
-    if !more() {
-        return;
-    }
-    with_core(|c| {
-        let (in_kernel, queued) = c.depth();
-        if queued > 0 && (in_kernel < EAGER_BELOW || queued >= GROUP) {
-            c.submit_now();
+    HERE.with(|l| {
+        // Most callbacks of a burst (TIMEOUTs, say) start no IO: one check.
+        if !l.offered.replace(false) {
+            return;
         }
-    });
-}
-
-/// Sleeps in the ring until `pending()`, a completion, a timer or `max`.
-fn wait(pending: &dyn Fn() -> bool, max: Option<Duration>) {
-    with_core(|c| c.wait(None, &|| pending() || !inbox_empty(), max));
-}
-
-/// Completes the ops whose IO ended; their events go to the queue.
-fn reap() {
-    with_core(|c| c.reap());
+        if !l.inbox_empty() {
+            l.flush();
+        }
+        if !more() {
+            return;
+        }
+        l.with_core(|c| {
+            let (in_kernel, queued) = c.depth();
+            if queued > 0 && (in_kernel < EAGER_BELOW || queued >= GROUP) {
+                c.submit_now();
+            }
+        });
+    })
 }
 
 /// No op queued, in the kernel or parked by a fault rule.
 pub fn idle() -> bool {
-    let mut idle = true;
-    with_core(|c| idle = c.idle());
-    idle && inbox_empty()
+    HERE.with(|l| {
+        let mut idle = true;
+        l.with_core(|c| idle = c.idle());
+        idle && l.inbox_empty()
+    })
 }
 
 /// The client is gone: new ops go elsewhere, deadlines are forgotten (every
 /// request is final); ops still running stay until [`idle`].
 pub fn close() {
-    flush();
-    OWNER.with(|o| o.set(0));
-    with_core(|c| c.clear_deadlines());
+    HERE.with(|l| {
+        l.flush();
+        l.owner.set(0);
+        l.with_core(|c| c.clear_deadlines());
+    })
 }
 
 /// Drops the ring (only when [`idle`]).
 pub fn remove() {
-    RING.with(|r| *r.borrow_mut() = None);
+    HERE.with(|l| *l.ring.borrow_mut() = None);
 }
 
 /// One turn of the ring: starts what callbacks queued, sleeps until
 /// `pending()`, a completion, a timer or `max`, then completes what the
 /// kernel finished (their events go to the queue).
 pub fn turn(pending: &dyn Fn() -> bool, max: Option<Duration>) {
-    flush();
-    wait(pending, max);
-    reap();
+    HERE.with(|l| {
+        l.flush();
+        l.with_core(|c| {
+            c.wait(None, &|| pending() || !l.inbox_empty(), max);
+            c.reap();
+        });
+    })
 }
 
 /// Waits, on a thread with a local ring, for something to change while it
