@@ -78,7 +78,6 @@ pub struct Client {
     /// request refuses it (see [`Client::submit`]).
     closed: AtomicBool,
     completion: CompletionThread,
-    next_req: AtomicU64,
     /// Hedged reads: ms before the next region starts; 0 = only on ERROR.
     hedge_ms: std::sync::atomic::AtomicU32,
     pub counters: Counters,
@@ -176,7 +175,6 @@ impl Client {
             engine,
             closed: AtomicBool::new(false),
             completion,
-            next_req: AtomicU64::new(1),
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             counters: Counters::default(),
         }))
@@ -330,7 +328,6 @@ impl Client {
         let nreg = s.regions.len();
         let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
         let req = Request::new(
-            self.next_req.fetch_add(1, Ordering::Relaxed),
             self.id,
             s.mode,
             s.regions,

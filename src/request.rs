@@ -165,7 +165,6 @@ pub struct Mode {
 
 /// One `dm_io` call.
 pub struct Request {
-    pub id: u64,
     pub client_id: u64,
     pub mode: Mode,
     /// The regions as submitted (never change).
@@ -184,9 +183,7 @@ pub struct Request {
 
 impl Request {
     /// `ops[i]` is how many operations region `i` will be split into.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: u64,
         client_id: u64,
         mode: Mode,
         specs: Small<RegionSpec>,
@@ -206,7 +203,6 @@ impl Request {
             })
             .collect();
         Arc::new(Request {
-            id,
             client_id,
             mode,
             specs,
