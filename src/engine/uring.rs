@@ -28,6 +28,17 @@ enum Msg {
     Shutdown,
 }
 
+/// A close-on-exec eventfd with `flags` added.
+fn new_eventfd(flags: libc::c_int) -> Result<OwnedFd> {
+    // SAFETY: plain eventfd creation; result checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | flags) };
+    if fd < 0 {
+        return Err(Error::last_os("eventfd"));
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Wakes the reactor when (and only when) it is about to sleep.
 pub(super) struct Waker {
     efd: OwnedFd,
@@ -36,15 +47,8 @@ pub(super) struct Waker {
 
 impl Waker {
     pub(super) fn new() -> Result<Arc<Waker>> {
-        // SAFETY: plain eventfd creation; result checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(Error::last_os("eventfd"));
-        }
-        // SAFETY: `efd` is a fresh descriptor owned by no one else.
-        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
         Ok(Arc::new(Waker {
-            efd,
+            efd: new_eventfd(0)?,
             sleeping: AtomicBool::new(false),
         }))
     }
@@ -165,9 +169,6 @@ fn poll_wait() -> bool {
     *POLL.get_or_init(|| std::env::var("DMIO_URING_WAIT").is_ok_and(|v| v == "poll"))
 }
 
-/// A ring for one reactor thread: completions are processed only when the
-/// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
-/// on kernels that have it (6.1+); a plain ring elsewhere.
 /// The submission entries of `op` with user data `ud`: a linked fsync
 /// before a `DM_IO_FLUSH` write, and the op itself (a fixed read or write
 /// when its buffer lies in the registered range `fixed`).
@@ -209,6 +210,9 @@ fn entries(
     (flush, data)
 }
 
+/// A ring for one reactor thread: completions are processed only when the
+/// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
+/// on kernels that have it (6.1+); a plain ring elsewhere.
 fn build_ring(entries: u32) -> Result<IoUring> {
     if poll_wait() {
         // Completions must be posted while the thread sleeps in poll(2):
@@ -309,13 +313,7 @@ impl Core {
             cq_efd: None,
         };
         if poll_wait() {
-            // SAFETY: plain eventfd creation; result checked.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if fd < 0 {
-                return Err(Error::last_os("eventfd"));
-            }
-            // SAFETY: `fd` is a fresh descriptor owned by no one else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = new_eventfd(libc::EFD_NONBLOCK)?;
             core.ring
                 .submitter()
                 .register_eventfd(fd.as_raw_fd())
