@@ -17,8 +17,10 @@
 //!
 //! Ownership is the reactor's: every op in this ring owns its private memory
 //! until its CQE is reaped here; after the client is destroyed the thread
-//! stays until they are all reaped. Callbacks run while nothing here is
-//! borrowed: new ops and timers wait in an inbox until [`flush`].
+//! stays until they are all reaped. Callbacks run while the ring is not
+//! borrowed, so the ops and timers they offer go straight into it; those
+//! offered from inside the ring's own work (a reap, a timer firing) wait in
+//! an inbox until the next turn.
 
 use super::uring::{Core, Waker};
 use super::{IoOp, Wake};
@@ -51,7 +53,8 @@ struct Local {
     ring: RefCell<Option<Core>>,
     /// Ops and timers offered while the ring was busy.
     inbox: RefCell<Inbox>,
-    /// Something was offered since the last [`submit_queued`].
+    /// Ops were offered (or a timer went to the inbox) since the last
+    /// [`submit_queued`].
     offered: Cell<bool>,
     /// The inbox's previous buffers, swapped in by `flush_inbox` so that
     /// queueing ops allocates nothing in the steady state.
@@ -77,13 +80,14 @@ impl Local {
             .map_or(true, |i| i.ops.is_empty() && i.timers.is_empty())
     }
 
-    fn with_core(&self, f: impl FnOnce(&mut Core)) {
-        // Never re-entered (callbacks run outside); if it were, skipping
-        // one turn is harmless: the caller's loop comes back.
-        if let Ok(mut g) = self.ring.try_borrow_mut() {
-            if let Some(core) = g.as_mut() {
-                f(core);
-            }
+    /// Runs `f` on the ring unless it is busy (this thread is inside its
+    /// reap or timers) or gone; `false` then. The loop's own steps are
+    /// never re-entered (callbacks run outside), and skipping one would be
+    /// harmless: the caller's loop comes back.
+    fn with_core(&self, f: impl FnOnce(&mut Core)) -> bool {
+        match self.ring.try_borrow_mut() {
+            Ok(mut g) => g.as_mut().map(f).is_some(),
+            Err(_) => false,
         }
     }
 
@@ -109,9 +113,7 @@ impl Local {
         };
         std::mem::swap(&mut *inbox, &mut spare);
         drop(inbox);
-        let mut ran = false;
-        self.with_core(|c| {
-            ran = true;
+        let ran = self.with_core(|c| {
             for (at, req) in spare.timers.drain(..) {
                 c.arm(at, req);
             }
@@ -169,18 +171,14 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
         } else {
             ops
         };
+        if mine.is_empty() {
+            return;
+        }
         l.offered.set(true);
-        let direct = match l.ring.try_borrow_mut() {
-            Ok(mut g) => match g.as_mut() {
-                Some(c) => {
-                    c.admit(mine.drain(..));
-                    c.push_backlog();
-                    true
-                }
-                None => false,
-            },
-            Err(_) => false,
-        };
+        let direct = l.with_core(|c| {
+            c.admit(mine.drain(..));
+            c.push_backlog();
+        });
         if !direct {
             l.inbox.borrow_mut().ops.append(mine);
         }
@@ -197,8 +195,10 @@ pub(super) fn offer_timer(engine: u64, at: Instant, req: &Weak<Request>) -> bool
         match req.upgrade() {
             Some(r) if r.mode.sync => false,
             Some(_) => {
-                l.inbox.borrow_mut().timers.push((at, req.clone()));
-                l.offered.set(true);
+                if !l.with_core(|c| c.arm(at, req.clone())) {
+                    l.inbox.borrow_mut().timers.push((at, req.clone()));
+                    l.offered.set(true);
+                }
                 true
             }
             // A request already gone needs no timer.
