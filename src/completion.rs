@@ -37,6 +37,11 @@ fn local_empty() -> bool {
     LOCAL.with(|q| q.try_borrow().map_or(true, |q| q.is_empty()))
 }
 
+/// Whether an event waits to be delivered (local queue or channel).
+fn undelivered(rx: &Receiver<Msg>) -> bool {
+    !local_empty() || !rx.is_empty()
+}
+
 enum Msg {
     Ev(Event),
     Stop,
@@ -174,7 +179,7 @@ fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
-                    local::submit_queued(&|| !local_empty() || !rx.is_empty());
+                    local::submit_queued(&|| undelivered(rx));
                 }
                 Msg::Stop => {
                     while let Some(Msg::Ev(ev)) = next() {
@@ -194,7 +199,7 @@ fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
 /// all reaped (the client's destroy does not wait for that).
 fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
     while !deliver_queued(&rx, None) {
-        local::turn(&|| !local_empty() || !rx.is_empty(), None);
+        local::turn(&|| undelivered(&rx), None);
     }
     local::close();
     let _ = delivered.send(!local::idle());
