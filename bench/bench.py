@@ -548,20 +548,20 @@ class Bench:
                  f"p50/p99/p99.9 > {wa['run_secs']:.1f} s: never finish while the leg hangs "
                  f"(they end {fmt_ns(wa['lat_ns']['p50'])} after submission, when it is released)")
         # Where the tail comes from: the good leg itself, how late TIMEOUT
-        # came, and the machine's own floor (a thread sleeping 2 ms at a time
-        # in the same run: no TIMEOUT can be more punctual than its wake-up).
+        # came, and the machine's own floor (a probe thread per CPU sleeping
+        # 2 ms at a time in the same run: no TIMEOUT can be more punctual
+        # than its wake-up).
         g, tl, pr = t.get("good_leg_ns"), t.get("timeout_late_ns"), t.get("sleep_probe_oversleep_ns")
         floor = ""
         if g and tl and pr:
-            ms = lambda x: f"{x / 1e6:.2f} ms"
             self.row(5, "  where the hung-leg tail comes from (p99 / p99.9 / max)", dk,
-                     f"TIMEOUT after its deadline: {ms(tl['p99'])} / {ms(tl['p999'])} / {ms(tl['max'])}",
+                     f"TIMEOUT after its deadline: {fmt_ns(tl['p99'])} / {fmt_ns(tl['p999'])} / {fmt_ns(tl['max'])}",
                      "-", None,
-                     f"good leg's own write: {ms(g['p99'])} / {ms(g['p999'])} / {ms(g['max'])}; "
-                     f"machine floor, a plain 2 ms sleep overslept by: {ms(pr['p99'])} / {ms(pr['p999'])} / "
-                     f"{ms(pr['max'])} (same run)")
-            floor = (f"(same run: TIMEOUT came p99.9 {ms(tl['p999'])} after its deadline; a plain 2 ms sleep on this "
-                     f"machine overslept by up to {ms(pr['max'])}, p99.9 {ms(pr['p999'])})")
+                     f"good leg's own write: {fmt_ns(g['p99'])} / {fmt_ns(g['p999'])} / {fmt_ns(g['max'])}; "
+                     f"machine floor, a plain 2 ms sleep overslept by: {fmt_ns(pr['p99'])} / {fmt_ns(pr['p999'])} / "
+                     f"{fmt_ns(pr['max'])} (same run)")
+            floor = (f"(same run: TIMEOUT came p99.9 {fmt_ns(tl['p999'])} after its deadline; a plain 2 ms sleep on this "
+                     f"machine overslept by up to {fmt_ns(pr['max'])}, p99.9 {fmt_ns(pr['p999'])})")
         slack = h["p999"] / 1e6 - T
         self.target(5, f"hung-leg mirror write p99.9 vs timeout {T} ms", slack <= TARGETS["mirror_slack_ms"],
                     f"{h['p999'] / 1e6:.2f} ms (timeout + {slack:.2f} ms)", f"<= timeout + {TARGETS['mirror_slack_ms']} ms",
