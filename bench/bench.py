@@ -147,6 +147,7 @@ class Bench:
         self.cfg = dict(SMOKE if args.smoke else FULL)
         self.smoke = args.smoke
         self.driver = os.path.abspath(args.driver)
+        self.ref_bin = os.path.abspath(args.ref) if args.ref else None
         self.out = os.path.abspath(args.out or (
             os.path.join(ROOT, "build", "bench-smoke") if args.smoke else os.path.join(HERE, "results")))
         os.makedirs(self.out, exist_ok=True)
@@ -254,8 +255,9 @@ class Bench:
         clear_status()
         log(f"  [{self.runs:3d}] case {case} {label:<34} {tool:<8} {summary}  ({time.time() - t0:.1f} s)")
 
-    def pair(self, case, label, run_dmio, run_fio, metric, rounds=None):
-        """ABBA: libdmio, fio, fio, libdmio (per round pair); returns both lists."""
+    def pair(self, case, label, run_dmio, run_fio, metric, rounds=None, names=("libdmio", "fio")):
+        """ABBA: libdmio, fio, fio, libdmio (per round pair); returns both lists.
+        `names`: what the two sides are called in the progress lines."""
         rounds = rounds or self.cfg["rounds"]
         order = ["d", "f"] if rounds == 1 else ["d", "f", "f", "d"] * (rounds // 2)
         res = {"d": [], "f": []}
@@ -264,7 +266,7 @@ class Bench:
             r = run_dmio() if who == "d" else run_fio()
             res[who].append(r)
             lat = r.get("lat_ns", {})
-            self.progress(case, label, "libdmio" if who == "d" else "fio",
+            self.progress(case, label, names[0] if who == "d" else names[1],
                           f"{fmt_iops(metric(r))} IOPS  p50 {fmt_ns(lat.get('p50'))}  p99 {fmt_ns(lat.get('p99'))}", t0)
         mean = lambda xs: sum(xs) / len(xs)
         d = mean([metric(r) for r in res["d"]])
@@ -274,6 +276,40 @@ class Bench:
                 "libdmio_runs": [metric(r) for r in res["d"]], "fio_runs": [metric(r) for r in res["f"]],
                 "libdmio_spread": spread(res["d"]), "fio_spread": spread(res["f"]),
                 "libdmio_detail": res["d"][0], "fio_detail": res["f"][0]}
+
+    def ref(self, label, dev, bs, qd, copy):
+        """The bare io_uring loop (uring-ref.c), with or without one copy per read."""
+        c = self.cfg
+        cmd = [self.ref_bin, "--dev", dev, "--bs", str(bs), "--qd", str(qd), "--secs", str(c["secs"]),
+               "--warmup", str(c["warmup"]), "--span", str(c["size"])] + (["--copy"] if copy else [])
+        status(f"  {label}: reference loop running ({c['secs']:.1f} s)")
+        r = self.run_json(cmd, label)
+        clear_status()
+        return r
+
+    def ref_split(self, case, label, dev, bs, qd, dmio_value):
+        """Splits libdmio's gap to fio in two: what one copy per read costs (the
+        bare loop with and without it, ABBA), and what the library costs beyond
+        that (libdmio / the loop with the copy). None without --ref."""
+        if not self.ref_bin:
+            log("  reference loop: SKIPPED (no --ref given; `make bench` passes it)")
+            return None
+        r = self.pair(case, label, lambda: self.ref(label, dev, bs, qd, True),
+                      lambda: self.ref(label, dev, bs, qd, False), lambda x: x["iops"],
+                      names=("ref+copy", "ref"))
+        out = {"ref": r["fio"], "ref_copy": r["libdmio"], "copy_over_nocopy": r["ratio"],
+               "libdmio_over_ref_copy": dmio_value / r["libdmio"] if r["libdmio"] else None,
+               "ref_runs": r["fio_runs"], "ref_copy_runs": r["libdmio_runs"]}
+        log(f"  reference ({label}): a bare io_uring loop with libdmio's system calls, zero-copy "
+            f"{fmt_iops(out['ref'])} IOPS; with one copy per read, as bounce memory does, "
+            f"{fmt_iops(out['ref_copy'])} ({out['copy_over_nocopy']:.2f}x); "
+            f"libdmio = {out['libdmio_over_ref_copy']:.2f}x the loop with the copy")
+        return out
+
+    @staticmethod
+    def ref_note(x):
+        return (f"; bare loop {fmt_iops(x['ref'])}, +copy {x['copy_over_nocopy']:.2f}x, "
+                f"libdmio/loop+copy {x['libdmio_over_ref_copy']:.2f}x") if x else ""
 
     def row(self, case, what, device, dmio, fio, ratio, note=""):
         self.rows.append({"case": case, "what": what, "device": device, "libdmio": dmio,
@@ -379,10 +415,13 @@ class Bench:
                     lambda x: x["iops"], rounds=2 * c["rounds"] if qd == 32 else None)
                 r.update(device=dk, qd=qd)
                 out.append(r)
+                ref = self.ref_split(1, label, dev, 4096, qd, r["libdmio"]) if qd == 32 else None
+                r["reference"] = ref
                 d, f = r["libdmio_detail"], r["fio_detail"]
                 self.row(1, f"4 KiB randread QD{qd} (IOPS)", dk, fmt_iops(r["libdmio"]), fmt_iops(r["fio"]),
                          r["ratio"], f"p99 {fmt_ns(d['lat_ns']['p99'])} vs {fmt_ns(f['lat_ns']['p99'])}; "
-                                     f"CPU/IO {d['cpu']['us_per_request']:.1f} vs {f['cpu']['us_per_request']:.1f} us")
+                                     f"CPU/IO {d['cpu']['us_per_request']:.1f} vs {f['cpu']['us_per_request']:.1f} us"
+                                     + self.ref_note(ref))
                 if qd == 32:
                     rng = lambda xs: f"{fmt_iops(min(xs))}-{fmt_iops(max(xs))}"
                     self.target(1, f"4 KiB randread QD32 on {dk}, libdmio/fio IOPS", r["ratio"] >= TARGETS["qd32"],
@@ -457,6 +496,8 @@ class Bench:
                               "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"]),
             lambda: self.fio(label, [dev], "randread", bs, qd, c["size"], c["secs"], c["warmup"]),
             lambda x: x["iops"])
+        ref = self.ref_split(3, label, dev, bs, qd, r["libdmio"])
+        r["reference"] = ref
         ns = self.memcpy_ns(bs, qd)
         d = r["libdmio_detail"]
         core_share = r["libdmio"] * ns / 1e9          # fraction of one core spent copying
@@ -473,7 +514,8 @@ class Bench:
         mb = lambda x: f"{x * bs / MIB:.0f} MiB/s"
         note = (f"memcpy {ns / 1000:.1f} us per {bs // 1024} KiB read = {core_share * 100:.1f} % of a core"
                 + (f", {cpu_share * 100:.0f} % of libdmio's CPU (estimate)" if cpu_share else "")
-                + (f"; perf: {perf_pct:.1f} % of samples in memcpy" if perf_pct is not None else ""))
+                + (f"; perf: {perf_pct:.1f} % of samples in memcpy" if perf_pct is not None else "")
+                + self.ref_note(ref))
         self.row(3, f"{bs // 1024} KiB randread QD{qd}, bounce vs zero-copy (MiB/s)", dk,
                  mb(r["libdmio"]), mb(r["fio"]), r["ratio"], note)
         if q32:
@@ -1120,6 +1162,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--driver", required=True)
+    ap.add_argument("--ref", help="the bare io_uring reference loop (uring-ref), to split the gaps to fio")
     ap.add_argument("--smoke", action="store_true", help="tiny run of every case (make test)")
     ap.add_argument("--cases", help="comma-separated case numbers (default: all)")
     ap.add_argument("--out", help="results directory")

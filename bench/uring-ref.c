@@ -1,0 +1,182 @@
+/* uring-ref: a bare io_uring read loop with libdmio's system-call pattern,
+ * the reference that splits a libdmio/fio gap into its parts (bench/README.md).
+ *
+ * Random O_DIRECT reads at a constant queue depth, on one thread, the way
+ * libdmio's completion thread drives its own ring: registered buffers (the
+ * private memory), a ring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN,
+ * sleep until at least one completion, take every completion there is, and
+ * for each one start the next read at once (one io_uring_enter each; the
+ * last one joins the next wait).
+ *
+ * With --copy, each completed read is copied once from its registered
+ * buffer into a second buffer before the next read starts: the one copy
+ * libdmio's bounce memory costs per read. Without it the loop is as
+ * zero-copy as fio. libdmio/this-with-copy is then what the library itself
+ * costs, and this-with-copy/this-without is what the copy costs.
+ *
+ * One JSON object on stdout, like dmio-bench.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <liburing.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+static void die(const char *what, int err)
+{
+	fprintf(stderr, "uring-ref: %s: %s\n", what, strerror(err));
+	exit(2);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+	       ru.ru_stime.tv_usec / 1e6;
+}
+
+/* xorshift64*, as in dmio-bench. */
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s >> 12;
+	*s ^= *s << 25;
+	*s ^= *s >> 27;
+	return *s * 0x2545F4914F6CDD1Dull;
+}
+
+static struct {
+	const char *dev;
+	unsigned bs, qd;
+	double secs, warmup;
+	uint64_t span;
+	int copy;
+} opt = { .bs = 4096, .qd = 32, .secs = 3, .warmup = 0.5 };
+
+static struct io_uring ring;
+static unsigned char *priv, *dst;
+static uint64_t blocks, rng = 0x9E3779B97F4A7C15ull;
+static int fd;
+
+static void queue_read(unsigned slot)
+{
+	struct io_uring_sqe *s = io_uring_get_sqe(&ring);
+	if (!s)
+		die("io_uring_get_sqe", EBUSY);
+	io_uring_prep_read_fixed(s, fd, priv + (size_t)slot * opt.bs, opt.bs,
+				 (rnd(&rng) % blocks) * opt.bs, 0);
+	io_uring_sqe_set_data64(s, slot);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "dev", required_argument, 0, 'd' },	 { "bs", required_argument, 0, 'b' },
+		{ "qd", required_argument, 0, 'q' },	 { "secs", required_argument, 0, 's' },
+		{ "warmup", required_argument, 0, 'w' }, { "span", required_argument, 0, 'p' },
+		{ "copy", no_argument, 0, 'c' },	 { 0, 0, 0, 0 }
+	};
+	for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
+		switch (c) {
+		case 'd': opt.dev = optarg; break;
+		case 'b': opt.bs = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'q': opt.qd = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 's': opt.secs = atof(optarg); break;
+		case 'w': opt.warmup = atof(optarg); break;
+		case 'p': opt.span = strtoull(optarg, NULL, 0); break;
+		case 'c': opt.copy = 1; break;
+		default:
+			fprintf(stderr, "usage: uring-ref --dev P [--bs B] [--qd Q] [--secs S] "
+					"[--warmup W] [--span B] [--copy]\n");
+			return 2;
+		}
+	}
+	if (!opt.dev || opt.bs == 0 || opt.bs % 512 || opt.qd == 0 || opt.qd > 1024)
+		die("arguments", EINVAL);
+	fd = open(opt.dev, O_RDONLY | O_DIRECT);
+	if (fd < 0)
+		die(opt.dev, errno);
+	off_t size = lseek(fd, 0, SEEK_END);
+	if (size <= 0)
+		die("device size", size < 0 ? errno : EINVAL);
+	if (opt.span && opt.span < (uint64_t)size)
+		size = (off_t)opt.span;
+	blocks = (uint64_t)size / opt.bs;
+	if (blocks == 0)
+		die("device smaller than one block", EINVAL);
+
+	struct io_uring_params p = { .flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+					      IORING_SETUP_DEFER_TASKRUN };
+	int rc = io_uring_queue_init_params(opt.qd * 2, &ring, &p);
+	if (rc == -EINVAL) /* a kernel before 6.1: a plain ring, as libdmio falls back to */
+		rc = io_uring_queue_init(opt.qd * 2, &ring, 0);
+	if (rc)
+		die("io_uring_queue_init", -rc);
+	size_t len = (size_t)opt.bs * opt.qd;
+	if (posix_memalign((void **)&priv, 4096, len) || posix_memalign((void **)&dst, 4096, len))
+		die("posix_memalign", ENOMEM);
+	memset(priv, 0, len);
+	memset(dst, 0, len);
+	struct iovec iov = { priv, len };
+	if ((rc = io_uring_register_buffers(&ring, &iov, 1)))
+		die("io_uring_register_buffers", -rc);
+
+	for (unsigned i = 0; i < opt.qd; i++)
+		queue_read(i);
+	uint64_t t_start = now_ns(), t0 = 0, n = 0, n0 = 0;
+	uint64_t warm = t_start + (uint64_t)(opt.warmup * 1e9);
+	uint64_t end = warm + (uint64_t)(opt.secs * 1e9);
+	double c0 = 0;
+	unsigned slots[1024];
+	for (;;) {
+		if ((rc = io_uring_submit_and_wait(&ring, 1)) < 0 && rc != -EINTR)
+			die("io_uring_submit_and_wait", -rc);
+		struct io_uring_cqe *cqe;
+		unsigned head, got = 0;
+		io_uring_for_each_cqe(&ring, head, cqe)
+		{
+			if (cqe->res != (int)opt.bs)
+				die("read", cqe->res < 0 ? -cqe->res : EIO);
+			slots[got++] = (unsigned)cqe->user_data;
+		}
+		io_uring_cq_advance(&ring, got);
+		for (unsigned k = 0; k < got; k++) {
+			size_t off = (size_t)slots[k] * opt.bs;
+			if (opt.copy)
+				memcpy(dst + off, priv + off, opt.bs);
+			queue_read(slots[k]);
+			if (k + 1 < got)
+				io_uring_submit(&ring);
+		}
+		n += got;
+		uint64_t t = now_ns();
+		if (!t0 && t >= warm) {
+			t0 = t;
+			n0 = n;
+			c0 = cpu_seconds();
+		}
+		if (t >= end)
+			break;
+	}
+	double secs = (double)(now_ns() - t0) / 1e9, cpu = cpu_seconds() - c0;
+	double ios = (double)(n - n0);
+	printf("{\"tool\": \"uring-ref\", \"copy\": %d, \"bs\": %u, \"qd\": %u, \"iops\": %.1f, "
+	       "\"cpu\": {\"us_per_request\": %.4f}}\n",
+	       opt.copy, opt.bs, opt.qd, ios / secs, ios ? cpu * 1e6 / ios : 0.0);
+	return 0;
+}
