@@ -118,6 +118,18 @@
 #define DM_IO_CANCEL_ON_TIMEOUT 1
 
 /**
+ * `flags`: zero-copy. The IO reads into and writes from `memory` itself,
+ * with no private memory and no copy. The price: a cancel cannot abandon
+ * IO the kernel runs in that memory, so a cancelled region (cancel call,
+ * `DM_IO_CANCEL_ON_TIMEOUT`, destroy) ends CANCELLED only when its IO
+ * ends, and `memory` stays lent until then; do not use it on a device
+ * that may hang. TIMEOUT works as usual. Each `max_size` piece of a region
+ * must lie in one contiguous buffer (`DM_IO_VM` memory always does),
+ * aligned as O_DIRECT needs on the device; not with `DM_IO_READ_ANY`.
+ */
+#define DM_IO_ZERO_COPY 2
+
+/**
  * `dm_io_bdev_open` flag: open read-only (writes fail with -EBADF).
  */
 #define DM_IO_BDEV_RDONLY 1
@@ -291,7 +303,7 @@ struct dm_io_control {
    */
   unsigned long timeout;
   /**
-   * `DM_IO_CANCEL_ON_TIMEOUT` or 0.
+   * `DM_IO_CANCEL_ON_TIMEOUT`, `DM_IO_ZERO_COPY`, or'ed, or 0.
    */
   unsigned int flags;
 };
@@ -412,7 +424,9 @@ int dm_io_client_create(unsigned int devices,
  * `error_code` `-ESHUTDOWN`) and those notifications are delivered before
  * this returns; it does not wait for kernel IO that is stuck: the library
  * keeps that IO's private memory until the kernel completes it, then frees
- * it. Called from one of this client's own notify callbacks, it returns at
+ * it. `DM_IO_ZERO_COPY` IO is the exception: it runs in the caller's
+ * memory, so destroy waits until the kernel ends it (and its CANCELLED
+ * notification is delivered). Called from one of this client's own notify callbacks, it returns at
  * once and the completion thread ends after that callback. A NULL or
  * already destroyed client is ignored (see `dm_io_last_error`).
  */
@@ -431,6 +445,12 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * or writes it again, even if the kernel IO is still running. The contents
  * of a cancelled write region on disk, or of a cancelled read's memory,
  * are undefined. `ctrl` and `regions` are read during the call only.
+ *
+ * With `DM_IO_ZERO_COPY` in `ctrl->flags` the IO runs in `ctrl->memory`
+ * itself (no private memory, no copy, no wait for memory), which then must
+ * be aligned as O_DIRECT needs, one contiguous buffer per `max_size`
+ * piece. A region cancelled while its IO runs ends CANCELLED only when the
+ * kernel ends that IO, so the memory stays lent until then.
  *
  * Notify (`ctrl->notify`) is called once per region with a final state
  * (OK, CANCELLED or ERROR), preceded by at most one DM_IO_TIMEOUT when
@@ -464,7 +484,9 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * aligned to the device's logical block size, unknown bits in `rw` or
  * `flags`, `DM_IO_FLUSH`/`DM_IO_FUA` on a read, an unknown memory type,
  * memory that is NULL or shorter than the largest region, a page that is
- * not from `dm_io_page_alloc`, no notify without `DM_IO_SYNC`), `-EBADF`
+ * not from `dm_io_page_alloc`, no notify without `DM_IO_SYNC`;
+ * `DM_IO_ZERO_COPY` memory not contiguous per piece or not aligned, or
+ * with `DM_IO_READ_ANY`), `-EBADF`
  * (write to a device opened read-only), `-ESHUTDOWN` (client being
  * destroyed).
  */
@@ -493,7 +515,9 @@ struct dm_io_handle *dm_io_handle_put(struct dm_io_handle *io);
  * Cancels every region not yet final, of any request of client `cl`, that
  * is on `bdev`: each ends DM_IO_CANCELLED (`error_code` `-ECANCELED`),
  * notified as usual. When this returns the library no longer touches those
- * regions' memory. Returns the number of regions cancelled (0 if none), or
+ * regions' memory, except `DM_IO_ZERO_COPY` regions whose IO still runs:
+ * they end CANCELLED when the kernel ends that IO (the memory stays lent
+ * until that notification). Returns the number of regions cancelled (0 if none), or
  * `-EINVAL` for an unknown client or device.
  */
 int dm_io_cancel_by_device(struct dm_io_client *cl, struct block_device *bdev);

@@ -137,6 +137,9 @@ struct Region {
     /// First error seen (negative errno), 0 if none.
     error: i32,
     timed_out: bool,
+    /// Zero-copy: cancelled (this errno) while its IO still runs in the
+    /// caller's memory; ends CANCELLED when the last op completes.
+    cancel_pending: i32,
     fin: Option<(State, i32)>,
 }
 
@@ -161,6 +164,9 @@ pub struct Mode {
     pub cancel_on_timeout: bool,
     /// `DM_IO_READ_ANY`: the regions hold the same data; the first OK wins.
     pub read_any: bool,
+    /// `DM_IO_ZERO_COPY`: the IO runs in the caller's memory, so a cancel
+    /// cannot abandon it: a cancelled region ends when its IO does.
+    pub zero_copy: bool,
 }
 
 /// One `dm_io` call.
@@ -199,6 +205,7 @@ impl Request {
                 outstanding: ops(spec),
                 error: 0,
                 timed_out: false,
+                cancel_pending: 0,
                 fin: None,
             })
             .collect();
@@ -299,6 +306,14 @@ impl Request {
         }
     }
 
+    /// Zero-copy: the address of the caller's bytes `[off, off + len)`,
+    /// which the submit checks made sure lie in one segment.
+    pub fn direct_addr(&self, off: u64, len: u64) -> usize {
+        self.mem
+            .span_addr(off as usize, len as usize)
+            .expect("checked at submission")
+    }
+
     /// Write path: copies the caller's bytes `[off, off + len)` into `slot`
     /// if any live region still needs them, and returns the indices of the
     /// live regions whose data reaches `off`. Copying under the lock means a
@@ -364,7 +379,9 @@ impl Request {
         }
         r.outstanding = r.outstanding.saturating_sub(1);
         if r.outstanding == 0 {
-            let (state, err) = if r.error == 0 {
+            let (state, err) = if r.cancel_pending != 0 {
+                (State::Cancelled, r.cancel_pending)
+            } else if r.error == 0 {
                 (State::Ok, 0)
             } else {
                 (State::Error, r.error)
@@ -388,12 +405,13 @@ impl Request {
         };
         for i in 0..g.regions.len() {
             let r = &mut g.regions[i];
-            if r.fin.is_some() || r.timed_out {
+            // A cancelled zero-copy region waits for its IO, not for TIMEOUT.
+            if r.fin.is_some() || r.timed_out || r.cancel_pending != 0 {
                 continue;
             }
             r.timed_out = true;
             if cancel {
-                self.finalize(&mut g, i, State::Cancelled, CancelReason::Deadline.errno());
+                self.cancel_region(&mut g, i, CancelReason::Deadline);
             } else {
                 self.emit(&mut g, i as u32, State::Timeout, -libc::ETIMEDOUT);
             }
@@ -516,12 +534,44 @@ impl Request {
         let mut g = self.lock();
         let mut n = 0;
         for i in 0..g.regions.len() {
-            if g.regions[i].fin.is_none() && pick(&self.specs[i].dev) {
-                self.finalize(&mut g, i, State::Cancelled, reason.errno());
+            let r = &g.regions[i];
+            if r.fin.is_none() && r.cancel_pending == 0 && pick(&self.specs[i].dev) {
+                self.cancel_region(&mut g, i, reason);
                 n += 1;
             }
         }
         n
+    }
+
+    /// Region `i` (live) is cancelled: it ends CANCELLED now, or, for a
+    /// zero-copy region whose IO still runs in the caller's memory, when
+    /// that IO ends.
+    fn cancel_region(self: &Arc<Self>, g: &mut Inner, i: usize, reason: CancelReason) {
+        let r = &mut g.regions[i];
+        if self.mode.zero_copy && r.outstanding > 0 {
+            r.cancel_pending = reason.errno();
+        } else {
+            self.finalize(g, i, State::Cancelled, reason.errno());
+        }
+    }
+
+    /// Zero-copy regions cancelled but still running (their CANCELLED comes
+    /// when the kernel ends their IO).
+    pub fn cancels_pending(&self) -> bool {
+        self.mode.zero_copy
+            && self
+                .lock()
+                .regions
+                .iter()
+                .any(|r| r.fin.is_none() && r.cancel_pending != 0)
+    }
+
+    /// Waits until every region is final (zero-copy destroy; not on a
+    /// thread whose own ring runs this request's IO, see the caller).
+    pub fn wait_final(&self, step: &mut dyn FnMut()) {
+        while !self.all_final() {
+            step();
+        }
     }
 
     /// Waits (in the `dm_io` caller's thread) until every region is final,

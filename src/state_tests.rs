@@ -108,12 +108,14 @@ const READ: Mode = Mode {
     sync: false,
     cancel_on_timeout: false,
     read_any: false,
+    zero_copy: false,
 };
 const WRITE: Mode = Mode {
     write: true,
     sync: false,
     cancel_on_timeout: false,
     read_any: false,
+    zero_copy: false,
 };
 
 #[test]
@@ -278,5 +280,70 @@ fn errors_keep_first_errno_and_split_regions_wait_for_memory() {
     eng.complete_all(-libc::EIO, 0);
     assert_eq!(rec.wait_len(1), vec![(0, State::Error, -libc::EIO)]);
     c.destroy();
+    crate::handle::put(h);
+}
+
+#[test]
+fn zero_copy_read_runs_in_caller_memory_without_private_memory() {
+    let f = Fixture::new("zc");
+    let d = f.dev("a");
+    let (c, eng) = client(1, 4096);
+    let rec = Arc::new(Rec::default());
+    let mut buf = vec![0u8; 8192];
+    let mode = Mode {
+        zero_copy: true,
+        ..READ
+    };
+    let h = submit(&c, mode, vec![region(&d, 0, 16)], &mut buf, &rec, None);
+    // Two pieces of the caller's buffer, no slot taken.
+    assert_eq!(c.pool().in_use(), 0);
+    {
+        let ops = eng.ops.lock().unwrap();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[0].buf() as usize, buf.as_ptr() as usize);
+        assert_eq!(ops[1].buf() as usize, buf.as_ptr() as usize + 4096);
+    }
+    eng.complete_all(0, 0x5A);
+    assert_eq!(rec.wait_len(1), vec![(0, State::Ok, 0)]);
+    assert!(buf.iter().all(|&b| b == 0x5A));
+    c.destroy();
+    crate::handle::put(h);
+}
+
+#[test]
+fn zero_copy_cancel_ends_when_the_io_does() {
+    let f = Fixture::new("zccancel");
+    let d = f.dev("a");
+    let (c, eng) = client(1, 4096);
+    let rec = Arc::new(Rec::default());
+    let mut buf = vec![0u8; 4096];
+    let mode = Mode {
+        zero_copy: true,
+        ..READ
+    };
+    let h = submit(
+        &c,
+        mode,
+        vec![region(&d, 0, 8)],
+        &mut buf,
+        &rec,
+        Some(Duration::from_millis(1)),
+    );
+    let req = crate::handle::lookup(h).unwrap();
+    assert_eq!(c.cancel_request(&req).unwrap(), 1);
+    // Counted once, and no TIMEOUT for a region already cancelled.
+    assert_eq!(c.cancel_request(&req).unwrap(), 0);
+    eng.fire_deadlines();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(rec.events().is_empty(), "{:?}", rec.events());
+    assert!(!req.all_final());
+    // The kernel ends the IO (successfully): the region ends CANCELLED.
+    eng.complete_all(0, 0x11);
+    assert_eq!(
+        rec.wait_len(1),
+        vec![(0, State::Cancelled, -libc::ECANCELED)]
+    );
+    c.destroy();
+    assert_eq!(rec.events().len(), 1);
     crate::handle::put(h);
 }

@@ -29,9 +29,15 @@ impl ManualEngine {
                 op.complete(err);
                 continue;
             }
-            if let Some(s) = &op.slot {
-                if op.kind == super::OpKind::Read {
-                    s.bytes_mut(op.len as usize).fill(fill);
+            if op.kind == super::OpKind::Read {
+                match &op.slot {
+                    Some(s) => s.bytes_mut(op.len as usize).fill(fill),
+                    // SAFETY: a zero-copy read's buffer is the test's own
+                    // memory, lent until this op completes (just below).
+                    None if op.direct != 0 => unsafe {
+                        std::ptr::write_bytes(op.direct as *mut u8, fill, op.len as usize)
+                    },
+                    None => {}
                 }
             }
             let n = op.len as i32;

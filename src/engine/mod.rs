@@ -52,14 +52,21 @@ pub struct IoOp {
     pub mem_off: u64,
     /// The private memory `buf()` points into; owned by this op until it completes.
     pub slot: Option<SlotRef>,
+    /// Zero-copy (no slot): the address in the caller's memory the op
+    /// reads into or writes from, 0 if none. The caller lends it until the
+    /// region is final, which for a zero-copy region is never before this
+    /// op completes.
+    pub direct: usize,
 }
 
 impl IoOp {
-    /// Start of the op's buffer in private memory (null for a flush).
+    /// Start of the op's buffer: its private memory, or the caller's
+    /// memory for a zero-copy op (null for a flush).
     pub fn buf(&self) -> *mut u8 {
-        self.slot
-            .as_ref()
-            .map_or(std::ptr::null_mut(), |s| s.as_ptr())
+        match &self.slot {
+            Some(s) => s.as_ptr(),
+            None => self.direct as *mut u8,
+        }
     }
 
     pub fn is_write(&self) -> bool {

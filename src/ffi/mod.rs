@@ -126,7 +126,9 @@ pub extern "C" fn dm_io_client_create(
 /// `error_code` `-ESHUTDOWN`) and those notifications are delivered before
 /// this returns; it does not wait for kernel IO that is stuck: the library
 /// keeps that IO's private memory until the kernel completes it, then frees
-/// it. Called from one of this client's own notify callbacks, it returns at
+/// it. `DM_IO_ZERO_COPY` IO is the exception: it runs in the caller's
+/// memory, so destroy waits until the kernel ends it (and its CANCELLED
+/// notification is delivered). Called from one of this client's own notify callbacks, it returns at
 /// once and the completion thread ends after that callback. A NULL or
 /// already destroyed client is ignored (see `dm_io_last_error`).
 #[no_mangle]
@@ -154,6 +156,12 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// or writes it again, even if the kernel IO is still running. The contents
 /// of a cancelled write region on disk, or of a cancelled read's memory,
 /// are undefined. `ctrl` and `regions` are read during the call only.
+///
+/// With `DM_IO_ZERO_COPY` in `ctrl->flags` the IO runs in `ctrl->memory`
+/// itself (no private memory, no copy, no wait for memory), which then must
+/// be aligned as O_DIRECT needs, one contiguous buffer per `max_size`
+/// piece. A region cancelled while its IO runs ends CANCELLED only when the
+/// kernel ends that IO, so the memory stays lent until then.
 ///
 /// Notify (`ctrl->notify`) is called once per region with a final state
 /// (OK, CANCELLED or ERROR), preceded by at most one DM_IO_TIMEOUT when
@@ -187,7 +195,9 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// aligned to the device's logical block size, unknown bits in `rw` or
 /// `flags`, `DM_IO_FLUSH`/`DM_IO_FUA` on a read, an unknown memory type,
 /// memory that is NULL or shorter than the largest region, a page that is
-/// not from `dm_io_page_alloc`, no notify without `DM_IO_SYNC`), `-EBADF`
+/// not from `dm_io_page_alloc`, no notify without `DM_IO_SYNC`;
+/// `DM_IO_ZERO_COPY` memory not contiguous per piece or not aligned, or
+/// with `DM_IO_READ_ANY`), `-EBADF`
 /// (write to a device opened read-only), `-ESHUTDOWN` (client being
 /// destroyed).
 #[no_mangle]
@@ -222,10 +232,11 @@ pub unsafe extern "C" fn dm_io(
                 ctrl.rw & !RW_KNOWN
             ));
         }
-        if ctrl.flags & !DM_IO_CANCEL_ON_TIMEOUT != 0 {
+        const FLAGS_KNOWN: c_uint = DM_IO_CANCEL_ON_TIMEOUT | DM_IO_ZERO_COPY;
+        if ctrl.flags & !FLAGS_KNOWN != 0 {
             return Err(crate::einval!(
                 "unknown bits {:#x} in flags",
-                ctrl.flags & !DM_IO_CANCEL_ON_TIMEOUT
+                ctrl.flags & !FLAGS_KNOWN
             ));
         }
         let mut need = 0u64;
@@ -252,6 +263,7 @@ pub unsafe extern "C" fn dm_io(
                 sync: ctrl.rw & DM_IO_SYNC != 0,
                 cancel_on_timeout: ctrl.flags & DM_IO_CANCEL_ON_TIMEOUT != 0,
                 read_any: ctrl.rw & DM_IO_READ_ANY != 0,
+                zero_copy: ctrl.flags & DM_IO_ZERO_COPY != 0,
             },
             flush: ctrl.rw & DM_IO_FLUSH != 0,
             fua: ctrl.rw & DM_IO_FUA != 0,
@@ -298,7 +310,9 @@ pub extern "C" fn dm_io_handle_put(io: *mut dm_io_handle) -> *mut dm_io_handle {
 /// Cancels every region not yet final, of any request of client `cl`, that
 /// is on `bdev`: each ends DM_IO_CANCELLED (`error_code` `-ECANCELED`),
 /// notified as usual. When this returns the library no longer touches those
-/// regions' memory. Returns the number of regions cancelled (0 if none), or
+/// regions' memory, except `DM_IO_ZERO_COPY` regions whose IO still runs:
+/// they end CANCELLED when the kernel ends that IO (the memory stays lent
+/// until that notification). Returns the number of regions cancelled (0 if none), or
 /// `-EINVAL` for an unknown client or device.
 #[no_mangle]
 pub extern "C" fn dm_io_cancel_by_device(cl: *mut dm_io_client, bdev: *mut block_device) -> c_int {

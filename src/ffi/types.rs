@@ -61,6 +61,16 @@ pub const DM_IO_READ_ANY: c_int = 0x80;
 /// `flags`: at the deadline, unfinished regions end CANCELLED instead of TIMEOUT.
 pub const DM_IO_CANCEL_ON_TIMEOUT: c_uint = 1;
 
+/// `flags`: zero-copy. The IO reads into and writes from `memory` itself,
+/// with no private memory and no copy. The price: a cancel cannot abandon
+/// IO the kernel runs in that memory, so a cancelled region (cancel call,
+/// `DM_IO_CANCEL_ON_TIMEOUT`, destroy) ends CANCELLED only when its IO
+/// ends, and `memory` stays lent until then; do not use it on a device
+/// that may hang. TIMEOUT works as usual. Each `max_size` piece of a region
+/// must lie in one contiguous buffer (`DM_IO_VM` memory always does),
+/// aligned as O_DIRECT needs on the device; not with `DM_IO_READ_ANY`.
+pub const DM_IO_ZERO_COPY: c_uint = 2;
+
 /// `dm_io_bdev_open` flag: open read-only (writes fail with -EBADF).
 pub const DM_IO_BDEV_RDONLY: c_uint = 1;
 /// `dm_io_bdev_open` flag: use the page cache instead of O_DIRECT.
@@ -176,7 +186,7 @@ pub struct dm_io_control {
     pub client: *mut dm_io_client,
     /// Deadline in milliseconds from submission; 0 = none.
     pub timeout: std::os::raw::c_ulong,
-    /// `DM_IO_CANCEL_ON_TIMEOUT` or 0.
+    /// `DM_IO_CANCEL_ON_TIMEOUT`, `DM_IO_ZERO_COPY`, or'ed, or 0.
     pub flags: c_uint,
 }
 

@@ -71,6 +71,19 @@ impl CallerMemory {
         }
     }
 
+    /// The address of logical bytes `[off, off + len)` when they lie in one
+    /// segment (zero-copy IO needs one contiguous buffer per op).
+    pub fn span_addr(&self, off: usize, len: usize) -> Option<usize> {
+        let mut start = 0;
+        for s in self.segs.iter() {
+            if off < start + s.len {
+                return (off + len <= start + s.len).then(|| s.addr + (off - start));
+            }
+            start += s.len;
+        }
+        None
+    }
+
     /// Copies `dst.len()` bytes starting at logical offset `off` out of the
     /// caller's memory.
     ///
@@ -129,5 +142,10 @@ mod tests {
         // SAFETY: as above.
         unsafe { m.copy_out(4, &mut out) };
         assert_eq!(out, [2, 3, 4, 5]);
+        // Contiguous ranges: inside one segment only.
+        assert_eq!(m.span_addr(0, 5), Some(a.as_ptr() as usize));
+        assert_eq!(m.span_addr(6, 4), Some(b.as_ptr() as usize + 1));
+        assert_eq!(m.span_addr(3, 4), None);
+        assert_eq!(m.span_addr(10, 3), None);
     }
 }
