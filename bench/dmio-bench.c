@@ -297,7 +297,7 @@ static struct {
 	uint64_t n;     /* timeouts/mirror/memory: requests */
 	unsigned timeout_ms, spread_ms, hedge_ms;
 	const char *faults;
-	int wait_all, healthy, plain;
+	int wait_all, healthy, plain, zero_copy;
 	const char *label;
 	uint64_t seed;
 } opt = {
@@ -318,6 +318,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: dmio-bench MODE [options]\n"
 		"  rand     --dev P [--dev P..] --rw read|write --bs B --qd Q (--secs S [--warmup W] | --count N) [--span B]\n"
+		"           [--zero-copy]   (DM_IO_ZERO_COPY: IO in the request's own buffer, no private memory)\n"
 		"  timeouts --dev P --n N --timeout MS [--spread MS]\n"
 		"  mirror   --dev GOOD --dev HUNG --qd Q --n N --timeout MS [--wait-all --secs S] [--healthy]\n"
 		"  hedge    --dev A --dev B --qd Q --secs S --faults SPEC [--hedge MS | --plain] [--span B]\n"
@@ -338,7 +339,7 @@ static void parse(int argc, char **argv)
 		{ "faults", required_argument, 0, 'f' }, { "wait-all", no_argument, 0, 'W' },
 		{ "healthy", no_argument, 0, 'H' },	{ "plain", no_argument, 0, 'P' },
 		{ "label", required_argument, 0, 'l' }, { "seed", required_argument, 0, 'e' },
-		{ 0, 0, 0, 0 },
+		{ "zero-copy", no_argument, 0, 'Z' },	{ 0, 0, 0, 0 },
 	};
 	if (argc < 2)
 		usage();
@@ -367,6 +368,7 @@ static void parse(int argc, char **argv)
 		case 'W': opt.wait_all = 1; break;
 		case 'H': opt.healthy = 1; break;
 		case 'P': opt.plain = 1; break;
+		case 'Z': opt.zero_copy = 1; break;
 		case 'l': opt.label = optarg; break;
 		case 'e': opt.seed = strtoull(optarg, NULL, 0); break;
 		default: usage();
@@ -479,6 +481,7 @@ static int rand_submit(struct rslot *s)
 		.notify = rand_notify,
 		.context = s,
 		.client = R.cl,
+		.flags = opt.zero_copy ? DM_IO_ZERO_COPY : 0,
 	};
 	s->legs_left = (unsigned)n;
 	s->t0 = now_ns();
@@ -598,6 +601,7 @@ static int mode_rand(void)
 	jdirect(R.dev, R.legs);
 	jnum("secs", secs);
 	jint("requests", (uint64_t)ios);
+	jint("zero_copy", (uint64_t)opt.zero_copy);
 	jnum("iops", ios / secs);
 	jnum("regions_per_s", ios * (R.writing ? R.legs : 1) / secs);
 	jnum("mib_per_s", ios * (R.writing ? R.legs : 1) * opt.bs / secs / 1048576.0);
