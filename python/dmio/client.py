@@ -181,6 +181,7 @@ class Client(_Closable):
         fua: bool = False,
         read_any: bool = False,
         sync: bool = False,
+        zero_copy: bool = False,
     ) -> Request:
         """Submits one request (``dm_io``) and returns its :class:`Request`.
 
@@ -204,6 +205,12 @@ class Client(_Closable):
           :meth:`set_hedge`).
         - ``sync``: return only when every region is final (``DM_IO_SYNC``);
           allowed inside notify callbacks.
+        - ``zero_copy``: the IO runs in ``buffer`` itself (``DM_IO_ZERO_COPY``),
+          with no private memory and no copy. The buffer must suit O_DIRECT
+          (a :class:`Buffer` does; not with ``read_any``). A cancel then
+          cannot abandon running IO: a cancelled region ends CANCELLED only
+          when its IO ends, and closing the client waits for it. For devices
+          that do not hang.
 
         Raises :class:`dmio.Error` when libdmio refuses the request
         (message from ``dm_io_last_error()``), ValueError/TypeError for
@@ -246,7 +253,9 @@ class Client(_Closable):
         ctrl.context = req.id
         ctrl.client = cl
         ctrl.timeout = timeout_ms
-        ctrl.flags = ffi.DM_IO_CANCEL_ON_TIMEOUT if cancel_on_timeout else 0
+        ctrl.flags = (ffi.DM_IO_CANCEL_ON_TIMEOUT if cancel_on_timeout else 0) | (
+            ffi.DM_IO_ZERO_COPY if zero_copy else 0
+        )
         arr = (ffi.dm_io_region * len(regs))(
             *[ffi.dm_io_region(h, r.sector, r.count) for h, r in zip(handles, regs)]
         )
@@ -279,6 +288,7 @@ class Client(_Closable):
         flush: bool = False,
         fua: bool = False,
         read_any: bool = False,
+        zero_copy: bool = False,
     ) -> Request:
         """Like :meth:`io`, awaited on the running asyncio loop; returns the done Request.
 
@@ -316,6 +326,7 @@ class Client(_Closable):
             flush=flush,
             fua=fua,
             read_any=read_any,
+            zero_copy=zero_copy,
         )
         try:
             return await req.wait_async()

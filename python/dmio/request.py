@@ -333,7 +333,8 @@ class Request:
 
         Each ends CANCELLED with ``-ECANCELED``. When this returns the
         library no longer touches the request's buffer (its contents are
-        undefined for a cancelled read). Returns how many regions were
+        undefined for a cancelled read); for a ``zero_copy`` request, not
+        until the regions' CANCELLED, which waits for the running IO. Returns how many regions were
         cancelled (0 when the request is done or its client is closed).
         """
         with self._cond:

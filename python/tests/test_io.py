@@ -300,3 +300,29 @@ def test_hedged_read(open_device) -> None:
         with pytest.raises(dmio.Error) as ei:
             req.result(WAIT)
         assert ei.value.errno == errno.EIO
+
+
+def test_zero_copy_round_trip_and_cancel_waits(client: dmio.Client, open_device) -> None:
+    a, b = open_device("zc_a"), open_device("zc_b")
+    data = dmio.Buffer(BYTES)
+    data[:] = pattern(BYTES, 31)
+    client.io(Op.WRITE, [(a, 8, S), (b, 8, S)], data, zero_copy=True).result(WAIT)
+    assert read_file(a.path, 8 * 512, BYTES) == bytes(data)
+    buf = dmio.Buffer(BYTES)
+    client.io(Op.READ, [(b, 8, S)], buf, zero_copy=True).result(WAIT)
+    assert bytes(buf) == bytes(data)
+    assert client.stats().private_bytes_high_water == 0
+    # Refused: hedged reads, memory O_DIRECT cannot use.
+    with pytest.raises(dmio.Error) as e:
+        client.io(Op.READ, [(a, 8, S), (b, 8, S)], buf, zero_copy=True, read_any=True)
+    assert e.value.errno == errno.EINVAL
+    # A cancel on a hung device is counted at once, notified when the IO ends.
+    a.set_faults("hang")
+    req = client.io(Op.READ, [(a, 8, S)], buf, zero_copy=True)
+    time.sleep(0.02)
+    assert req.cancel() == 1
+    assert not req.wait(0.2)
+    a.set_faults("")
+    assert req.wait(WAIT)
+    assert [e.state for e in req.events[0]] == [State.CANCELLED]
+    assert req.events[0][0].error_code == -errno.ECANCELED
