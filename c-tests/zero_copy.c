@@ -39,6 +39,26 @@ static struct dm_io_control zc_ctrl(struct dm_io_client *cl, int rw, void *p, st
 	return c;
 }
 
+/* A zero-copy read of r on device a, held there by a "hang" fault. */
+static void hold_read(struct dm_io_client *cl, struct block_device *a, struct dm_io_region *r,
+		      void *buf, struct tracker *t)
+{
+	CHECK_OK(dm_io_bdev_set_faults(a, "hang"));
+	tracker_init(t, 1);
+	struct dm_io_control c = zc_ctrl(cl, DM_IO_READ, buf, t);
+	CHECK_OK(dm_io(&c, 1, r, NULL));
+	sleep_ms(20);
+}
+
+/* The one region of t ends (within 5 s) with state and error. */
+static void expect_final(struct tracker *t, int state, int error, const char *what)
+{
+	CHECK(tracker_wait(t, 5000), "%s: no final state", what);
+	tracker_check(t);
+	CHECK(t->final_state[0] == state && t->final_error[0] == error, "%s ended %d (%d)", what,
+	      t->final_state[0], t->final_error[0]);
+}
+
 static struct dm_io_client *destroy_me;
 static int destroy_fn(void *arg)
 {
@@ -154,10 +174,7 @@ int main(void)
 	CHECK(tracker_finals(&t) == 0, "CANCELLED before the zero-copy IO ended");
 	double released = now_ms();
 	CHECK_OK(dm_io_bdev_set_faults(a, ""));
-	CHECK(tracker_wait(&t, 5000), "no CANCELLED after the IO ended");
-	tracker_check(&t);
-	CHECK(t.final_state[0] == DM_IO_CANCELLED && t.final_error[0] == -ECANCELED,
-	      "cancelled zero-copy read ended %d (%d)", t.final_state[0], t.final_error[0]);
+	expect_final(&t, DM_IO_CANCELLED, -ECANCELED, "cancelled zero-copy read");
 	CHECK(now_ms() >= released, "clock");
 	CHECK(dm_io_handle_put(hdl) == NULL, "put");
 
@@ -172,17 +189,10 @@ int main(void)
 	CHECK(tracker_finals(&t) == 0 && t.timeouts[0] == 0,
 	      "a cancelled zero-copy read was notified while its IO ran");
 	CHECK_OK(dm_io_bdev_set_faults(a, ""));
-	CHECK(tracker_wait(&t, 5000), "no CANCELLED after the IO ended");
-	tracker_check(&t);
-	CHECK(t.final_state[0] == DM_IO_CANCELLED && t.final_error[0] == -ETIMEDOUT,
-	      "deadline-cancelled zero-copy read ended %d (%d)", t.final_state[0], t.final_error[0]);
+	expect_final(&t, DM_IO_CANCELLED, -ETIMEDOUT, "deadline-cancelled zero-copy read");
 
 	/* 4. Destroy waits for the zero-copy IO and delivers its CANCELLED first. */
-	CHECK_OK(dm_io_bdev_set_faults(a, "hang"));
-	tracker_init(&t, 1);
-	c = zc_ctrl(cl, DM_IO_READ, buf, &t);
-	CHECK_OK(dm_io(&c, 1, &r, NULL));
-	sleep_ms(20);
+	hold_read(cl, a, &r, buf, &t);
 	struct bg d;
 	destroy_me = cl;
 	bg_start(&d, destroy_fn, NULL);
@@ -191,17 +201,11 @@ int main(void)
 	CHECK_OK(dm_io_bdev_set_faults(a, ""));
 	CHECK(bg_wait(&d, 5000), "destroy did not return after the IO ended");
 	CHECK(tracker_finals(&t) == 1, "destroy returned before delivering CANCELLED");
-	tracker_check(&t);
-	CHECK(t.final_state[0] == DM_IO_CANCELLED && t.final_error[0] == -ESHUTDOWN,
-	      "zero-copy read at destroy ended %d (%d)", t.final_state[0], t.final_error[0]);
+	expect_final(&t, DM_IO_CANCELLED, -ESHUTDOWN, "zero-copy read at destroy");
 
 	/* The same, destroy called from a notify callback of that client. */
 	cl2 = make_client(1, 2, PIECE);
-	CHECK_OK(dm_io_bdev_set_faults(a, "hang"));
-	tracker_init(&t, 1);
-	c = zc_ctrl(cl2, DM_IO_READ, buf, &t);
-	CHECK_OK(dm_io(&c, 1, &r, NULL));
-	sleep_ms(20);
+	hold_read(cl2, a, &r, buf, &t);
 	struct tracker t2;
 	tracker_init(&t2, 1);
 	struct dm_io_region rb = { b, 16, 8 };
@@ -214,10 +218,7 @@ int main(void)
 	for (int i = 0; i < 500 && destroyed() == 0; i++)
 		sleep_ms(10);
 	CHECK(destroyed() != 0, "destroy in notify did not return after the IO ended");
-	CHECK(tracker_wait(&t, 5000), "no CANCELLED after destroy in notify");
-	tracker_check(&t);
-	CHECK(t.final_state[0] == DM_IO_CANCELLED && t.final_error[0] == -ESHUTDOWN,
-	      "zero-copy read at destroy in notify ended %d (%d)", t.final_state[0], t.final_error[0]);
+	expect_final(&t, DM_IO_CANCELLED, -ESHUTDOWN, "zero-copy read at destroy in notify");
 
 	dm_io_bdev_close(a);
 	dm_io_bdev_close(b);
