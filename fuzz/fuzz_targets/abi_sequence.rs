@@ -73,6 +73,9 @@ fuzz_target!(|data: &[u8]| {
     let mut pages: Vec<*mut page> = Vec::new();
     // Caller memory lives until every client is destroyed (end of input).
     let mut bufs: Vec<Vec<u8>> = Vec::new();
+    // Clients that accepted a DM_IO_ZERO_COPY request: their destroy waits
+    // for that IO (documented), so faults are cleared first.
+    let mut zero_copy: Vec<*mut dm_io_client> = Vec::new();
     let pick = |b: &mut Bytes, n: usize| if n == 0 { 0 } else { b.u8() as usize % n };
     let mut steps = 0;
     while !b.0.is_empty() && steps < 64 {
@@ -87,7 +90,13 @@ fuzz_target!(|data: &[u8]| {
             }
             1 if !clients.is_empty() => {
                 let i = pick(&mut b, clients.len());
-                dm_io_client_destroy(clients.swap_remove(i));
+                let cl = clients.swap_remove(i);
+                if zero_copy.contains(&cl) {
+                    for &d in &devs {
+                        unsafe { dm_io_bdev_set_faults(d, c"".as_ptr()) };
+                    }
+                }
+                dm_io_client_destroy(cl);
             }
             2 if devs.len() < 4 => {
                 let f = &files()[pick(&mut b, 3)];
@@ -151,11 +160,16 @@ fuzz_target!(|data: &[u8]| {
                     context: null_mut(),
                     client: cl,
                     timeout: if rw & DM_IO_SYNC != 0 { 1 + b.u8() as u64 % 20 } else { b.u8() as u64 % 20 },
-                    flags: b.u8() as u32 % 3,
+                    // Zero-copy only asynchronous: a SYNC zero-copy request
+                    // on a hung device waits for it, by contract.
+                    flags: b.u8() as u32 % if rw & DM_IO_SYNC != 0 { 2 } else { 4 },
                 };
                 let mut h = null_mut();
                 let rc = unsafe { dm_io(&mut ctrl, n as u32, regs.as_mut_ptr(), &mut h) };
                 assert!(rc <= 0, "dm_io returned {rc}");
+                if rc == 0 && ctrl.flags & DM_IO_ZERO_COPY != 0 && !zero_copy.contains(&cl) {
+                    zero_copy.push(cl);
+                }
                 if rc == 0 && !h.is_null() {
                     handles.push(h);
                 }
