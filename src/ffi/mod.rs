@@ -147,10 +147,10 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// Submits one request over `num_regions` regions.
 ///
 /// A write sends the same memory to every region; a read names exactly one
-/// region. All IO runs on the client's private memory: write data is copied
-/// from the caller's memory before the write starts, read data is copied to
-/// it when the read completes, so the caller's memory may have any
-/// alignment. The caller keeps `ctrl->memory` valid until the region's
+/// region. Without `DM_IO_ZERO_COPY` (below), all IO runs on the client's
+/// private memory: write data is copied from the caller's memory before the
+/// write starts, read data is copied to it when the read completes, so the
+/// caller's memory may have any alignment. The caller keeps `ctrl->memory` valid until the region's
 /// final notification (for SYNC, until `dm_io` returns); after a region is
 /// final, and in particular after DM_IO_CANCELLED, the library never reads
 /// or writes it again, even if the kernel IO is still running. The contents
