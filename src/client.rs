@@ -101,6 +101,39 @@ pub struct Submitted {
     pub result: i32,
 }
 
+/// Operation `kind` on region `i` of `req`: `len` bytes at byte `off` of
+/// the region and of the caller's memory, with no buffer yet.
+fn region_op(
+    req: &Arc<Request>,
+    i: usize,
+    kind: OpKind,
+    off: u64,
+    len: u64,
+    flush: bool,
+    fua: bool,
+) -> IoOp {
+    let spec = req.spec(i);
+    let write = kind == OpKind::Write;
+    IoOp {
+        kind,
+        offset: spec.sector * 512 + off,
+        len: len as u32,
+        pre_flush: flush && write,
+        fua: fua && write,
+        dev: Arc::clone(&spec.dev),
+        req: Arc::clone(req),
+        region: i as u32,
+        mem_off: off,
+        slot: None,
+        direct: 0,
+    }
+}
+
+/// `bytes` cut into `(offset, length)` pieces of at most `piece` bytes.
+fn pieces(bytes: u64, piece: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..bytes.div_ceil(piece)).map(move |k| (k * piece, piece.min(bytes - k * piece)))
+}
+
 fn total_ram() -> u64 {
     // SAFETY: sysinfo fills the zeroed struct; result checked.
     let mut si: libc::sysinfo = unsafe { std::mem::zeroed() };
@@ -339,10 +372,7 @@ impl Client {
             } else {
                 1
             };
-            let bytes = r.count * 512;
-            let mut off = 0;
-            while off < bytes {
-                let len = slot.min(bytes - off);
+            for (off, len) in pieces(r.count * 512, slot) {
                 match s.mem.span_addr(off as usize, len as usize) {
                     Some(a) if a % align == 0 => {}
                     Some(a) => {
@@ -359,7 +389,6 @@ impl Client {
                         ))
                     }
                 }
-                off += len;
             }
         }
         Ok(())
@@ -451,17 +480,8 @@ impl Client {
             .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
             .unwrap_or_default();
         let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
-            kind,
-            offset: req.spec(i).sector * 512 + off,
-            len: len as u32,
-            pre_flush: flush && kind == OpKind::Write,
-            fua: fua && kind == OpKind::Write,
-            dev: Arc::clone(&req.spec(i).dev),
-            req: Arc::clone(req),
-            region: i as u32,
-            mem_off: off,
             slot,
-            direct: 0,
+            ..region_op(req, i, kind, off, len, flush, fua)
         };
         for i in 0..n {
             if bytes(i) == 0 {
@@ -522,33 +542,15 @@ impl Client {
         };
         let mut batch = Vec::new();
         for i in 0..req.num_regions() {
-            let spec = req.spec(i);
-            let bytes = spec.count * 512;
-            let op = |k, off: u64, len: u64| IoOp {
-                kind: k,
-                offset: spec.sector * 512 + off,
-                len: len as u32,
-                pre_flush: flush && k == OpKind::Write,
-                fua: fua && k == OpKind::Write,
-                dev: Arc::clone(&spec.dev),
-                req: Arc::clone(req),
-                region: i as u32,
-                mem_off: off,
-                slot: None,
-                direct: if len > 0 {
-                    req.direct_addr(off, len)
-                } else {
-                    0
-                },
-            };
+            let bytes = req.spec(i).count * 512;
             if bytes == 0 {
-                batch.push(op(OpKind::Flush, 0, 0));
+                batch.push(region_op(req, i, OpKind::Flush, 0, 0, flush, fua));
             }
-            let mut off = 0;
-            while off < bytes {
-                let len = piece.min(bytes - off);
-                batch.push(op(kind, off, len));
-                off += len;
+            for (off, len) in pieces(bytes, piece) {
+                batch.push(IoOp {
+                    direct: req.direct_addr(off, len),
+                    ..region_op(req, i, kind, off, len, flush, fua)
+                });
             }
         }
         self.engine.submit(&mut batch);
@@ -560,7 +562,6 @@ impl Client {
         let n = req.num_regions();
         let mut ops = Vec::with_capacity(n);
         for i in 0..n {
-            let spec = req.spec(i);
             let slot = match self.slot(req, &mut Vec::new()) {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
@@ -569,18 +570,10 @@ impl Client {
                     return;
                 }
             };
+            let bytes = req.spec(i).count * 512;
             ops.push(IoOp {
-                kind: OpKind::Read,
-                offset: spec.sector * 512,
-                len: (spec.count * 512) as u32,
-                pre_flush: false,
-                fua: false,
-                dev: Arc::clone(&spec.dev),
-                req: Arc::clone(req),
-                region: i as u32,
-                mem_off: 0,
                 slot: Some(slot),
-                direct: 0,
+                ..region_op(req, i, OpKind::Read, 0, bytes, false, false)
             });
         }
         let rest = ops.split_off(1);

@@ -566,8 +566,9 @@ impl Request {
                 .any(|r| r.fin.is_none() && r.cancel_pending != 0)
     }
 
-    /// Waits until every region is final (zero-copy destroy; not on a
-    /// thread whose own ring runs this request's IO, see the caller).
+    /// Waits until every region is final, calling `step` (which sleeps a
+    /// little, or drives the caller's own ring) between looks (zero-copy
+    /// destroy).
     pub fn wait_final(&self, step: &mut dyn FnMut()) {
         while !self.all_final() {
             step();

@@ -29,16 +29,12 @@ impl ManualEngine {
                 op.complete(err);
                 continue;
             }
-            if op.kind == super::OpKind::Read {
-                match &op.slot {
-                    Some(s) => s.bytes_mut(op.len as usize).fill(fill),
-                    // SAFETY: a zero-copy read's buffer is the test's own
-                    // memory, lent until this op completes (just below).
-                    None if op.direct != 0 => unsafe {
-                        std::ptr::write_bytes(op.direct as *mut u8, fill, op.len as usize)
-                    },
-                    None => {}
-                }
+            let buf = op.buf();
+            if op.kind == super::OpKind::Read && !buf.is_null() {
+                // SAFETY: a read's buffer (private memory, or the test's own
+                // memory for zero-copy) belongs to this op until it
+                // completes, just below, and holds `len` bytes.
+                unsafe { std::ptr::write_bytes(buf, fill, op.len as usize) };
             }
             let n = op.len as i32;
             op.complete(n);
