@@ -112,9 +112,7 @@ impl<T> Registry<T> {
         s.free.push(idx as u32);
         Some(v)
     }
-}
 
-impl<T> Registry<T> {
     /// Calls `f` on every live object (under the table's lock: keep it short).
     pub fn for_each(&self, mut f: impl FnMut(&T)) {
         let s = self.lock();

@@ -211,8 +211,10 @@ fn perform(op: &IoOp) -> i32 {
     while done < len {
         let off = (op.offset + done as u64) as libc::off_t;
         // SAFETY: `buf..buf+len` lies in the op's private slot, owned by
-        // the op (which this worker holds) until `complete`; the fd is kept
-        // open by the op's Arc<Device>.
+        // the op (which this worker holds) until `complete`, or for a
+        // zero-copy op in the caller's memory, lent until the region is
+        // final, which is never before `complete`; the fd is kept open by
+        // the op's Arc<Device>.
         let n = unsafe {
             let p = buf.add(done);
             if op.kind == OpKind::Read {

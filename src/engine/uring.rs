@@ -435,8 +435,10 @@ impl Core {
                 // SAFETY: `data`'s buffer points into the op's private slot,
                 // which the slab entry created below owns until this entry's
                 // CQE is reaped in `reap` (for a fixed op, inside registered
-                // buffer 0, checked in `entries`); the fd is kept open by the
-                // op's `Arc<Device>`.
+                // buffer 0, checked in `entries`), or for a zero-copy op into
+                // the caller's memory, lent until the region is final, which
+                // is never before that CQE is reaped; the fd is kept open by
+                // the op's `Arc<Device>`.
                 unsafe { sq.push(&data) }.expect("room checked above");
                 room -= 1 + linked as usize;
                 self.slab[idx] = Some(Slot {
