@@ -193,6 +193,12 @@ class Bench:
         cmd = [self.driver, mode, "--label", label] + [str(o) for o in opts]
         return self.run_json(cmd, label, env=env)
 
+    def randread(self, label, dev, bs, qd, *extra):
+        """libdmio random reads for the configured time (`extra`: more driver options)."""
+        c = self.cfg
+        return self.dmio("rand", label, "--dev", dev, "--rw", "read", "--bs", bs, "--qd", qd,
+                         "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra)
+
     def fio(self, label, files, rw, bs, qd, span, secs=None, warmup=None, number_ios=None,
             valgrind=None):
         """fio, io_uring engine, O_DIRECT, random offsets without a random map."""
@@ -408,9 +414,7 @@ class Bench:
                 label = f"randread 4k QD{qd} {dk}"
                 r = self.pair(
                     1, label,
-                    lambda: self.dmio("rand", label, "--dev", dev, "--rw", "read", "--bs", 4096,
-                                      "--qd", qd, "--secs", c["secs"], "--warmup", c["warmup"],
-                                      "--span", c["size"]),
+                    lambda: self.randread(label, dev, 4096, qd),
                     lambda: self.fio(label, [dev], "randread", 4096, qd, c["size"], c["secs"], c["warmup"]),
                     lambda x: x["iops"], rounds=2 * c["rounds"] if qd == 32 else None)
                 r.update(device=dk, qd=qd)
@@ -428,9 +432,7 @@ class Bench:
                     zl = label + " zero-copy"
                     z = self.pair(
                         1, zl,
-                        lambda: self.dmio("rand", zl, "--dev", dev, "--rw", "read", "--bs", 4096,
-                                          "--qd", qd, "--secs", c["secs"], "--warmup", c["warmup"],
-                                          "--span", c["size"], "--zero-copy"),
+                        lambda: self.randread(zl, dev, 4096, qd, "--zero-copy"),
                         lambda: self.fio(zl, [dev], "randread", 4096, qd, c["size"], c["secs"], c["warmup"]),
                         lambda x: x["iops"])
                     r["zero_copy"] = {k: z[k] for k in ("libdmio", "fio", "ratio", "libdmio_runs", "fio_runs")}
@@ -505,8 +507,7 @@ class Bench:
         label = f"randread {bs // 1024}k QD{qd} {dk}"
         r = self.pair(
             3, label,
-            lambda: self.dmio("rand", label, "--dev", dev, "--rw", "read", "--bs", bs, "--qd", qd,
-                              "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"]),
+            lambda: self.randread(label, dev, bs, qd),
             lambda: self.fio(label, [dev], "randread", bs, qd, c["size"], c["secs"], c["warmup"]),
             lambda x: x["iops"])
         ref = self.ref_split(3, label, dev, bs, qd, r["libdmio"])
@@ -515,10 +516,8 @@ class Bench:
         zl = label + " zero-copy"
         z = self.pair(
             3, zl,
-            lambda: self.dmio("rand", label, "--dev", dev, "--rw", "read", "--bs", bs, "--qd", qd,
-                              "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"]),
-            lambda: self.dmio("rand", zl, "--dev", dev, "--rw", "read", "--bs", bs, "--qd", qd,
-                              "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], "--zero-copy"),
+            lambda: self.randread(label, dev, bs, qd),
+            lambda: self.randread(zl, dev, bs, qd, "--zero-copy"),
             lambda x: x["iops"], names=("bounce", "zero-copy"))
         r["zero_copy"] = {"bounce": z["libdmio"], "zero_copy": z["fio"], "bounce_over_zero_copy": z["ratio"],
                           "bounce_runs": z["libdmio_runs"], "zero_copy_runs": z["fio_runs"]}
