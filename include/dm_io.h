@@ -299,7 +299,11 @@ struct dm_io_control {
   void *context;
   struct dm_io_client *client;
   /**
-   * Deadline in milliseconds from submission; 0 = none.
+   * Deadline in milliseconds from submission; 0 = none. TIMEOUT never
+   * comes before it. Deadlines falling due within 50 us of the last ones
+   * fired are fired together in the engine's next timer wake-up, so a
+   * TIMEOUT can come up to 50 us late, plus the time for the completion
+   * thread to be scheduled.
    */
   unsigned long timeout;
   /**

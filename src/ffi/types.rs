@@ -184,7 +184,11 @@ pub struct dm_io_control {
     /// Passed to notify unchanged.
     pub context: *mut c_void,
     pub client: *mut dm_io_client,
-    /// Deadline in milliseconds from submission; 0 = none.
+    /// Deadline in milliseconds from submission; 0 = none. TIMEOUT never
+    /// comes before it. Deadlines falling due within 50 us of the last ones
+    /// fired are fired together in the engine's next timer wake-up, so a
+    /// TIMEOUT can come up to 50 us late, plus the time for the completion
+    /// thread to be scheduled.
     pub timeout: std::os::raw::c_ulong,
     /// `DM_IO_CANCEL_ON_TIMEOUT`, `DM_IO_ZERO_COPY`, or'ed, or 0.
     pub flags: c_uint,
