@@ -298,16 +298,21 @@ class Bench:
         clear_status()
         return r
 
+    def ref_pair(self, case, label, run_a, run_b, metric, names):
+        """Two variants of the reference loop, ABBA; None without --ref."""
+        if not self.ref_bin:
+            log("  reference loop: SKIPPED (no --ref given; `make bench` passes it)")
+            return None
+        return self.pair(case, label, run_a, run_b, metric, names=names)
+
     def ref_split(self, case, label, dev, bs, qd, dmio_value):
         """Splits libdmio's gap to fio in two: what one copy per read costs (the
         bare loop with and without it, ABBA), and what the library costs beyond
         that (libdmio / the loop with the copy). None without --ref."""
-        if not self.ref_bin:
-            log("  reference loop: SKIPPED (no --ref given; `make bench` passes it)")
+        r = self.ref_pair(case, label, lambda: self.ref(label, dev, bs, qd, True),
+                          lambda: self.ref(label, dev, bs, qd, False), lambda x: x["iops"], ("ref+copy", "ref"))
+        if r is None:
             return None
-        r = self.pair(case, label, lambda: self.ref(label, dev, bs, qd, True),
-                      lambda: self.ref(label, dev, bs, qd, False), lambda x: x["iops"],
-                      names=("ref+copy", "ref"))
         out = {"ref": r["fio"], "ref_copy": r["libdmio"], "copy_over_nocopy": r["ratio"],
                "libdmio_over_ref_copy": dmio_value / r["libdmio"] if r["libdmio"] else None,
                "ref_runs": r["fio_runs"], "ref_copy_runs": r["libdmio_runs"]}
@@ -322,12 +327,11 @@ class Bench:
         every leg costs (the bare loop writing mirror requests vs the same loop
         restarting each write on its own, as fio does, ABBA), and what the
         library costs beyond that (libdmio / the mirror loop). None without --ref."""
-        if not self.ref_bin:
-            log("  reference loop: SKIPPED (no --ref given; `make bench` passes it)")
-            return None
         run = lambda indep: self.ref(label, devs, 4096, qd, False, rw="write", independent=indep)
-        r = self.pair(case, label, lambda: run(False), lambda: run(True), lambda x: x["regions_per_s"],
-                      names=("ref mirror", "ref independent"))
+        r = self.ref_pair(case, label, lambda: run(False), lambda: run(True), lambda x: x["regions_per_s"],
+                          ("ref mirror", "ref independent"))
+        if r is None:
+            return None
         out = {"ref_independent": r["fio"], "ref_mirror": r["libdmio"], "mirror_over_independent": r["ratio"],
                "libdmio_over_ref_mirror": dmio_value / r["libdmio"] if r["libdmio"] else None,
                "ref_mirror_runs": r["libdmio_runs"], "ref_independent_runs": r["fio_runs"]}
