@@ -28,8 +28,27 @@ pub(crate) const MAX_SIZE_LIMIT: u32 = 1 << 30;
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// The vector [`Client::start`] builds its ops in, kept between calls.
+    /// The vector [`Client::start`] and `start_zero_copy` build their ops in,
+    /// kept between calls.
     static BATCH: std::cell::RefCell<Vec<IoOp>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's op vector from the previous call (empty): no allocation
+/// per request. A nested call (from a notify run inside `submit`) gets a
+/// new one.
+fn take_batch() -> Vec<IoOp> {
+    BATCH
+        .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+        .unwrap_or_default()
+}
+
+/// Keeps `batch` (emptied by the engine's `submit`) for the next call.
+fn keep_batch(batch: Vec<IoOp>) {
+    BATCH.with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            *b = batch;
+        }
+    });
 }
 
 /// Per-client counters (cheap atomics).
@@ -475,10 +494,7 @@ impl Client {
         }
         let n = req.num_regions();
         let bytes = |i: usize| req.spec(i).count * 512;
-        // The previous call's (empty) vector: no allocation per request.
-        let mut batch = BATCH
-            .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
-            .unwrap_or_default();
+        let mut batch = take_batch();
         let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
             slot,
             ..region_op(req, i, kind, off, len, flush, fua)
@@ -520,11 +536,7 @@ impl Client {
             off += chunk;
         }
         self.engine.submit(&mut batch);
-        BATCH.with(|b| {
-            if let Ok(mut b) = b.try_borrow_mut() {
-                *b = batch;
-            }
-        });
+        keep_batch(batch);
         if aborted {
             req.cancel_where(CancelReason::Shutdown, |_| true);
         }
@@ -540,7 +552,7 @@ impl Client {
         } else {
             OpKind::Read
         };
-        let mut batch = Vec::new();
+        let mut batch = take_batch();
         for i in 0..req.num_regions() {
             let bytes = req.spec(i).count * 512;
             if bytes == 0 {
@@ -554,6 +566,7 @@ impl Client {
             }
         }
         self.engine.submit(&mut batch);
+        keep_batch(batch);
     }
 
     /// Hedged read: one slot per region, taken now (so starting a hedge
