@@ -430,8 +430,9 @@ int dm_io_client_create(unsigned int devices,
  * keeps that IO's private memory until the kernel completes it, then frees
  * it. `DM_IO_ZERO_COPY` IO is the exception: it runs in the caller's
  * memory, so destroy waits until the kernel ends it (and its CANCELLED
- * notification is delivered). Called from one of this client's own notify callbacks, it returns at
- * once and the completion thread ends after that callback. A NULL or
+ * notification is delivered). Called from one of this client's own notify
+ * callbacks, it returns at once and the completion thread ends after that
+ * callback. A NULL or
  * already destroyed client is ignored (see `dm_io_last_error`).
  */
 void dm_io_client_destroy(struct dm_io_client *cl);
@@ -443,10 +444,11 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * region. Without `DM_IO_ZERO_COPY` (below), all IO runs on the client's
  * private memory: write data is copied from the caller's memory before the
  * write starts, read data is copied to it when the read completes, so the
- * caller's memory may have any alignment. The caller keeps `ctrl->memory` valid until the region's
- * final notification (for SYNC, until `dm_io` returns); after a region is
- * final, and in particular after DM_IO_CANCELLED, the library never reads
- * or writes it again, even if the kernel IO is still running. The contents
+ * caller's memory may have any alignment. The caller keeps
+ * `ctrl->memory` valid until the region's final notification (for SYNC,
+ * until `dm_io` returns); after a region is final, and in particular after
+ * DM_IO_CANCELLED, the library never reads or writes it again, even if the
+ * kernel IO is still running. The contents
  * of a cancelled write region on disk, or of a cancelled read's memory,
  * are undefined. `ctrl` and `regions` are read during the call only.
  *
@@ -521,8 +523,8 @@ struct dm_io_handle *dm_io_handle_put(struct dm_io_handle *io);
  * notified as usual. When this returns the library no longer touches those
  * regions' memory, except `DM_IO_ZERO_COPY` regions whose IO still runs:
  * they end CANCELLED when the kernel ends that IO (the memory stays lent
- * until that notification). Returns the number of regions cancelled (0 if none), or
- * `-EINVAL` for an unknown client or device.
+ * until that notification). Returns the number of regions cancelled (0 if
+ * none), or `-EINVAL` for an unknown client or device.
  */
 int dm_io_cancel_by_device(struct dm_io_client *cl, struct block_device *bdev);
 

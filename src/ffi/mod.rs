@@ -128,8 +128,9 @@ pub extern "C" fn dm_io_client_create(
 /// keeps that IO's private memory until the kernel completes it, then frees
 /// it. `DM_IO_ZERO_COPY` IO is the exception: it runs in the caller's
 /// memory, so destroy waits until the kernel ends it (and its CANCELLED
-/// notification is delivered). Called from one of this client's own notify callbacks, it returns at
-/// once and the completion thread ends after that callback. A NULL or
+/// notification is delivered). Called from one of this client's own notify
+/// callbacks, it returns at once and the completion thread ends after that
+/// callback. A NULL or
 /// already destroyed client is ignored (see `dm_io_last_error`).
 #[no_mangle]
 pub extern "C" fn dm_io_client_destroy(cl: *mut dm_io_client) {
@@ -150,10 +151,11 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// region. Without `DM_IO_ZERO_COPY` (below), all IO runs on the client's
 /// private memory: write data is copied from the caller's memory before the
 /// write starts, read data is copied to it when the read completes, so the
-/// caller's memory may have any alignment. The caller keeps `ctrl->memory` valid until the region's
-/// final notification (for SYNC, until `dm_io` returns); after a region is
-/// final, and in particular after DM_IO_CANCELLED, the library never reads
-/// or writes it again, even if the kernel IO is still running. The contents
+/// caller's memory may have any alignment. The caller keeps
+/// `ctrl->memory` valid until the region's final notification (for SYNC,
+/// until `dm_io` returns); after a region is final, and in particular after
+/// DM_IO_CANCELLED, the library never reads or writes it again, even if the
+/// kernel IO is still running. The contents
 /// of a cancelled write region on disk, or of a cancelled read's memory,
 /// are undefined. `ctrl` and `regions` are read during the call only.
 ///
@@ -312,8 +314,8 @@ pub extern "C" fn dm_io_handle_put(io: *mut dm_io_handle) -> *mut dm_io_handle {
 /// notified as usual. When this returns the library no longer touches those
 /// regions' memory, except `DM_IO_ZERO_COPY` regions whose IO still runs:
 /// they end CANCELLED when the kernel ends that IO (the memory stays lent
-/// until that notification). Returns the number of regions cancelled (0 if none), or
-/// `-EINVAL` for an unknown client or device.
+/// until that notification). Returns the number of regions cancelled (0 if
+/// none), or `-EINVAL` for an unknown client or device.
 #[no_mangle]
 pub extern "C" fn dm_io_cancel_by_device(cl: *mut dm_io_client, bdev: *mut block_device) -> c_int {
     guard::int("dm_io_cancel_by_device", || {
