@@ -172,10 +172,8 @@ int main(void)
 	CHECK(dm_io_cancel_by_handle(cl, hdl) == 0, "a pending cancel was counted twice");
 	sleep_ms(200);
 	CHECK(tracker_finals(&t) == 0, "CANCELLED before the zero-copy IO ended");
-	double released = now_ms();
 	CHECK_OK(dm_io_bdev_set_faults(a, ""));
 	expect_final(&t, DM_IO_CANCELLED, -ECANCELED, "cancelled zero-copy read");
-	CHECK(now_ms() >= released, "clock");
 	CHECK(dm_io_handle_put(hdl) == NULL, "put");
 
 	/* CANCEL_ON_TIMEOUT: the deadline cancels, the notification waits for the IO. */
