@@ -510,9 +510,7 @@ class Bench:
                          + self.ref_mirror_note(ref))
                 self.target(2, f"mirror x{legs} on {dk}, libdmio/fio aggregate writes", r["ratio"] >= TARGETS["mirror"],
                             f"{r['ratio']:.2f}x", f">= {TARGETS['mirror']}x",
-                            f"(bare io_uring loop: mirror requests {ref['mirror_over_independent']:.2f}x of "
-                            f"independent writes; libdmio {ref['libdmio_over_ref_mirror']:.2f}x of the mirror loop)"
-                            if ref else "")
+                            f"({self.ref_mirror_note(ref).removeprefix('; ')})" if ref else "")
         self.results["case2"] = out
 
     def memcpy_ns(self, bs, slots):
