@@ -141,7 +141,11 @@ int main(int argc, char **argv)
 		case 'w': opt.warmup = atof(optarg); break;
 		case 'p': opt.span = strtoull(optarg, NULL, 0); break;
 		case 'c': opt.copy = 1; break;
-		case 'r': opt.write = !strcmp(optarg, "write"); break;
+		case 'r':
+			if (strcmp(optarg, "read") && strcmp(optarg, "write"))
+				die("--rw must be read or write", EINVAL);
+			opt.write = !strcmp(optarg, "write");
+			break;
 		case 'i': opt.independent = 1; break;
 		default:
 			fprintf(stderr, "usage: uring-ref --dev P [--dev P2 ...] [--rw read|write] "
