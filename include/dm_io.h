@@ -303,7 +303,12 @@ struct dm_io_control {
    * comes before it. Deadlines falling due within 50 us of the last ones
    * fired are fired together in the engine's next timer wake-up, so a
    * TIMEOUT can come up to 50 us late, plus the time for the completion
-   * thread to be scheduled.
+   * thread to be scheduled. With the io_uring engine the completion
+   * thread itself keeps the deadlines of asynchronous requests (one
+   * wake-up per deadline, not two): while a notify callback runs past a
+   * deadline, that TIMEOUT waits for the callback to return (it could
+   * not be delivered sooner), and a region cancelled meanwhile ends
+   * CANCELLED with no TIMEOUT before it.
    */
   unsigned long timeout;
   /**
@@ -466,9 +471,9 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * never from inside `dm_io`; for `DM_IO_SYNC` it is called from inside
  * `dm_io`, in the calling thread. Calling any dm_io function (including a
  * SYNC `dm_io`) from a notify callback is allowed; asynchronous IO started
- * there runs on the completion thread's own ring (io_uring engine), its
- * deadlines included, and a `dm_io` there that waits for private memory
- * keeps completing that ring's IO meanwhile.
+ * there runs on the completion thread's own ring (io_uring engine), and a
+ * `dm_io` there that waits for private memory keeps completing that
+ * ring's IO (and firing its deadlines) meanwhile.
  *
  * Regions larger than the client's `max_size` are split. When the
  * client's private memory is all in use, `dm_io` waits for some to be

@@ -11,9 +11,12 @@
 //! events alike. Reaping a CQE, calling notify and starting the next IO
 //! then happen on one thread, as in fio's loop.
 //!
-//! What stays on the reactor: IO submitted by every other thread, all
-//! `DM_IO_SYNC` requests (a SYNC `dm_io` from notify blocks this thread, so
-//! its IO and deadline must not depend on it), and their deadlines.
+//! What stays on the reactor: IO submitted by every other thread, and all
+//! `DM_IO_SYNC` requests with their deadlines (a SYNC `dm_io` from notify
+//! blocks this thread, so its IO and deadline must not depend on it). The
+//! timers of asynchronous requests submitted elsewhere come here too
+//! ([`Remote`]): this thread delivers their TIMEOUTs, so firing them here
+//! saves a wake-up.
 //!
 //! Ownership is the reactor's: every op in this ring owns its private memory
 //! until its CQE is reaped here; after the client is destroyed the thread
@@ -26,8 +29,63 @@ use super::uring::{Core, Waker};
 use super::{IoOp, Wake};
 use crate::request::Request;
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+type Timers = Vec<(Instant, Weak<Request>)>;
+
+/// Timers other threads arm on this ring: the deadlines (and hedge timers)
+/// of asynchronous requests submitted outside the completion thread. The
+/// thread that fires a deadline is the one that delivers its TIMEOUT, so a
+/// burst of deadlines costs one wake-up (this thread's timer) instead of
+/// two in a row (the reactor's timer, then this thread's eventfd), each
+/// on a CPU that may be halted.
+pub(super) struct Remote {
+    /// `None` once the ring is closed (timers then stay on the reactor).
+    timers: Mutex<Option<Timers>>,
+    /// Timers wait in `timers` (read without the lock).
+    queued: AtomicBool,
+    waker: Arc<Waker>,
+    wake: Arc<dyn Wake>,
+}
+
+impl Remote {
+    /// Hands a timer to the ring's thread, waking it when it would sleep
+    /// past `at`; `false` when the ring is closed.
+    pub(super) fn arm(&self, at: Instant, req: Weak<Request>) -> bool {
+        let mut g = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(timers) = g.as_mut() else {
+            return false;
+        };
+        timers.push((at, req));
+        self.queued.store(true, Ordering::SeqCst);
+        drop(g);
+        if self.waker.sleeps_past(at) {
+            super::wake::wake_or_defer(&self.wake);
+        }
+        true
+    }
+
+    fn queued(&self) -> bool {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Moves the queued timers into `into`.
+    fn take(&self, into: &mut Timers) {
+        if self.queued.swap(false, Ordering::SeqCst) {
+            let mut g = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = g.as_mut() {
+                into.append(t);
+            }
+        }
+    }
+
+    fn close(&self) {
+        *self.timers.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.queued.store(false, Ordering::SeqCst);
+    }
+}
 
 #[derive(Default)]
 struct Inbox {
@@ -59,6 +117,8 @@ struct Local {
     /// The inbox's previous buffers, swapped in by `flush_inbox` so that
     /// queueing ops allocates nothing in the steady state.
     spare: RefCell<Inbox>,
+    /// Timers from other threads.
+    remote: RefCell<Option<Arc<Remote>>>,
 }
 
 thread_local! {
@@ -69,6 +129,7 @@ thread_local! {
             inbox: RefCell::new(Inbox::new()),
             offered: Cell::new(false),
             spare: RefCell::new(Inbox::new()),
+            remote: RefCell::new(None),
         }
     };
 }
@@ -78,6 +139,23 @@ impl Local {
         self.inbox
             .try_borrow()
             .map_or(true, |i| i.ops.is_empty() && i.timers.is_empty())
+    }
+
+    /// Timers from other threads wait to be armed.
+    fn remote_queued(&self) -> bool {
+        self.remote
+            .try_borrow()
+            .is_ok_and(|r| r.as_ref().is_some_and(|r| r.queued()))
+    }
+
+    /// Moves the timers other threads armed into the inbox.
+    fn take_remote(&self) {
+        let (Ok(r), Ok(mut inbox)) = (self.remote.try_borrow(), self.inbox.try_borrow_mut()) else {
+            return;
+        };
+        if let Some(r) = r.as_ref() {
+            r.take(&mut inbox.timers);
+        }
     }
 
     /// Runs `f` on the ring unless it is busy (this thread is inside its
@@ -94,6 +172,9 @@ impl Local {
     /// Moves what the inbox holds into the ring, fires due timers and
     /// fills the submission queue.
     fn flush(&self) {
+        if self.remote_queued() {
+            self.take_remote();
+        }
         if !self.inbox_empty() {
             self.flush_inbox();
         }
@@ -133,23 +214,32 @@ impl Local {
 }
 
 /// Creates the ring on the calling thread for engine `engine`, with the
-/// client's private memory registered. `None` if
-/// the kernel refuses a second ring (the thread then works without one).
+/// client's private memory registered. Returns how other threads wake the
+/// thread and hand it timers; `None` if the kernel refuses a second ring
+/// (the thread then works without one).
 pub(super) fn install(
     engine: u64,
     entries: u32,
     memory: Option<(usize, usize)>,
-) -> Option<Arc<dyn Wake>> {
+) -> Option<(Arc<dyn Wake>, Arc<Remote>)> {
     let waker = Waker::new().ok()?;
     let mut core = Core::new(entries, Arc::clone(&waker)).ok()?;
     if let Some(m) = memory {
         core.register(m);
     }
+    let wake: Arc<dyn Wake> = waker.clone();
+    let remote = Arc::new(Remote {
+        timers: Mutex::new(Some(Vec::new())),
+        queued: AtomicBool::new(false),
+        waker,
+        wake: Arc::clone(&wake),
+    });
     HERE.with(|l| {
         *l.ring.borrow_mut() = Some(core);
+        *l.remote.borrow_mut() = Some(Arc::clone(&remote));
         l.owner.set(engine);
     });
-    Some(waker)
+    Some((wake, remote))
 }
 
 /// Takes the asynchronous ops out of `ops` when the calling thread's ring
@@ -263,6 +353,9 @@ pub fn idle() -> bool {
 /// request is final); ops still running stay until [`idle`].
 pub fn close() {
     HERE.with(|l| {
+        if let Some(r) = l.remote.borrow_mut().take() {
+            r.close();
+        }
         l.flush();
         l.owner.set(0);
         l.with_core(|c| c.clear_deadlines());
@@ -281,7 +374,11 @@ pub fn turn(pending: &dyn Fn() -> bool, max: Option<Duration>) {
     HERE.with(|l| {
         l.flush();
         l.with_core(|c| {
-            c.wait(None, &|| pending() || !l.inbox_empty(), max);
+            c.wait(
+                None,
+                &|| pending() || !l.inbox_empty() || l.remote_queued(),
+                max,
+            );
             c.reap();
         });
     })

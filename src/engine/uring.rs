@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -43,6 +43,17 @@ fn new_eventfd(flags: libc::c_int) -> Result<OwnedFd> {
 pub(super) struct Waker {
     efd: OwnedFd,
     sleeping: AtomicBool,
+    /// Until when the thread sleeps when nothing wakes it ([`instant_key`];
+    /// `u64::MAX`: no timer), published before `sleeping`.
+    until: AtomicU64,
+}
+
+/// `at` as nanoseconds since a fixed instant of this process, to be
+/// compared through an atomic.
+fn instant_key(at: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 impl Waker {
@@ -50,7 +61,15 @@ impl Waker {
         Ok(Arc::new(Waker {
             efd: new_eventfd(0)?,
             sleeping: AtomicBool::new(false),
+            until: AtomicU64::new(u64::MAX),
         }))
+    }
+
+    /// Whether the thread, were it to sleep now, would sleep past `at`
+    /// (called after publishing the work due at `at`; see [`Core::wait`]).
+    pub(super) fn sleeps_past(&self, at: Instant) -> bool {
+        fence(Ordering::SeqCst);
+        instant_key(at) < self.until.load(Ordering::SeqCst)
     }
 
     fn wake(&self) {
@@ -80,6 +99,9 @@ pub struct UringEngine {
     id: u64,
     entries: u32,
     memory: std::sync::OnceLock<(usize, usize)>,
+    /// The completion thread's ring, for the timers of asynchronous
+    /// requests ([`super::local::Remote`]).
+    remote: std::sync::OnceLock<Arc<super::local::Remote>>,
 }
 
 /// Private memory up to this size is registered with each ring
@@ -136,6 +158,7 @@ impl UringEngine {
                 id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
                 entries,
                 memory: std::sync::OnceLock::new(),
+                remote: std::sync::OnceLock::new(),
             })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
@@ -242,10 +265,19 @@ impl Engine for UringEngine {
         }
     }
 
+    /// The timers of asynchronous requests run on the completion thread's
+    /// ring (which delivers their TIMEOUTs); those of SYNC requests, whose
+    /// notify (if any) runs elsewhere, and all timers when the completion
+    /// thread has no ring, run on the reactor.
     fn arm_timer(&self, at: Instant, req: Weak<Request>) {
-        if !super::local::offer_timer(self.id, at, &req) {
-            self.send(Msg::Deadline(at, req));
+        if super::local::offer_timer(self.id, at, &req) {
+            return;
         }
+        let is_async = req.upgrade().is_some_and(|r| !r.mode.sync);
+        if is_async && self.remote.get().is_some_and(|r| r.arm(at, req.clone())) {
+            return;
+        }
+        self.send(Msg::Deadline(at, req));
     }
 
     fn register_memory(&self, region: (usize, usize)) {
@@ -255,7 +287,10 @@ impl Engine for UringEngine {
     }
 
     fn start_local(&self) -> Option<Arc<dyn super::Wake>> {
-        super::local::install(self.id, self.entries, self.memory.get().copied())
+        let (wake, remote) =
+            super::local::install(self.id, self.entries, self.memory.get().copied())?;
+        let _ = self.remote.set(remote);
+        Some(wake)
     }
 
     fn shutdown(&self) {
@@ -475,13 +510,6 @@ impl Core {
             let _ = self.ring.submit();
             return;
         }
-        self.waker.sleeping.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if pending() {
-            self.waker.sleeping.store(false, Ordering::SeqCst);
-            let _ = self.ring.submit();
-            return;
-        }
         // `now`: the caller's clock reading, or read here if a timer needs it.
         let mut at = None;
         if self.sched.needs_clock() || max.is_some() {
@@ -491,6 +519,19 @@ impl Core {
                 let limit = now + m;
                 at = Some(at.map_or(limit, |a| a.min(limit)));
             }
+        }
+        // The wake-up time, then the flag, then one more look: a thread
+        // that publishes work and then reads these either sees us asleep
+        // (and until when), or we see its work.
+        self.waker
+            .until
+            .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if pending() {
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            let _ = self.ring.submit();
+            return;
         }
         if let Some(efd) = &self.cq_efd {
             let r = poll_for_completion(&mut self.ring, efd, at);

@@ -173,9 +173,9 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// never from inside `dm_io`; for `DM_IO_SYNC` it is called from inside
 /// `dm_io`, in the calling thread. Calling any dm_io function (including a
 /// SYNC `dm_io`) from a notify callback is allowed; asynchronous IO started
-/// there runs on the completion thread's own ring (io_uring engine), its
-/// deadlines included, and a `dm_io` there that waits for private memory
-/// keeps completing that ring's IO meanwhile.
+/// there runs on the completion thread's own ring (io_uring engine), and a
+/// `dm_io` there that waits for private memory keeps completing that
+/// ring's IO (and firing its deadlines) meanwhile.
 ///
 /// Regions larger than the client's `max_size` are split. When the
 /// client's private memory is all in use, `dm_io` waits for some to be
