@@ -517,7 +517,8 @@ class Bench:
         return self.dmio("memcpy", f"memcpy {bs}", "--bs", bs, "--qd", slots)["ns_per_copy"]
 
     def perf_share(self, cmd, label):
-        """Share of the process's CPU samples in memcpy/memmove (perf, cpu-clock)."""
+        """Share of the process's CPU samples in memcpy/memmove or libdmio's own copy loop
+        (`memory::copy`), perf cpu-clock."""
         if not shutil.which("perf"):
             return None, "perf not installed"
         data = os.path.join(self.tmp, "perf.data")
@@ -530,7 +531,7 @@ class Bench:
         share = 0.0
         for line in rep.splitlines():
             m = re.match(r"\s*([\d.]+)%\s+\[.\]\s+(\S+)", line)
-            if m and re.search(r"mem(cpy|move)", m.group(2)):
+            if m and re.search(r"mem(cpy|move)|memory::copy", m.group(2)):
                 share += float(m.group(1))
         return share, json.loads(p.stdout) if p.stdout.strip().startswith("{") else None
 
@@ -760,7 +761,7 @@ class Bench:
     def cg_category(f):
         for pat, kind in ((r"malloc|free|__rdl_alloc|__rust_alloc|__rust_dealloc|realloc|arena|drop_slow", "allocation (malloc/free)"),
                           (r"crossbeam", "crossbeam channels"),
-                          (r"mem(cpy|move|set)", "memcpy (bounce copy)"),
+                          (r"mem(cpy|move|set)|memory::copy", "memcpy (bounce copy)"),
                           (r"[Hh]ash|sip", "HashMap hashing"),
                           (r"[Mm]utex|futex|Condvar|pthread_mutex|lock_contended", "locks"),
                           (r"registry|handle::", "handle registry"),

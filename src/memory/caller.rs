@@ -96,9 +96,7 @@ impl CallerMemory {
             // and keeps valid until the region is final (function contract);
             // `pos..pos+n` lies within `dst`; the two cannot overlap because
             // `dst` is library-private memory.
-            unsafe {
-                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr().add(pos), n)
-            }
+            unsafe { super::copy::copy(dst.as_mut_ptr().add(pos), addr as *const u8, n) }
         });
     }
 
@@ -109,7 +107,7 @@ impl CallerMemory {
     pub unsafe fn copy_in(&self, off: usize, src: &[u8]) {
         self.walk(off, src.len(), |addr, pos, n| {
             // SAFETY: as in `copy_out`, with the direction reversed.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(pos), addr as *mut u8, n) }
+            unsafe { super::copy::copy(addr as *mut u8, src.as_ptr().add(pos), n) }
         });
     }
 }

@@ -5,8 +5,10 @@
 //! - [`caller`]: a request's memory as a list of validated segments, and the
 //!   copies between it and private memory.
 //! - [`pool`]: the bounded pool of private memory all cancellable IO runs on.
+//! - [`copy`]: the bounce copy itself.
 
 pub mod caller;
+pub mod copy;
 pub mod pages;
 pub mod pool;
 
