@@ -4,13 +4,14 @@
  * IO and timers of its own ring); this checks the rule that keeps the order
  * when other threads' events are queued too.
  *
- * Part 1: requests submitted by the main thread pass their deadline while a
- * callback blocks the completion thread; the callback then cancels them.
- * With the thread-pool engine a timer thread fires the deadlines, so their
- * TIMEOUTs wait in the queue: each must see TIMEOUT, then CANCELLED, and
- * nothing after. With io_uring the completion thread keeps the deadlines
- * of asynchronous requests itself (header: `timeout`), so none fires while
- * it is blocked: each must end CANCELLED with no TIMEOUT.
+ * Part 1: a callback blocks the completion thread; the main thread then
+ * submits requests whose deadline passes while it is blocked, and the
+ * callback, released, cancels them. With the thread-pool engine a timer
+ * thread fires the deadlines, so their TIMEOUTs wait in the queue: each
+ * must see TIMEOUT, then CANCELLED, and nothing after. With io_uring the
+ * completion thread keeps the deadlines of asynchronous requests itself
+ * (header: `timeout`), so none fires while it is blocked: each must end
+ * CANCELLED with no TIMEOUT.
  * Part 2: requests submitted from a callback (deadlines on the completion
  * thread's own ring, both engines alike): TIMEOUT, then CANCELLED from a
  * later callback. */
@@ -28,14 +29,13 @@ static struct dm_io_handle *hdl[N], *hdl2[N];
 static char bufs[N][4096], fbuf[4096];
 static atomic_int cancelled1, cancelled2, submitted2;
 static int cancel_rc[N], cancel2_rc[N];
-static double t_submit, t_blocked;
+static atomic_int blocked1, release1;
 
-#define DEADLINE_MS 100
+#define DEADLINE_MS 20
 
 /* N held reads with a DEADLINE_MS deadline, one per tracker, handles kept. */
 static void submit_held(struct tracker *t, struct dm_io_handle **h)
 {
-	t_submit = now_ms();
 	for (int i = 0; i < N; i++) {
 		struct dm_io_region r = { held, (uint64_t)i * 8, 8 };
 		struct dm_io_control c = make_ctrl(cl, DM_IO_READ, vm_mem(bufs[i], 0),
@@ -45,14 +45,17 @@ static void submit_held(struct tracker *t, struct dm_io_handle **h)
 	}
 }
 
-/* Blocks the completion thread past the deadlines, then cancels. */
+/* Blocks the completion thread until the main thread has submitted the
+ * held reads and their deadlines have passed, then cancels them. */
 static void block_then_cancel(struct dm_io_region_state *st, void *ctx)
 {
 	(void)ctx;
 	if (st->state != DM_IO_OK)
 		return;
-	t_blocked = now_ms() - t_submit;
-	sleep_ms(4 * DEADLINE_MS); /* the deadlines pass while this thread is blocked */
+	atomic_store(&blocked1, 1);
+	double t0 = now_ms();
+	while (!atomic_load(&release1) && now_ms() - t0 < 10000)
+		sleep_ms(1);
 	for (int i = 0; i < N; i++)
 		cancel_rc[i] = dm_io_cancel_by_handle(cl, hdl[i]);
 	atomic_store(&cancelled1, 1);
@@ -120,13 +123,13 @@ int main(void)
 	int uring = st.engine == DM_IO_ENGINE_URING;
 	for (int i = 0; i < N; i++)
 		tracker_init(&held_t[i], 1);
-	submit_held(held_t, hdl);
 	tracker_init(&trig_t, 1);
 	fast_read(block_then_cancel, &trig_t);
+	wait_flag(&blocked1, "part 1 blocking callback");
+	submit_held(held_t, hdl);
+	sleep_ms(10 * DEADLINE_MS); /* the deadlines pass while the callback blocks */
+	atomic_store(&release1, 1);
 	wait_flag(&cancelled1, "part 1 cancel");
-	CHECK(t_blocked < DEADLINE_MS / 2,
-	      "part 1: the blocking callback started %.1f ms after the held reads, too close to "
-	      "their %d ms deadline for this test", t_blocked, DEADLINE_MS);
 	for (int i = 0; i < N; i++) {
 		CHECK(cancel_rc[i] == 1, "part 1: cancel_by_handle(%d) = %d, want 1", i, cancel_rc[i]);
 		check_cancelled(&held_t[i], uring ? "part 1 (io_uring)" : "part 1 (threads)", i,
