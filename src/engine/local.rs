@@ -283,25 +283,18 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     })
 }
 
-/// Keeps the timer when the calling thread's ring belongs to `engine` and
-/// the request is asynchronous; `false`: the reactor keeps it.
+/// Keeps the timer of an asynchronous request when the calling thread's
+/// ring belongs to `engine`; `false`: someone else keeps it.
 pub(super) fn offer_timer(engine: u64, at: Instant, req: &Weak<Request>) -> bool {
     HERE.with(|l| {
         if l.owner.get() != engine {
             return false;
         }
-        match req.upgrade() {
-            Some(r) if r.mode.sync => false,
-            Some(_) => {
-                if !l.with_core(|c| c.arm(at, req.clone())) {
-                    l.inbox.borrow_mut().timers.push((at, req.clone()));
-                    l.offered.set(true);
-                }
-                true
-            }
-            // A request already gone needs no timer.
-            None => true,
+        if !l.with_core(|c| c.arm(at, req.clone())) {
+            l.inbox.borrow_mut().timers.push((at, req.clone()));
+            l.offered.set(true);
         }
+        true
     })
 }
 

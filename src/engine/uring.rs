@@ -270,11 +270,14 @@ impl Engine for UringEngine {
     /// notify (if any) runs elsewhere, and all timers when the completion
     /// thread has no ring, run on the reactor.
     fn arm_timer(&self, at: Instant, req: Weak<Request>) {
-        if super::local::offer_timer(self.id, at, &req) {
+        // A request already gone needs no timer.
+        let Some(sync) = req.upgrade().map(|r| r.mode.sync) else {
             return;
-        }
-        let is_async = req.upgrade().is_some_and(|r| !r.mode.sync);
-        if is_async && self.remote.get().is_some_and(|r| r.arm(at, req.clone())) {
+        };
+        if !sync
+            && (super::local::offer_timer(self.id, at, &req)
+                || self.remote.get().is_some_and(|r| r.arm(at, req.clone())))
+        {
             return;
         }
         self.send(Msg::Deadline(at, req));
