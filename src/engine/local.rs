@@ -47,7 +47,6 @@ pub(super) struct Remote {
     /// Timers wait in `timers` (read without the lock).
     queued: AtomicBool,
     waker: Arc<Waker>,
-    wake: Arc<dyn Wake>,
 }
 
 /// A thread handing over timers wakes the ring's thread at least once per
@@ -70,7 +69,8 @@ impl Remote {
         self.queued.store(true, Ordering::SeqCst);
         drop(g);
         if many || self.waker.sleeps_past(at) {
-            super::wake::wake_or_defer(&self.wake);
+            let wake: Arc<dyn Wake> = self.waker.clone();
+            super::wake::wake_or_defer(&wake);
         }
         true
     }
@@ -240,7 +240,6 @@ pub(super) fn install(
         timers: Mutex::new(Some(Vec::new())),
         queued: AtomicBool::new(false),
         waker,
-        wake: Arc::clone(&wake),
     });
     HERE.with(|l| {
         *l.ring.borrow_mut() = Some(core);

@@ -27,7 +27,7 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
         // SAFETY: the caller's contract is passed on unchanged; the AVX2
         // loop runs only on a CPU that has AVX2.
         unsafe {
-            if has_avx2() {
+            if std::arch::is_x86_feature_detected!("avx2") {
                 x86::copy_avx2(dst, src, n)
             } else {
                 x86::copy_sse2(dst, src, n)
@@ -37,12 +37,6 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, n: usize) {
     }
     // SAFETY: the caller's contract is exactly `copy_nonoverlapping`'s.
     unsafe { std::ptr::copy_nonoverlapping(src, dst, n) }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
 }
 
 #[cfg(target_arch = "x86_64")]
