@@ -88,15 +88,6 @@ static void fast_read(dm_io_notify_fn fn, struct tracker *t)
 	CHECK_OK(dm_io(&c, 1, &r, NULL));
 }
 
-static void wait_flag(atomic_int *f, const char *what)
-{
-	double t0 = now_ms();
-	while (!atomic_load(f)) {
-		CHECK(now_ms() - t0 < 10000, "%s did not happen within 10 s", what);
-		sleep_ms(1);
-	}
-}
-
 static void check_cancelled(struct tracker *t, const char *part, int i, int want_timeouts)
 {
 	CHECK(tracker_wait(t, 10000), "%s: request %d has no final state", part, i);

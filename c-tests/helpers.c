@@ -196,6 +196,15 @@ void sleep_ms(int ms)
 		;
 }
 
+void wait_flag(atomic_int *f, const char *what)
+{
+	double t0 = now_ms();
+	while (!atomic_load(f)) {
+		CHECK(now_ms() - t0 < 10000, "%s did not happen within 10 s", what);
+		sleep_ms(1);
+	}
+}
+
 /* ---- Additions used by the behaviour tests ---- */
 
 struct dm_io_client *make_client(unsigned devices, unsigned min_ios, unsigned max_size)

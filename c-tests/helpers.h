@@ -5,6 +5,7 @@
 
 #include <dm_io.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -79,6 +80,9 @@ void tracker_check(struct tracker *t);
 /* Milliseconds on a monotonic clock. */
 double now_ms(void);
 void sleep_ms(int ms);
+/* Waits until *f is set; fails the test ("<what> did not happen within
+ * 10 s") if it is not within 10 s. */
+void wait_flag(atomic_int *f, const char *what);
 
 
 /* ---- Additions used by the behaviour tests ---- */
