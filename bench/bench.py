@@ -81,6 +81,11 @@ def fmt_iops(v):
     return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
 
 
+def fmt_range(xs, fmt=fmt_iops):
+    """The lowest and highest of several runs' values, as "low-high"."""
+    return f"{fmt(min(xs))}-{fmt(max(xs))}"
+
+
 def fmt_ns(v):
     if v is None:
         return "-"
@@ -472,11 +477,10 @@ class Bench:
                     r["zero_copy"] = {k: z[k] for k in ("libdmio", "fio", "ratio", "libdmio_runs", "fio_runs")}
                     self.row(1, "4 KiB randread QD32, DM_IO_ZERO_COPY (IOPS)", dk, fmt_iops(z["libdmio"]),
                              fmt_iops(z["fio"]), z["ratio"], "opt-in: no private memory; a cancel waits for the IO")
-                    rng = lambda xs: f"{fmt_iops(min(xs))}-{fmt_iops(max(xs))}"
                     self.target(1, f"4 KiB randread QD32 on {dk}, libdmio/fio IOPS", r["ratio"] >= TARGETS["qd32"],
                                 f"{r['ratio']:.2f}x", f">= {TARGETS['qd32']}x",
-                                f"({len(r['libdmio_runs'])} runs each: libdmio {rng(r['libdmio_runs'])}, "
-                                f"fio {rng(r['fio_runs'])} IOPS)")
+                                f"({len(r['libdmio_runs'])} runs each: libdmio {fmt_range(r['libdmio_runs'])}, "
+                                f"fio {fmt_range(r['fio_runs'])} IOPS)")
         self.results["case1"] = out
 
     def case2(self):
@@ -590,11 +594,10 @@ class Bench:
             log(f"  4 KiB QD32 ({dk}): memcpy {ns4:.0f} ns per read = {s4 * 100:.1f} % of a core at "
                 f"{fmt_iops(q32[0]['libdmio'])} IOPS")
         log(f"  {note}")
-        rng = lambda xs: f"{mb(min(xs))}-{mb(max(xs))}"
         self.target(3, f"{bs // 1024} KiB randread on {dk}, bounce / zero-copy (libdmio default / DM_IO_ZERO_COPY)",
                     z["ratio"] >= TARGETS["bounce"], f"{z['ratio']:.2f}x", f">= {TARGETS['bounce']}x",
-                    f"({len(z['libdmio_runs'])} runs each: bounce {rng(z['libdmio_runs'])}, zero-copy "
-                    f"{rng(z['fio_runs'])}; bounce vs fio {r['ratio']:.2f}x)")
+                    f"({len(z['libdmio_runs'])} runs each: bounce {fmt_range(z['libdmio_runs'], mb)}, zero-copy "
+                    f"{fmt_range(z['fio_runs'], mb)}; bounce vs fio {r['ratio']:.2f}x)")
         self.results["case3"] = r
 
     def case4(self):
