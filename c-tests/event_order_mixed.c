@@ -53,9 +53,7 @@ static void block_then_cancel(struct dm_io_region_state *st, void *ctx)
 	if (st->state != DM_IO_OK)
 		return;
 	atomic_store(&blocked1, 1);
-	double t0 = now_ms();
-	while (!atomic_load(&release1) && now_ms() - t0 < 10000)
-		sleep_ms(1);
+	wait_flag(&release1, "part 1: the main thread's release of the blocking callback");
 	for (int i = 0; i < N; i++)
 		cancel_rc[i] = dm_io_cancel_by_handle(cl, hdl[i]);
 	atomic_store(&cancelled1, 1);

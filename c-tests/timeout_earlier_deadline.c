@@ -53,9 +53,7 @@ static void busy(struct dm_io_region_state *st, void *ctx)
 	if (st->state != DM_IO_OK)
 		return;
 	atomic_store(&in_callback, 1);
-	double t0 = now_ms();
-	while (!atomic_load(&release_callback) && now_ms() - t0 < 10000)
-		sleep_ms(1);
+	wait_flag(&release_callback, "the main thread's release of the busy callback");
 }
 
 int main(void)
