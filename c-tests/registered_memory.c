@@ -13,8 +13,10 @@
 
 enum { BLK = 4096 };
 
-/* Counts this process's io_uring instances by their UserBufs value:
- * rings[0] with none registered, rings[1] with some. */
+/* Counts this process's io_uring instances by whether buffer 0 (the
+ * private memory) is registered: rings[0] without, rings[1] with. A ring
+ * shows its table size as UserBufs, then one line per entry ("<none>"
+ * for an empty one: the rest of the table is for library pages). */
 static void count_rings(int rings[2])
 {
 	char path[300], line[256];
@@ -32,7 +34,9 @@ static void count_rings(int rings[2])
 		while (fgets(line, sizeof(line), f)) {
 			unsigned n;
 			if (sscanf(line, "UserBufs: %u", &n) == 1) {
-				rings[n > 0]++;
+				int reg = n > 0 && fgets(line, sizeof(line), f) &&
+					  !strstr(line, "<none>");
+				rings[reg]++;
 				break;
 			}
 		}

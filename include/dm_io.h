@@ -150,6 +150,22 @@
 #define DM_IO_ENGINE_THREADS 2
 
 /**
+ * Pages per arena chunk (one registered buffer per chunk and ring).
+ */
+#define CHUNK_PAGES 64
+
+/**
+ * Bytes per arena chunk.
+ */
+#define CHUNK_BYTES (CHUNK_PAGES * PAGE_SIZE)
+
+/**
+ * Chunks in the arena (256 MiB of pages); its address range is reserved
+ * once, without memory, and chunks are mapped as pages are needed.
+ */
+#define MAX_CHUNKS 1024
+
+/**
  * The state of a region, as given to notify.
  */
 enum dm_io_state {
@@ -449,7 +465,17 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * region. Without `DM_IO_ZERO_COPY` (below), all IO runs on the client's
  * private memory: write data is copied from the caller's memory before the
  * write starts, read data is copied to it when the read completes, so the
- * caller's memory may have any alignment. The caller keeps
+ * caller's memory may have any alignment. One exception, with the
+ * io_uring engine: a read whose memory (of any type) is whole pages from
+ * `dm_io_page_alloc`, each `max_size` piece within one allocation chunk of
+ * 64 pages (always true for pieces of one page), runs in those pages,
+ * with no private memory and no copy; when such a read is cancelled while
+ * its IO runs, the library maps fresh zeroed pages at the same addresses
+ * and the kernel finishes into the old ones, which the caller no longer
+ * sees. (When the kernel refuses to register a chunk, for example over
+ * `RLIMIT_MEMLOCK`, later reads there use private memory, and one read
+ * already going there unregistered ends CANCELLED only when its IO ends.)
+ * The caller keeps
  * `ctrl->memory` valid until the region's final notification (for SYNC,
  * until `dm_io` returns); after a region is final, and in particular after
  * DM_IO_CANCELLED, the library never reads or writes it again, even if the
@@ -631,7 +657,11 @@ int dm_io_bdev_is_direct(const struct block_device *bdev);
 
 /**
  * Allocates one zeroed, `DM_IO_PAGE_SIZE`-aligned page; NULL when out of
- * memory. Free it with `dm_io_page_free`.
+ * memory. Free it with `dm_io_page_free`. Pages come from chunks of 64
+ * (the first 256 MiB of pages in use; beyond that, single allocations)
+ * that stay mapped for the life of the process: a freed page is kept for
+ * the next allocation. Reads into whole pages need no private memory
+ * (see `dm_io`).
  */
 struct page *dm_io_page_alloc(void);
 

@@ -145,6 +145,7 @@ fn region_op(
         mem_off: off,
         slot: None,
         direct: 0,
+        lib_chunk: None,
     }
 }
 
@@ -413,10 +414,34 @@ impl Client {
         Ok(())
     }
 
+    /// Whether `s` is a read whose every op (a `max_size` piece) lands in
+    /// whole library pages of one arena chunk, on the io_uring engine: it
+    /// then runs in those pages, with no private memory and no copy, and a
+    /// cancel detaches the pages instead of waiting ([`Mode::lib_pages`]).
+    fn in_library_pages(&self, s: &Submit) -> bool {
+        if s.mode.write
+            || s.mode.read_any
+            || s.mode.zero_copy
+            || s.regions.len() != 1
+            || self.engine.kind() != EngineKind::Uring
+        {
+            return false;
+        }
+        let bytes = s.regions[0].count * 512;
+        let live = crate::memory::pages::LivePages::lock();
+        bytes > 0
+            && pieces(bytes, self.pool.slot_size() as u64).all(|(off, len)| {
+                s.mem
+                    .span_addr(off as usize, len as usize)
+                    .is_some_and(|a| live.arena_span(a, len as usize).is_some())
+            })
+    }
+
     /// `dm_io`: validates and starts the request. Waits for private memory
     /// while all of it is in use; for SYNC requests waits for the end.
-    pub fn submit(self: &Arc<Self>, s: Submit) -> Result<Submitted> {
+    pub fn submit(self: &Arc<Self>, mut s: Submit) -> Result<Submitted> {
         self.check(&s)?;
+        s.mode.lib_pages = self.in_library_pages(&s);
         let slot = self.pool.slot_size() as u64;
         let nreg = s.regions.len();
         let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
@@ -489,7 +514,7 @@ impl Client {
         if req.mode.read_any {
             return self.start_any(req);
         }
-        if req.mode.zero_copy {
+        if req.mode.zero_copy || req.mode.lib_pages {
             return self.start_zero_copy(req, flush, fua);
         }
         let n = req.num_regions();
@@ -542,9 +567,9 @@ impl Client {
         }
     }
 
-    /// Zero-copy: every op names the caller's memory directly (checked at
-    /// submission); no private memory, so nothing waits and every op the
-    /// request counted is started.
+    /// Zero-copy and library pages: every op names the caller's memory
+    /// directly (checked at submission); no private memory, so nothing
+    /// waits and every op the request counted is started.
     fn start_zero_copy(&self, req: &Arc<Request>, flush: bool, fua: bool) {
         let piece = self.pool.slot_size() as u64;
         let kind = if req.mode.write {
@@ -559,8 +584,13 @@ impl Client {
                 batch.push(region_op(req, i, OpKind::Flush, 0, 0, flush, fua));
             }
             for (off, len) in pieces(bytes, piece) {
+                let direct = req.direct_addr(off, len);
                 batch.push(IoOp {
-                    direct: req.direct_addr(off, len),
+                    direct,
+                    lib_chunk: req
+                        .mode
+                        .lib_pages
+                        .then(|| crate::memory::pages::chunk_index(direct)),
                     ..region_op(req, i, kind, off, len, flush, fua)
                 });
             }

@@ -22,7 +22,7 @@ use crate::memory::caller::CallerMemory;
 use crate::memory::pool::SlotRef;
 use crate::small::Small;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,9 @@ struct Region {
     /// Zero-copy: cancelled (this errno) while its IO still runs in the
     /// caller's memory; ends CANCELLED when the last op completes.
     cancel_pending: i32,
+    /// Library pages: an op of this region runs as a plain read (its chunk
+    /// could not be registered), so its pages cannot be detached.
+    plain: bool,
     fin: Option<(State, i32)>,
 }
 
@@ -167,6 +170,10 @@ pub struct Mode {
     /// `DM_IO_ZERO_COPY`: the IO runs in the caller's memory, so a cancel
     /// cannot abandon it: a cancelled region ends when its IO does.
     pub zero_copy: bool,
+    /// A read into whole library pages, run in those pages (no private
+    /// memory): a cancel detaches the pages from the caller
+    /// ([`crate::memory::pages::detach`]) and the region ends at once.
+    pub lib_pages: bool,
 }
 
 /// One `dm_io` call.
@@ -185,6 +192,9 @@ pub struct Request {
     live_now: AtomicUsize,
     /// Final events not yet delivered by the completion thread.
     undelivered: AtomicUsize,
+    /// Library pages: the pages were detached by a cancel (set before
+    /// they are), so no op of this request may start in them any more.
+    detached: AtomicBool,
 }
 
 impl Request {
@@ -206,6 +216,7 @@ impl Request {
                 error: 0,
                 timed_out: false,
                 cancel_pending: 0,
+                plain: false,
                 fin: None,
             })
             .collect();
@@ -231,6 +242,7 @@ impl Request {
             cv: Condvar::new(),
             live_now: AtomicUsize::new(n),
             undelivered: AtomicUsize::new(n),
+            detached: AtomicBool::new(false),
         })
     }
 
@@ -548,17 +560,56 @@ impl Request {
     /// that IO ends.
     fn cancel_region(self: &Arc<Self>, g: &mut Inner, i: usize, reason: CancelReason) {
         let r = &mut g.regions[i];
-        if self.mode.zero_copy && r.outstanding > 0 {
-            r.cancel_pending = reason.errno();
+        let lent = r.outstanding > 0
+            && (self.mode.zero_copy || (self.mode.lib_pages && (r.plain || !self.detach(i))));
+        if lent {
+            g.regions[i].cancel_pending = reason.errno();
         } else {
             self.finalize(g, i, State::Cancelled, reason.errno());
         }
     }
 
-    /// Zero-copy regions cancelled but still running (their CANCELLED comes
-    /// when the kernel ends their IO).
+    /// Library pages: replaces region `i`'s pages under the caller's
+    /// addresses with fresh ones ([`crate::memory::pages::detach`]), so the
+    /// IO still running finishes into pages the caller no longer sees.
+    /// `detached` is set first: an engine that reads it as false after
+    /// making its registration current started the op before the pages
+    /// were replaced, so into the old pages. `false` when the kernel
+    /// refused a mapping (the region must then wait for its IO).
+    fn detach(&self, i: usize) -> bool {
+        self.detached.store(true, Ordering::SeqCst);
+        let mut ok = true;
+        self.mem
+            .spans(0, self.specs[i].count as usize * 512, |addr, len| {
+                ok &= crate::memory::pages::detach(addr, len);
+            });
+        ok
+    }
+
+    /// Library pages: whether a cancel detached the pages; an engine
+    /// checks it (after making its registration current) before starting
+    /// an op, and drops the op if so.
+    pub fn detached(&self) -> bool {
+        self.detached.load(Ordering::SeqCst)
+    }
+
+    /// Library pages: the engine runs an op of region `i` as a plain read
+    /// (it could not register the chunk). Returns `false` when the pages
+    /// are already detached (the op must not start); otherwise a cancel of
+    /// the region now waits for its IO.
+    pub fn demote(&self, i: usize) -> bool {
+        let mut g = self.lock();
+        if self.detached() || g.regions[i].fin.is_some() {
+            return false;
+        }
+        g.regions[i].plain = true;
+        true
+    }
+
+    /// Regions cancelled but still running in the caller's memory (their
+    /// CANCELLED comes when the kernel ends their IO).
     pub fn cancels_pending(&self) -> bool {
-        self.mode.zero_copy
+        (self.mode.zero_copy || self.mode.lib_pages)
             && self
                 .lock()
                 .regions

@@ -109,6 +109,7 @@ const READ: Mode = Mode {
     cancel_on_timeout: false,
     read_any: false,
     zero_copy: false,
+    lib_pages: false,
 };
 const WRITE: Mode = Mode {
     write: true,
@@ -116,6 +117,7 @@ const WRITE: Mode = Mode {
     cancel_on_timeout: false,
     read_any: false,
     zero_copy: false,
+    lib_pages: false,
 };
 
 #[test]

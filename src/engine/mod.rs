@@ -57,6 +57,11 @@ pub struct IoOp {
     /// region is final, which for a zero-copy region is never before this
     /// op completes.
     pub direct: usize,
+    /// A read straight into library pages (`direct`), which lie in this
+    /// arena chunk ([`crate::memory::pages`]): the engine reads as a fixed
+    /// buffer of that chunk, so that a cancel can detach the pages from
+    /// the caller ([`Request::detached`]).
+    pub lib_chunk: Option<u16>,
 }
 
 impl IoOp {

@@ -12,6 +12,7 @@
 use super::sched::Sched;
 use super::{Engine, EngineKind, IoOp, OpKind};
 use crate::error::{Error, Result};
+use crate::memory::pages;
 use crate::request::Request;
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -118,6 +119,9 @@ const REGISTER_MAX: usize = 16 << 20;
 
 static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// [`Core::chunks`]: the kernel refused to register the chunk.
+const REFUSED: u64 = u64::MAX;
+
 const WAKE: u64 = u64::MAX;
 const FLUSH_BIT: u64 = 1 << 63;
 
@@ -192,33 +196,41 @@ fn poll_wait() -> bool {
     *POLL.get_or_init(|| std::env::var("DMIO_URING_WAIT").is_ok_and(|v| v == "poll"))
 }
 
+/// Which registered buffer an op's memory is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buf {
+    /// Not registered: a plain read or write.
+    Plain,
+    /// Registered buffer `n` (0: the private memory; 1 + c: arena chunk c).
+    Fixed(u16),
+}
+
+/// Fixed buffer index of arena chunk `c` (after the private memory's 0).
+fn chunk_buf(c: u16) -> u16 {
+    c + 1
+}
+
 /// The submission entries of `op` with user data `ud`: a linked fsync
 /// before a `DM_IO_FLUSH` write, and the op itself (a fixed read or write
-/// when its buffer lies in the registered range `fixed`).
-fn entries(
-    op: &IoOp,
-    ud: u64,
-    fixed: Option<(usize, usize)>,
-) -> (Option<squeue::Entry>, squeue::Entry) {
+/// from registered buffer `reg`).
+fn entries(op: &IoOp, ud: u64, reg: Buf) -> (Option<squeue::Entry>, squeue::Entry) {
     let fd = types::Fd(op.dev.fd());
     let buf = op.buf();
-    let fixed =
-        fixed.is_some_and(|(lo, hi)| buf as usize >= lo && buf as usize + op.len as usize <= hi);
     let rw_flags = if op.fua { libc::RWF_DSYNC } else { 0 };
-    let data = match op.kind {
-        OpKind::Read if fixed => opcode::ReadFixed::new(fd, buf, op.len, 0)
+    let data = match (op.kind, reg) {
+        (OpKind::Read, Buf::Fixed(n)) => opcode::ReadFixed::new(fd, buf, op.len, n)
             .offset(op.offset)
             .build(),
-        OpKind::Read => opcode::Read::new(fd, buf, op.len).offset(op.offset).build(),
-        OpKind::Write if fixed => opcode::WriteFixed::new(fd, buf, op.len, 0)
-            .offset(op.offset)
-            .rw_flags(rw_flags)
-            .build(),
-        OpKind::Write => opcode::Write::new(fd, buf, op.len)
+        (OpKind::Read, Buf::Plain) => opcode::Read::new(fd, buf, op.len).offset(op.offset).build(),
+        (OpKind::Write, Buf::Fixed(n)) => opcode::WriteFixed::new(fd, buf, op.len, n)
             .offset(op.offset)
             .rw_flags(rw_flags)
             .build(),
-        OpKind::Flush => opcode::Fsync::new(fd)
+        (OpKind::Write, Buf::Plain) => opcode::Write::new(fd, buf, op.len)
+            .offset(op.offset)
+            .rw_flags(rw_flags)
+            .build(),
+        (OpKind::Flush, _) => opcode::Fsync::new(fd)
             .flags(types::FsyncFlags::DATASYNC)
             .build(),
     }
@@ -326,6 +338,10 @@ pub(super) struct Core {
     ready: Vec<IoOp>,
     /// Private memory registered as fixed buffer 0 (start, end).
     fixed: Option<(usize, usize)>,
+    /// Per arena chunk: the generation registered as its fixed buffer,
+    /// plus one (0: not registered, [`REFUSED`]: the kernel refused it).
+    /// Empty when the ring has no sparse buffer table (then no chunk).
+    chunks: Vec<u64>,
     /// With [`poll_wait`]: the eventfd the ring signals on completions.
     cq_efd: Option<OwnedFd>,
 }
@@ -348,8 +364,16 @@ impl Core {
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             fixed: None,
+            chunks: Vec::new(),
             cq_efd: None,
         };
+        // A table with room for the private memory and every arena chunk,
+        // filled as they are used. Without it (kernels before 5.19) the
+        // private memory is registered alone and chunks are not.
+        let slots = 1 + pages::MAX_CHUNKS as u32;
+        if core.ring.submitter().register_buffers_sparse(slots).is_ok() {
+            core.chunks = vec![0; pages::MAX_CHUNKS];
+        }
         if poll_wait() {
             let fd = new_eventfd(libc::EFD_NONBLOCK)?;
             core.ring
@@ -381,13 +405,79 @@ impl Core {
             iov_base: start as *mut libc::c_void,
             iov_len: len,
         };
+        let sub = self.ring.submitter();
         // SAFETY: the region is the pool's mapping, which stays mapped while
         // any op can name it (ops hold the pool through their slots); once it
         // is unmapped no op refers to it, and the pages the kernel pinned
         // stay its own until the ring is dropped.
-        if unsafe { self.ring.submitter().register_buffers(&[iov]) }.is_ok() {
+        let done = unsafe {
+            if self.chunks.is_empty() {
+                sub.register_buffers(&[iov])
+            } else {
+                sub.register_buffers_update(0, &[iov], None)
+            }
+        };
+        if done.is_ok() {
             self.fixed = Some((start, start + len));
         }
+    }
+
+    /// The buffer `op` runs in on this ring: the private memory's when its
+    /// slot lies in it, its arena chunk's for a read into library pages
+    /// (`None` then when the chunk's registration is out of date: see
+    /// [`Core::register_chunk`]), else plain.
+    fn buf_of(chunks: &[u64], fixed: Option<(usize, usize)>, op: &IoOp) -> Option<Buf> {
+        if let Some(c) = op.lib_chunk {
+            return match chunks.get(c as usize) {
+                Some(&r) if r == REFUSED => Some(Buf::Plain),
+                Some(&r) if r == pages::generation(c) as u64 + 1 => Some(Buf::Fixed(chunk_buf(c))),
+                Some(_) => None,
+                None => Some(Buf::Plain),
+            };
+        }
+        let b = op.buf() as usize;
+        Some(match fixed {
+            Some((lo, hi)) if b >= lo && b + op.len as usize <= hi => Buf::Fixed(0),
+            _ => Buf::Plain,
+        })
+    }
+
+    /// Registers arena chunk `c` (again: a detach replaced pages in it).
+    /// Only with an empty submission queue: every op queued before was
+    /// started with the registration it was checked against (the kernel
+    /// resolves a fixed buffer when it first issues the op, inside the
+    /// `io_uring_enter` that submits it). A refusal, or a queue that will
+    /// not drain, leaves the chunk's ops on plain reads ([`Request::demote`]).
+    fn register_chunk(&mut self, c: u16) {
+        let _ = self.ring.submit();
+        if !self.ring.submission().is_empty() {
+            pages::refuse(c);
+            self.chunks[c as usize] = REFUSED;
+            return;
+        }
+        // Read before registering: pages detached after this are seen as a
+        // newer generation and registered again.
+        let g = pages::generation(c);
+        let (start, len) = pages::chunk_range(c);
+        let iov = libc::iovec {
+            iov_base: start as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: the chunk is arena memory, mapped for the life of the
+        // process; the kernel pins the pages mapped there now and keeps
+        // them while an op or this table refers to them.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(chunk_buf(c) as u32, &[iov], None)
+        };
+        self.chunks[c as usize] = match r {
+            Ok(()) => g as u64 + 1,
+            Err(_) => {
+                pages::refuse(c);
+                REFUSED
+            }
+        };
     }
 
     pub(super) fn arm(&mut self, at: Instant, req: Weak<Request>) {
@@ -451,8 +541,13 @@ impl Core {
             // view reads the kernel's head and publishes our tail).
             let mut sq = self.ring.submission();
             let mut room = sq.capacity() - sq.len();
+            let mut stale = None;
             while self.inflight < self.cap {
                 let Some(front) = self.backlog.front() else {
+                    break;
+                };
+                let Some(reg) = Core::buf_of(&self.chunks, self.fixed, front) else {
+                    stale = front.lib_chunk;
                     break;
                 };
                 let linked = front.pre_flush && front.kind == OpKind::Write;
@@ -460,11 +555,27 @@ impl Core {
                     break;
                 }
                 let op = self.backlog.pop_front().expect("checked front");
+                // Library pages: not once a cancel detached them (checked
+                // after the registration was made current, see
+                // `Request::detach`); on a plain read, only if the request
+                // will wait for it.
+                if let Some(c) = op.lib_chunk {
+                    if reg == Buf::Plain {
+                        // Later requests there use private memory.
+                        pages::refuse(c);
+                    }
+                    if op.req.detached()
+                        || (reg == Buf::Plain && !op.req.demote(op.region as usize))
+                    {
+                        op.complete(-libc::ECANCELED);
+                        continue;
+                    }
+                }
                 let idx = self.free.pop().unwrap_or_else(|| {
                     self.slab.push(None);
                     self.slab.len() - 1
                 });
-                let (flush, data) = entries(&op, idx as u64, self.fixed);
+                let (flush, data) = entries(&op, idx as u64, reg);
                 if let Some(f) = flush {
                     // SAFETY: an fsync entry carries no buffer; the fd stays
                     // open because the op (in the slab below) holds `Arc<Device>`.
@@ -473,10 +584,13 @@ impl Core {
                 // SAFETY: `data`'s buffer points into the op's private slot,
                 // which the slab entry created below owns until this entry's
                 // CQE is reaped in `reap` (for a fixed op, inside registered
-                // buffer 0, checked in `entries`), or for a zero-copy op into
+                // buffer 0, checked in `buf_of`), or for a zero-copy op into
                 // the caller's memory, lent until the region is final, which
-                // is never before that CQE is reaped; the fd is kept open by
-                // the op's `Arc<Device>`.
+                // is never before that CQE is reaped, or for a read into
+                // library pages into the arena chunk registered as its
+                // fixed buffer (mapped for good; a detach leaves the pages
+                // this registration pinned to the kernel); the fd is kept
+                // open by the op's `Arc<Device>`.
                 unsafe { sq.push(&data) }.expect("room checked above");
                 room -= 1 + linked as usize;
                 self.slab[idx] = Some(Slot {
@@ -488,6 +602,10 @@ impl Core {
                 self.inflight += 1;
             }
             drop(sq);
+            if let Some(c) = stale {
+                self.register_chunk(c);
+                continue;
+            }
             if self.inflight >= self.cap || self.backlog.is_empty() {
                 break;
             }

@@ -151,7 +151,17 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// region. Without `DM_IO_ZERO_COPY` (below), all IO runs on the client's
 /// private memory: write data is copied from the caller's memory before the
 /// write starts, read data is copied to it when the read completes, so the
-/// caller's memory may have any alignment. The caller keeps
+/// caller's memory may have any alignment. One exception, with the
+/// io_uring engine: a read whose memory (of any type) is whole pages from
+/// `dm_io_page_alloc`, each `max_size` piece within one allocation chunk of
+/// 64 pages (always true for pieces of one page), runs in those pages,
+/// with no private memory and no copy; when such a read is cancelled while
+/// its IO runs, the library maps fresh zeroed pages at the same addresses
+/// and the kernel finishes into the old ones, which the caller no longer
+/// sees. (When the kernel refuses to register a chunk, for example over
+/// `RLIMIT_MEMLOCK`, later reads there use private memory, and one read
+/// already going there unregistered ends CANCELLED only when its IO ends.)
+/// The caller keeps
 /// `ctrl->memory` valid until the region's final notification (for SYNC,
 /// until `dm_io` returns); after a region is final, and in particular after
 /// DM_IO_CANCELLED, the library never reads or writes it again, even if the
@@ -266,6 +276,8 @@ pub unsafe extern "C" fn dm_io(
                 cancel_on_timeout: ctrl.flags & DM_IO_CANCEL_ON_TIMEOUT != 0,
                 read_any: ctrl.rw & DM_IO_READ_ANY != 0,
                 zero_copy: ctrl.flags & DM_IO_ZERO_COPY != 0,
+                // Decided by the client from the memory.
+                lib_pages: false,
             },
             flush: ctrl.rw & DM_IO_FLUSH != 0,
             fua: ctrl.rw & DM_IO_FUA != 0,
@@ -546,7 +558,11 @@ pub extern "C" fn dm_io_bdev_is_direct(bdev: *const block_device) -> c_int {
 }
 
 /// Allocates one zeroed, `DM_IO_PAGE_SIZE`-aligned page; NULL when out of
-/// memory. Free it with `dm_io_page_free`.
+/// memory. Free it with `dm_io_page_free`. Pages come from chunks of 64
+/// (the first 256 MiB of pages in use; beyond that, single allocations)
+/// that stay mapped for the life of the process: a freed page is kept for
+/// the next allocation. Reads into whole pages need no private memory
+/// (see `dm_io`).
 #[no_mangle]
 pub extern "C" fn dm_io_page_alloc() -> *mut page {
     guard::ptr("dm_io_page_alloc", || {

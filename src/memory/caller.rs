@@ -71,6 +71,12 @@ impl CallerMemory {
         }
     }
 
+    /// Calls `f(address, length)` for each contiguous piece of logical
+    /// bytes `[off, off + len)`.
+    pub fn spans(&self, off: usize, len: usize, mut f: impl FnMut(usize, usize)) {
+        self.walk(off, len, |addr, _, n| f(addr, n));
+    }
+
     /// The address of logical bytes `[off, off + len)` when they lie in one
     /// segment (zero-copy IO needs one contiguous buffer per op).
     pub fn span_addr(&self, off: usize, len: usize) -> Option<usize> {

@@ -4,21 +4,72 @@
 //! free. Every live page is remembered so that the library can reject a
 //! pointer that is not one of its pages (in `dm_io_page_free` and in page
 //! lists / bio_vecs given to `dm_io`) instead of reading through it.
+//!
+//! Pages come from an arena: chunks of [`CHUNK_PAGES`] pages carved out of
+//! one reserved range of address space, so a page's chunk is found from
+//! its address alone. The io_uring engine registers chunks with its rings
+//! (fixed buffers), and reads into whole library pages then run in the
+//! caller's page itself, with no private memory and no copy. Such a read
+//! can still be abandoned at once when its region is cancelled:
+//! [`detach`] maps fresh pages at the caller's addresses, so the kernel,
+//! which holds the old pages pinned through the registration, finishes
+//! into memory the caller no longer sees. A detach bumps its chunk's
+//! generation ([`generation`]); each ring registers the chunk again before
+//! its next fixed IO there. Pages beyond the arena (more than
+//! [`MAX_CHUNKS`] chunks in use) are plain allocations and use private
+//! memory like any caller memory.
 
 use super::PAGE_SIZE;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+/// Pages per arena chunk (one registered buffer per chunk and ring).
+pub const CHUNK_PAGES: usize = 64;
+/// Bytes per arena chunk.
+pub const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
+/// Chunks in the arena (256 MiB of pages); its address range is reserved
+/// once, without memory, and chunks are mapped as pages are needed.
+pub const MAX_CHUNKS: usize = 1024;
+
+/// Start of the reserved range (0 until the first page is allocated).
+static BASE: AtomicUsize = AtomicUsize::new(0);
+/// Chunks mapped so far (they are never unmapped).
+static CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// Per chunk: bumped by every [`detach`] in it.
+static GEN: [AtomicU32; MAX_CHUNKS] = [const { AtomicU32::new(0) }; MAX_CHUNKS];
+/// Per chunk: a ring could not register it; its pages use private memory.
+static REFUSED: [AtomicBool; MAX_CHUNKS] = [const { AtomicBool::new(false) }; MAX_CHUNKS];
+
+#[derive(Default)]
+struct Arena {
+    live: HashSet<usize>,
+    /// Arena pages not in use.
+    free: Vec<usize>,
+    /// The reservation failed: every page is a plain allocation.
+    no_arena: bool,
+}
+
+static LIVE: Mutex<Option<Arena>> = Mutex::new(None);
 
 fn layout() -> Layout {
     // PAGE_SIZE is a non-zero power of two, so this cannot fail.
     Layout::from_size_align(PAGE_SIZE, PAGE_SIZE).expect("page layout")
 }
 
+/// The arena chunk holding `addr`, if it is one.
+fn chunk_of(addr: usize) -> Option<usize> {
+    let base = BASE.load(Ordering::Acquire);
+    if base == 0 || addr < base {
+        return None;
+    }
+    let c = (addr - base) / CHUNK_BYTES;
+    (c < CHUNKS.load(Ordering::Acquire)).then_some(c)
+}
+
 /// The set of live pages, locked; used to validate many pages under one lock.
-pub struct LivePages(MutexGuard<'static, Option<HashSet<usize>>>);
+pub struct LivePages(MutexGuard<'static, Option<Arena>>);
 
 impl LivePages {
     pub fn lock() -> Self {
@@ -26,39 +77,193 @@ impl LivePages {
     }
 
     pub fn contains(&self, addr: usize) -> bool {
-        self.0.as_ref().is_some_and(|s| s.contains(&addr))
+        self.0.as_ref().is_some_and(|a| a.live.contains(&addr))
+    }
+
+    /// The chunk of `[addr, addr + len)` when those bytes are whole live
+    /// arena pages, all in one chunk that no ring has refused to register.
+    pub fn arena_span(&self, addr: usize, len: usize) -> Option<u16> {
+        if len == 0 || addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return None;
+        }
+        let c = chunk_of(addr)?;
+        if chunk_of(addr + len - 1) != Some(c) || REFUSED[c].load(Ordering::Relaxed) {
+            return None;
+        }
+        (addr..addr + len)
+            .step_by(PAGE_SIZE)
+            .all(|p| self.contains(p))
+            .then_some(c as u16)
+    }
+
+    /// A page from the arena (mapping a new chunk when none is free).
+    fn arena_page(&mut self) -> Option<usize> {
+        let a = self.0.get_or_insert_with(Arena::default);
+        if let Some(p) = a.free.pop() {
+            return Some(p);
+        }
+        if a.no_arena {
+            return None;
+        }
+        let mut base = BASE.load(Ordering::Acquire);
+        if base == 0 {
+            // SAFETY: a new private reservation at an address of the
+            // kernel's choice, no access, no memory; result checked.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    MAX_CHUNKS * CHUNK_BYTES,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                a.no_arena = true;
+                return None;
+            }
+            base = p as usize;
+            BASE.store(base, Ordering::Release);
+        }
+        let c = CHUNKS.load(Ordering::Acquire);
+        if c == MAX_CHUNKS {
+            return None;
+        }
+        let start = base + c * CHUNK_BYTES;
+        // SAFETY: maps readable, writable zeroed memory over chunk `c` of
+        // our own reservation, which nothing uses yet (chunks are mapped
+        // once, in order, under the arena lock); result checked.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                CHUNK_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        CHUNKS.store(c + 1, Ordering::Release);
+        a.free
+            .extend((1..CHUNK_PAGES).rev().map(|k| start + k * PAGE_SIZE));
+        Some(start)
     }
 }
 
 /// Allocates one zeroed page; `None` when out of memory.
 pub fn alloc() -> Option<usize> {
-    // SAFETY: the layout has a non-zero size.
-    let p = unsafe { alloc_zeroed(layout()) };
-    if p.is_null() {
-        return None;
-    }
     let mut live = LivePages::lock();
-    live.0.get_or_insert_with(HashSet::new).insert(p as usize);
-    Some(p as usize)
+    let p = match live.arena_page() {
+        Some(p) => {
+            // SAFETY: `p` is a mapped arena page that no one owns (it was
+            // free); it is zeroed before it is handed out.
+            unsafe { std::ptr::write_bytes(p as *mut u8, 0, PAGE_SIZE) };
+            p
+        }
+        None => {
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { alloc_zeroed(layout()) };
+            if p.is_null() {
+                return None;
+            }
+            p as usize
+        }
+    };
+    live.0.get_or_insert_with(Arena::default).live.insert(p);
+    Some(p)
 }
 
 /// Frees a page from [`alloc`]; returns `false` (and frees nothing) for any
 /// other address, including a page already freed.
 pub fn free(addr: usize) -> bool {
     let mut live = LivePages::lock();
-    let known = live.0.as_mut().is_some_and(|s| s.remove(&addr));
-    drop(live);
-    if known {
-        // SAFETY: `addr` was returned by `alloc_zeroed(layout())` in `alloc`
-        // and was still in the live set, so it has not been freed yet; it is
-        // now out of the set, so it cannot be freed twice.
-        unsafe { dealloc(addr as *mut u8, layout()) };
+    let Some(a) = live.0.as_mut() else {
+        return false;
+    };
+    if !a.live.remove(&addr) {
+        return false;
     }
-    known
+    if chunk_of(addr).is_some() {
+        // Arena pages stay mapped (rings may hold them registered).
+        a.free.push(addr);
+        return true;
+    }
+    drop(live);
+    // SAFETY: `addr` was returned by `alloc_zeroed(layout())` in `alloc`
+    // (it is not in the arena) and was still in the live set, so it has
+    // not been freed yet; it is now out of the set, so it cannot be freed
+    // twice.
+    unsafe { dealloc(addr as *mut u8, layout()) };
+    true
+}
+
+/// The arena chunk of `addr`, an address [`LivePages::arena_span`]
+/// accepted.
+pub fn chunk_index(addr: usize) -> u16 {
+    chunk_of(addr).expect("an arena address") as u16
+}
+
+/// Chunk `c`'s address range (start, bytes) for registration.
+pub fn chunk_range(c: u16) -> (usize, usize) {
+    let c = c as usize;
+    debug_assert!(c < CHUNKS.load(Ordering::Acquire));
+    (BASE.load(Ordering::Acquire) + c * CHUNK_BYTES, CHUNK_BYTES)
+}
+
+/// Chunk `c`'s generation: a ring whose registration of `c` is older
+/// registers it again before its next fixed IO there.
+pub fn generation(c: u16) -> u32 {
+    GEN[c as usize].load(Ordering::SeqCst)
+}
+
+/// A ring could not register chunk `c`: later requests with pages there
+/// use private memory.
+pub fn refuse(c: u16) {
+    REFUSED[c as usize].store(true, Ordering::Relaxed);
+}
+
+/// Maps fresh zeroed pages over `[addr, addr + len)` (whole live arena
+/// pages, see [`LivePages::arena_span`]), then bumps the generation of
+/// every chunk it touches: IO still running into the old pages finishes
+/// there, unseen. `false` if the kernel refused the mapping (the range may
+/// then be partly replaced; the caller must wait for the IO instead).
+pub fn detach(addr: usize, len: usize) -> bool {
+    let (Some(first), Some(last)) = (chunk_of(addr), chunk_of(addr + len.max(1) - 1)) else {
+        return false;
+    };
+    // SAFETY: `[addr, addr + len)` is whole pages of mapped arena chunks
+    // (checked at submission; chunks are never unmapped); replacing them
+    // with fresh private pages only changes what the caller's addresses
+    // show. The old pages stay alive while a ring holds them registered.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return false;
+    }
+    // After the new mapping: a ring that sees the new generation registers
+    // the new pages.
+    for g in &GEN[first..=last] {
+        g.fetch_add(1, Ordering::SeqCst);
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn alloc_free_once() {
         let p = super::alloc().unwrap();
@@ -67,5 +272,46 @@ mod tests {
         assert!(super::free(p));
         assert!(!super::free(p), "double free is refused");
         assert!(!super::free(12345));
+    }
+
+    #[test]
+    fn arena_pages_are_zeroed_spans_and_detach() {
+        let p = alloc().unwrap();
+        let c = LivePages::lock()
+            .arena_span(p, PAGE_SIZE)
+            .expect("arena page");
+        let (start, len) = chunk_range(c);
+        assert!(p >= start && p + PAGE_SIZE <= start + len);
+        // Not whole pages, or not live: no span.
+        assert_eq!(LivePages::lock().arena_span(p + 512, 512), None);
+        assert_eq!(LivePages::lock().arena_span(p, 100), None);
+        // SAFETY: `p` is a live page of ours.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0xab, PAGE_SIZE) };
+        let g = generation(c);
+        assert!(detach(p, PAGE_SIZE));
+        assert_eq!(generation(c), g.wrapping_add(1));
+        // SAFETY: as above; the page is still mapped (freshly).
+        let v = unsafe { std::slice::from_raw_parts(p as *const u8, PAGE_SIZE) };
+        assert!(v.iter().all(|&b| b == 0), "a detached page reads as zeros");
+        // SAFETY: as above.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0xcd, PAGE_SIZE) };
+        assert!(free(p));
+        assert_eq!(LivePages::lock().arena_span(p, PAGE_SIZE), None);
+        // A page handed out again is zeroed.
+        let mut again = Vec::new();
+        loop {
+            let q = alloc().unwrap();
+            again.push(q);
+            if q == p {
+                break;
+            }
+            assert!(again.len() <= CHUNK_PAGES * 4, "freed page never came back");
+        }
+        // SAFETY: `p` is live again.
+        let v = unsafe { std::slice::from_raw_parts(p as *const u8, PAGE_SIZE) };
+        assert!(v.iter().all(|&b| b == 0));
+        for q in again {
+            assert!(free(q));
+        }
     }
 }
