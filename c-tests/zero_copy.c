@@ -138,7 +138,9 @@ int main(void)
 	CHECK(dm_io(&c, 2, any, NULL) == -EINVAL, "ZERO_COPY with READ_ANY accepted");
 	struct page *p0 = dm_io_page_alloc(), *p1 = dm_io_page_alloc();
 	CHECK(p0 && p1, "dm_io_page_alloc");
-	struct bio_vec two[3] = { { p0, 4096, 0 }, { p1, 4096, 0 }, { NULL, 0, 0 } };
+	/* In reverse order: pages allocated one after the other may follow
+	 * each other in memory, and adjacent pieces of memory are one buffer. */
+	struct bio_vec two[3] = { { p1, 4096, 0 }, { p0, 4096, 0 }, { NULL, 0, 0 } };
 	struct dm_io_memory bm = { .type = DM_IO_BVEC, .ptr.bv = two, .offset = 0 };
 	c = make_ctrl(cl, DM_IO_READ, bm, tracker_notify, &t);
 	c.flags = DM_IO_ZERO_COPY;

@@ -104,7 +104,8 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
     Ok(CallerMemory::from_segments(w.segs))
 }
 
-/// Collects `need` bytes of segments after skipping `skip` bytes.
+/// Collects `need` bytes of segments after skipping `skip` bytes, joining
+/// ranges that are adjacent in memory.
 struct Walk {
     skip: usize,
     have: usize,
@@ -119,10 +120,16 @@ impl Walk {
             return;
         }
         let n = (len - self.skip).min(self.need - self.have);
-        self.segs.push(Segment {
-            addr: addr + self.skip,
-            len: n,
-        });
+        let start = addr + self.skip;
+        // Pages that follow each other in memory make one segment (so a
+        // piece over them can run in place: zero-copy, library pages).
+        match self.segs.last_mut() {
+            Some(last) if last.addr + last.len == start => last.len += n,
+            _ => self.segs.push(Segment {
+                addr: start,
+                len: n,
+            }),
+        }
         self.have += n;
         self.skip = 0;
     }

@@ -172,7 +172,8 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// With `DM_IO_ZERO_COPY` in `ctrl->flags` the IO runs in `ctrl->memory`
 /// itself (no private memory, no copy, no wait for memory), which then must
 /// be aligned as O_DIRECT needs, one contiguous buffer per `max_size`
-/// piece. A region cancelled while its IO runs ends CANCELLED only when the
+/// piece (pages or bio_vec entries that follow each other in memory count
+/// as one buffer). A region cancelled while its IO runs ends CANCELLED only when the
 /// kernel ends that IO, so the memory stays lent until then.
 ///
 /// Notify (`ctrl->notify`) is called once per region with a final state
