@@ -310,21 +310,23 @@ class Bench:
             return None
         return self.pair(case, label, run_a, run_b, metric, names=names)
 
-    def ref_split(self, case, label, dev, bs, qd, dmio_value):
+    def ref_split(self, case, label, dev, bs, qd, dmio_value, copies=True):
         """Splits libdmio's gap to fio in two: what one copy per read costs (the
         bare loop with and without it, ABBA), and what the library costs beyond
-        that (libdmio / the loop with the copy). None without --ref."""
+        that (libdmio / the loop with the copy, or without it when libdmio's
+        reads do not copy: `copies`). None without --ref."""
         r = self.ref_pair(case, label, lambda: self.ref(label, dev, bs, qd, True),
                           lambda: self.ref(label, dev, bs, qd, False), lambda x: x["iops"], ("ref+copy", "ref"))
         if r is None:
             return None
+        base = r["libdmio"] if copies else r["fio"]
         out = {"ref": r["fio"], "ref_copy": r["libdmio"], "copy_over_nocopy": r["ratio"],
-               "libdmio_over_ref_copy": dmio_value / r["libdmio"] if r["libdmio"] else None,
+               "libdmio_copies": copies, "libdmio_over_ref": dmio_value / base if base else None,
                "ref_runs": r["fio_runs"], "ref_copy_runs": r["libdmio_runs"]}
         log(f"  reference ({label}): a bare io_uring loop with libdmio's system calls, zero-copy "
             f"{fmt_iops(out['ref'])} IOPS; with one copy per read, as bounce memory does, "
             f"{fmt_iops(out['ref_copy'])} ({out['copy_over_nocopy']:.2f}x); "
-            f"libdmio = {out['libdmio_over_ref_copy']:.2f}x the loop with the copy")
+            f"libdmio = {out['libdmio_over_ref']:.2f}x the loop {'with' if copies else 'without'} the copy")
         return out
 
     def ref_mirror(self, case, label, devs, qd, dmio_value):
@@ -354,7 +356,7 @@ class Bench:
     @staticmethod
     def ref_note(x):
         return (f"; bare loop {fmt_iops(x['ref'])}, +copy {x['copy_over_nocopy']:.2f}x, "
-                f"libdmio/loop+copy {x['libdmio_over_ref_copy']:.2f}x") if x else ""
+                f"libdmio/loop{'+copy' if x['libdmio_copies'] else ''} {x['libdmio_over_ref']:.2f}x") if x else ""
 
     def row(self, case, what, device, dmio, fio, ratio, note=""):
         self.rows.append({"case": case, "what": what, "device": device, "libdmio": dmio,
@@ -443,7 +445,11 @@ class Bench:
 
     def case1(self):
         c = self.cfg
-        log("\n== case 1: 4 KiB random read, one region, async with notify (resubmitted from notify)")
+        log("\n== case 1: 4 KiB random read, one region, async with notify (resubmitted from notify)."
+            "\n   Each request reads into a page list of dm_io_page_alloc pages (the proposal's memory):"
+            "\n   with io_uring such reads run in the pages, and a cancel still ends them at once."
+            "\n   At QD32 the same reads into the caller's own buffer (DM_IO_VM: through private"
+            "\n   memory, one copy per read) and with DM_IO_ZERO_COPY are shown too.")
         out = []
         for dk in ["disk", "shm"]:
             if dk == "shm" and self.devices["shm"].get("fallback"):
@@ -453,34 +459,41 @@ class Bench:
                 label = f"randread 4k QD{qd} {dk}"
                 r = self.pair(
                     1, label,
-                    lambda: self.randread(label, dev, 4096, qd),
+                    lambda: self.randread(label, dev, 4096, qd, "--pages"),
                     lambda: self.fio(label, [dev], "randread", 4096, qd, c["size"], c["secs"], c["warmup"]),
                     lambda x: x["iops"], rounds=2 * c["rounds"] if qd == 32 else None)
-                r.update(device=dk, qd=qd)
+                r.update(device=dk, qd=qd, memory="library pages (DM_IO_PAGE_LIST)")
                 out.append(r)
-                ref = self.ref_split(1, label, dev, 4096, qd, r["libdmio"]) if qd == 32 else None
+                ref = self.ref_split(1, label, dev, 4096, qd, r["libdmio"], copies=False) if qd == 32 else None
                 r["reference"] = ref
                 d, f = r["libdmio_detail"], r["fio_detail"]
-                self.row(1, f"4 KiB randread QD{qd} (IOPS)", dk, fmt_iops(r["libdmio"]), fmt_iops(r["fio"]),
-                         r["ratio"], f"p99 {fmt_ns(d['lat_ns']['p99'])} vs {fmt_ns(f['lat_ns']['p99'])}; "
-                                     f"CPU/IO {d['cpu']['us_per_request']:.1f} vs {f['cpu']['us_per_request']:.1f} us"
-                                     + self.ref_note(ref))
+                self.row(1, f"4 KiB randread QD{qd}, library pages (IOPS)", dk, fmt_iops(r["libdmio"]),
+                         fmt_iops(r["fio"]), r["ratio"],
+                         f"p99 {fmt_ns(d['lat_ns']['p99'])} vs {fmt_ns(f['lat_ns']['p99'])}; "
+                         f"CPU/IO {d['cpu']['us_per_request']:.1f} vs {f['cpu']['us_per_request']:.1f} us"
+                         + self.ref_note(ref))
                 if qd == 32:
-                    # The opt-in zero-copy path (DM_IO_ZERO_COPY), for comparison only:
-                    # the target is the default (bounce) path above.
-                    zl = label + " zero-copy"
-                    z = self.pair(
-                        1, zl,
-                        lambda: self.randread(zl, dev, 4096, qd, "--zero-copy"),
-                        lambda: self.fio(zl, [dev], "randread", 4096, qd, c["size"], c["secs"], c["warmup"]),
-                        lambda x: x["iops"])
-                    r["zero_copy"] = {k: z[k] for k in ("libdmio", "fio", "ratio", "libdmio_runs", "fio_runs")}
-                    self.row(1, "4 KiB randread QD32, DM_IO_ZERO_COPY (IOPS)", dk, fmt_iops(z["libdmio"]),
-                             fmt_iops(z["fio"]), z["ratio"], "opt-in: no private memory; a cancel waits for the IO")
-                    self.target(1, f"4 KiB randread QD32 on {dk}, libdmio/fio IOPS", r["ratio"] >= TARGETS["qd32"],
-                                f"{r['ratio']:.2f}x", f">= {TARGETS['qd32']}x",
+                    # For comparison: the caller's own buffer (through private
+                    # memory), and the opt-in DM_IO_ZERO_COPY.
+                    for key, opt, what, note in (
+                            ("bounce", None, "own buffer (DM_IO_VM, private memory)",
+                             "one copy per read; a cancel ends the read at once"),
+                            ("zero_copy", "--zero-copy", "DM_IO_ZERO_COPY",
+                             "opt-in: no private memory; a cancel waits for the IO")):
+                        zl = f"{label} {key.replace('_', '-')}"
+                        z = self.pair(
+                            1, zl,
+                            lambda: self.randread(zl, dev, 4096, qd, *([opt] if opt else [])),
+                            lambda: self.fio(zl, [dev], "randread", 4096, qd, c["size"], c["secs"], c["warmup"]),
+                            lambda x: x["iops"])
+                        r[key] = {k: z[k] for k in ("libdmio", "fio", "ratio", "libdmio_runs", "fio_runs")}
+                        self.row(1, f"4 KiB randread QD32, {what} (IOPS)", dk, fmt_iops(z["libdmio"]),
+                                 fmt_iops(z["fio"]), z["ratio"], note)
+                    self.target(1, f"4 KiB randread QD32 on {dk}, libdmio/fio IOPS (library pages)",
+                                r["ratio"] >= TARGETS["qd32"], f"{r['ratio']:.2f}x", f">= {TARGETS['qd32']}x",
                                 f"({len(r['libdmio_runs'])} runs each: libdmio {fmt_range(r['libdmio_runs'])}, "
-                                f"fio {fmt_range(r['fio_runs'])} IOPS)")
+                                f"fio {fmt_range(r['fio_runs'])} IOPS; own buffer through private memory "
+                                f"{r['bounce']['ratio']:.2f}x)")
         self.results["case1"] = out
 
     def case2(self):
@@ -588,11 +601,11 @@ class Bench:
         self.row(3, f"{bs // 1024} KiB randread QD{qd}, libdmio bounce vs libdmio DM_IO_ZERO_COPY (MiB/s)", dk,
                  mb(z["libdmio"]), mb(z["fio"]), z["ratio"], "the fio column here is libdmio with DM_IO_ZERO_COPY")
         log(f"  libdmio's own zero-copy (DM_IO_ZERO_COPY): {mb(z['fio'])}; bounce / zero-copy {z['ratio']:.2f}x")
-        if q32:
-            s4 = q32[0]["libdmio"] * ns4 / 1e9
+        if q32 and "bounce" in q32[0]:
+            s4 = q32[0]["bounce"]["libdmio"] * ns4 / 1e9
             r["memcpy_4k_core_share_qd32"] = s4
             log(f"  4 KiB QD32 ({dk}): memcpy {ns4:.0f} ns per read = {s4 * 100:.1f} % of a core at "
-                f"{fmt_iops(q32[0]['libdmio'])} IOPS")
+                f"{fmt_iops(q32[0]['bounce']['libdmio'])} IOPS (own buffer, through private memory)")
         log(f"  {note}")
         self.target(3, f"{bs // 1024} KiB randread on {dk}, bounce / zero-copy (libdmio default / DM_IO_ZERO_COPY)",
                     z["ratio"] >= TARGETS["bounce"], f"{z['ratio']:.2f}x", f">= {TARGETS['bounce']}x",
@@ -1043,7 +1056,7 @@ class Bench:
                     ax.plot(*cdf(b), st, drawstyle="steps-post",
                             label=f"{tool} {r['device']} ({fmt_iops(r[tool])} IOPS)")
         ax.set_xscale("log")
-        ax.set_title("case 1: 4 KiB random read, QD32: latency CDF")
+        ax.set_title("case 1: 4 KiB random read, QD32, library pages: latency CDF")
         ax.set_xlabel("latency (us)")
         ax.set_ylabel("fraction of reads")
         ax.get_legend_handles_labels()[0] and ax.legend(fontsize=8)

@@ -297,7 +297,7 @@ static struct {
 	uint64_t n;     /* timeouts/mirror/memory: requests */
 	unsigned timeout_ms, spread_ms, hedge_ms;
 	const char *faults;
-	int wait_all, healthy, plain, zero_copy;
+	int wait_all, healthy, plain, zero_copy, pages;
 	const char *label;
 	uint64_t seed;
 } opt = {
@@ -319,6 +319,7 @@ static void usage(void)
 		"usage: dmio-bench MODE [options]\n"
 		"  rand     --dev P [--dev P..] --rw read|write --bs B --qd Q (--secs S [--warmup W] | --count N) [--span B]\n"
 		"           [--zero-copy]   (DM_IO_ZERO_COPY: IO in the request's own buffer, no private memory)\n"
+		"           [--pages]       (buffers are page lists of dm_io_page_alloc pages)\n"
 		"  timeouts --dev P --n N --timeout MS [--spread MS]\n"
 		"  mirror   --dev GOOD --dev HUNG --qd Q --n N --timeout MS [--wait-all --secs S] [--healthy]\n"
 		"  hedge    --dev A --dev B --qd Q --secs S --faults SPEC [--hedge MS | --plain] [--span B]\n"
@@ -339,7 +340,8 @@ static void parse(int argc, char **argv)
 		{ "faults", required_argument, 0, 'f' }, { "wait-all", no_argument, 0, 'W' },
 		{ "healthy", no_argument, 0, 'H' },	{ "plain", no_argument, 0, 'P' },
 		{ "label", required_argument, 0, 'l' }, { "seed", required_argument, 0, 'e' },
-		{ "zero-copy", no_argument, 0, 'Z' },	{ 0, 0, 0, 0 },
+		{ "zero-copy", no_argument, 0, 'Z' },	{ "pages", no_argument, 0, 'G' },
+		{ 0, 0, 0, 0 },
 	};
 	if (argc < 2)
 		usage();
@@ -369,6 +371,7 @@ static void parse(int argc, char **argv)
 		case 'H': opt.healthy = 1; break;
 		case 'P': opt.plain = 1; break;
 		case 'Z': opt.zero_copy = 1; break;
+		case 'G': opt.pages = 1; break;
 		case 'l': opt.label = optarg; break;
 		case 'e': opt.seed = strtoull(optarg, NULL, 0); break;
 		default: usage();
@@ -401,6 +404,24 @@ static void *xalloc(size_t bytes)
 		die("out of memory");
 	memset(p, 0, bytes);
 	return p;
+}
+
+/* --pages: bytes of dm_io_page_alloc pages as a page list (*pl); returns
+ * the first page's address (the pages are contiguous only when the
+ * library handed them out in order, which the driver does not need). */
+static unsigned char *page_buffer(size_t bytes, struct dm_io_page_list **pl)
+{
+	size_t n = (bytes + DM_IO_PAGE_SIZE - 1) / DM_IO_PAGE_SIZE;
+	struct dm_io_page_list *l = calloc(n, sizeof *l);
+	if (!l)
+		die("out of memory");
+	for (size_t i = 0; i < n; i++) {
+		if (!(l[i].page = dm_io_page_alloc()))
+			die("dm_io_page_alloc failed");
+		l[i].next = i + 1 < n ? &l[i + 1] : NULL;
+	}
+	*pl = l;
+	return dm_io_page_address(l[0].page);
 }
 
 static int tty;
@@ -451,6 +472,7 @@ struct rslot {
 	uint64_t t0, rng;
 	unsigned legs_left;
 	unsigned char *buf;
+	struct dm_io_page_list *pl; /* --pages: the buffer as a page list */
 };
 
 static struct {
@@ -483,6 +505,10 @@ static int rand_submit(struct rslot *s)
 		.client = R.cl,
 		.flags = opt.zero_copy ? DM_IO_ZERO_COPY : 0,
 	};
+	if (s->pl) {
+		c.memory.type = DM_IO_PAGE_LIST;
+		c.memory.ptr.pl = s->pl;
+	}
 	s->legs_left = (unsigned)n;
 	s->t0 = now_ns();
 	return dm_io(&c, (unsigned)n, reg, NULL);
@@ -521,6 +547,8 @@ static int mode_rand(void)
 		die("--rw read|write");
 	if (opt.ndev < 1 || (!R.writing && opt.ndev != 1))
 		die("rand: reads take one --dev, writes one per mirror leg");
+	if (opt.pages && R.writing)
+		die("--pages is for reads");
 	R.legs = opt.ndev;
 	for (int i = 0; i < opt.ndev; i++)
 		CHECK_RC(dm_io_bdev_open(opt.dev[i], 0, &R.dev[i]));
@@ -531,7 +559,10 @@ static int mode_rand(void)
 	hist_init(&R.h);
 	R.limit = opt.count;
 	for (unsigned i = 0; i < opt.qd; i++) {
-		R.slots[i].buf = xalloc(opt.bs);
+		if (opt.pages)
+			R.slots[i].buf = page_buffer(opt.bs, &R.slots[i].pl);
+		else
+			R.slots[i].buf = xalloc(opt.bs);
 		R.slots[i].rng = opt.seed + 0x1000193ull * (i + 1);
 		if (R.writing)
 			memset(R.slots[i].buf, 0xA5 ^ (int)i, opt.bs);
@@ -602,6 +633,7 @@ static int mode_rand(void)
 	jnum("secs", secs);
 	jint("requests", (uint64_t)ios);
 	jint("zero_copy", (uint64_t)opt.zero_copy);
+	jint("pages", (uint64_t)opt.pages);
 	jnum("iops", ios / secs);
 	jnum("regions_per_s", ios * (R.writing ? R.legs : 1) / secs);
 	jnum("mib_per_s", ios * (R.writing ? R.legs : 1) * opt.bs / secs / 1048576.0);
