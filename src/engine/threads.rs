@@ -12,7 +12,6 @@ use super::{Engine, EngineKind, IoOp, OpKind};
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -38,7 +37,6 @@ impl ThreadsEngine {
             work: wtx,
             work_rx: wrx,
             workers: 0,
-            idle: Arc::new(AtomicUsize::new(0)),
             max_workers: max_workers.max(1),
             inflight: 0,
             sched: Sched::default(),
@@ -85,7 +83,6 @@ struct Dispatcher {
     work: Sender<IoOp>,
     work_rx: Receiver<IoOp>,
     workers: usize,
-    idle: Arc<AtomicUsize>,
     max_workers: usize,
     inflight: usize,
     sched: Sched,
@@ -143,15 +140,20 @@ impl Dispatcher {
         }
     }
 
+    /// Hands `op` to the workers, starting one more when the ops handed
+    /// over and not yet done outnumber them: an op never waits in the
+    /// queue behind one stuck in the kernel while the pool has room. (A
+    /// count of idle workers cannot tell: a worker about to take an op
+    /// already queued still counts as idle, so the next op would queue
+    /// behind it.)
     fn dispatch(&mut self, op: IoOp) {
         self.inflight += 1;
-        if self.idle.load(Ordering::Acquire) == 0 && self.workers < self.max_workers {
+        if self.inflight > self.workers && self.workers < self.max_workers {
             let rx = self.work_rx.clone();
             let done = self.tx.clone();
-            let idle = Arc::clone(&self.idle);
             let spawned = std::thread::Builder::new()
                 .name("dmio-io".into())
-                .spawn(move || worker(rx, done, idle));
+                .spawn(move || worker(rx, done));
             if spawned.is_ok() {
                 self.workers += 1;
             }
@@ -163,12 +165,9 @@ impl Dispatcher {
     }
 }
 
-fn worker(rx: Receiver<IoOp>, done: Sender<Msg>, idle: Arc<AtomicUsize>) {
+fn worker(rx: Receiver<IoOp>, done: Sender<Msg>) {
     loop {
-        idle.fetch_add(1, Ordering::AcqRel);
-        let op = rx.recv();
-        idle.fetch_sub(1, Ordering::AcqRel);
-        let Ok(op) = op else { return };
+        let Ok(op) = rx.recv() else { return };
         let res = perform(&op);
         op.complete(res);
         if done.send(Msg::Done).is_err() {
