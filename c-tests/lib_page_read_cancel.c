@@ -18,7 +18,11 @@
  * 5. Destroy with a held read into a page returns promptly, the region
  *    ends CANCELLED (-ESHUTDOWN), and the marker survives the release.
  * 6. A read held before the kernel (a "hang" fault rule) and cancelled is
- *    dropped when the rule is cleared: it never writes the page. */
+ *    dropped when the rule is cleared: it never writes the page.
+ * Held by the fault rule, a read into a page holds no private memory,
+ * except while cancelled reads into pages are still stuck in the kernel
+ * beyond the client's private-memory bound: reads then use private memory
+ * (checked during case 2, and again once the stuck IO ended, in case 6). */
 #include "helpers.h"
 #include "hungdev.h"
 
@@ -96,6 +100,26 @@ static void release(struct hungdev *h, const char *what)
 	sleep_ms(100); /* the completion reaches the library */
 }
 
+/* Private memory in use while a read of one page into p, on fdev, is held
+ * by a fault rule; the read is then let go and must deliver the data. */
+static uint64_t held_private(struct dm_io_client *cl, struct block_device *fdev, void *p)
+{
+	struct tracker t;
+	CHECK_OK(dm_io_bdev_set_faults(fdev, "hang"));
+	tracker_init(&t, 1);
+	struct dm_io_region r = { fdev, 8, PG / 512 };
+	struct dm_io_control c = make_ctrl(cl, DM_IO_READ, vm_mem(p, 0), tracker_notify, &t);
+	CHECK_OK(dm_io(&c, 1, &r, NULL));
+	sleep_ms(20);
+	uint64_t used = stats(cl).private_bytes_in_use;
+	CHECK_OK(dm_io_bdev_set_faults(fdev, "none"));
+	CHECK(tracker_wait(&t, 5000), "held read not done after the rule was cleared");
+	tracker_check(&t);
+	CHECK(t.final_state[0] == DM_IO_OK, "held read ended %d (%d)", t.final_state[0], t.final_error[0]);
+	CHECK(check_pattern(p, PG, SEED), "held read delivered other bytes");
+	return used;
+}
+
 int main(void)
 {
 	static unsigned char data[LEN];
@@ -139,6 +163,12 @@ int main(void)
 		uring ? "io_uring" : "thread-pool", (unsigned long long)hw0,
 		(unsigned long long)st.private_bytes_high_water);
 
+	/* A file device with fault injection, for reads held before the kernel. */
+	const char *fpath;
+	struct block_device *fdev = make_faulty_dev("libpages", 1 << 20, "", &fpath);
+	CHECK_OK(sync_io(cl, DM_IO_WRITE, fdev, 8, PG / 512, data, 0));
+	void *p0 = dm_io_page_address(pg[0]);
+
 	/* ---- 2. held read, cancel by handle while stuck ---- */
 	CHECK_OK(hungdev_ctl(h, HOLD));
 	tracker_init(&t, 1);
@@ -162,6 +192,13 @@ int main(void)
 	mark(dm_io_page_address(pg[1]), PG);
 	fprintf(stderr, "case 2: CANCELLED %.1f ms after the cancel, %d request(s) still held\n", el,
 		hungdev_held(h));
+	/* Meanwhile (the cancelled reads still stuck, beyond this client's
+	 * 16 KiB bound) a read into a page goes through private memory (with
+	 * the thread-pool engine, the two stuck reads hold theirs too). */
+	uint64_t held = held_private(cl, fdev, p0);
+	CHECK(held == (uring ? 1 : 3) * PG, "with cancelled reads stuck, a held read into a page "
+	      "leaves %llu bytes of private memory in use", (unsigned long long)held);
+	mark(p0, PG);
 	release(h, "case 2");
 	CHECK(marked(dm_io_page_address(pg[0]), PG) && marked(dm_io_page_address(pg[1]), PG),
 	      "the cancelled read wrote the caller's pages after CANCELLED");
@@ -172,7 +209,6 @@ int main(void)
 	CHECK(pages_hold(SEED), "read into the pages after the cancel differs");
 
 	/* ---- 4. VM memory at a page: SYNC read times out ---- */
-	void *p0 = dm_io_page_address(pg[0]);
 	CHECK_OK(hungdev_ctl(h, HOLD));
 	struct dm_io_region r1 = { dev, OFF / 512, PG / 512 };
 	struct dm_io_control cs = {
@@ -213,9 +249,9 @@ int main(void)
 	fprintf(stderr, "case 5: destroy returned after %.0f ms with the IO stuck\n", el);
 
 	/* ---- 6. a read held before the kernel, cancelled, then let go ---- */
-	const char *fpath;
-	struct block_device *fdev = make_faulty_dev("libpages", 1 << 20, "", &fpath);
-	CHECK_OK(sync_io(cl, DM_IO_WRITE, fdev, 8, PG / 512, data, 0));
+	held = held_private(cl, fdev, p0);
+	CHECK(held == (uring ? 0 : PG), "a held read into a page holds %llu bytes of private memory",
+	      (unsigned long long)held);
 	CHECK_OK(dm_io_bdev_set_faults(fdev, "hang"));
 	tracker_init(&t, 1);
 	struct dm_io_region rf = { fdev, 8, PG / 512 };

@@ -99,6 +99,9 @@ pub struct Client {
     completion: CompletionThread,
     /// Hedged reads: ms before the next region starts; 0 = only on ERROR.
     hedge_ms: std::sync::atomic::AtomicU32,
+    /// Reads into library pages cancelled while running: their ops still
+    /// in the kernel ([`RequestOwner::detached_ops`]).
+    detached: std::sync::atomic::AtomicI64,
     pub counters: Counters,
 }
 
@@ -229,6 +232,7 @@ impl Client {
             closed: AtomicBool::new(false),
             completion,
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
+            detached: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
         }))
     }
@@ -425,6 +429,15 @@ impl Client {
             || s.regions.len() != 1
             || self.engine.kind() != EngineKind::Uring
         {
+            return false;
+        }
+        // The pages a cancel detached stay pinned until the kernel ends
+        // their IO (with the rest of their chunk's old registration, in
+        // the worst case): counted against the private-memory bound, so
+        // reads stuck in the kernel hold bounded memory, as on private
+        // memory (past the bound, reads take private memory and wait).
+        let stuck = self.detached.load(Ordering::Relaxed).max(0) as u64;
+        if stuck.saturating_mul(crate::memory::pages::CHUNK_BYTES as u64) >= self.pool.bound() {
             return false;
         }
         let bytes = s.regions[0].count * 512;
@@ -713,5 +726,9 @@ impl RequestOwner for Client {
 
     fn arm_timer(&self, at: Instant, req: std::sync::Weak<Request>) {
         self.engine.arm_timer(at, req);
+    }
+
+    fn detached_ops(&self, n: i64) {
+        self.detached.fetch_add(n, Ordering::Relaxed);
     }
 }

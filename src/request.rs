@@ -122,6 +122,9 @@ pub trait RequestOwner: Send + Sync {
     fn submit_ops(&self, ops: Vec<IoOp>, hedge: bool);
     /// Calls [`Request::on_timer`] at `at`.
     fn arm_timer(&self, at: Instant, req: Weak<Request>);
+    /// Library pages: `n` more (or, negative, fewer) ops still run in the
+    /// kernel into pages a cancel detached.
+    fn detached_ops(&self, _n: i64) {}
 }
 
 /// One region of a request.
@@ -157,6 +160,9 @@ struct Inner {
     hedge_at: Option<Instant>,
     hedge_every: Option<Duration>,
     winner: Option<usize>,
+    /// Library pages: ops that were running when a cancel detached the
+    /// pages and have not completed yet (told to the owner).
+    detached_ops: u32,
 }
 
 /// How the request behaves.
@@ -238,6 +244,7 @@ impl Request {
                 hedge_at: None,
                 hedge_every: None,
                 winner: None,
+                detached_ops: 0,
             }),
             cv: Condvar::new(),
             live_now: AtomicUsize::new(n),
@@ -362,6 +369,10 @@ impl Request {
             return self.any_done(region as usize, slot, expected, res);
         }
         let mut g = self.lock();
+        if g.detached_ops > 0 {
+            g.detached_ops -= 1;
+            self.owner.detached_ops(-1);
+        }
         let i = region as usize;
         let r = &mut g.regions[i];
         if r.fin.is_none() {
@@ -560,11 +571,16 @@ impl Request {
     /// that IO ends.
     fn cancel_region(self: &Arc<Self>, g: &mut Inner, i: usize, reason: CancelReason) {
         let r = &mut g.regions[i];
-        let lent = r.outstanding > 0
+        let running = r.outstanding;
+        let lent = running > 0
             && (self.mode.zero_copy || (self.mode.lib_pages && (r.plain || !self.detach(i))));
         if lent {
             g.regions[i].cancel_pending = reason.errno();
         } else {
+            if self.mode.lib_pages && running > 0 {
+                g.detached_ops = running;
+                self.owner.detached_ops(running as i64);
+            }
             self.finalize(g, i, State::Cancelled, reason.errno());
         }
     }

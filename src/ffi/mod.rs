@@ -161,6 +161,11 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// sees. (When the kernel refuses to register a chunk, for example over
 /// `RLIMIT_MEMLOCK`, later reads there use private memory, and one read
 /// already going there unregistered ends CANCELLED only when its IO ends.)
+/// The pages under such a cancelled read stay with the kernel until its IO
+/// ends; each counts as a whole chunk (256 KiB) against the client's
+/// private-memory bound, and past the bound reads into library pages use
+/// private memory (and wait for it), so IO stuck in the kernel holds
+/// bounded memory either way.
 /// The caller keeps
 /// `ctrl->memory` valid until the region's final notification (for SYNC,
 /// until `dm_io` returns); after a region is final, and in particular after
