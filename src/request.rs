@@ -215,17 +215,19 @@ impl Request {
         owner: Arc<dyn RequestOwner>,
     ) -> Arc<Request> {
         let n = specs.len();
-        let regions = specs
-            .iter()
-            .map(|spec| Region {
-                outstanding: ops(spec),
-                error: 0,
-                timed_out: false,
-                cancel_pending: 0,
-                plain: false,
-                fin: None,
-            })
-            .collect();
+        let region = |spec: &RegionSpec| Region {
+            outstanding: ops(spec),
+            error: 0,
+            timed_out: false,
+            cancel_pending: 0,
+            plain: false,
+            fin: None,
+        };
+        // One region (most requests): built in place, no iterator.
+        let regions = match &specs {
+            Small::One(spec) => Small::One(region(spec)),
+            Small::Many(v) => v.iter().map(region).collect(),
+        };
         Arc::new(Request {
             client_id,
             mode,

@@ -71,6 +71,11 @@ impl CallerMemory {
         }
     }
 
+    /// The address of the first byte (`None` when empty).
+    pub fn first_addr(&self) -> Option<usize> {
+        self.segs.iter().next().map(|s| s.addr)
+    }
+
     /// Calls `f(address, length)` for each contiguous piece of logical
     /// bytes `[off, off + len)`.
     pub fn spans(&self, off: usize, len: usize, mut f: impl FnMut(usize, usize)) {

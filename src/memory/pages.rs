@@ -68,6 +68,13 @@ fn chunk_of(addr: usize) -> Option<usize> {
     (c < CHUNKS.load(Ordering::Acquire)).then_some(c)
 }
 
+/// Whether `addr` lies in the arena (no lock; says nothing of liveness).
+#[inline]
+pub fn in_arena(addr: usize) -> bool {
+    let base = BASE.load(Ordering::Relaxed);
+    base != 0 && addr >= base && addr - base < MAX_CHUNKS * CHUNK_BYTES
+}
+
 /// The set of live pages, locked; used to validate many pages under one lock.
 pub struct LivePages(MutexGuard<'static, Option<Arena>>);
 
