@@ -30,17 +30,6 @@ static int all_canary(const unsigned char *b, size_t len)
 	return 1;
 }
 
-/* Waits until at least n requests are held in FUSE or ms pass. */
-static int wait_held_at_least(struct hungdev *h, int n, int ms)
-{
-	for (int waited = 0; waited <= ms; waited += 10) {
-		if (hungdev_held(h) >= n)
-			return 1;
-		sleep_ms(10);
-	}
-	return 0;
-}
-
 /* For the log: this process's threads in D state and where they wait
  * (the thread-pool engine blocks one in submit_bio_wait; io_uring blocks
  * none, its bio is in flight without a task). */
@@ -138,7 +127,7 @@ int main(void)
 	el = now_ms() - t0;
 	CHECK(el >= 90 && el < 3000, "TIMEOUT after %.0f ms, expected ~100", el);
 	CHECK(t.finals == 0, "region final (state %d) while its IO is held", t.final_state[0]);
-	CHECK(wait_held_at_least(h, 1, 2000), "the read never reached FUSE: %s",
+	CHECK(hungdev_wait_held_min(h, 1, 2000), "the read never reached FUSE: %s",
 	      hungdev_status(h, status, sizeof(status)));
 	/* ... and is a bio in flight in the loop device's block layer. */
 	CHECK(hungdev_inflight(h) >= 1, "no IO in flight on %s (%d)", path, hungdev_inflight(h));
@@ -185,7 +174,7 @@ int main(void)
 	el = now_ms() - t0;
 	CHECK(n == -ETIMEDOUT, "SYNC read returned %d, expected -ETIMEDOUT", n);
 	CHECK(el >= 90 && el < 2000, "SYNC read returned after %.0f ms, expected ~100", el);
-	CHECK(wait_held_at_least(h, 1, 2000), "the SYNC read never reached FUSE: %s",
+	CHECK(hungdev_wait_held_min(h, 1, 2000), "the SYNC read never reached FUSE: %s",
 	      hungdev_status(h, status, sizeof(status)));
 	CHECK(all_canary(buf, LEN), "timed-out SYNC read wrote the buffer");
 	fprintf(stderr, "case 2: SYNC read -ETIMEDOUT after %.0f ms, %d request(s) held\n", el,

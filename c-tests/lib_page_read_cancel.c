@@ -75,17 +75,6 @@ static struct dm_io_stats stats(struct dm_io_client *cl)
 	return st;
 }
 
-/* Waits until at least n requests are held in FUSE or ms pass. */
-static int held_at_least(struct hungdev *h, int n, int ms)
-{
-	for (int waited = 0; waited <= ms; waited += 10) {
-		if (hungdev_held(h) >= n)
-			return 1;
-		sleep_ms(10);
-	}
-	return 0;
-}
-
 /* Releases the held IO and waits until the kernel has completed it. */
 static void release(struct hungdev *h, const char *what)
 {
@@ -174,7 +163,7 @@ int main(void)
 	tracker_init(&t, 1);
 	struct dm_io_control c = make_ctrl(cl, DM_IO_READ, pl_mem(), tracker_notify, &t);
 	CHECK_OK(dm_io(&c, 1, &r, &hdl));
-	CHECK(held_at_least(h, 1, 3000), "the reads never reached FUSE: %s",
+	CHECK(hungdev_wait_held_min(h, 1, 3000), "the reads never reached FUSE: %s",
 	      hungdev_status(h, status, sizeof(status)));
 	t0 = now_ms();
 	CHECK(dm_io_cancel_by_handle(cl, hdl) == 1, "cancel_by_handle");
@@ -222,7 +211,7 @@ int main(void)
 	el = now_ms() - t0;
 	CHECK(rc == -ETIMEDOUT, "SYNC read returned %d, expected -ETIMEDOUT", rc);
 	CHECK(el >= 90 && el < 2000, "SYNC read returned after %.0f ms, expected ~100", el);
-	CHECK(held_at_least(h, 1, 2000), "the SYNC read never reached FUSE");
+	CHECK(hungdev_wait_held_min(h, 1, 2000), "the SYNC read never reached FUSE");
 	mark(p0, PG);
 	release(h, "case 4");
 	CHECK(marked(p0, PG), "the timed-out SYNC read wrote the page after returning");
@@ -234,7 +223,7 @@ int main(void)
 	tracker_init(&t, 1);
 	struct dm_io_control c2 = make_ctrl(cl2, DM_IO_READ, vm_mem(p0, 0), tracker_notify, &t);
 	CHECK_OK(dm_io(&c2, 1, &r1, NULL));
-	CHECK(held_at_least(h, 1, 3000), "the read never reached FUSE");
+	CHECK(hungdev_wait_held_min(h, 1, 3000), "the read never reached FUSE");
 	t0 = now_ms();
 	dm_io_client_destroy(cl2);
 	el = now_ms() - t0;

@@ -138,20 +138,9 @@ impl LivePages {
             return None;
         }
         let start = base + c * CHUNK_BYTES;
-        // SAFETY: maps readable, writable zeroed memory over chunk `c` of
-        // our own reservation, which nothing uses yet (chunks are mapped
-        // once, in order, under the arena lock); result checked.
-        let p = unsafe {
-            libc::mmap(
-                start as *mut libc::c_void,
-                CHUNK_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        // SAFETY: chunk `c` of our own reservation, which nothing uses yet
+        // (chunks are mapped once, in order, under the arena lock).
+        if !unsafe { map_fresh(start, CHUNK_BYTES) } {
             return None;
         }
         CHUNKS.store(c + 1, Ordering::Release);
@@ -159,6 +148,28 @@ impl LivePages {
             .extend((1..CHUNK_PAGES).rev().map(|k| start + k * PAGE_SIZE));
         Some(start)
     }
+}
+
+/// Maps fresh zeroed, readable and writable private memory at exactly
+/// `[addr, addr + len)`, replacing what was there; `false` if the kernel
+/// refused.
+///
+/// # Safety
+/// The range must be page-aligned and inside the arena's reservation, and
+/// nothing may rely on the memory it replaces.
+unsafe fn map_fresh(addr: usize, len: usize) -> bool {
+    // SAFETY: MAP_FIXED over a range the caller vouches for; result checked.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    p != libc::MAP_FAILED
 }
 
 /// Allocates one zeroed page; `None` when out of memory.
@@ -246,17 +257,7 @@ pub fn detach(addr: usize, len: usize) -> bool {
     // (checked at submission; chunks are never unmapped); replacing them
     // with fresh private pages only changes what the caller's addresses
     // show. The old pages stay alive while a ring holds them registered.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    if !unsafe { map_fresh(addr, len) } {
         return false;
     }
     // After the new mapping: a ring that sees the new generation registers
