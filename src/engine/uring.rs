@@ -447,14 +447,10 @@ impl Core {
     /// started with the registration it was checked against (the kernel
     /// resolves a fixed buffer when it first issues the op, inside the
     /// `io_uring_enter` that submits it). A refusal, or a queue that will
-    /// not drain, leaves the chunk's ops on plain reads ([`Request::demote`]).
+    /// not drain, marks the chunk [`REFUSED`]: its ops then run as plain
+    /// reads ([`Request::demote`]) and `push_backlog` tells the arena.
     fn register_chunk(&mut self, c: u16) {
         let _ = self.ring.submit();
-        if !self.ring.submission().is_empty() {
-            pages::refuse(c);
-            self.chunks[c as usize] = REFUSED;
-            return;
-        }
         // Read before registering: pages detached after this are seen as a
         // newer generation and registered again.
         let g = pages::generation(c);
@@ -463,21 +459,17 @@ impl Core {
             iov_base: start as *mut libc::c_void,
             iov_len: len,
         };
-        // SAFETY: the chunk is arena memory, mapped for the life of the
-        // process; the kernel pins the pages mapped there now and keeps
-        // them while an op or this table refers to them.
-        let r = unsafe {
-            self.ring
-                .submitter()
-                .register_buffers_update(chunk_buf(c) as u32, &[iov], None)
-        };
-        self.chunks[c as usize] = match r {
-            Ok(()) => g as u64 + 1,
-            Err(_) => {
-                pages::refuse(c);
-                REFUSED
+        let registered = self.ring.submission().is_empty()
+            // SAFETY: the chunk is arena memory, mapped for the life of the
+            // process; the kernel pins the pages mapped there now and keeps
+            // them while an op or this table refers to them.
+            && unsafe {
+                self.ring
+                    .submitter()
+                    .register_buffers_update(chunk_buf(c) as u32, &[iov], None)
             }
-        };
+            .is_ok();
+        self.chunks[c as usize] = if registered { g as u64 + 1 } else { REFUSED };
     }
 
     pub(super) fn arm(&mut self, at: Instant, req: Weak<Request>) {
@@ -561,7 +553,9 @@ impl Core {
                 // will wait for it.
                 if let Some(c) = op.lib_chunk {
                     if reg == Buf::Plain {
-                        // Later requests there use private memory.
+                        // The chunk is REFUSED on this ring, or the ring
+                        // has no table: later requests there use private
+                        // memory.
                         pages::refuse(c);
                     }
                     if op.req.detached()
