@@ -446,17 +446,15 @@ impl Client {
             return false;
         }
         let bytes = s.regions[0].count * 512;
-        let piece = self.pool.slot_size() as u64;
-        let span = |(off, len): (u64, u64)| s.mem.span_addr(off as usize, len as usize);
-        // Cheap look first (no lock): is every piece in the arena at all?
-        if bytes == 0
-            || !pieces(bytes, piece).all(|p| span(p).is_some_and(crate::memory::pages::in_arena))
-        {
+        if bytes == 0 {
             return false;
         }
         let live = crate::memory::pages::LivePages::lock();
-        pieces(bytes, piece)
-            .all(|p| span(p).is_some_and(|a| live.arena_span(a, p.1 as usize).is_some()))
+        pieces(bytes, self.pool.slot_size() as u64).all(|(off, len)| {
+            s.mem
+                .span_addr(off as usize, len as usize)
+                .is_some_and(|a| live.arena_span(a, len as usize).is_some())
+        })
     }
 
     /// `dm_io`: validates and starts the request. Waits for private memory

@@ -68,11 +68,10 @@ fn chunk_of(addr: usize) -> Option<usize> {
     (c < CHUNKS.load(Ordering::Acquire)).then_some(c)
 }
 
-/// Whether `addr` lies in the arena (no lock; says nothing of liveness).
-#[inline]
+/// Whether `addr` lies in a mapped arena chunk (no lock; says nothing of
+/// liveness).
 pub fn in_arena(addr: usize) -> bool {
-    let base = BASE.load(Ordering::Relaxed);
-    base != 0 && addr >= base && addr - base < MAX_CHUNKS * CHUNK_BYTES
+    chunk_of(addr).is_some()
 }
 
 /// The set of live pages, locked; used to validate many pages under one lock.
