@@ -66,8 +66,7 @@ int main(void)
 	struct dm_io_page_list pl[2];
 	struct bio_vec bv[3];
 
-	if (dm_io_client_create(1, 2, 4096, &client) != 0)
-		skip("dm_io_client_create failed (io_uring unavailable?)");
+	CHECK_OK(dm_io_client_create(1, 2, 4096, &client));
 	bdev = make_dev("proposal", 1 << 20);
 	check_block_size(bdev);
 	where.bdev = bdev;
