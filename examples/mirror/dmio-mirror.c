@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ctype.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -62,17 +63,19 @@ static void usage(FILE *f)
 		"             number); acked writes go to --ack-log as \"SEQ OFFSET\" lines\n"
 		"  check      every leg holds, for each offset of --ack-log, the last acked\n"
 		"             write or a newer one (intact); exits 1 otherwise\n"
-		"  shell      commands from stdin, one per line: write OFF LEN SEED,\n"
-		"             read OFF LEN [SEED], fault LEG SPEC, status, wait-sync MS,\n"
-		"             pause, resume, sleep MS, quit\n"
+		"  shell      commands from stdin, one per line (see below); exits 1 if any\n"
+		"             command failed, 0 otherwise\n"
 		"\n"
-		"Options:\n"
+		"Options (numbers are whole decimal numbers, no units or suffixes):\n"
 		"  -b, --block-size BYTES    IO unit (4096)\n"
 		"  -r, --region-size BYTES   dirty-tracking unit (65536)\n"
-		"  -t, --timeout MS          write deadline (100)\n"
-		"  -R, --read-timeout MS     per leg before a read moves on (100)\n"
-		"  -q, --quorum N            legs OK needed at the deadline (1)\n"
-		"  -f, --fail-after MS       fail a leg whose IO is late this long (5000)\n"
+		"  -t, --timeout MS|none     write deadline, > 0 (100); 'none': writes wait\n"
+		"                            for every leg, a hung leg stalls the mirror\n"
+		"  -R, --read-timeout MS|none  per leg before a read moves on, > 0 (100)\n"
+		"  -q, --quorum N            legs OK needed to acknowledge a write (1)\n"
+		"  -f, --fail-after MS       fail a leg whose IO is late this long, > 0 (5000);\n"
+		"                            also how long a write waits past its deadline\n"
+		"                            for its quorum before it fails with EIO\n"
 		"  -s, --resync-rate KIB/S   resync throttle, 0 = none (16384)\n"
 		"  -l, --log PATH            persisted dirty-region log (created if missing)\n"
 		"      --sync                with a new log: copy leg 0 to the others first\n"
@@ -83,7 +86,73 @@ static void usage(FILE *f)
 		"      --seed N              workload: random seed (1)\n"
 		"      --ack-log FILE        workload / check: the acked writes\n"
 		"  -v, --verbose             print the mirror's events on stderr\n"
-		"  -h, --help\n");
+		"  -h, --help\n"
+		"\n"
+		"A write is acknowledged when every leg is OK, or at the deadline when at\n"
+		"least QUORUM legs are OK (the others are marked dirty and resynced). With\n"
+		"fewer, it waits for late completions and is acknowledged as soon as QUORUM\n"
+		"legs are OK; it fails with EIO only when the quorum can no longer be\n"
+		"reached (legs failed) or after --fail-after.\n"
+		"\n"
+		"Shell commands (OFF and LEN in bytes, multiples of the block size; MS in\n"
+		"milliseconds; one reply line each, except status):\n"
+		"  write OFF LEN SEED   writes a pattern made from SEED -> 'write OFF LEN: acked (T ms)'\n"
+		"                       or 'write OFF LEN: ERROR <strerror> (T ms)'\n"
+		"  read OFF LEN [SEED]  reads; with SEED compares with the pattern -> 'read OFF LEN:\n"
+		"                       OK|matches seed (T ms)', or 'ERROR DIFFERS from seed' / 'ERROR <strerror>'\n"
+		"  fault LEG SPEC       replaces leg LEG's injected faults ('' clears) -> 'fault LEG 'SPEC': set'\n"
+		"  status               the status lines, then a line 'end status'\n"
+		"  wait-sync MS         waits up to MS for every leg in sync -> 'wait-sync: in sync (T ms)'\n"
+		"                       or 'wait-sync: ERROR NOT in sync (T ms)'\n"
+		"  pause | resume       pauses / resumes the resync -> 'resync paused' / 'resync resumed'\n"
+		"  sleep MS             sleeps -> 'slept MS ms'\n"
+		"  quit                 closes the mirror and exits (as does end of input)\n"
+		"Lines starting with # and empty lines are ignored. A failed command's reply\n"
+		"contains 'ERROR'; an unknown or malformed one gets 'ERROR unknown command: ...'.\n");
+}
+
+/* ---- strict numbers ---- */
+
+/* Parses a whole decimal number in [min, max]; no sign, suffix or spaces. */
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+	if (!s || !isdigit((unsigned char)s[0]))
+		return -1;
+	errno = 0;
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* Option values: prints what is wrong with the option and exits 2. */
+static uint64_t opt_u64(const char *name, const char *s, uint64_t min, uint64_t max, const char *unit)
+{
+	uint64_t v;
+	if (parse_u64(s, min, max, &v)) {
+		fprintf(stderr, "dmio-mirror: %s: '%s' is not a whole number of %s from %llu to %llu\n", name, s,
+			unit, (unsigned long long)min, (unsigned long long)max);
+		exit(2);
+	}
+	return v;
+}
+
+/* A timeout: MS > 0, or the word 'none' (returned as 0: no deadline). */
+static unsigned opt_timeout(const char *name, const char *s)
+{
+	if (!strcmp(s, "none"))
+		return 0;
+	uint64_t v;
+	if (parse_u64(s, 1, UINT32_MAX, &v)) {
+		fprintf(stderr,
+			"dmio-mirror: %s: '%s' is not a timeout: give whole milliseconds > 0 (no unit), "
+			"or 'none' for no deadline\n",
+			name, s);
+		exit(2);
+	}
+	return (unsigned)v;
 }
 
 /* ---- blocks written by workload/shell: a header then a seeded pattern ---- */
@@ -267,63 +336,106 @@ static int cmd_check(unsigned bs, unsigned nlegs, char **legs, const char *acklo
 	return bad ? 1 : 0;
 }
 
+/* Splits line into at most max words (in place); returns the count. */
+static int split_words(char *line, char **w, int max)
+{
+	int n = 0;
+	for (char *save = NULL, *t = strtok_r(line, " \t\r\n", &save); t; t = strtok_r(NULL, " \t\r\n", &save)) {
+		if (n == max)
+			return max + 1;
+		w[n++] = t;
+	}
+	return n;
+}
+
 static int cmd_shell(struct mirror *m)
 {
-	char line[1024];
+	char line[1024], orig[1024];
+	int failed = 0;
+	uint64_t size = mirror_size(m);
 	while (fgets(line, sizeof(line), stdin)) {
-		char cmd[32] = "";
-		unsigned long long a = 0, b = 0, c = 0;
-		int n = sscanf(line, "%31s %llu %llu %llu", cmd, &a, &b, &c);
+		char *w[5];
+		uint64_t a = 0, b = 0, c = 0;
+		snprintf(orig, sizeof(orig), "%s", line);
+		orig[strcspn(orig, "\n")] = 0;
+		/* fault keeps the rest of the line as its spec */
+		char *spec = NULL;
+		if (!strncmp(line, "fault", 5) && (line[5] == ' ' || line[5] == '\t')) {
+			char *p = line + 6;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			char *q = p;
+			while (*q && *q != ' ' && *q != '\t' && *q != '\n')
+				q++;
+			spec = *q ? q + 1 : q;
+			while (*spec == ' ' || *spec == '\t')
+				spec++;
+			spec[strcspn(spec, "\r\n")] = 0;
+			if (*q)
+				*q = 0;
+			memmove(line + 6, p, strlen(p) + 1);
+		}
+		int n = split_words(line, w, 4);
 		double t = now_ms();
-		if (n < 1 || cmd[0] == '#')
+		if (n < 1 || w[0][0] == '#')
 			continue;
-		if (!strcmp(cmd, "quit"))
+		const char *cmd = w[0];
+		int ok = 1;
+		if (!strcmp(cmd, "quit") && n == 1) {
 			break;
-		if (!strcmp(cmd, "write") && n == 4) {
-			unsigned char *buf = malloc(b ? b : 1);
+		} else if (!strcmp(cmd, "write") && n == 4 && !parse_u64(w[1], 0, size, &a) &&
+			   !parse_u64(w[2], 1, size, &b) && !parse_u64(w[3], 0, UINT64_MAX, &c)) {
+			unsigned char *buf = malloc(b);
 			if (!buf)
 				return 1;
 			fill_seeded(buf, b, c, a);
 			int rc = mirror_write(m, a, buf, b);
-			printf("write %llu %llu: %s (%.1f ms)\n", a, b, rc ? strerror(-rc) : "acked", now_ms() - t);
+			ok = rc == 0;
+			printf("write %" PRIu64 " %" PRIu64 ": %s%s (%.1f ms)\n", a, b, rc ? "ERROR " : "",
+			       rc ? strerror(-rc) : "acked", now_ms() - t);
 			free(buf);
-		} else if (!strcmp(cmd, "read") && n >= 3) {
-			unsigned char *buf = malloc(b ? b : 1), *want = malloc(b ? b : 1);
+		} else if (!strcmp(cmd, "read") && (n == 3 || n == 4) && !parse_u64(w[1], 0, size, &a) &&
+			   !parse_u64(w[2], 1, size, &b) && (n == 3 || !parse_u64(w[3], 0, UINT64_MAX, &c))) {
+			unsigned char *buf = malloc(b), *want = malloc(b);
 			if (!buf || !want)
 				return 1;
 			int rc = mirror_read(m, a, buf, b);
+			const char *what = rc ? strerror(-rc) : "OK";
 			if (!rc && n == 4) {
 				fill_seeded(want, b, c, a);
-				printf("read %llu %llu: %s (%.1f ms)\n", a, b,
-				       memcmp(buf, want, b) ? "DIFFERS from seed" : "matches seed", now_ms() - t);
+				ok = !memcmp(buf, want, b);
+				what = ok ? "matches seed" : "DIFFERS from seed";
 			} else {
-				printf("read %llu %llu: %s (%.1f ms)\n", a, b, rc ? strerror(-rc) : "OK", now_ms() - t);
+				ok = rc == 0;
 			}
+			printf("read %" PRIu64 " %" PRIu64 ": %s%s (%.1f ms)\n", a, b, ok ? "" : "ERROR ", what,
+			       now_ms() - t);
 			free(buf);
 			free(want);
-		} else if (!strcmp(cmd, "fault") && n >= 2) {
-			char *spec = strchr(line, ' ');
-			spec = spec ? strchr(spec + 1, ' ') : NULL;
-			spec = spec ? spec + 1 : "";
-			spec[strcspn(spec, "\n")] = 0;
+		} else if (!strcmp(cmd, "fault") && n == 2 && spec && !parse_u64(w[1], 0, MIRROR_MAX_LEGS - 1, &a)) {
 			int rc = mirror_set_faults(m, (unsigned)a, spec);
-			printf("fault %llu '%s': %s\n", a, spec, rc ? strerror(-rc) : "set");
-		} else if (!strcmp(cmd, "status")) {
+			ok = rc == 0;
+			printf("fault %" PRIu64 " '%s': %s%s\n", a, spec, rc ? "ERROR " : "", rc ? strerror(-rc) : "set");
+		} else if (!strcmp(cmd, "status") && n == 1) {
 			mirror_status_print(m, stdout);
-		} else if (!strcmp(cmd, "wait-sync") && n == 2) {
-			printf("wait-sync: %s (%.0f ms)\n", mirror_wait_in_sync(m, (int)a) ? "in sync" : "NOT in sync",
-			       now_ms() - t);
-		} else if (!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) {
+			printf("end status\n");
+		} else if (!strcmp(cmd, "wait-sync") && n == 2 && !parse_u64(w[1], 0, INT32_MAX, &a)) {
+			ok = mirror_wait_in_sync(m, (int)a);
+			printf("wait-sync: %s (%.0f ms)\n", ok ? "in sync" : "ERROR NOT in sync", now_ms() - t);
+		} else if ((!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) && n == 1) {
 			mirror_resync_pause(m, cmd[0] == 'p');
 			printf("resync %sd\n", cmd);
-		} else if (!strcmp(cmd, "sleep") && n == 2) {
+		} else if (!strcmp(cmd, "sleep") && n == 2 && !parse_u64(w[1], 0, 3600000, &a)) {
 			sleep_ms((double)a);
+			printf("slept %" PRIu64 " ms\n", a);
 		} else {
-			printf("? %s", line);
+			ok = 0;
+			printf("ERROR unknown command: %s\n", orig);
 		}
+		failed |= !ok;
 		fflush(stdout);
 	}
-	return 0;
+	return failed ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -350,28 +462,31 @@ int main(int argc, char **argv)
 	int o;
 	while ((o = getopt_long(argc, argv, "b:r:t:R:q:f:s:l:F:vh", opts, NULL)) != -1) {
 		switch (o) {
-		case 'b': cfg.block_size = (unsigned)strtoul(optarg, NULL, 0); break;
-		case 'r': cfg.region_size = (unsigned)strtoul(optarg, NULL, 0); break;
-		case 't': cfg.write_timeout_ms = (unsigned)strtoul(optarg, NULL, 0); break;
-		case 'R': cfg.read_timeout_ms = (unsigned)strtoul(optarg, NULL, 0); break;
-		case 'q': cfg.quorum = (unsigned)strtoul(optarg, NULL, 0); break;
-		case 'f': cfg.fail_after_ms = (unsigned)strtoul(optarg, NULL, 0); break;
-		case 's': cfg.resync_kbps = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'b': cfg.block_size = (unsigned)opt_u64("--block-size", optarg, 512, 1u << 30, "bytes"); break;
+		case 'r': cfg.region_size = (unsigned)opt_u64("--region-size", optarg, 4096, 1u << 30, "bytes"); break;
+		case 't': cfg.write_timeout_ms = opt_timeout("--timeout", optarg); break;
+		case 'R': cfg.read_timeout_ms = opt_timeout("--read-timeout", optarg); break;
+		case 'q': cfg.quorum = (unsigned)opt_u64("--quorum", optarg, 1, MIRROR_MAX_LEGS, "legs"); break;
+		case 'f': cfg.fail_after_ms = (unsigned)opt_u64("--fail-after", optarg, 1, UINT32_MAX, "ms"); break;
+		case 's': cfg.resync_kbps = (unsigned)opt_u64("--resync-rate", optarg, 0, UINT32_MAX, "KiB/s"); break;
 		case 'l': cfg.log_path = optarg; break;
 		case 'F': {
 			char *colon = strchr(optarg, ':');
-			unsigned leg = (unsigned)strtoul(optarg, NULL, 0);
-			if (!colon || leg >= MIRROR_MAX_LEGS) {
-				fprintf(stderr, "dmio-mirror: --fault wants LEG:SPEC\n");
+			uint64_t leg = 0;
+			if (colon)
+				*colon = 0;
+			if (!colon || parse_u64(optarg, 0, MIRROR_MAX_LEGS - 1, &leg)) {
+				fprintf(stderr, "dmio-mirror: --fault wants LEG:SPEC with LEG from 0 to %d\n",
+					MIRROR_MAX_LEGS - 1);
 				return 2;
 			}
 			faults[leg] = colon + 1;
 			break;
 		}
 		case O_SYNC_: cfg.initial_sync = 1; break;
-		case O_SECONDS: seconds = strtod(optarg, NULL); break;
-		case O_SPAN: span = strtoull(optarg, NULL, 0); break;
-		case O_SEED: seed = strtoull(optarg, NULL, 0); break;
+		case O_SECONDS: seconds = (double)opt_u64("--seconds", optarg, 1, 86400 * 365, "seconds"); break;
+		case O_SPAN: span = opt_u64("--span", optarg, 1, UINT64_MAX, "bytes"); break;
+		case O_SEED: seed = opt_u64("--seed", optarg, 0, UINT64_MAX, "(any)"); break;
 		case O_ACKLOG: acklog = optarg; break;
 		case 'v': verbose = 1; break;
 		case 'h': usage(stdout); return 0;
@@ -386,6 +501,15 @@ int main(int argc, char **argv)
 	cfg.nlegs = (unsigned)(argc - optind);
 	if (cfg.nlegs > MIRROR_MAX_LEGS) {
 		fprintf(stderr, "dmio-mirror: at most %d legs\n", MIRROR_MAX_LEGS);
+		return 2;
+	}
+	for (unsigned L = cfg.nlegs; L < MIRROR_MAX_LEGS; L++)
+		if (faults[L]) {
+			fprintf(stderr, "dmio-mirror: --fault %u: there are only %u legs\n", L, cfg.nlegs);
+			return 2;
+		}
+	if (cfg.quorum > cfg.nlegs) {
+		fprintf(stderr, "dmio-mirror: --quorum %u: there are only %u legs\n", cfg.quorum, cfg.nlegs);
 		return 2;
 	}
 	for (unsigned L = 0; L < cfg.nlegs; L++) {

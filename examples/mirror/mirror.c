@@ -31,11 +31,16 @@
  * (so new writes skip L), reads r from a clean leg, and clears the dirty bit
  * when its write to L is OK and gen[r] did not change meanwhile.
  *
- * The persisted log is written with DM_IO_FLUSH | DM_IO_FUA: dirty bits and
- * active bits that are set are on the log before the acknowledgement (dirty)
- * or before the write is issued (active); bits that are cleared are written
- * lazily. Two slots with a sequence number and a checksum, written
- * alternately, so a torn log write leaves the previous state readable.
+ * The persisted log is written with DM_IO_FLUSH | DM_IO_FUA. Active bits
+ * are on the log before the write is issued, and are cleared (lazily) only
+ * by a commit that also carries every dirty bit set meanwhile. After a
+ * crash an active region is copied from the first leg not dirty in the log.
+ * So a dirty bit needs a commit before the acknowledgement only when that
+ * leg (in the image on disk, or in the one being written) does not hold the
+ * write (ack_needs_commit). Bits that are cleared are written lazily. Two
+ * slots with a sequence number and a checksum, written alternately, so a
+ * torn log write leaves the previous state readable. A clean close cancels
+ * what still runs and clears every active bit: the dirty bits are exact.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -59,6 +64,7 @@
 #define READ_SLOW_MS 2000.0
 #define LOG_TIMEOUT_MS 5000
 #define MAX_WRITE_REGIONS 64 /* regions one mirror_write may span */
+#define CLOSE_DRAIN_MS 5000.0 /* close waits this long for cancelled IO to be notified */
 
 enum { IO_RUNNING = 0, IO_LATE = 1, IO_DONE = 2 };
 
@@ -69,6 +75,7 @@ struct chunk {
 	int resync;                /* a resync copy (one leg) */
 	uint64_t region, gen;
 	unsigned nio, nfinal, undecided, ok;
+	unsigned ok_late;          /* legs OK after their TIMEOUT, before the ack */
 	unsigned leg_of[MIRROR_MAX_LEGS];
 	unsigned char was_clean[MIRROR_MAX_LEGS];
 	unsigned char st[MIRROR_MAX_LEGS];
@@ -109,6 +116,8 @@ struct mirror {
 	unsigned char *dirty;
 	unsigned char *lio;
 	uint64_t *dseq;
+	unsigned char *ddirty;     /* dirty bits of the last committed log image */
+	int img_inflight;          /* a log write of m->logbuf is under way */
 	struct chunk live;
 	/* log */
 	struct block_device *logdev;
@@ -310,6 +319,7 @@ static int log_commit(struct mirror *m, uint64_t need)
 				b[r / 8] |= (unsigned char)(1u << (r % 8));
 	}
 	uint64_t seq = m->seq;
+	m->img_inflight = 1;
 	pthread_mutex_unlock(&m->lock);
 
 	struct log_hdr h = { .version = LOG_VERSION, .nlegs = m->nlegs, .region_size = m->region_size,
@@ -322,7 +332,13 @@ static int log_commit(struct mirror *m, uint64_t need)
 
 	pthread_mutex_lock(&m->lock);
 	m->last_commit = now_ms();
+	m->img_inflight = 0;
 	if (rc == 0) {
+		for (unsigned k = 0; k < m->nlegs; k++) {
+			const unsigned char *b = bitmap(m, s, k);
+			for (uint64_t r = 0; r < m->nregions; r++)
+				m->ddirty[lr(m, k, r)] = (b[r / 8] >> (r % 8)) & 1;
+		}
 		if (seq > m->committed)
 			m->committed = seq;
 		m->log_commits++;
@@ -498,6 +514,8 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 		int current = m->gen[r] == c->gen;
 		if (!was_late)
 			c->ok++;
+		else if (c->owner)
+			c->ok_late++; /* the writer may still be waiting for its quorum */
 		if (c->resync) {
 			if (current) {
 				clear_dirty(m, L, r);
@@ -643,6 +661,54 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	return c;
 }
 
+/* Legs of c whose IO is late (timed out, still running): they may still
+ * bring the write to its quorum (m->lock held). */
+static unsigned chunk_running(const struct chunk *c)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < c->nio; i++)
+		n += c->st[i] == IO_LATE;
+	return n;
+}
+
+/* The leg crash recovery would copy an active region r from, reading log
+ * image `img` (the first leg not dirty there), or -1 (m->lock held). */
+static int image_source(struct mirror *m, const unsigned char *ddirty, unsigned char *img, uint64_t r)
+{
+	for (unsigned L = 0; L < m->nlegs; L++) {
+		int dirty = img ? (bitmap(m, img, L)[r / 8] >> (r % 8)) & 1 : ddirty[lr(m, L, r)];
+		if (!dirty)
+			return (int)L;
+	}
+	return -1;
+}
+
+/* Whether the ack of chunk c must wait for a log commit (m->lock held).
+ * Its region was marked active on the log before the write was issued, and
+ * stays so until a commit that also carries the dirty bits this write set.
+ * After a crash an active region is copied from the first leg that is not
+ * dirty in the log. If, in the image on disk (and in the one being written,
+ * if any), that leg was clean and is OK for this write, it holds every
+ * acknowledged write to the region, and the crash is covered without
+ * another commit. */
+static int ack_needs_commit(struct mirror *m, const struct chunk *c)
+{
+	if (!m->logdev)
+		return 0;
+	for (int k = 0; k < 2; k++) {
+		if (k == 1 && !m->img_inflight)
+			break;
+		int src = image_source(m, m->ddirty, k ? m->logbuf : NULL, c->region);
+		int good = 0;
+		for (unsigned i = 0; i < c->nio; i++)
+			if ((int)c->leg_of[i] == src)
+				good = c->was_clean[i] && c->st[i] == IO_DONE && c->final_state[i] == DM_IO_OK;
+		if (!good)
+			return 1;
+	}
+	return 0;
+}
+
 static int check_range(struct mirror *m, uint64_t off, size_t len)
 {
 	if (!m || len == 0 || off % m->block_size || len % m->block_size || off > m->size ||
@@ -680,6 +746,14 @@ int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len)
 			}
 			if (m->aseq[r] > need)
 				need = m->aseq[r];
+			/* A failed leg will miss this write: record it in the
+			 * same commit, so the ack needs no second one. */
+			for (unsigned L = 0; L < m->nlegs; L++)
+				if (m->legs[L].failed) {
+					uint64_t s = set_dirty(m, L, r);
+					if (s > need && m->committed < s)
+						need = s;
+				}
 		}
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -708,27 +782,45 @@ int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len)
 		pos += piece;
 	}
 
-	/* Wait until every leg of every piece is final or timed out. */
+	/* Wait until every leg of every piece is final or timed out (the
+	 * deadline); then, while fewer than `quorum` legs of a piece are OK,
+	 * keep waiting for late completions: the write fails only when its
+	 * quorum can no longer be reached, or after fail_after_ms. */
 	pthread_mutex_lock(&m->lock);
 	for (unsigned k = 0; k < n; k++)
 		while (cs[k]->undecided)
 			pthread_cond_wait(&m->cond, &m->lock);
+	for (;;) {
+		int reached = 1, lost = 0;
+		for (unsigned k = 0; k < n; k++) {
+			unsigned ok = cs[k]->ok + cs[k]->ok_late;
+			if (ok < m->cfg.quorum) {
+				reached = 0;
+				lost |= ok + chunk_running(cs[k]) < m->cfg.quorum;
+			}
+		}
+		double waited = now_ms() - t0;
+		if (reached || lost || rc || waited >= m->cfg.fail_after_ms)
+			break;
+		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+	}
 	int degraded = 0;
 	need = 0;
 	for (unsigned k = 0; k < n; k++) {
 		struct chunk *c = cs[k];
-		if (c->ok < m->cfg.quorum)
+		if (c->ok + c->ok_late < m->cfg.quorum)
 			rc = rc ? rc : -EIO;
-		if (c->ok < m->nlegs)
+		if (c->ok + c->ok_late < m->nlegs)
 			degraded = 1;
-		if (c->need_seq > need)
+		if (c->need_seq > need && ack_needs_commit(m, c))
 			need = c->need_seq;
 		c->owner = 0;
 		chunk_put(m, c);
 	}
 	pthread_mutex_unlock(&m->lock);
 
-	/* Legs that missed the write are dirty on the log before the ack. */
+	/* Legs that missed the write are dirty on the log before the ack,
+	 * unless the log already leads crash recovery to a leg that has it. */
 	if (need && log_commit(m, need) != 0 && rc == 0)
 		rc = -EIO;
 out:
@@ -1060,6 +1152,7 @@ static void free_arrays(struct mirror *m)
 	free(m->dirty);
 	free(m->lio);
 	free(m->dseq);
+	free(m->ddirty);
 	free(m->logbuf);
 }
 
@@ -1178,7 +1271,8 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 	m->dirty = calloc(nl, 1);
 	m->lio = calloc(nl, 1);
 	m->dseq = calloc(nl, sizeof(*m->dseq));
-	if (!m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
+	m->ddirty = calloc(nl, 1);
+	if (!m->ddirty || !m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
 	    !m->lio || !m->dseq) {
 		rc = -ENOMEM;
 		set_error("out of memory");
@@ -1195,7 +1289,7 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 			set_error("log %s: %s", cfg->log_path, strerror(-rc));
 			goto fail;
 		}
-		rc = dm_io_bdev_open(cfg->log_path, 0, &m->logdev);
+		rc = dm_io_bdev_open_faulty(cfg->log_path, cfg->log_faults ? cfg->log_faults : "", &m->logdev);
 		if (rc) {
 			set_error("log %s: %s (%s)", cfg->log_path, strerror(-rc), dm_io_last_error());
 			m->logdev = NULL;
@@ -1251,8 +1345,25 @@ void mirror_close(struct mirror *m)
 	pthread_mutex_unlock(&m->lock);
 	if (m->daemon_running)
 		pthread_join(m->daemon, NULL);
-	if (m->logdev)
+	if (m->logdev) {
+		/* IO still running (late on a slow or hung leg) is cancelled:
+		 * its region stays dirty on that leg. Once every leg IO is
+		 * final the dirty bits are exact, so no region needs to stay
+		 * "being written": the next open resyncs only dirty regions. */
+		for (unsigned L = 0; L < m->nlegs; L++)
+			dm_io_cancel_by_device(m->cl, m->legs[L].bdev);
+		pthread_mutex_lock(&m->lock);
+		double until = now_ms() + CLOSE_DRAIN_MS;
+		while (m->live.next != &m->live && now_ms() < until)
+			cond_wait_ms(m, 50);
+		for (uint64_t r = 0; r < m->nregions; r++)
+			if (m->active[r] && !m->inflight[r]) {
+				m->active[r] = 0;
+				m->seq++;
+			}
+		pthread_mutex_unlock(&m->lock);
 		log_commit(m, m->seq);
+	}
 	teardown(m);
 }
 

@@ -4,11 +4,14 @@
  * Every write goes to all legs in one dm_io() with a deadline. It is
  * acknowledged when every leg is OK, or when the deadline has passed (all
  * legs are final or have been notified DM_IO_TIMEOUT) and at least `quorum`
- * legs are OK. Legs that did not make it are marked dirty for the regions
- * they missed in a dirty-region log (a bitmap in memory, optionally
- * persisted on a small log device with DM_IO_FLUSH | DM_IO_FUA before the
- * acknowledgement). A background thread copies dirty regions from an
- * in-sync leg (resync), throttled, while the mirror keeps serving.
+ * legs are OK. With fewer, it waits for late completions and is
+ * acknowledged as soon as `quorum` legs are OK; it fails only when the
+ * quorum can no longer be reached or after fail_after_ms. Legs that did
+ * not make it are marked dirty for the regions they missed in a
+ * dirty-region log (a bitmap in memory, optionally persisted on a small
+ * log device with DM_IO_FLUSH | DM_IO_FUA). A background thread copies
+ * dirty regions from an in-sync leg (resync), throttled, while the mirror
+ * keeps serving.
  *
  * Ordering (see mirror.c for the details): the mirror never has two writes
  * to the same region in flight on the same leg, so a late write can never
@@ -47,14 +50,16 @@ struct mirror_config {
 	const char *faults[MIRROR_MAX_LEGS];      /* fault spec per leg (dm_io_bdev_open_faulty) or NULL */
 	unsigned block_size;       /* IO granularity in bytes (default 4096) */
 	unsigned region_size;      /* dirty-tracking granularity in bytes (default 64 KiB) */
-	unsigned write_timeout_ms; /* deadline of every write (default 100) */
-	unsigned read_timeout_ms;  /* per leg before a read tries the next leg (default 100) */
-	unsigned quorum;           /* legs that must be OK at the deadline (default 1) */
-	unsigned fail_after_ms;    /* a leg with IO timed out for longer than this is failed (default 5000) */
+	unsigned write_timeout_ms; /* deadline of every write (default 100); 0: none, a hung leg stalls writes */
+	unsigned read_timeout_ms;  /* per leg before a read tries the next leg (default 100); 0: none */
+	unsigned quorum;           /* legs that must be OK to acknowledge a write (default 1) */
+	unsigned fail_after_ms;    /* a leg with IO timed out for longer than this is failed, and a write
+				    * short of its quorum fails after this long (default 5000) */
 	unsigned resync_kbps;      /* resync throttle in KiB/s; 0: unthrottled (default 16384) */
 	unsigned probe_ms;         /* how often a failed leg is tried again (default 1000) */
 	unsigned queue_depth;      /* dm_io min_ios per leg (default 64) */
 	const char *log_path;      /* persisted dirty-region log, or NULL (in memory only) */
+	const char *log_faults;    /* fault spec for the log device (tests), or NULL */
 	int initial_sync;          /* a new log (or no log): copy everything from leg 0 */
 	int resync_paused;         /* start with resync paused (mirror_resync_pause) */
 	mirror_event_fn event;
@@ -72,14 +77,28 @@ struct mirror;
  * region. Returns 0 or a negative errno (message in mirror_last_error()). */
 int mirror_open(const struct mirror_config *c, struct mirror **out);
 
-/* Stops the resync thread, commits the log, destroys the dm_io client (IO
- * still running is cancelled; its regions stay dirty in the log). */
+/* Stops the resync thread, cancels IO still running (its regions stay
+ * dirty on that leg), and once every leg IO is final commits the log with
+ * no region marked "being written": the next open resyncs only the dirty
+ * regions. Then destroys the dm_io client and closes the legs. */
 void mirror_close(struct mirror *m);
 
 /* Writes len bytes at off (both multiples of block_size) to every leg and
- * returns when the write is acknowledged: 0, or -EIO when fewer than quorum
- * legs were OK (the data is then undefined, as after a failed block write),
- * or -EINVAL (misaligned, out of range, or more than 64 regions). */
+ * returns when the write is acknowledged. Returns 0 when every leg is OK,
+ * or at the write deadline when at least `quorum` legs are OK. When fewer
+ * are OK at the deadline, it keeps waiting for the legs still running and
+ * returns 0 as soon as `quorum` legs are OK. It returns -EIO only when the
+ * quorum can no longer be reached (legs ended in error or were skipped) or
+ * fail_after_ms after the call (the data is then undefined, as after a
+ * failed block write: some legs may hold it); -EINVAL (misaligned, out of
+ * range, or more than 64 regions).
+ *
+ * With a log, the call also waits for log writes: one before the first
+ * write to a region not written in the last 0.5 s ("being written" mark),
+ * and one before the acknowledgement only when a leg missed the write and
+ * crash recovery, reading the log as it is on disk, would copy the region
+ * from a leg that does not hold this write. So a leg that hangs behind a
+ * healthy one costs no log write on the acknowledgement path. */
 int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len);
 
 /* Reads from an in-sync leg with read_timeout_ms per leg; on TIMEOUT or
