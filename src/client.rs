@@ -33,16 +33,20 @@ thread_local! {
     static BATCH: std::cell::RefCell<Vec<IoOp>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// This thread's op vector from the previous call (empty): no allocation
-/// per request. A nested call (from a notify run inside `submit`) gets a
-/// new one.
+/// This thread's op vector from the previous call (empty). Its capacity
+/// survives only an engine that drains it: the completion thread's own
+/// ring and the test engine do, so a callback that resubmits allocates no
+/// vector; the reactor and the thread pool take the vector itself over
+/// their channel, so a submission from any other thread allocates one. A
+/// nested call (from a notify run inside `submit`) gets a new one.
 fn take_batch() -> Vec<IoOp> {
     BATCH
         .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
         .unwrap_or_default()
 }
 
-/// Keeps `batch` (emptied by the engine's `submit`) for the next call.
+/// Keeps `batch` (emptied by the engine's `submit`, with its capacity
+/// unless the engine took it) for the next call.
 fn keep_batch(batch: Vec<IoOp>) {
     BATCH.with(|b| {
         if let Ok(mut b) = b.try_borrow_mut() {

@@ -50,9 +50,8 @@ pub(super) struct Remote {
 }
 
 /// A thread handing over timers wakes the ring's thread at least once per
-/// this many, even when none is due before it wakes anyway: arming
-/// timers takes time, and 10,000 of them left until the first fell due
-/// made that deadline 0.75 ms late.
+/// this many, even when none is due before it wakes anyway, so that arming
+/// a long run of them is spread out instead of delaying the first deadline.
 const REMOTE_BATCH: usize = 256;
 
 impl Remote {
@@ -303,16 +302,12 @@ pub fn active() -> bool {
 }
 
 /// While fewer ops than this are in the kernel, IO a callback submits
-/// starts at once: the device would otherwise idle while later callbacks
-/// of the batch run (worth ~25 % IOPS at QD32 on a virtio disk). 64 covers
-/// a 2-leg mirror at QD32: with 32 here its writes went in groups and ran
-/// at 0.88-0.90x of fio on the disk, against 0.96-1.0x started at once
-/// (interleaved runs); on a RAM-backed loop device, where the CPU is the
-/// limit, it went from 1.7x to 1.4x of fio.
+/// starts at once, so the device does not idle while later callbacks of
+/// the batch run; 64 covers a 2-leg mirror at QD32.
 const EAGER_BELOW: usize = 64;
 /// Deeper than that, entries go to the kernel in groups of this many (one
-/// syscall each), and the rest when the batch ends: at QD128 one syscall
-/// per IO costs more CPU than the device gains.
+/// syscall each), and the rest when the batch ends: at high queue depths
+/// a syscall per IO costs more CPU than the device gains.
 const GROUP: usize = 8;
 
 /// After one notify callback: starts the IO queued so far at once when

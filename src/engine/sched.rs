@@ -15,12 +15,9 @@ const HOLD_POLL: Duration = Duration::from_millis(2);
 
 /// After a turn that fired deadlines, the next timer wake-up for deadlines
 /// comes no sooner than this: deadlines falling due meanwhile are fired
-/// together. A burst of 10,000 deadlines a microsecond apart then costs one
-/// wake-up (one kernel timer armed) per 50 us instead of one per deadline,
-/// which kept the reactor's CPU busy arming timers while the completion
-/// thread, woken onto the same CPU, waited to deliver the TIMEOUTs. A lone
-/// deadline is not delayed. 50 us is the kernel's default timer slack for a
-/// sleeping thread.
+/// together, so a burst costs one wake-up per grain instead of one per
+/// deadline. A lone deadline is not delayed. 50 us is the kernel's default
+/// timer slack for a sleeping thread.
 pub(crate) const DEADLINE_GRAIN: Duration = Duration::from_micros(50);
 
 struct Timed<T> {

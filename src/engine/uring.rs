@@ -112,9 +112,7 @@ pub struct UringEngine {
 /// which are for many slow IOs rather than many fast ones, and pools
 /// beyond `RLIMIT_MEMLOCK` (8 MiB by default for users without
 /// CAP_IPC_LOCK; the kernel refuses) keep plain reads and writes and fault
-/// their memory in as used. (A 40 MiB pool registered for 10,000 timed
-/// requests cost its neighbours up to 2 ms of TIMEOUT lateness when the
-/// unpinning ran.)
+/// their memory in as used.
 const REGISTER_MAX: usize = 16 << 20;
 
 static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

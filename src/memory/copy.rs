@@ -1,15 +1,10 @@
 //! The bounce copy: bytes between the caller's memory and private memory.
 //!
-//! glibc's `memcpy` moves anything above about 2 KiB with `rep movsb`
-//! (`glibc.cpu.x86_rep_movsb_threshold`, 2112 bytes here). On the AMD EPYC
-//! this project is benchmarked on, `rep movsb` of data that a device (or
-//! another CPU) has just written runs at about half speed in some
-//! processes and not in others: 128 KiB bounce reads from a RAM-backed
-//! loop device ran at 39k-57k IOPS with `memcpy`, against 53k-58k with the
-//! vector loop below in interleaved runs (and 51k-54k with no copy at all,
-//! `DM_IO_ZERO_COPY`). So on x86_64 copies from 1 KiB up use a plain loop
-//! of 32-byte (AVX2, when the CPU has it) or 16-byte (SSE2, always there)
-//! unaligned loads and stores; smaller copies and other architectures use
+//! On x86_64, copies from 1 KiB up use a plain loop of 32-byte (AVX2, when
+//! the CPU has it) or 16-byte (SSE2, always there) unaligned loads and
+//! stores, because glibc's `memcpy` switches to `rep movsb` at that size,
+//! which some CPUs run slowly on data a device has just written (see
+//! `bench/HISTORY.md`); smaller copies and other architectures use
 //! `copy_nonoverlapping`.
 
 /// Copies of at least this many bytes use the vector loop (x86_64).
