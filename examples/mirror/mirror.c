@@ -83,6 +83,7 @@ struct chunk {
 	double submit_ms;
 	uint64_t need_seq;         /* log seq that must be committed before the ack */
 	unsigned src;              /* resync: source leg */
+	int fua;                   /* written with DM_IO_FUA */
 	void *data;
 };
 
@@ -112,6 +113,13 @@ struct mirror {
 	unsigned *inflight;
 	double *last_write;
 	uint64_t *aseq;
+	/* flushes: fepoch counts the flushes issued; wep[leg x region] is
+	 * fepoch when the last write to the region completed on the leg
+	 * (UINT64_MAX: none since open);
+	 * good_ep[leg] is the epoch of the leg's last successful flush */
+	uint64_t fepoch, good_ep[MIRROR_MAX_LEGS];
+	uint64_t *wep;
+	uint64_t flushes, flush_errors;
 	/* per leg x region */
 	unsigned char *dirty;
 	unsigned char *lio;
@@ -512,6 +520,7 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 
 	if (st->state == DM_IO_OK) {
 		int current = m->gen[r] == c->gen;
+		m->wep[lr(m, L, r)] = m->fepoch; /* on L, not durable before the next flush */
 		if (!was_late)
 			c->ok++;
 		else if (c->owner)
@@ -578,7 +587,7 @@ static int submit_write(struct mirror *m, struct chunk *c, void *data, struct dm
 {
 	struct dm_io_control ctrl = {
 		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE,
+		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0),
 		.notify = write_notify,
 		.context = c,
 		.client = m->cl,
@@ -589,7 +598,8 @@ static int submit_write(struct mirror *m, struct chunk *c, void *data, struct dm
 
 /* Builds and issues the write of one region piece to every eligible leg.
  * Returns the chunk (owned by the caller until chunk released) or NULL. */
-static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len)
+static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len,
+				 int fua)
 {
 	struct chunk *c = calloc(1, sizeof(*c));
 	void *data = malloc(len);
@@ -605,6 +615,7 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	c->owner = 1;
 	c->region = r;
 	c->data = data;
+	c->fua = fua;
 	struct dm_io_region regs[MIRROR_MAX_LEGS];
 
 	pthread_mutex_lock(&m->lock);
@@ -719,7 +730,12 @@ static int check_range(struct mirror *m, uint64_t off, size_t len)
 
 int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len)
 {
-	if (check_range(m, off, len) || !buf)
+	return mirror_write_flags(m, off, buf, len, 0);
+}
+
+int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags)
+{
+	if (check_range(m, off, len) || !buf || (flags & ~MIRROR_FUA))
 		return -EINVAL;
 	double t0 = now_ms();
 	uint64_t r0 = off / m->region_size, r1 = (off + len - 1) / m->region_size;
@@ -773,7 +789,7 @@ int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len)
 		uint64_t r = pos / m->region_size;
 		uint64_t rend = (r + 1) * (uint64_t)m->region_size;
 		size_t piece = (size_t)((rend < end ? rend : end) - pos);
-		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece);
+		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA);
 		if (!c) {
 			rc = -ENOMEM;
 			break;
@@ -838,6 +854,146 @@ out:
 	}
 	pthread_cond_broadcast(&m->cond);
 	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
+/* ---- flush ------------------------------------------------------------------ */
+
+struct flushop {
+	struct mirror *m;
+	int owner;
+	uint64_t epoch;
+	unsigned nio, nfinal, undecided, ok;
+	unsigned leg_of[MIRROR_MAX_LEGS];
+	unsigned char st[MIRROR_MAX_LEGS];
+	int final_state[MIRROR_MAX_LEGS];
+};
+
+/* A leg missed a flush (m->lock held): every region written to it since its
+ * last good flush may not be durable there. Returns the log seq to commit. */
+static uint64_t flush_missed(struct mirror *m, unsigned L, const char *why)
+{
+	uint64_t need = 0, n = 0;
+	for (uint64_t r = 0; r < m->nregions; r++)
+		if (m->wep[lr(m, L, r)] >= m->good_ep[L] && m->wep[lr(m, L, r)] != UINT64_MAX) {
+			uint64_t s = set_dirty(m, L, r);
+			need = s > need ? s : need;
+			n++;
+		}
+	ev(m, "%s: flush %s: %llu region(s) written since its last good flush marked dirty", m->legs[L].name, why,
+	   (unsigned long long)n);
+	return need;
+}
+
+static void flush_put(struct flushop *f)
+{
+	if (!f->owner && f->nfinal == f->nio)
+		free(f);
+}
+
+static void flush_notify(struct dm_io_region_state *st, void *ctx)
+{
+	struct flushop *f = ctx;
+	struct mirror *m = f->m;
+	unsigned i = st->index;
+	if (i >= f->nio)
+		return;
+	unsigned L = f->leg_of[i];
+	pthread_mutex_lock(&m->lock);
+	if (st->state == DM_IO_TIMEOUT) {
+		if (f->st[i] == IO_RUNNING) {
+			f->st[i] = IO_LATE;
+			f->undecided--;
+		}
+	} else if (f->st[i] != IO_DONE) {
+		if (f->st[i] == IO_RUNNING)
+			f->undecided--;
+		f->st[i] = IO_DONE;
+		f->final_state[i] = st->state;
+		f->nfinal++;
+		if (st->state == DM_IO_OK) {
+			if (f->owner)
+				f->ok++;
+			if (f->epoch > m->good_ep[L])
+				m->good_ep[L] = f->epoch;
+		} else if (st->state == DM_IO_ERROR) {
+			char why[96];
+			snprintf(why, sizeof(why), "flush error %s", strerror(-st->error_code));
+			fail_leg(m, L, why);
+		}
+		flush_put(f);
+	}
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+}
+
+int mirror_flush(struct mirror *m)
+{
+	if (!m)
+		return -EINVAL;
+	double t0 = now_ms();
+	struct flushop *f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	struct dm_io_region regs[MIRROR_MAX_LEGS];
+	f->m = m;
+	f->owner = 1;
+	pthread_mutex_lock(&m->lock);
+	f->epoch = ++m->fepoch;
+	for (unsigned L = 0; L < m->nlegs; L++) {
+		if (m->legs[L].failed)
+			continue; /* every region written to it is dirty already */
+		f->leg_of[f->nio] = L;
+		regs[f->nio++] = (struct dm_io_region){ m->legs[L].bdev, 0, 0 };
+	}
+	f->undecided = f->nio;
+	pthread_mutex_unlock(&m->lock);
+	int rc = 0;
+	if (f->nio) {
+		struct dm_io_control ctrl = {
+			.memory = { .type = DM_IO_VM, .ptr.vma = NULL },
+			.rw = DM_IO_WRITE | DM_IO_FLUSH,
+			.notify = flush_notify,
+			.context = f,
+			.client = m->cl,
+			.timeout = m->cfg.write_timeout_ms,
+		};
+		rc = dm_io(&ctrl, f->nio, regs, NULL);
+	}
+	pthread_mutex_lock(&m->lock);
+	if (rc) {
+		f->nfinal = f->nio;
+		f->undecided = 0;
+	}
+	/* The write rule: at the deadline `quorum` legs OK, else wait for late
+	 * ones until the quorum is reached, lost, or fail_after_ms passed. */
+	while (f->undecided)
+		pthread_cond_wait(&m->cond, &m->lock);
+	for (;;) {
+		unsigned late = 0;
+		for (unsigned i = 0; i < f->nio; i++)
+			late += f->st[i] == IO_LATE;
+		double waited = now_ms() - t0;
+		if (rc || f->ok >= m->cfg.quorum || f->ok + late < m->cfg.quorum || waited >= m->cfg.fail_after_ms)
+			break;
+		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+	}
+	uint64_t need = 0;
+	for (unsigned i = 0; i < f->nio; i++)
+		if (f->st[i] != IO_DONE || f->final_state[i] != DM_IO_OK) {
+			uint64_t s = flush_missed(m, f->leg_of[i], f->st[i] == IO_DONE ? "failed" : "late");
+			need = s > need ? s : need;
+		}
+	if (!rc && f->ok < m->cfg.quorum)
+		rc = -EIO;
+	m->flushes++;
+	m->flush_errors += rc != 0;
+	f->owner = 0;
+	flush_put(f);
+	pthread_mutex_unlock(&m->lock);
+	/* A leg that missed the flush is dirty on the log before the ack. */
+	if (need && log_commit(m, need) != 0 && rc == 0)
+		rc = -EIO;
 	return rc;
 }
 
@@ -1027,6 +1183,7 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	c->gen = m->gen[r];
 	c->src = S;
 	c->data = data;
+	c->fua = 1; /* the copy clears the dirty bit: make it durable first */
 	c->nio = 1;
 	c->undecided = 1;
 	c->leg_of[0] = L;
@@ -1153,6 +1310,7 @@ static void free_arrays(struct mirror *m)
 	free(m->lio);
 	free(m->dseq);
 	free(m->ddirty);
+	free(m->wep);
 	free(m->logbuf);
 }
 
@@ -1272,7 +1430,10 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 	m->lio = calloc(nl, 1);
 	m->dseq = calloc(nl, sizeof(*m->dseq));
 	m->ddirty = calloc(nl, 1);
-	if (!m->ddirty || !m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
+	m->wep = calloc(nl, sizeof(*m->wep));
+	if (m->wep)
+		memset(m->wep, 0xff, nl * sizeof(*m->wep));
+	if (!m->wep || !m->ddirty || !m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
 	    !m->lio || !m->dseq) {
 		rc = -ENOMEM;
 		set_error("out of memory");
@@ -1438,6 +1599,8 @@ void mirror_status(struct mirror *m, struct mirror_status *st)
 	st->resynced = m->resynced;
 	st->resync_paused = m->paused;
 	st->log_commits = m->log_commits;
+	st->flushes = m->flushes;
+	st->flush_errors = m->flush_errors;
 	st->log_errors = m->log_errors;
 	st->log = m->logdev != NULL;
 	for (unsigned L = 0; L < m->nlegs; L++) {

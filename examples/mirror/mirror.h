@@ -101,6 +101,21 @@ void mirror_close(struct mirror *m);
  * healthy one costs no log write on the acknowledgement path. */
 int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len);
 
+#define MIRROR_FUA 1u /* mirror_write_flags: each leg writes with DM_IO_FUA */
+
+/* mirror_write with flags (0 or MIRROR_FUA: the data is durable on every
+ * leg that is OK for it, before the acknowledgement). */
+int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags);
+
+/* Flushes every leg that is not failed (DM_IO_FLUSH, write_timeout_ms),
+ * making the writes acknowledged before the call durable. The write rule
+ * applies: 0 when `quorum` legs flushed OK (at the deadline, or later while
+ * waiting for late legs up to fail_after_ms), else -EIO. A leg that missed
+ * the flush (late, error) gets every region written to it since its last
+ * good flush marked dirty (on the log before the return), so resync
+ * rewrites them; a flush error fails the leg. Thread-safe. */
+int mirror_flush(struct mirror *m);
+
 /* Reads from an in-sync leg with read_timeout_ms per leg; on TIMEOUT or
  * ERROR the next in-sync leg is tried (DM_IO_READ_ANY, hedge delay
  * read_timeout_ms). Returns 0, -EIO (no in-sync leg left) or -ETIMEDOUT. */
@@ -160,6 +175,7 @@ struct mirror_status {
 	uint64_t resync_pending;      /* (leg, region) pairs dirty now */
 	int resync_paused;
 	uint64_t log_commits;         /* log writes (0 without a log) */
+	uint64_t flushes, flush_errors; /* mirror_flush calls, and those that failed */
 	uint64_t log_errors;
 	int log;                      /* 1 when persisted */
 	struct mirror_leg_status legs[MIRROR_MAX_LEGS];

@@ -374,6 +374,53 @@ static void t_log_reopen(void)
 	check(legs_identical(2, p, 2 * MB), "log: legs byte-identical (cmp)");
 }
 
+/* Flush follows the write rule; a leg that misses a flush gets the regions
+ * written to it since its last good flush marked dirty. Flushes are writes
+ * of sector 0 with no data, so "hang writes sectors=0-0" holds only them
+ * (and writes of sector 0, which the test does not make). */
+static void t_flush(void)
+{
+	const char *p[2] = { tfile("fl0", 2 * MB), tfile("fl1", 2 * MB) };
+	struct mirror *m = open_mirror(2, p, NULL, 50, 1, 600, NULL);
+	static unsigned char d[BS];
+	for (int i = 1; i <= 3; i++) {
+		fill(d, BS, 60 + i);
+		mirror_write(m, (uint64_t)i * RS + BS, d, BS);
+	}
+	check(mirror_flush(m) == 0, "flush: all legs flushed");
+	fill(d, BS, 64);
+	int rc = mirror_write_flags(m, 4 * RS + BS, d, BS, MIRROR_FUA);
+	check(rc == 0, "flush: a FUA write is acked (%d)", rc);
+	mirror_write(m, 6 * RS + BS, d, BS);
+	mirror_set_faults(m, 1, "hang writes sectors=0-0");
+	mirror_resync_pause(m, 1);
+	double t = now_ms();
+	rc = mirror_flush(m);
+	double took = now_ms() - t;
+	struct mirror_leg_status s = leg_status(m, 1);
+	check(rc == 0 && took < 50 + 400, "flush: acked at the deadline with leg1's flush hung (%d, %.0f ms)", rc, took);
+	check(s.dirty_regions == 2 && s.state == MIRROR_LEG_DIRTY,
+	      "flush: leg1 missed it: the 2 regions written since its last good flush are dirty, not the 3 before (%llu)",
+	      (unsigned long long)s.dirty_regions);
+	mirror_close(m);
+	m = open_mirror(2, p, NULL, 50, 2, 600, NULL);
+	mirror_set_faults(m, 1, "hang writes sectors=0-0");
+	t = now_ms();
+	rc = mirror_flush(m);
+	took = now_ms() - t;
+	check(rc == -EIO && took >= 590 && took < 600 + 400,
+	      "flush: quorum 2 with leg1's flush hung: -EIO after fail-after (600 ms), not at the deadline (%d, %.0f ms)",
+	      rc, took);
+	mirror_set_faults(m, 1, "");
+	check(mirror_wait_in_sync(m, 5000), "flush: in sync after release");
+	struct mirror_status st;
+	mirror_status(m, &st);
+	check(st.flushes == 1 && st.flush_errors == 1, "flush: counted (%llu flushes, %llu failed)",
+	      (unsigned long long)st.flushes, (unsigned long long)st.flush_errors);
+	mirror_close(m);
+	check(legs_identical(2, p, 2 * MB), "flush: legs byte-identical (cmp)");
+}
+
 /* A clean close leaves no region marked "being written": the next open
  * has nothing to resync. */
 static void t_log_close(void)
@@ -515,6 +562,7 @@ int main(void)
 	t_resync_progress();
 	t_log_reopen();
 	t_log_close();
+	t_flush();
 	t_log_ack();
 	t_stress();
 	return summary("test_mirror");
