@@ -221,6 +221,13 @@ static size_t lr(const struct mirror *m, unsigned leg, uint64_t r)
 	return (size_t)leg * m->nregions + r;
 }
 
+/* Bytes of region r: region_size, less for a partial last region. */
+static uint64_t region_len(const struct mirror *m, uint64_t r)
+{
+	uint64_t off = r * (uint64_t)m->region_size;
+	return m->size - off < m->region_size ? m->size - off : m->region_size;
+}
+
 /* Marks (leg, r) dirty; returns the log seq that records it. */
 static uint64_t set_dirty(struct mirror *m, unsigned leg, uint64_t r)
 {
@@ -1193,9 +1200,10 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	m->inflight[r]++;
 	chunk_link(m, c);
 	uint64_t off = r * (uint64_t)m->region_size;
+	uint64_t len = region_len(m, r);
 	pthread_mutex_unlock(&m->lock);
 
-	struct dm_io_region src = { m->legs[S].bdev, off / 512, m->region_size / 512 };
+	struct dm_io_region src = { m->legs[S].bdev, off / 512, len / 512 };
 	struct dm_io_control rd = {
 		.memory = { .type = DM_IO_VM, .ptr.vma = data },
 		.rw = DM_IO_READ | DM_IO_SYNC,
@@ -1227,7 +1235,7 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	c->submit_ms = now_ms();
 	pthread_mutex_unlock(&m->lock);
 
-	struct dm_io_region dst = { l->bdev, off / 512, m->region_size / 512 };
+	struct dm_io_region dst = { l->bdev, off / 512, len / 512 };
 	rc = submit_write(m, c, data, &dst, 1);
 
 	pthread_mutex_lock(&m->lock);
@@ -1338,11 +1346,10 @@ static void teardown(struct mirror *m)
 	free(m);
 }
 
-int mirror_open(const struct mirror_config *cfg, struct mirror **out)
+/* The checks of the configuration's numbers, shared by open and validate. */
+static int check_config(const struct mirror_config *cfg)
 {
-	int rc;
-	last_error[0] = 0;
-	if (!cfg || !out || cfg->nlegs < 1 || cfg->nlegs > MIRROR_MAX_LEGS) {
+	if (!cfg || cfg->nlegs < 1 || cfg->nlegs > MIRROR_MAX_LEGS) {
 		set_error("need 1..%d legs", MIRROR_MAX_LEGS);
 		return -EINVAL;
 	}
@@ -1355,6 +1362,112 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 		set_error("quorum must be 1..%u", cfg->nlegs);
 		return -EINVAL;
 	}
+	return 0;
+}
+
+int mirror_validate(const struct mirror_config *cfg)
+{
+	last_error[0] = 0;
+	int rc = check_config(cfg);
+	if (rc)
+		return rc;
+	uint64_t size = UINT64_MAX;
+	for (unsigned L = 0; L < cfg->nlegs; L++) {
+		const char *path = cfg->legs[L] ? cfg->legs[L] : "";
+		struct block_device *b;
+		rc = dm_io_bdev_open(path, 0, &b);
+		if (rc) {
+			set_error("%s: %s (%s)", path, strerror(-rc), dm_io_last_error());
+			return rc;
+		}
+		unsigned lbs = dm_io_bdev_block_size(b);
+		uint64_t bytes = dm_io_bdev_sectors(b) * 512;
+		int ro = access(path, W_OK) != 0;
+		dm_io_bdev_close(b);
+		if (ro) {
+			set_error("%s: not writable (%s)", path, strerror(errno));
+			return -EACCES;
+		}
+		if (cfg->block_size % lbs) {
+			set_error("%s: logical block size %u does not divide the block size %u", path, lbs,
+				  cfg->block_size);
+			return -EINVAL;
+		}
+		size = bytes < size ? bytes : size;
+	}
+	if (size < cfg->block_size) {
+		set_error("the smallest leg is smaller than one block");
+		return -EINVAL;
+	}
+	if (!cfg->log_path)
+		return 0;
+	struct stat st;
+	if (stat(cfg->log_path, &st) != 0) {
+		if (errno != ENOENT) {
+			set_error("log %s: %s", cfg->log_path, strerror(errno));
+			return -errno;
+		}
+		/* A new log: its directory must exist and be writable. */
+		char dir[512];
+		snprintf(dir, sizeof(dir), "%s", cfg->log_path);
+		char *slash = strrchr(dir, '/');
+		if (!slash)
+			snprintf(dir, sizeof(dir), ".");
+		else if (slash == dir)
+			dir[1] = 0;
+		else
+			*slash = 0;
+		if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(dir, W_OK) != 0) {
+			set_error("log %s: directory %s does not exist or is not writable", cfg->log_path, dir);
+			return -ENOENT;
+		}
+		return 0;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		set_error("log %s: neither a regular file nor a block device", cfg->log_path);
+		return -EINVAL;
+	}
+	if (access(cfg->log_path, R_OK | W_OK) != 0) {
+		set_error("log %s: %s", cfg->log_path, strerror(errno));
+		return -EACCES;
+	}
+	/* An existing log must have this mirror's geometry. */
+	uint64_t msize = size / cfg->block_size * cfg->block_size;
+	uint64_t nregions = (msize + cfg->region_size - 1) / cfg->region_size;
+	size_t bitmap_bytes = (size_t)(cfg->nlegs + 1) * ((nregions + 7) / 8);
+	size_t slot_bytes = 4096 + (bitmap_bytes + 4095) / 4096 * 4096;
+	int fd = open(cfg->log_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		set_error("log %s: %s", cfg->log_path, strerror(errno));
+		return -errno;
+	}
+	rc = 0;
+	for (unsigned k = 0; k < 2 && !rc; k++) {
+		struct log_hdr h;
+		if (pread(fd, &h, sizeof(h), (off_t)(k * slot_bytes)) != (ssize_t)sizeof(h))
+			continue;
+		if (memcmp(h.magic, LOG_MAGIC, 8) || h.version != LOG_VERSION)
+			continue;
+		if (h.nlegs != cfg->nlegs || h.region_size != cfg->region_size || h.nregions != nregions) {
+			set_error("log %s was made for another geometry (%u legs, %llu regions of %llu bytes)",
+				  cfg->log_path, h.nlegs, (unsigned long long)h.nregions,
+				  (unsigned long long)h.region_size);
+			rc = -EINVAL;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
+int mirror_open(const struct mirror_config *cfg, struct mirror **out)
+{
+	int rc;
+	last_error[0] = 0;
+	if (!out)
+		return -EINVAL;
+	rc = check_config(cfg);
+	if (rc)
+		return rc;
 	struct mirror *m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
@@ -1408,10 +1521,10 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 		if (b < size)
 			size = b;
 	}
-	m->nregions = size / m->region_size;
-	m->size = m->nregions * m->region_size;
+	m->size = size / m->block_size * m->block_size;
+	m->nregions = (m->size + m->region_size - 1) / m->region_size; /* the last one may be partial */
 	if (!m->nregions) {
-		set_error("the smallest leg is smaller than one region");
+		set_error("the smallest leg is smaller than one block");
 		rc = -EINVAL;
 		goto fail;
 	}

@@ -74,8 +74,16 @@ struct mirror;
 /* Opens the legs (and the log), loads the log: regions dirty in it, and
  * regions that were being written when the mirror stopped ("active"), are
  * resynced. The mirror's size is the smallest leg rounded down to a whole
- * region. Returns 0 or a negative errno (message in mirror_last_error()). */
+ * block (the last region may be partial). Returns 0 or a negative errno (message in mirror_last_error()). */
 int mirror_open(const struct mirror_config *c, struct mirror **out);
+
+/* Checks what mirror_open would check, without opening the mirror: the
+ * numbers, that every leg opens read-write with a block size dividing
+ * block_size, and that the log either has this mirror's geometry or can be
+ * created (its directory exists and is writable). Starts no thread, writes
+ * nothing (for a daemon that validates before it forks). Returns 0 or a
+ * negative errno (message in mirror_last_error()). */
+int mirror_validate(const struct mirror_config *c);
 
 /* Stops the resync thread, cancels IO still running (its regions stay
  * dirty on that leg), and once every leg IO is final commits the log with

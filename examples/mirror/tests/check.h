@@ -68,7 +68,7 @@ __attribute__((unused)) static void sleep_ms(int ms)
 }
 
 static char tdir[256];
-static char tfiles[32][320];
+static char tfiles[64][320];
 static int ntfiles;
 
 static void tcleanup(void)
@@ -91,6 +91,10 @@ static const char *tfile(const char *name, size_t bytes)
 			exit(1);
 		}
 		atexit(tcleanup);
+	}
+	if (ntfiles == (int)(sizeof(tfiles) / sizeof(tfiles[0]))) {
+		fprintf(stderr, "tfile: more than %d files: raise tfiles[]\n", ntfiles);
+		exit(1);
 	}
 	char *p = tfiles[ntfiles++];
 	snprintf(p, sizeof(tfiles[0]), "%s/%s", tdir, name);
