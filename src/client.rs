@@ -8,7 +8,7 @@
 
 use crate::completion::CompletionThread;
 use crate::device::Device;
-use crate::engine::{Engine, EngineKind, IoOp, OpKind};
+use crate::engine::{Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crate::handle;
 use crate::memory::caller::CallerMemory;
@@ -146,8 +146,9 @@ fn region_op(
         len: len as u32,
         pre_flush: flush && write,
         fua: fua && write,
+        sync: req.mode.sync,
         dev: Arc::clone(&spec.dev),
-        req: Arc::clone(req),
+        sink: Arc::clone(req) as Arc<dyn crate::engine::OpSink>,
         region: i as u32,
         mem_off: off,
         slot: None,
@@ -624,10 +625,11 @@ impl Client {
     }
 
     /// Hedged read: one slot per region, taken now (so starting a hedge
-    /// never waits for memory), then the request starts them in turn.
+    /// never waits for memory), then the request starts them in turn
+    /// ([`RequestOwner::start_regions`]).
     fn start_any(&self, req: &Arc<Request>) {
         let n = req.num_regions();
-        let mut ops = Vec::with_capacity(n);
+        let mut regions = Vec::with_capacity(n);
         for i in 0..n {
             let slot = match self.slot(req, &mut Vec::new()) {
                 Ok(Some(s)) => s,
@@ -637,14 +639,10 @@ impl Client {
                     return;
                 }
             };
-            let bytes = req.spec(i).count * 512;
-            ops.push(IoOp {
-                slot: Some(slot),
-                ..region_op(req, i, OpKind::Read, 0, bytes, false, false)
-            });
+            regions.push((i as u32, slot));
         }
-        let rest = ops.split_off(1);
-        let first = ops.pop().expect("at least one region");
+        let rest = regions.split_off(1);
+        let first = regions.pop().expect("at least one region");
         let ms = self.hedge_ms.load(Ordering::Relaxed);
         let every = (ms > 0).then(|| Duration::from_millis(ms as u64));
         req.start_any(first, rest, every);
@@ -727,16 +725,27 @@ impl RequestOwner for Client {
         handle::release_lib(req.handle());
     }
 
-    fn submit_ops(&self, mut ops: Vec<IoOp>, hedge: bool) {
+    fn start_regions(&self, req: &Arc<Request>, regions: Vec<(u32, SlotRef)>, hedge: bool) {
         if hedge {
-            let n = ops.len() as u64;
+            let n = regions.len() as u64;
             self.counters.hedges.fetch_add(n, Ordering::Relaxed);
         }
+        let mut ops: Vec<IoOp> = regions
+            .into_iter()
+            .map(|(i, slot)| {
+                let bytes = req.spec(i as usize).count * 512;
+                IoOp {
+                    slot: Some(slot),
+                    ..region_op(req, i as usize, OpKind::Read, 0, bytes, false, false)
+                }
+            })
+            .collect();
         self.engine.submit(&mut ops);
     }
 
-    fn arm_timer(&self, at: Instant, req: std::sync::Weak<Request>) {
-        self.engine.arm_timer(at, req);
+    fn arm_timer(&self, at: Instant, req: &Arc<Request>) {
+        let timer: std::sync::Weak<dyn Timer> = Arc::downgrade(req) as std::sync::Weak<Request>;
+        self.engine.arm_timer(at, timer, req.mode.sync);
     }
 
     fn detached_ops(&self, n: i64) {

@@ -14,16 +14,17 @@
 //! held while caller memory is copied, so once a region is final the caller's
 //! memory is never touched again. This module knows nothing about how IO is
 //! performed: engines report each operation's result through
-//! [`Request::op_done`] and deadlines through [`Request::on_deadline`].
+//! [`OpSink::op_done`] and timers through [`Timer::on_timer`], the two
+//! traits through which they see a request.
 
 use crate::device::Device;
-use crate::engine::IoOp;
+use crate::engine::{OpSink, Timer};
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::SlotRef;
 use crate::small::Small;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A region's state as reported to notify (values of `DM_IO_OK` ...).
@@ -117,11 +118,12 @@ pub trait RequestOwner: Send + Sync {
     fn request_final(&self, req: &Request);
     /// Every final event has been delivered: the library's handle reference goes.
     fn request_delivered(&self, req: &Request);
-    /// Starts operations prepared earlier (hedged reads); `hedge` says
+    /// Hedged reads: starts the reads of whole `regions` of `req`, each
+    /// into the private memory taken for it at submission; `hedge` says
     /// they are extra regions beyond the first.
-    fn submit_ops(&self, ops: Vec<IoOp>, hedge: bool);
-    /// Calls [`Request::on_timer`] at `at`.
-    fn arm_timer(&self, at: Instant, req: Weak<Request>);
+    fn start_regions(&self, req: &Arc<Request>, regions: Vec<(u32, SlotRef)>, hedge: bool);
+    /// Calls the request's [`Timer::on_timer`] at `at` while it lives.
+    fn arm_timer(&self, at: Instant, req: &Arc<Request>);
     /// Library pages: `n` more (or, negative, fewer) ops still run in the
     /// kernel into pages a cancel detached.
     fn detached_ops(&self, _n: i64) {}
@@ -155,8 +157,9 @@ struct Inner {
     queue: VecDeque<Event>,
     deadline: Option<Instant>,
     deadline_fired: bool,
-    /// Hedged reads: prepared ops of regions not started yet, in order.
-    standby: VecDeque<IoOp>,
+    /// Hedged reads: regions not started yet, in order, each with the
+    /// private memory taken for it.
+    standby: VecDeque<(u32, SlotRef)>,
     hedge_at: Option<Instant>,
     hedge_every: Option<Duration>,
     winner: Option<usize>,
@@ -313,10 +316,9 @@ impl Request {
 
     fn finalize(self: &Arc<Self>, g: &mut Inner, i: usize, state: State, error: i32) {
         debug_assert!(g.regions[i].fin.is_none());
-        // A hedged region that never started: its prepared op (and private
-        // memory) goes now.
+        // A hedged region that never started: its private memory goes now.
         if !g.standby.is_empty() {
-            g.standby.retain(|op| op.region as usize != i);
+            g.standby.retain(|(r, _)| *r as usize != i);
         }
         g.regions[i].fin = Some((state, error));
         g.live -= 1;
@@ -359,7 +361,7 @@ impl Request {
     /// Result of one operation of region `region`. For reads, `slot` holds
     /// the data for caller bytes `[mem_off, mem_off + expected)`. The slot
     /// is released here, before the region's final notification is queued.
-    pub fn op_done(
+    fn op_ended(
         self: &Arc<Self>,
         region: u32,
         mem_off: u64,
@@ -423,7 +425,7 @@ impl Request {
         let mut g = self.lock();
         g.deadline_fired = true;
         // Hedged regions not started yet start now (or are cancelled below).
-        let start: Vec<IoOp> = if cancel {
+        let start: Vec<(u32, SlotRef)> = if cancel {
             Vec::new()
         } else {
             g.standby.drain(..).collect()
@@ -443,19 +445,19 @@ impl Request {
         }
         drop(g);
         if !start.is_empty() {
-            self.owner.submit_ops(start, true);
+            self.owner.start_regions(self, start, true);
         }
     }
 
     /// Sets the deadline and asks the engine for a timer.
     pub fn arm_deadline(self: &Arc<Self>, at: Instant) {
         self.lock().deadline = Some(at);
-        self.owner.arm_timer(at, Arc::downgrade(self));
+        self.owner.arm_timer(at, self);
     }
 
     /// A timer armed by this request went off (`now`: when the engine
     /// looked at its clock): deadline and/or hedge.
-    pub fn on_timer(self: &Arc<Self>, now: Instant) {
+    fn timer_fired(self: &Arc<Self>, now: Instant) {
         let (deadline, hedge) = {
             let g = self.lock();
             (
@@ -471,10 +473,15 @@ impl Request {
         }
     }
 
-    /// Hedged read: starts `first`, keeps `rest` (one op per further
-    /// region, each with its own private memory) to start one by one, every
+    /// Hedged read: starts region `first`, keeps `rest` (further regions,
+    /// each with its own private memory) to start one by one, every
     /// `every` (if set) or at once when the running one ends in ERROR.
-    pub fn start_any(self: &Arc<Self>, first: IoOp, rest: Vec<IoOp>, every: Option<Duration>) {
+    pub fn start_any(
+        self: &Arc<Self>,
+        first: (u32, SlotRef),
+        rest: Vec<(u32, SlotRef)>,
+        every: Option<Duration>,
+    ) {
         let at = {
             let mut g = self.lock();
             g.standby.extend(rest);
@@ -486,9 +493,9 @@ impl Request {
             at
         };
         if let Some(at) = at {
-            self.owner.arm_timer(at, Arc::downgrade(self));
+            self.owner.arm_timer(at, self);
         }
-        self.owner.submit_ops(vec![first], false);
+        self.owner.start_regions(self, vec![first], false);
     }
 
     /// The hedge delay passed with no region done: start the next region.
@@ -498,7 +505,7 @@ impl Request {
         if g.winner.is_some() {
             return;
         }
-        let Some(op) = g.standby.pop_front() else {
+        let Some(next_region) = g.standby.pop_front() else {
             return;
         };
         let next = g
@@ -508,9 +515,9 @@ impl Request {
         g.hedge_at = next;
         drop(g);
         if let Some(at) = next {
-            self.owner.arm_timer(at, Arc::downgrade(self));
+            self.owner.arm_timer(at, self);
         }
-        self.owner.submit_ops(vec![op], true);
+        self.owner.start_regions(self, vec![next_region], true);
     }
 
     /// Completion of a hedged read's region `i`: the first OK is copied to
@@ -544,8 +551,8 @@ impl Request {
             }
         }
         drop(g);
-        if let Some(op) = next {
-            self.owner.submit_ops(vec![op], true);
+        if let Some(region) = next {
+            self.owner.start_regions(self, vec![region], true);
         }
     }
 
@@ -604,26 +611,6 @@ impl Request {
         ok
     }
 
-    /// Library pages: whether a cancel detached the pages; an engine
-    /// checks it (after making its registration current) before starting
-    /// an op, and drops the op if so.
-    pub fn detached(&self) -> bool {
-        self.detached.load(Ordering::SeqCst)
-    }
-
-    /// Library pages: the engine runs an op of region `i` as a plain read
-    /// (it could not register the chunk). Returns `false` when the pages
-    /// are already detached (the op must not start); otherwise a cancel of
-    /// the region now waits for its IO.
-    pub fn demote(&self, i: usize) -> bool {
-        let mut g = self.lock();
-        if self.detached() || g.regions[i].fin.is_some() {
-            return false;
-        }
-        g.regions[i].plain = true;
-        true
-    }
-
     /// Regions cancelled but still running in the caller's memory (their
     /// CANCELLED comes when the kernel ends their IO).
     pub fn cancels_pending(&self) -> bool {
@@ -677,6 +664,44 @@ impl Request {
         if self.undelivered.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.owner.request_delivered(self);
         }
+    }
+}
+
+impl OpSink for Request {
+    fn op_done(
+        self: Arc<Self>,
+        region: u32,
+        mem_off: u64,
+        slot: Option<SlotRef>,
+        len: u32,
+        res: i32,
+    ) {
+        self.op_ended(region, mem_off, slot, len, res);
+    }
+
+    /// Library pages: whether a cancel detached the pages (set before the
+    /// pages are replaced, see [`Request::detach`]).
+    fn detached(&self) -> bool {
+        self.detached.load(Ordering::SeqCst)
+    }
+
+    /// Library pages: returns `false` when the pages are already detached
+    /// or the region is final (the op must not start); otherwise a cancel
+    /// of the region now waits for its IO.
+    fn demote(&self, region: u32) -> bool {
+        let i = region as usize;
+        let mut g = self.lock();
+        if self.detached() || g.regions[i].fin.is_some() {
+            return false;
+        }
+        g.regions[i].plain = true;
+        true
+    }
+}
+
+impl Timer for Request {
+    fn on_timer(self: Arc<Self>, now: Instant) {
+        self.timer_fired(now);
     }
 }
 

@@ -26,14 +26,13 @@
 //! an inbox until the next turn.
 
 use super::uring::{Core, Waker};
-use super::{IoOp, Wake};
-use crate::request::Request;
+use super::{IoOp, Timer, Wake};
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-type Timers = Vec<(Instant, Weak<Request>)>;
+type Timers = Vec<(Instant, Weak<dyn Timer>)>;
 
 /// Timers other threads arm on this ring: the deadlines (and hedge timers)
 /// of asynchronous requests submitted outside the completion thread. The
@@ -58,12 +57,12 @@ impl Remote {
     /// Hands a timer to the ring's thread, waking it when it would sleep
     /// past `at` (or [`REMOTE_BATCH`] timers wait); `false` when the ring
     /// is closed.
-    pub(super) fn arm(&self, at: Instant, req: Weak<Request>) -> bool {
+    pub(super) fn arm(&self, at: Instant, timer: Weak<dyn Timer>) -> bool {
         let mut g = self.timers.lock().unwrap_or_else(|p| p.into_inner());
         let Some(timers) = g.as_mut() else {
             return false;
         };
-        timers.push((at, req));
+        timers.push((at, timer));
         let many = timers.len() % REMOTE_BATCH == 0;
         self.queued.store(true, Ordering::SeqCst);
         drop(g);
@@ -97,7 +96,7 @@ impl Remote {
 #[derive(Default)]
 struct Inbox {
     ops: Vec<IoOp>,
-    timers: Vec<(Instant, Weak<Request>)>,
+    timers: Timers,
 }
 
 impl Inbox {
@@ -202,8 +201,8 @@ impl Local {
         std::mem::swap(&mut *inbox, &mut spare);
         drop(inbox);
         let ran = self.with_core(|c| {
-            for (at, req) in spare.timers.drain(..) {
-                c.arm(at, req);
+            for (at, timer) in spare.timers.drain(..) {
+                c.arm(at, timer);
             }
             c.admit(spare.ops.drain(..));
         });
@@ -259,8 +258,8 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
             return;
         }
         let mut not_sync;
-        let mine = if ops.iter().any(|o| o.req.mode.sync) {
-            let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.req.mode.sync);
+        let mine = if ops.iter().any(|o| o.sync) {
+            let (sync, not): (Vec<IoOp>, Vec<IoOp>) = ops.drain(..).partition(|o| o.sync);
             *ops = sync;
             not_sync = not;
             &mut not_sync
@@ -283,13 +282,13 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
 
 /// Keeps the timer of an asynchronous request when the calling thread's
 /// ring belongs to `engine`; `false`: someone else keeps it.
-pub(super) fn offer_timer(engine: u64, at: Instant, req: &Weak<Request>) -> bool {
+pub(super) fn offer_timer(engine: u64, at: Instant, timer: &Weak<dyn Timer>) -> bool {
     HERE.with(|l| {
         if l.owner.get() != engine {
             return false;
         }
-        if !l.with_core(|c| c.arm(at, req.clone())) {
-            l.inbox.borrow_mut().timers.push((at, req.clone()));
+        if !l.with_core(|c| c.arm(at, timer.clone())) {
+            l.inbox.borrow_mut().timers.push((at, timer.clone()));
             l.offered.set(true);
         }
         true

@@ -1,8 +1,7 @@
 //! A test engine whose completions and deadlines the test releases by hand,
 //! to drive the state machine through exact interleavings.
 
-use super::{Engine, EngineKind, IoOp};
-use crate::request::Request;
+use super::{Engine, EngineKind, IoOp, Timer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::Instant;
@@ -10,7 +9,8 @@ use std::time::Instant;
 #[derive(Default)]
 pub struct ManualEngine {
     pub ops: Mutex<Vec<IoOp>>,
-    deadlines: Mutex<Vec<Weak<Request>>>,
+    /// Armed timers, with the time each was armed for.
+    timers: Mutex<Vec<(Instant, Weak<dyn Timer>)>>,
     pub shut: AtomicBool,
 }
 
@@ -41,12 +41,12 @@ impl ManualEngine {
         }
     }
 
-    /// Fires every armed deadline now.
+    /// Fires every armed timer now, as if its time had come.
     pub fn fire_deadlines(&self) {
-        let ds: Vec<Weak<Request>> = std::mem::take(&mut *self.deadlines.lock().unwrap());
-        for d in ds {
-            if let Some(r) = d.upgrade() {
-                r.on_deadline();
+        let ts = std::mem::take(&mut *self.timers.lock().unwrap());
+        for (at, t) in ts {
+            if let Some(t) = t.upgrade() {
+                t.on_timer(at);
             }
         }
     }
@@ -59,8 +59,8 @@ impl Engine for ManualEngine {
     fn submit(&self, ops: &mut Vec<IoOp>) {
         self.ops.lock().unwrap().append(ops);
     }
-    fn arm_timer(&self, _at: Instant, req: Weak<Request>) {
-        self.deadlines.lock().unwrap().push(req);
+    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, _sync: bool) {
+        self.timers.lock().unwrap().push((at, timer));
     }
     fn shutdown(&self) {
         self.shut.store(true, Ordering::SeqCst);

@@ -1,12 +1,14 @@
-//! Engines perform operations; they know nothing of regions or notify.
+//! Engines perform operations; they know nothing of requests, regions or
+//! notify.
 //!
 //! The client splits a request into [`IoOp`]s and hands them to an
 //! [`Engine`]. The engine starts each one (after asking the device's fault
 //! table), and when the kernel is done with it calls [`IoOp::complete`],
-//! which gives the result to the request's state machine. Engines also keep
-//! the requests' deadlines. Every op owns its private memory (`slot`) from
-//! submission until `complete`, so the memory outlives any caller that
-//! cancelled or any client that was destroyed meanwhile.
+//! which gives the result to the op's [`OpSink`] (the request's state
+//! machine, which engines see only through that trait). Engines also keep
+//! the requests' timers, as [`Timer`]s. Every op owns its private memory
+//! (`slot`) from submission until `complete`, so the memory outlives any
+//! caller that cancelled or any client that was destroyed meanwhile.
 
 pub mod local;
 pub mod sched;
@@ -21,7 +23,6 @@ pub mod manual;
 
 use crate::device::Device;
 use crate::memory::pool::SlotRef;
-use crate::request::Request;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -32,6 +33,35 @@ pub enum OpKind {
     Write,
     /// fdatasync of the device (an empty flush).
     Flush,
+}
+
+/// Where an op's result goes: the request it belongs to, as engines see it.
+pub trait OpSink: Send + Sync {
+    /// The op of region `region` for caller bytes `[mem_off, mem_off + len)`
+    /// ended with `res` (byte count or negative errno); `slot` holds a
+    /// read's data and is released here.
+    fn op_done(
+        self: Arc<Self>,
+        region: u32,
+        mem_off: u64,
+        slot: Option<SlotRef>,
+        len: u32,
+        res: i32,
+    );
+    /// Library pages: whether a cancel detached the pages; an engine checks
+    /// it (after making its registration current) before starting an op,
+    /// and drops the op if so.
+    fn detached(&self) -> bool;
+    /// Library pages: the engine runs an op of `region` as a plain read (it
+    /// could not register the chunk). `false` when the op must not start.
+    fn demote(&self, region: u32) -> bool;
+}
+
+/// A timer an engine keeps for a request (its deadline, or the next region
+/// of a hedged read).
+pub trait Timer: Send + Sync {
+    /// The timer went off; `now` is when the engine looked at its clock.
+    fn on_timer(self: Arc<Self>, now: Instant);
 }
 
 /// One kernel operation: up to one slot of one region.
@@ -45,8 +75,12 @@ pub struct IoOp {
     pub pre_flush: bool,
     /// Write through to stable media (`DM_IO_FUA`, RWF_DSYNC).
     pub fua: bool,
+    /// The request's `DM_IO_SYNC`: its IO never goes to the completion
+    /// thread's ring.
+    pub sync: bool,
     pub dev: Arc<Device>,
-    pub req: Arc<Request>,
+    /// Who is told when the op ends.
+    pub sink: Arc<dyn OpSink>,
     pub region: u32,
     /// Offset of this op's data in the caller's memory.
     pub mem_off: u64,
@@ -60,7 +94,7 @@ pub struct IoOp {
     /// A read straight into library pages (`direct`), which lie in this
     /// arena chunk ([`crate::memory::pages`]): the engine reads as a fixed
     /// buffer of that chunk, so that a cancel can detach the pages from
-    /// the caller ([`Request::detached`]).
+    /// the caller ([`OpSink::detached`]).
     pub lib_chunk: Option<u16>,
 }
 
@@ -88,14 +122,14 @@ impl IoOp {
     /// the request.
     pub fn complete(self, res: i32) {
         let IoOp {
-            req,
+            sink,
             region,
             mem_off,
             slot,
             len,
             ..
         } = self;
-        req.op_done(region, mem_off, slot, len, res);
+        sink.op_done(region, mem_off, slot, len, res);
     }
 }
 
@@ -134,9 +168,10 @@ pub trait Engine: Send + Sync {
     /// through `complete` with a negative errno.
     /// Takes every op out of `ops` (which the caller may reuse).
     fn submit(&self, ops: &mut Vec<IoOp>);
-    /// Calls [`Request::on_timer`] at `at` if the request is still alive
-    /// (its deadline, or the next region of a hedged read).
-    fn arm_timer(&self, at: Instant, req: Weak<Request>);
+    /// Calls [`Timer::on_timer`] at `at` if the timer's request is still
+    /// alive (its deadline, or the next region of a hedged read); `sync`:
+    /// the request is `DM_IO_SYNC`.
+    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, sync: bool);
     /// The client's private memory (start, bytes), mapped for as long as
     /// any op can name it; engines may register it with the kernel.
     fn register_memory(&self, _region: (usize, usize)) {}

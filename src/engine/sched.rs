@@ -1,10 +1,9 @@
 //! Engine-independent timing: request deadlines, and ops delayed or held by
 //! fault rules. Engines own one [`Sched`] on their reactor thread.
 
-use super::IoOp;
+use super::{IoOp, Timer};
 use crate::device::faults::Decision;
 use crate::device::Device;
-use crate::request::Request;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Weak};
@@ -47,7 +46,7 @@ impl<T> Ord for Timed<T> {
 pub struct Sched {
     seq: u64,
     purge_at: usize,
-    deadlines: BinaryHeap<Reverse<Timed<Weak<Request>>>>,
+    deadlines: BinaryHeap<Reverse<Timed<Weak<dyn Timer>>>>,
     /// When deadlines last fired (see [`DEADLINE_GRAIN`]).
     last_fired: Option<Instant>,
     delayed: BinaryHeap<Reverse<Timed<IoOp>>>,
@@ -81,9 +80,13 @@ impl Sched {
     /// Arms a deadline. Entries of requests already freed are dropped in
     /// bulk whenever the heap doubles, so long timeouts on many short
     /// requests cannot grow it without bound.
-    pub fn arm(&mut self, at: Instant, req: Weak<Request>) {
+    pub fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
         let seq = self.next_seq();
-        self.deadlines.push(Reverse(Timed { at, seq, item: req }));
+        self.deadlines.push(Reverse(Timed {
+            at,
+            seq,
+            item: timer,
+        }));
         if self.deadlines.len() >= self.purge_at {
             self.deadlines.retain(|t| t.0.item.strong_count() > 0);
             self.purge_at = (self.deadlines.len() * 2).max(1024);
@@ -143,8 +146,8 @@ impl Sched {
         while self.deadlines.peek().is_some_and(|t| t.0.at <= now) {
             self.last_fired = Some(now);
             let t = self.deadlines.pop().expect("peeked").0;
-            if let Some(req) = t.item.upgrade() {
-                req.on_timer(now);
+            if let Some(timer) = t.item.upgrade() {
+                timer.on_timer(now);
             }
         }
         while self.delayed.peek().is_some_and(|t| t.0.at <= now) {
@@ -204,15 +207,25 @@ impl Sched {
 mod tests {
     use super::*;
 
+    struct Never;
+    impl Timer for Never {
+        fn on_timer(self: Arc<Self>, _now: Instant) {}
+    }
+
+    /// A timer whose request is gone.
+    fn gone() -> Weak<dyn Timer> {
+        Weak::<Never>::new()
+    }
+
     #[test]
     fn a_lone_deadline_wakes_on_time() {
         let mut s = Sched::default();
         let t0 = Instant::now();
-        s.arm(t0 + Duration::from_millis(5), Weak::new());
+        s.arm(t0 + Duration::from_millis(5), gone());
         assert_eq!(s.next_wakeup(t0), Some(t0 + Duration::from_millis(5)));
         // Long after a firing, the grain no longer applies.
         s.expire(t0, &mut Vec::new());
-        s.arm(t0 + Duration::from_millis(1), Weak::new());
+        s.arm(t0 + Duration::from_millis(1), gone());
         let mut ready = Vec::new();
         s.expire(t0 + Duration::from_millis(1), &mut ready);
         assert_eq!(s.next_wakeup(t0), Some(t0 + Duration::from_millis(5)));
@@ -224,7 +237,7 @@ mod tests {
         let t0 = Instant::now();
         let us = Duration::from_micros(1);
         for i in 0..200u32 {
-            s.arm(t0 + us * i, Weak::new());
+            s.arm(t0 + us * i, gone());
         }
         let (mut now, mut wakeups) = (t0, 0);
         while let Some(at) = s.next_wakeup(now) {

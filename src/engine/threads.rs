@@ -8,16 +8,15 @@
 //! returns; after `shutdown` the dispatcher stays until every op is done.
 
 use super::sched::Sched;
-use super::{Engine, EngineKind, IoOp, OpKind};
+use super::{Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
-use crate::request::Request;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 enum Msg {
     Ops(Vec<IoOp>),
-    Deadline(Instant, Weak<Request>),
+    Deadline(Instant, Weak<dyn Timer>),
     Done,
     Shutdown,
 }
@@ -68,8 +67,8 @@ impl Engine for ThreadsEngine {
         }
     }
 
-    fn arm_timer(&self, at: Instant, req: Weak<Request>) {
-        let _ = self.tx.send(Msg::Deadline(at, req));
+    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, _sync: bool) {
+        let _ = self.tx.send(Msg::Deadline(at, timer));
     }
 
     fn shutdown(&self) {

@@ -10,10 +10,9 @@
 //! drops the ring and the memory.
 
 use super::sched::Sched;
-use super::{Engine, EngineKind, IoOp, OpKind};
+use super::{Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crate::memory::pages;
-use crate::request::Request;
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
@@ -25,7 +24,7 @@ use std::time::Instant;
 enum Msg {
     Ops(Vec<IoOp>),
     Register((usize, usize)),
-    Deadline(Instant, Weak<Request>),
+    Deadline(Instant, Weak<dyn Timer>),
     Shutdown,
 }
 
@@ -279,18 +278,18 @@ impl Engine for UringEngine {
     /// ring (which delivers their TIMEOUTs); those of SYNC requests, whose
     /// notify (if any) runs elsewhere, and all timers when the completion
     /// thread has no ring, run on the reactor.
-    fn arm_timer(&self, at: Instant, req: Weak<Request>) {
+    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, sync: bool) {
         // A request already gone needs no timer.
-        let Some(sync) = req.upgrade().map(|r| r.mode.sync) else {
+        if timer.strong_count() == 0 {
             return;
-        };
+        }
         if !sync
-            && (super::local::offer_timer(self.id, at, &req)
-                || self.remote.get().is_some_and(|r| r.arm(at, req.clone())))
+            && (super::local::offer_timer(self.id, at, &timer)
+                || self.remote.get().is_some_and(|r| r.arm(at, timer.clone())))
         {
             return;
         }
-        self.send(Msg::Deadline(at, req));
+        self.send(Msg::Deadline(at, timer));
     }
 
     fn register_memory(&self, region: (usize, usize)) {
@@ -446,7 +445,7 @@ impl Core {
     /// resolves a fixed buffer when it first issues the op, inside the
     /// `io_uring_enter` that submits it). A refusal, or a queue that will
     /// not drain, marks the chunk [`REFUSED`]: its ops then run as plain
-    /// reads ([`Request::demote`]) and `push_backlog` tells the arena.
+    /// reads ([`super::OpSink::demote`]) and `push_backlog` tells the arena.
     fn register_chunk(&mut self, c: u16) {
         let _ = self.ring.submit();
         // Read before registering: pages detached after this are seen as a
@@ -470,8 +469,8 @@ impl Core {
         self.chunks[c as usize] = if registered { g as u64 + 1 } else { REFUSED };
     }
 
-    pub(super) fn arm(&mut self, at: Instant, req: Weak<Request>) {
-        self.sched.arm(at, req);
+    pub(super) fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
+        self.sched.arm(at, timer);
     }
 
     pub(super) fn clear_deadlines(&mut self) {
@@ -547,7 +546,7 @@ impl Core {
                 let op = self.backlog.pop_front().expect("checked front");
                 // Library pages: not once a cancel detached them (checked
                 // after the registration was made current, see
-                // `Request::detach`); on a plain read, only if the request
+                // `OpSink::detached`); on a plain read, only if the request
                 // will wait for it.
                 if let Some(c) = op.lib_chunk {
                     if reg == Buf::Plain {
@@ -556,9 +555,7 @@ impl Core {
                         // memory.
                         pages::refuse(c);
                     }
-                    if op.req.detached()
-                        || (reg == Buf::Plain && !op.req.demote(op.region as usize))
-                    {
+                    if op.sink.detached() || (reg == Buf::Plain && !op.sink.demote(op.region)) {
                         op.complete(-libc::ECANCELED);
                         continue;
                     }
