@@ -1,10 +1,10 @@
-//! Helpers every exported function uses: panic catching, errno mapping,
-//! pointer checks, and the thread-local last error message.
+//! Helpers every exported function uses: the one panic boundary (with
+//! errno mapping), pointer checks, and the thread-local last error message.
 
 use crate::error::{Error, Result};
 use std::cell::RefCell;
 use std::ffi::CString;
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_char, c_int, c_uint};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 thread_local! {
@@ -22,64 +22,70 @@ pub fn last_error_ptr() -> *const c_char {
     LAST_ERROR.with(|l| l.borrow().as_ptr())
 }
 
+/// Keeps `e` for `dm_io_last_error`; returns its (positive) errno.
 fn record(name: &str, e: &Error) -> c_int {
     set_last_error(&format!("{name}: {}", e.msg));
-    -e.errno
+    e.errno
 }
 
 const PANIC_ERRNO: c_int = libc::ENOTRECOVERABLE;
 
-/// Runs `f`; maps `Err` to `-errno` and a panic to `-ENOTRECOVERABLE`.
-pub fn int(name: &str, f: impl FnOnce() -> Result<c_int>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => record(name, &e),
-        Err(_) => record(
-            name,
-            &Error::new(PANIC_ERRNO, "internal error (panic caught)"),
-        ),
+/// What an exported function returns when it fails: `-errno` for an `int`
+/// result, NULL for a pointer, 0 for a size or count, nothing for `void`.
+/// (rustls-ffi's `PanicOrDefault` plays the same part.)
+pub trait Failed {
+    /// The value for a failure with (positive) `errno`.
+    fn failed(errno: c_int) -> Self;
+}
+
+impl Failed for c_int {
+    fn failed(errno: c_int) -> Self {
+        -errno
     }
 }
 
-/// Runs `f` for a function returning a pointer: NULL on error or panic.
-pub fn ptr<T>(name: &str, f: impl FnOnce() -> Result<*mut T>) -> *mut T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            record(name, &e);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            record(
-                name,
-                &Error::new(PANIC_ERRNO, "internal error (panic caught)"),
-            );
-            std::ptr::null_mut()
-        }
+impl<T> Failed for *mut T {
+    fn failed(_: c_int) -> Self {
+        std::ptr::null_mut()
     }
 }
 
-/// Runs `f` for a function with no result; errors go to the last error.
-pub fn void(name: &str, f: impl FnOnce() -> Result<()>) {
-    let _ = int(name, || f().map(|()| 0));
+impl<T> Failed for *const T {
+    fn failed(_: c_int) -> Self {
+        std::ptr::null()
+    }
 }
 
-/// Runs `f` for a function returning a plain value, `dflt` on panic.
-pub fn value<T>(name: &str, dflt: T, f: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            record(name, &e);
-            dflt
-        }
-        Err(_) => {
-            record(
-                name,
-                &Error::new(PANIC_ERRNO, "internal error (panic caught)"),
-            );
-            dflt
-        }
+impl Failed for () {
+    fn failed(_: c_int) -> Self {}
+}
+
+/// Sizes (`sector_t`, `unsigned int`): 0, documented as the answer for an
+/// unknown device.
+impl Failed for u64 {
+    fn failed(_: c_int) -> Self {
+        0
     }
+}
+
+impl Failed for c_uint {
+    fn failed(_: c_int) -> Self {
+        0
+    }
+}
+
+/// The boundary every exported function runs its body in: `f` runs under
+/// `catch_unwind`, so no panic unwinds into C. `Ok(v)` returns `v`; an
+/// `Err` is recorded for `dm_io_last_error` (prefixed with `name`) and
+/// returns `T::failed(errno)`; a panic does the same with
+/// `ENOTRECOVERABLE`.
+pub fn boundary<T: Failed>(name: &str, f: impl FnOnce() -> Result<T>) -> T {
+    let e = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => return v,
+        Ok(Err(e)) => e,
+        Err(_) => Error::new(PANIC_ERRNO, "internal error (panic caught)"),
+    };
+    T::failed(record(name, &e))
 }
 
 /// Borrows `*const T` or fails with `EINVAL` (NULL or misaligned).

@@ -112,7 +112,7 @@ pub extern "C" fn dm_io_client_create(
     max_size: c_uint,
     cl: *mut *mut dm_io_client,
 ) -> c_int {
-    guard::int("dm_io_client_create", || {
+    guard::boundary("dm_io_client_create", || {
         guard::out(cl, "cl")?;
         let c = Client::create(devices, min_ios, max_size)?;
         let token = CLIENTS.insert(c);
@@ -134,7 +134,7 @@ pub extern "C" fn dm_io_client_create(
 /// already destroyed client is ignored (see `dm_io_last_error`).
 #[no_mangle]
 pub extern "C" fn dm_io_client_destroy(cl: *mut dm_io_client) {
-    guard::void("dm_io_client_destroy", || {
+    guard::boundary("dm_io_client_destroy", || {
         let c = CLIENTS
             .remove(cl as usize)
             .ok_or_else(|| crate::einval!("not a live dm_io_client"))?;
@@ -225,7 +225,7 @@ pub unsafe extern "C" fn dm_io(
     regions: *mut dm_io_region,
     hdl: *mut *mut dm_io_handle,
 ) -> c_int {
-    guard::int("dm_io", || {
+    guard::boundary("dm_io", || {
         // SAFETY: a non-NULL `ctrl` is the caller's valid control block.
         let ctrl = unsafe { guard::borrow(ctrl, "ctrl") }?;
         let client = client_of(ctrl.client)?;
@@ -307,7 +307,7 @@ pub unsafe extern "C" fn dm_io(
 /// not a live handle. Thread-safe.
 #[no_mangle]
 pub extern "C" fn dm_io_handle_get(io: *mut dm_io_handle) -> *mut dm_io_handle {
-    guard::ptr("dm_io_handle_get", || {
+    guard::boundary("dm_io_handle_get", || {
         handle::get(io as usize).ok_or_else(|| crate::einval!("not a live dm_io_handle"))?;
         Ok(io)
     })
@@ -320,7 +320,7 @@ pub extern "C" fn dm_io_handle_get(io: *mut dm_io_handle) -> *mut dm_io_handle {
 /// (see `dm_io_last_error`). Releasing the handle does not cancel the IO.
 #[no_mangle]
 pub extern "C" fn dm_io_handle_put(io: *mut dm_io_handle) -> *mut dm_io_handle {
-    guard::ptr("dm_io_handle_put", || match handle::put(io as usize) {
+    guard::boundary("dm_io_handle_put", || match handle::put(io as usize) {
         Some(true) => Ok(io),
         Some(false) => Ok(std::ptr::null_mut()),
         None => Err(crate::einval!("no reference held on this dm_io_handle")),
@@ -336,7 +336,7 @@ pub extern "C" fn dm_io_handle_put(io: *mut dm_io_handle) -> *mut dm_io_handle {
 /// none), or `-EINVAL` for an unknown client or device.
 #[no_mangle]
 pub extern "C" fn dm_io_cancel_by_device(cl: *mut dm_io_client, bdev: *mut block_device) -> c_int {
-    guard::int("dm_io_cancel_by_device", || {
+    guard::boundary("dm_io_cancel_by_device", || {
         let c = client_of(cl)?;
         let d = device_of(bdev)?;
         Ok(c.cancel_device(&d) as c_int)
@@ -349,7 +349,7 @@ pub extern "C" fn dm_io_cancel_by_device(cl: *mut dm_io_client, bdev: *mut block
 /// a dead handle, or a handle of another client.
 #[no_mangle]
 pub extern "C" fn dm_io_cancel_by_handle(cl: *mut dm_io_client, hdl: *mut dm_io_handle) -> c_int {
-    guard::int("dm_io_cancel_by_handle", || {
+    guard::boundary("dm_io_cancel_by_handle", || {
         let c = client_of(cl)?;
         let req = handle::lookup(hdl as usize)
             .ok_or_else(|| crate::einval!("not a live dm_io_handle"))?;
@@ -383,7 +383,7 @@ pub extern "C" fn dm_io_client_stats(
     st: *mut dm_io_stats,
     size: usize,
 ) -> c_int {
-    guard::int("dm_io_client_stats", || {
+    guard::boundary("dm_io_client_stats", || {
         let c = client_of(cl)?;
         if st.is_null() || size < 8 {
             return Err(crate::einval!("st is NULL or size below 8"));
@@ -437,7 +437,7 @@ pub extern "C" fn dm_io_client_stats(
 /// Returns 0 or `-EINVAL` (unknown client).
 #[no_mangle]
 pub extern "C" fn dm_io_client_set_hedge(cl: *mut dm_io_client, delay_ms: c_uint) -> c_int {
-    guard::int("dm_io_client_set_hedge", || {
+    guard::boundary("dm_io_client_set_hedge", || {
         client_of(cl)?.set_hedge(delay_ms);
         Ok(0)
     })
@@ -457,7 +457,7 @@ pub unsafe extern "C" fn dm_io_bdev_open(
     flags: c_uint,
     bdev: *mut *mut block_device,
 ) -> c_int {
-    guard::int("dm_io_bdev_open", || {
+    guard::boundary("dm_io_bdev_open", || {
         guard::out(bdev, "bdev")?;
         // SAFETY: a non-NULL `path` is a C string.
         let p = unsafe { str_arg(path, "path") }?;
@@ -474,7 +474,7 @@ pub extern "C" fn dm_io_bdev_open_fd(
     flags: c_uint,
     bdev: *mut *mut block_device,
 ) -> c_int {
-    guard::int("dm_io_bdev_open_fd", || {
+    guard::boundary("dm_io_bdev_open_fd", || {
         guard::out(bdev, "bdev")?;
         open_with(Device::from_fd(fd, flags), None, bdev)
     })
@@ -490,7 +490,7 @@ pub unsafe extern "C" fn dm_io_bdev_open_faulty(
     spec: *const c_char,
     bdev: *mut *mut block_device,
 ) -> c_int {
-    guard::int("dm_io_bdev_open_faulty", || {
+    guard::boundary("dm_io_bdev_open_faulty", || {
         guard::out(bdev, "bdev")?;
         // SAFETY: non-NULL arguments are C strings.
         let (p, s) = unsafe { (str_arg(path, "path")?, str_arg(spec, "spec")?) };
@@ -517,7 +517,7 @@ pub unsafe extern "C" fn dm_io_bdev_set_faults(
     bdev: *mut block_device,
     spec: *const c_char,
 ) -> c_int {
-    guard::int("dm_io_bdev_set_faults", || {
+    guard::boundary("dm_io_bdev_set_faults", || {
         let d = device_of(bdev)?;
         // SAFETY: a non-NULL `spec` is a C string.
         let s = unsafe { str_arg(spec, "spec") }?;
@@ -531,7 +531,7 @@ pub unsafe extern "C" fn dm_io_bdev_set_faults(
 /// A NULL or already closed handle is ignored.
 #[no_mangle]
 pub extern "C" fn dm_io_bdev_close(bdev: *mut block_device) {
-    guard::void("dm_io_bdev_close", || {
+    guard::boundary("dm_io_bdev_close", || {
         DEVICES
             .remove(bdev as usize)
             .map(|_| ())
@@ -542,14 +542,14 @@ pub extern "C" fn dm_io_bdev_close(bdev: *mut block_device) {
 /// Size of the device in 512-byte sectors (0 for an unknown handle).
 #[no_mangle]
 pub extern "C" fn dm_io_bdev_sectors(bdev: *const block_device) -> sector_t {
-    guard::value("dm_io_bdev_sectors", 0, || Ok(device_of(bdev)?.sectors()))
+    guard::boundary("dm_io_bdev_sectors", || Ok(device_of(bdev)?.sectors()))
 }
 
 /// Logical block size in bytes: region sectors and counts must be
 /// multiples of it (0 for an unknown handle).
 #[no_mangle]
 pub extern "C" fn dm_io_bdev_block_size(bdev: *const block_device) -> c_uint {
-    guard::value("dm_io_bdev_block_size", 0, || {
+    guard::boundary("dm_io_bdev_block_size", || {
         Ok(device_of(bdev)?.logical_block_size())
     })
 }
@@ -558,7 +558,7 @@ pub extern "C" fn dm_io_bdev_block_size(bdev: *const block_device) -> c_uint {
 /// `-EINVAL` for an unknown handle.
 #[no_mangle]
 pub extern "C" fn dm_io_bdev_is_direct(bdev: *const block_device) -> c_int {
-    guard::int("dm_io_bdev_is_direct", || {
+    guard::boundary("dm_io_bdev_is_direct", || {
         Ok(device_of(bdev)?.direct() as c_int)
     })
 }
@@ -571,7 +571,7 @@ pub extern "C" fn dm_io_bdev_is_direct(bdev: *const block_device) -> c_int {
 /// (see `dm_io`).
 #[no_mangle]
 pub extern "C" fn dm_io_page_alloc() -> *mut page {
-    guard::ptr("dm_io_page_alloc", || {
+    guard::boundary("dm_io_page_alloc", || {
         crate::memory::pages::alloc()
             .map(|a| a as *mut page)
             .ok_or_else(|| Error::new(libc::ENOMEM, "out of memory"))
@@ -583,7 +583,7 @@ pub extern "C" fn dm_io_page_alloc() -> *mut page {
 /// page must not be in use by a request that is not final.
 #[no_mangle]
 pub extern "C" fn dm_io_page_free(p: *mut page) {
-    guard::void("dm_io_page_free", || {
+    guard::boundary("dm_io_page_free", || {
         if p.is_null() {
             return Ok(());
         }
@@ -600,21 +600,21 @@ pub extern "C" fn dm_io_page_free(p: *mut page) {
 /// The address of the page's `DM_IO_PAGE_SIZE` bytes (NULL for NULL).
 #[no_mangle]
 pub extern "C" fn dm_io_page_address(p: *const page) -> *mut c_void {
-    p as *mut c_void
+    guard::boundary("dm_io_page_address", || Ok(p as *mut c_void))
 }
 
 /// The message of this thread's last failed dm_io call (never NULL; empty
 /// when none failed). Valid until this thread's next failing call.
 #[no_mangle]
 pub extern "C" fn dm_io_last_error() -> *const c_char {
-    guard::last_error_ptr()
+    guard::boundary("dm_io_last_error", || Ok(guard::last_error_ptr()))
 }
 
 /// The library's version string, "MAJOR.MINOR.PATCH".
 #[no_mangle]
 pub extern "C" fn dm_io_version() -> *const c_char {
     static V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
-    V.as_ptr() as *const c_char
+    guard::boundary("dm_io_version", || Ok(V.as_ptr() as *const c_char))
 }
 
 #[cfg(test)]
