@@ -3,6 +3,8 @@
 #   make demo       build everything and run the mirror demo on temporary files
 #   make test       every test (installs missing system packages when root)
 #   make install    PREFIX=/usr/local DESTDIR=   (make uninstall removes)
+#   make plugin     the nbdkit plugin, build/nbdkit-dmio-plugin.so (part of make)
+#   make demo-nbd   the mirror served over NBD by nbdkit, a leg hanging
 
 SHELL    := /bin/bash
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -23,13 +25,13 @@ CBINDGEN_VERSION := 0.29.4
 CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
-.PHONY: all lib header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
+.PHONY: all lib plugin plugin-if-possible test-nbdkit demo-nbd header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
         test-c-debug test-c-valgrind test-c-valgrind-uring soak fuzz test-fuzz test-header test-install test-python \
         deps install uninstall clean lint mirror test-mirror bench test-bench-smoke
 
 # The header is checked in; `make header` regenerates it, `make check-header`
 # (part of `make test`) fails when it is stale.
-all: lib
+all: lib plugin-if-possible
 
 $(BUILD)/$(SOFILE) $(BUILD)/libdmio.a: $(RUST_SRC)
 	$(CARGO) build --release --locked
@@ -70,12 +72,50 @@ demo: all mirror
 demo-basic: all $(BUILD)/demo
 	$(BUILD)/demo
 
+# The nbdkit plugin (nbdkit/): the reference mirror served over NBD, with
+# libdmio linked in statically so the installed plugin needs no
+# LD_LIBRARY_PATH; it exports only plugin_init (nbdkit/plugin.map).
+HAVE_NBDKIT      := $(shell pkg-config --exists nbdkit 2>/dev/null && echo yes)
+NBDKIT_PLUGINDIR ?= $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
+PLUGIN     := $(BUILD)/nbdkit-dmio-plugin.so
+PLUGIN_SRC := nbdkit/dmio-plugin.c nbdkit/rangelock.c nbdkit/status.c examples/mirror/mirror.c
+PLUGIN_DEP := $(PLUGIN_SRC) $(wildcard nbdkit/*.h) examples/mirror/mirror.h nbdkit/plugin.map include/dm_io.h
+# What the Rust standard library needs from the system when linked statically.
+RUST_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+
+$(PLUGIN): $(PLUGIN_DEP) $(BUILD)/libdmio.a
+	$(CC) -std=c11 $(WARN) -D_GNU_SOURCE $(CFLAGS) -fPIC -shared -Iinclude -Iexamples/mirror \
+		$(shell pkg-config --cflags nbdkit 2>/dev/null) $(PLUGIN_SRC) $(BUILD)/libdmio.a \
+		-Wl,--version-script=nbdkit/plugin.map -Wl,--exclude-libs,ALL $(RUST_STATIC_LIBS) -o $@
+
+# Both check for nbdkit's header when they run, not when make starts: in
+# `make test`, `make deps` may have just installed it (a sub-make then
+# builds the plugin with the fresh pkg-config answers).
+plugin: lib
+	@pkg-config --exists nbdkit || { echo "plugin: nbdkit's plugin header is missing: apt-get install \
+		nbdkit-plugin-dev (or run 'make deps' as root)"; exit 1; }
+	@$(MAKE) --no-print-directory $(PLUGIN)
+
+# `make` builds the plugin when nbdkit's header is there, and says so loudly
+# when it is not (`make test` installs it first, through `make deps`).
+plugin-if-possible: lib
+	@if pkg-config --exists nbdkit; then $(MAKE) --no-print-directory $(PLUGIN); else \
+		echo "*** plugin: NOT BUILT: nbdkit-plugin-dev is not installed (make deps, as root, installs it)"; fi
+
+test-nbdkit: plugin mirror
+	@echo "== nbdkit plugin tests (nbdkit/tests)"
+	@OUT=$(CURDIR)/$(BUILD) ./nbdkit/tests/run.sh
+
+demo-nbd: plugin
+	@./nbdkit/demo.sh
+
 # Installs missing system packages (as root); otherwise says what is missing.
 deps:
 	@./scripts/deps.sh
 
 test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-debug test-c-asan \
-      test-c-valgrind test-c-valgrind-uring test-fuzz test-install test-python test-mirror test-bench-smoke
+      test-c-valgrind test-c-valgrind-uring test-fuzz test-install test-python test-mirror test-nbdkit \
+      test-bench-smoke
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -198,11 +238,17 @@ install: all
 	    -e 's|@VERSION@|$(VERSION)|' \
 		pkgconfig/dmio.pc.in > $(DESTDIR)$(PCDIR)/dmio.pc
 	chmod 0644 $(DESTDIR)$(PCDIR)/dmio.pc
+ifeq ($(HAVE_NBDKIT),yes)
+	install -D -m 0755 $(PLUGIN) $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-dmio-plugin.so
+else
+	@echo "*** install: the nbdkit plugin is not installed (nbdkit-plugin-dev is missing)"
+endif
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	      $(DESTDIR)$(LIBDIR)/libdmio.so $(DESTDIR)$(LIBDIR)/libdmio.a \
 	      $(DESTDIR)$(INCDIR)/dm_io.h $(DESTDIR)$(PCDIR)/dmio.pc
+	$(if $(NBDKIT_PLUGINDIR),rm -f $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-dmio-plugin.so)
 
 clean:
 	$(CARGO) clean
