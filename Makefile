@@ -102,7 +102,12 @@ plugin-if-possible: lib
 	@if pkg-config --exists nbdkit; then $(MAKE) --no-print-directory $(PLUGIN); else \
 		echo "*** plugin: NOT BUILT: nbdkit-plugin-dev is not installed (make deps, as root, installs it)"; fi
 
+$(BUILD)/nbdkit-tests/ackwriter: nbdkit/tests/ackwriter.c examples/mirror/block.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) -D_GNU_SOURCE $(CFLAGS) -Iexamples/mirror $< $$(pkg-config --cflags --libs libnbd) -o $@
+
 test-nbdkit: plugin mirror
+	@$(MAKE) --no-print-directory $(BUILD)/nbdkit-tests/ackwriter
 	@echo "== nbdkit plugin tests (nbdkit/tests)"
 	@OUT=$(CURDIR)/$(BUILD) ./nbdkit/tests/run.sh
 

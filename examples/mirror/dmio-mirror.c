@@ -8,6 +8,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "block.h"
 #include "mirror.h"
 
 #include <errno.h>
@@ -21,7 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BLOCK_MAGIC 0x4b4c424d4f494d44ULL /* "DMIOMBLK" */
 
 static double t_start;
 static int verbose;
@@ -153,44 +153,6 @@ static unsigned opt_timeout(const char *name, const char *s)
 		exit(2);
 	}
 	return (unsigned)v;
-}
-
-/* ---- blocks written by workload/shell: a header then a seeded pattern ---- */
-
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
-}
-
-static void fill_block(unsigned char *b, size_t len, uint64_t seq, uint64_t off)
-{
-	uint64_t h[3] = { BLOCK_MAGIC, seq, off };
-	for (size_t i = 24; i + 8 <= len; i += 8) {
-		uint64_t v = mix64(seq * 0x9e3779b97f4a7c15ULL + i);
-		memcpy(b + i, &v, 8);
-	}
-	memcpy(b, h, sizeof(h));
-}
-
-/* Returns the block's seq, or 0 when it is not an intact block of `off`. */
-static uint64_t block_seq(const unsigned char *b, size_t len, uint64_t off)
-{
-	uint64_t h[3];
-	memcpy(h, b, sizeof(h));
-	if (h[0] != BLOCK_MAGIC || h[2] != off)
-		return 0;
-	for (size_t i = 24; i + 8 <= len; i += 8) {
-		uint64_t v = mix64(h[1] * 0x9e3779b97f4a7c15ULL + i), w;
-		memcpy(&w, b + i, 8);
-		if (v != w)
-			return 0;
-	}
-	return h[1];
 }
 
 static void fill_seeded(unsigned char *b, size_t len, uint64_t seed, uint64_t off)
