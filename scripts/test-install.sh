@@ -125,6 +125,28 @@ check_pkgconfig_static() {
 		die "unexpected output (want version $version)"
 }
 
+# The nbdkit plugin: installed in DESTDIR + nbdkit's plugindir, it loads
+# with no LD_LIBRARY_PATH (libdmio is linked in), exports only plugin_init,
+# and `nbdkit dmio` finds it by its short name once it is in the real
+# plugindir (shown in a private mount namespace, so the system is untouched).
+check_nbdkit_plugin() {
+	local plugindir so syms
+	plugindir=$(pkg-config --variable=plugindir nbdkit) || die "pkg-config finds no nbdkit (nbdkit-plugin-dev)"
+	so=$dest$plugindir/nbdkit-dmio-plugin.so
+	[ -f "$so" ] || die "missing $so"
+	[ "$(stat -c %a "$so")" = 755 ] || die "$so is not mode 755"
+	! ldd "$so" | grep -q libdmio || die "the plugin needs libdmio.so: $(ldd "$so" | grep libdmio)"
+	syms=$(nm -D --defined-only "$so" | awk '{print $3}' | tr '\n' ' ')
+	[ "$syms" = "plugin_init " ] || die "the plugin exports more than plugin_init: $syms"
+	env -u LD_LIBRARY_PATH nbdkit "$so" --dump-plugin | grep -q '^dmio_parameters=leg,' ||
+		die "nbdkit $so --dump-plugin failed"
+	[ "$(id -u)" -eq 0 ] || die "checking 'nbdkit dmio' needs root (a private mount namespace)"
+	unshare -m sh -c "mount -t tmpfs dmio-plugins '$plugindir' && cp '$so' '$plugindir/' &&
+		env -u LD_LIBRARY_PATH nbdkit dmio --dump-plugin" >"$work/dump.txt" 2>&1 ||
+		die "'nbdkit dmio --dump-plugin' failed: $(tail -n 3 "$work/dump.txt")"
+	grep -q '^dmio_parameters=leg,' "$work/dump.txt" || die "'nbdkit dmio --dump-plugin' lists no parameters"
+}
+
 check_uninstall() {
 	local left
 	run_make uninstall || die "make uninstall failed"
@@ -156,6 +178,8 @@ run_check "SONAME of libdmio.so.$version is libdmio.so.$major" check_soname
 run_check "libdmio.so exports only dm_io* symbols (all of dmio.map)" check_exports
 run_check "pkg-config app linked to the shared library: sync write+read, version $version" check_pkgconfig_shared
 run_check "pkg-config --static app linked -static: runs without libdmio.so" check_pkgconfig_static
+run_check "nbdkit plugin installed in nbdkit's plugindir, loads without LD_LIBRARY_PATH, 'nbdkit dmio' finds it" \
+	check_nbdkit_plugin
 run_check "make uninstall leaves nothing in DESTDIR" check_uninstall
 
 echo "install: $pass passed, $fail failed"
