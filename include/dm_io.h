@@ -438,6 +438,9 @@ extern "C" {
  * to fault in), or the
  * errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
  * kernel refuses io_uring.
+ *
+ * # Safety
+ * `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.
  */
 int dm_io_client_create(unsigned int devices,
                         unsigned int min_ios,
@@ -532,6 +535,18 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * with `DM_IO_READ_ANY`), `-EBADF`
  * (write to a device opened read-only), `-ESHUTDOWN` (client being
  * destroyed).
+ *
+ * # Safety
+ * `ctrl` (if not NULL) and `regions` (if not NULL, `num_regions` entries)
+ * are readable during the call. `ctrl->memory` is the caller's and holds
+ * what it describes: at least `offset` plus the largest region's bytes
+ * at `ptr.vma`, or a readable bio_vec array or page list that far. It
+ * stays valid, neither freed nor reused, until each region's final
+ * notification (for `DM_IO_SYNC`, until `dm_io` returns), with
+ * `DM_IO_ZERO_COPY` until the kernel IO in it has ended too (also the
+ * final notification). `ctrl->notify`, if not NULL, may be called with
+ * `ctrl->context` on the threads named above. `hdl`, if not NULL, points
+ * to writable memory for a `struct dm_io_handle *`.
  */
 int dm_io(struct dm_io_control *ctrl,
           unsigned int num_regions,
@@ -579,6 +594,9 @@ int dm_io_cancel_by_handle(struct dm_io_client *cl, struct dm_io_handle *hdl);
  * shorter struct gets the fields it knows; bytes beyond the library's
  * struct are zeroed). Cheap: atomic counters, safe to call from notify.
  * Returns 0, or `-EINVAL` (unknown client, NULL `st`, `size` < 8).
+ *
+ * # Safety
+ * `st`, if not NULL, points to `size` writable bytes.
  */
 int dm_io_client_stats(struct dm_io_client *cl, struct dm_io_stats *st, size_t size);
 
@@ -601,6 +619,10 @@ int dm_io_client_set_hedge(struct dm_io_client *cl, unsigned int delay_ms);
  * Returns 0, `-EINVAL` (NULL argument, unknown flag), `-ENOTBLK` (neither
  * a block device nor a regular file), `-EOPNOTSUPP` (logical block size
  * above `DM_IO_PAGE_SIZE`), or the errno of open(2).
+ *
+ * # Safety
+ * `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,
+ * points to writable memory for a `struct block_device *`.
  */
 int dm_io_bdev_open(const char *path, unsigned int flags, struct block_device **bdev);
 
@@ -608,6 +630,9 @@ int dm_io_bdev_open(const char *path, unsigned int flags, struct block_device **
  * Like `dm_io_bdev_open` for an already open descriptor, which is
  * duplicated (the caller keeps and closes `fd`). O_DIRECT is used if `fd`
  * has it. Returns 0, `-EINVAL`, `-EBADF`, `-ENOTBLK` or `-EOPNOTSUPP`.
+ *
+ * # Safety
+ * `bdev`, if not NULL, points to writable memory for a `struct block_device *`.
  */
 int dm_io_bdev_open_fd(int fd, unsigned int flags, struct block_device **bdev);
 
@@ -616,6 +641,10 @@ int dm_io_bdev_open_fd(int fd, unsigned int flags, struct block_device **bdev);
  * injection set to `spec` (see `dm_io_bdev_set_faults`). Returns 0,
  * `-EINVAL` for a bad spec (message in `dm_io_last_error`), or the errors
  * of `dm_io_bdev_open`.
+ *
+ * # Safety
+ * `path` and `spec`, if not NULL, are NUL-terminated strings; `bdev`, if
+ * not NULL, points to writable memory for a `struct block_device *`.
  */
 int dm_io_bdev_open_faulty(const char *path, const char *spec, struct block_device **bdev);
 
@@ -634,6 +663,9 @@ int dm_io_bdev_open_faulty(const char *path, const char *spec, struct block_devi
  *
  * `sectors=A-B` is inclusive, in 512-byte sectors. Durations take `us`,
  * `ms` or `s`. Returns 0 or `-EINVAL` (bad spec, unknown device).
+ *
+ * # Safety
+ * `spec`, if not NULL, is a NUL-terminated string.
  */
 int dm_io_bdev_set_faults(struct block_device *bdev, const char *spec);
 
@@ -673,8 +705,12 @@ struct page *dm_io_page_alloc(void);
 
 /**
  * Frees a page from `dm_io_page_alloc`. NULL, a pointer that is not such a
- * page, or a page already freed is ignored (see `dm_io_last_error`). The
- * page must not be in use by a request that is not final.
+ * page, or a page already freed is ignored (see `dm_io_last_error`).
+ *
+ * # Safety
+ * The page is not in the memory of a request that is not final (the
+ * library may still write it, and the next `dm_io_page_alloc` hands it
+ * out again), and the caller does not use its memory after this call.
  */
 void dm_io_page_free(struct page *p);
 

@@ -84,7 +84,8 @@ fuzz_target!(|data: &[u8]| {
             0 if clients.len() < 3 => {
                 let mut cl = null_mut();
                 let (d, m, s) = (b.u8() as u32 % 5, b.u8() as u32 % 5, b.u32() % (256 * 1024));
-                if dm_io_client_create(d, m, s, &mut cl) == 0 {
+                // SAFETY: `cl` is a local, writable `*mut dm_io_client`.
+                if unsafe { dm_io_client_create(d, m, s, &mut cl) } == 0 {
                     clients.push(cl);
                 }
             }
@@ -207,7 +208,9 @@ fuzz_target!(|data: &[u8]| {
                     let i = pick(&mut b, pages.len());
                     // Sometimes free twice (must be ignored).
                     let p = if b.u8() % 4 == 0 { pages[i] } else { pages.swap_remove(i) };
-                    dm_io_page_free(p);
+                    // SAFETY: no request's memory is a page (requests use
+                    // `bufs`), and pages are never read or written here.
+                    unsafe { dm_io_page_free(p) };
                 }
             }
             _ => {
@@ -215,7 +218,9 @@ fuzz_target!(|data: &[u8]| {
                     let mut st = dm_io_stats::default();
                     let cl = clients[pick(&mut b, clients.len())];
                     let size = b.u8() as usize * 2;
-                    dm_io_client_stats(cl, &mut st, size.min(std::mem::size_of::<dm_io_stats>()));
+                    let size = size.min(std::mem::size_of::<dm_io_stats>());
+                    // SAFETY: `st` is a local `dm_io_stats`, `size` bytes at most.
+                    unsafe { dm_io_client_stats(cl, &mut st, size) };
                 }
             }
         }
@@ -236,7 +241,8 @@ fuzz_target!(|data: &[u8]| {
         while !dm_io_handle_put(h).is_null() {}
     }
     for p in pages {
-        dm_io_page_free(p);
+        // SAFETY: as above: no request used a page; all are final anyway.
+        unsafe { dm_io_page_free(p) };
     }
     drop(bufs);
 });

@@ -1,12 +1,21 @@
-//! The C ABI. The only module that touches raw C pointers: every exported
-//! function checks its arguments, calls safe Rust, and maps the result to
-//! `-errno`, under `catch_unwind` so no panic reaches C.
+//! The C ABI: every exported function checks its arguments, calls safe
+//! Rust, and maps the result, inside [`guard::boundary`] (`catch_unwind`,
+//! so no panic reaches C, and `-errno`). The pointers C passes in are read
+//! and written here and in [`memory`] only (docs/unsafe.md lists the other
+//! places where raw memory is touched).
 //!
-//! The contract of each function (which pointers must be valid, for how
-//! long) is written for C callers in its doc comment, which cbindgen puts in
-//! `dm_io.h`; Rust's `# Safety` sections and `unsafe fn` markers would say
-//! the same to no reader, hence the two allows.
-#![allow(clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
+//! Which exports are `unsafe`: exactly those with a precondition the library
+//! cannot check, named in their `# Safety` section (which cbindgen copies
+//! into `dm_io.h` with the rest of the doc comment). They read or write
+//! through a pointer the caller passes (`dm_io_client_create`, `dm_io`,
+//! `dm_io_client_stats`, the `dm_io_bdev_open*` calls,
+//! `dm_io_bdev_set_faults`), or take back memory the caller must have
+//! stopped using (`dm_io_page_free`). The opaque pointers (`dm_io_client`,
+//! `block_device`, `dm_io_handle`, `page`) are never dereferenced: they are
+//! looked up in the library's own tables and refused with `-EINVAL` when
+//! unknown, so a function that takes only those is safe for any value,
+//! NULL, stale or made up, and is a plain `extern "C" fn`. Clippy's
+//! `not_unsafe_ptr_arg_deref` and `missing_safety_doc` hold the rule.
 
 pub mod guard;
 pub mod memory;
@@ -105,8 +114,11 @@ fn call_c_notify(n: &FnNotifier, index: u32, state: State, error: i32, handle: u
 /// to fault in), or the
 /// errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
 /// kernel refuses io_uring.
+///
+/// # Safety
+/// `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.
 #[no_mangle]
-pub extern "C" fn dm_io_client_create(
+pub unsafe extern "C" fn dm_io_client_create(
     devices: c_uint,
     min_ios: c_uint,
     max_size: c_uint,
@@ -218,6 +230,18 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// with `DM_IO_READ_ANY`), `-EBADF`
 /// (write to a device opened read-only), `-ESHUTDOWN` (client being
 /// destroyed).
+///
+/// # Safety
+/// `ctrl` (if not NULL) and `regions` (if not NULL, `num_regions` entries)
+/// are readable during the call. `ctrl->memory` is the caller's and holds
+/// what it describes: at least `offset` plus the largest region's bytes
+/// at `ptr.vma`, or a readable bio_vec array or page list that far. It
+/// stays valid, neither freed nor reused, until each region's final
+/// notification (for `DM_IO_SYNC`, until `dm_io` returns), with
+/// `DM_IO_ZERO_COPY` until the kernel IO in it has ended too (also the
+/// final notification). `ctrl->notify`, if not NULL, may be called with
+/// `ctrl->context` on the threads named above. `hdl`, if not NULL, points
+/// to writable memory for a `struct dm_io_handle *`.
 #[no_mangle]
 pub unsafe extern "C" fn dm_io(
     ctrl: *mut dm_io_control,
@@ -357,7 +381,11 @@ pub extern "C" fn dm_io_cancel_by_handle(cl: *mut dm_io_client, hdl: *mut dm_io_
     })
 }
 
-fn open_with(
+/// Registers an opened device (with its faults) and writes it to `out`.
+///
+/// # Safety
+/// `out` passed `guard::out` and points to writable memory.
+unsafe fn open_with(
     dev: Result<Device>,
     spec: Option<&str>,
     out: *mut *mut block_device,
@@ -367,7 +395,7 @@ fn open_with(
         d.faults.set(s)?;
     }
     let token = DEVICES.insert(Arc::new(d));
-    // SAFETY: `out` passed `guard::out` in the caller.
+    // SAFETY: `out` passed `guard::out`, writable per this function's contract.
     unsafe { guard::write(out, token as *mut block_device) };
     Ok(0)
 }
@@ -377,8 +405,11 @@ fn open_with(
 /// shorter struct gets the fields it knows; bytes beyond the library's
 /// struct are zeroed). Cheap: atomic counters, safe to call from notify.
 /// Returns 0, or `-EINVAL` (unknown client, NULL `st`, `size` < 8).
+///
+/// # Safety
+/// `st`, if not NULL, points to `size` writable bytes.
 #[no_mangle]
-pub extern "C" fn dm_io_client_stats(
+pub unsafe extern "C" fn dm_io_client_stats(
     cl: *mut dm_io_client,
     st: *mut dm_io_stats,
     size: usize,
@@ -451,6 +482,10 @@ pub extern "C" fn dm_io_client_set_hedge(cl: *mut dm_io_client, delay_ms: c_uint
 /// Returns 0, `-EINVAL` (NULL argument, unknown flag), `-ENOTBLK` (neither
 /// a block device nor a regular file), `-EOPNOTSUPP` (logical block size
 /// above `DM_IO_PAGE_SIZE`), or the errno of open(2).
+///
+/// # Safety
+/// `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,
+/// points to writable memory for a `struct block_device *`.
 #[no_mangle]
 pub unsafe extern "C" fn dm_io_bdev_open(
     path: *const c_char,
@@ -461,22 +496,27 @@ pub unsafe extern "C" fn dm_io_bdev_open(
         guard::out(bdev, "bdev")?;
         // SAFETY: a non-NULL `path` is a C string.
         let p = unsafe { str_arg(path, "path") }?;
-        open_with(Device::open(p, flags), None, bdev)
+        // SAFETY: `bdev` passed `guard::out`; writable per this function's contract.
+        unsafe { open_with(Device::open(p, flags), None, bdev) }
     })
 }
 
 /// Like `dm_io_bdev_open` for an already open descriptor, which is
 /// duplicated (the caller keeps and closes `fd`). O_DIRECT is used if `fd`
 /// has it. Returns 0, `-EINVAL`, `-EBADF`, `-ENOTBLK` or `-EOPNOTSUPP`.
+///
+/// # Safety
+/// `bdev`, if not NULL, points to writable memory for a `struct block_device *`.
 #[no_mangle]
-pub extern "C" fn dm_io_bdev_open_fd(
+pub unsafe extern "C" fn dm_io_bdev_open_fd(
     fd: c_int,
     flags: c_uint,
     bdev: *mut *mut block_device,
 ) -> c_int {
     guard::boundary("dm_io_bdev_open_fd", || {
         guard::out(bdev, "bdev")?;
-        open_with(Device::from_fd(fd, flags), None, bdev)
+        // SAFETY: `bdev` passed `guard::out`; writable per this function's contract.
+        unsafe { open_with(Device::from_fd(fd, flags), None, bdev) }
     })
 }
 
@@ -484,6 +524,10 @@ pub extern "C" fn dm_io_bdev_open_fd(
 /// injection set to `spec` (see `dm_io_bdev_set_faults`). Returns 0,
 /// `-EINVAL` for a bad spec (message in `dm_io_last_error`), or the errors
 /// of `dm_io_bdev_open`.
+///
+/// # Safety
+/// `path` and `spec`, if not NULL, are NUL-terminated strings; `bdev`, if
+/// not NULL, points to writable memory for a `struct block_device *`.
 #[no_mangle]
 pub unsafe extern "C" fn dm_io_bdev_open_faulty(
     path: *const c_char,
@@ -494,7 +538,8 @@ pub unsafe extern "C" fn dm_io_bdev_open_faulty(
         guard::out(bdev, "bdev")?;
         // SAFETY: non-NULL arguments are C strings.
         let (p, s) = unsafe { (str_arg(path, "path")?, str_arg(spec, "spec")?) };
-        open_with(Device::open(p, 0), Some(s), bdev)
+        // SAFETY: `bdev` passed `guard::out`; writable per this function's contract.
+        unsafe { open_with(Device::open(p, 0), Some(s), bdev) }
     })
 }
 
@@ -512,6 +557,9 @@ pub unsafe extern "C" fn dm_io_bdev_open_faulty(
 ///
 /// `sectors=A-B` is inclusive, in 512-byte sectors. Durations take `us`,
 /// `ms` or `s`. Returns 0 or `-EINVAL` (bad spec, unknown device).
+///
+/// # Safety
+/// `spec`, if not NULL, is a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn dm_io_bdev_set_faults(
     bdev: *mut block_device,
@@ -579,10 +627,14 @@ pub extern "C" fn dm_io_page_alloc() -> *mut page {
 }
 
 /// Frees a page from `dm_io_page_alloc`. NULL, a pointer that is not such a
-/// page, or a page already freed is ignored (see `dm_io_last_error`). The
-/// page must not be in use by a request that is not final.
+/// page, or a page already freed is ignored (see `dm_io_last_error`).
+///
+/// # Safety
+/// The page is not in the memory of a request that is not final (the
+/// library may still write it, and the next `dm_io_page_alloc` hands it
+/// out again), and the caller does not use its memory after this call.
 #[no_mangle]
-pub extern "C" fn dm_io_page_free(p: *mut page) {
+pub unsafe extern "C" fn dm_io_page_free(p: *mut page) {
     guard::boundary("dm_io_page_free", || {
         if p.is_null() {
             return Ok(());
