@@ -86,7 +86,7 @@ RUST_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 $(PLUGIN): $(PLUGIN_DEP) $(BUILD)/libdmio.a
 	$(CC) -std=c11 $(WARN) -D_GNU_SOURCE $(CFLAGS) -fPIC -shared -Iinclude -Iexamples/mirror \
 		$(shell pkg-config --cflags nbdkit 2>/dev/null) $(PLUGIN_SRC) $(BUILD)/libdmio.a \
-		-Wl,--version-script=nbdkit/plugin.map -Wl,--exclude-libs,ALL $(RUST_STATIC_LIBS) -o $@
+		-Wl,--version-script=nbdkit/plugin.map -Wl,--exclude-libs,ALL $(RUST_STATIC_LIBS) -o $@.tmp && mv $@.tmp $@
 
 # Both check for nbdkit's header when they run, not when make starts: in
 # `make test`, `make deps` may have just installed it (a sub-make then

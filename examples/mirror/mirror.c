@@ -606,7 +606,7 @@ static int submit_write(struct mirror *m, struct chunk *c, void *data, struct dm
 /* Builds and issues the write of one region piece to every eligible leg.
  * Returns the chunk (owned by the caller until chunk released) or NULL. */
 static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len,
-				 int fua)
+				 int fua, double t0)
 {
 	struct chunk *c = calloc(1, sizeof(*c));
 	void *data = malloc(len);
@@ -626,6 +626,23 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	struct dm_io_region regs[MIRROR_MAX_LEGS];
 
 	pthread_mutex_lock(&m->lock);
+	/* A leg still busy on r, or with too much late IO, is skipped. When
+	 * that would leave fewer than `quorum` legs, wait for late IO to
+	 * drain instead (back-pressure: a slow but working leg must not turn
+	 * into an EIO), until the legs not failed are too few anyway or
+	 * fail_after_ms after the write began. */
+	for (;;) {
+		unsigned eligible = 0, alive = 0;
+		for (unsigned L = 0; L < m->nlegs; L++) {
+			const struct leg *l = &m->legs[L];
+			alive += !l->failed;
+			eligible += !l->failed && !m->lio[lr(m, L, r)] && l->late < m->late_cap;
+		}
+		double waited = now_ms() - t0;
+		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum || waited >= m->cfg.fail_after_ms)
+			break;
+		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+	}
 	c->gen = ++m->gen[r];
 	c->submit_ms = now_ms();
 	m->last_write[r] = c->submit_ms;
@@ -796,7 +813,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 		uint64_t r = pos / m->region_size;
 		uint64_t rend = (r + 1) * (uint64_t)m->region_size;
 		size_t piece = (size_t)((rend < end ? rend : end) - pos);
-		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA);
+		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0);
 		if (!c) {
 			rc = -ENOMEM;
 			break;
