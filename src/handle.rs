@@ -77,3 +77,108 @@ pub fn release_lib(token: usize) {
 pub fn discard(token: usize) {
     HANDLES.remove(token);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::manual::kit::TempDev;
+    use crate::memory::caller::CallerMemory;
+    use crate::memory::pool::SlotRef;
+    use crate::request::{CancelReason, Event, Mode, RegionSpec, RequestOwner, State};
+    use std::time::Instant;
+
+    struct NoOwner;
+    impl RequestOwner for NoOwner {
+        fn observe(&self, _: State, _: bool) {}
+        fn deliver_async(&self, _: Event) {}
+        fn request_final(&self, _: &Request) {}
+        fn request_delivered(&self, _: &Request) {}
+        fn start_regions(&self, _: &Arc<Request>, _: Vec<(u32, SlotRef)>, _: bool) {}
+        fn arm_timer(&self, _: Instant, _: &Arc<Request>) {}
+    }
+
+    /// A request of client `client` with one region on `dev` (none: a
+    /// request already final).
+    fn request(client: u64, dev: Option<&TempDev>) -> Arc<Request> {
+        let specs: Vec<RegionSpec> = dev
+            .map(|d| RegionSpec {
+                dev: Arc::clone(&d.dev),
+                sector: 0,
+                count: 8,
+            })
+            .into_iter()
+            .collect();
+        Request::new(
+            client,
+            Mode::default(),
+            specs.into(),
+            |_| 1,
+            CallerMemory::from_segments(Vec::new()),
+            None,
+            Arc::new(NoOwner),
+        )
+    }
+
+    #[test]
+    fn the_entry_goes_with_the_last_reference_the_library_last() {
+        let t = register(request(1, None), 1);
+        assert!(lookup(t).is_some());
+        assert_eq!(get(t), Some(()));
+        assert_eq!(put(t), Some(true), "one caller reference left");
+        assert_eq!(put(t), Some(false), "the caller's last");
+        // The library's reference keeps the entry (notify may still see it).
+        assert!(lookup(t).is_some());
+        assert_eq!(put(t), None, "more puts than gets");
+        release_lib(t);
+        assert!(lookup(t).is_none());
+        assert_eq!(get(t), None);
+        assert_eq!(put(t), None);
+    }
+
+    #[test]
+    fn the_entry_goes_with_the_last_reference_the_caller_last() {
+        let t = register(request(1, None), 1);
+        release_lib(t);
+        assert!(lookup(t).is_some(), "the caller still holds it");
+        assert_eq!(put(t), Some(false));
+        assert!(lookup(t).is_none());
+    }
+
+    #[test]
+    fn without_a_caller_reference_the_library_holds_it_alone() {
+        let t = register(request(1, None), 0);
+        assert_eq!(put(t), None);
+        assert!(lookup(t).is_some());
+        release_lib(t);
+        assert!(lookup(t).is_none());
+    }
+
+    #[test]
+    fn a_discarded_handle_is_refused() {
+        let t = register(request(1, None), 1);
+        discard(t);
+        assert!(lookup(t).is_none());
+        assert_eq!(get(t), None);
+        assert_eq!(put(t), None);
+    }
+
+    #[test]
+    fn live_of_lists_a_clients_requests_until_final() {
+        let dev = TempDev::new("handles");
+        // Client ids no client of another test has.
+        let (a, b) = (u64::MAX - 11, u64::MAX - 12);
+        let live = request(a, Some(&dev));
+        let ta = register(Arc::clone(&live), 0);
+        let tb = register(request(b, Some(&dev)), 0);
+        let tf = register(request(a, None), 0);
+        let ids = |c| -> Vec<*const Request> { live_of(c).iter().map(Arc::as_ptr).collect() };
+        assert_eq!(ids(a), vec![Arc::as_ptr(&live)]);
+        assert_eq!(ids(b).len(), 1);
+        assert_eq!(live.cancel_where(CancelReason::User, |_| true), 1);
+        assert!(ids(a).is_empty(), "a final request is not live");
+        for t in [ta, tb, tf] {
+            release_lib(t);
+        }
+        assert!(ids(b).is_empty());
+    }
+}

@@ -349,3 +349,51 @@ fn zero_copy_cancel_ends_when_the_io_does() {
     assert_eq!(rec.events().len(), 1);
     crate::handle::put(h);
 }
+
+#[test]
+fn hedged_read_starts_the_next_region_on_error_or_at_its_timer() {
+    let f = Fixture::new("hedge");
+    let (a, b, d) = (f.dev("a"), f.dev("b"), f.dev("c"));
+    let legs = || vec![region(&a, 0, 8), region(&b, 0, 8), region(&d, 0, 8)];
+    let any = Mode {
+        read_any: true,
+        ..READ
+    };
+    let (c, eng) = client(3, 4096);
+    let rec = Arc::new(Rec::default());
+    let mut buf = vec![0u8; 4096];
+    let h = submit(&c, any, legs(), &mut buf, &rec, None);
+    // One region runs; each region's private memory is taken up front.
+    assert_eq!(eng.pending(), 1);
+    assert_eq!(c.pool().in_use(), 3);
+    eng.complete_all(-libc::EIO, 0);
+    assert_eq!(eng.pending(), 1, "an ERROR starts the next region at once");
+    eng.complete_all(0, 0x42);
+    assert_eq!(
+        rec.wait_len(3),
+        vec![
+            (0, State::Error, -libc::EIO),
+            (1, State::Ok, 0),
+            (2, State::Cancelled, -libc::ECANCELED)
+        ]
+    );
+    assert!(buf.iter().all(|&x| x == 0x42));
+    assert_eq!(c.pool().in_use(), 0, "the unstarted region's memory went");
+    assert_eq!(c.stats().hedges, 1);
+    crate::handle::put(h);
+
+    // With a hedge delay, the timer starts the next region while the
+    // first still runs; the first OK wins.
+    c.set_hedge(5);
+    let rec = Arc::new(Rec::default());
+    let h = submit(&c, any, legs(), &mut buf, &rec, None);
+    assert_eq!(eng.pending(), 1);
+    eng.fire_deadlines();
+    assert_eq!(eng.pending(), 2, "the hedge timer started region 1");
+    eng.complete_all(0, 0x24);
+    let ev = rec.wait_len(3);
+    assert_eq!(ev.iter().filter(|e| e.1 == State::Ok).count(), 1, "{ev:?}");
+    assert_eq!(c.stats().hedges, 2);
+    c.destroy();
+    crate::handle::put(h);
+}

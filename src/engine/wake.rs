@@ -68,3 +68,81 @@ pub fn with_deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Default)]
+    struct Count(AtomicU32);
+    impl Wake for Count {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn pair() -> (Arc<Count>, Arc<dyn Wake>) {
+        let c = Arc::new(Count::default());
+        let w: Arc<dyn Wake> = c.clone();
+        (c, w)
+    }
+
+    fn n(c: &Count) -> u32 {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn outside_a_batch_a_wake_up_is_made_at_once() {
+        let (c, w) = pair();
+        wake_or_defer(&w);
+        wake_or_defer(&w);
+        assert_eq!(n(&c), 2);
+        // Nothing deferred: a flush outside a batch does nothing.
+        flush_deferred_wakes();
+        assert_eq!(n(&c), 2);
+    }
+
+    #[test]
+    fn a_batch_wakes_each_thread_once_at_its_end() {
+        let (a, wa) = pair();
+        let (b, wb) = pair();
+        let r = with_deferred_wakes(|| {
+            for _ in 0..3 {
+                wake_or_defer(&wa);
+            }
+            wake_or_defer(&wb);
+            assert_eq!((n(&a), n(&b)), (0, 0), "deferred");
+            7
+        });
+        assert_eq!(r, 7);
+        assert_eq!((n(&a), n(&b)), (1, 1), "once each");
+        // The batch is over: wake-ups are immediate again.
+        wake_or_defer(&wa);
+        assert_eq!(n(&a), 2);
+    }
+
+    #[test]
+    fn a_nested_batch_joins_the_outer_one() {
+        let (a, wa) = pair();
+        with_deferred_wakes(|| {
+            with_deferred_wakes(|| wake_or_defer(&wa));
+            assert_eq!(n(&a), 0, "the inner batch's end is not the outer's");
+            wake_or_defer(&wa);
+        });
+        assert_eq!(n(&a), 1);
+    }
+
+    #[test]
+    fn a_flush_inside_a_batch_wakes_now_and_the_batch_goes_on() {
+        let (a, wa) = pair();
+        with_deferred_wakes(|| {
+            wake_or_defer(&wa);
+            flush_deferred_wakes();
+            assert_eq!(n(&a), 1, "made before blocking");
+            wake_or_defer(&wa);
+            assert_eq!(n(&a), 1, "still deferring");
+        });
+        assert_eq!(n(&a), 2);
+    }
+}

@@ -267,6 +267,11 @@ pub fn detach(addr: usize, len: usize) -> bool {
     true
 }
 
+/// Tests that detach pages and then look at a chunk's generation run one
+/// at a time (another test's detach in the same chunk would bump it).
+#[cfg(test)]
+pub(crate) static DETACH_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +288,7 @@ mod tests {
 
     #[test]
     fn arena_pages_are_zeroed_spans_and_detach() {
+        let _one = DETACH_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let p = alloc().unwrap();
         let c = LivePages::lock()
             .arena_span(p, PAGE_SIZE)
