@@ -38,25 +38,45 @@ fn watched() -> &'static Mutex<Vec<usize>> {
             let devs = watched().lock().unwrap().clone();
             for d in devs {
                 // A closed device is refused with -EINVAL, never touched.
-                unsafe { dm_io_bdev_set_faults(d as *mut block_device, c"".as_ptr()) };
+                clear_faults(d as *mut block_device);
             }
         });
         Mutex::new(Vec::new())
     })
 }
 
+/// Clears a device's faults, so IO it holds resumes. Any `d` will do: an
+/// unknown or closed device is refused with -EINVAL, never dereferenced.
+fn clear_faults(d: *mut block_device) {
+    // SAFETY: the spec is a NUL-terminated string literal.
+    unsafe { dm_io_bdev_set_faults(d, c"".as_ptr()) };
+}
+
 unsafe extern "C" fn notify(_st: *mut dm_io_region_state, _ctx: *mut c_void) {}
 
 const SPECS: &[&str] = &[
-    "", "none", "delay 1ms", "hang", "error reads errno=EIO", "hang writes sectors=0-7",
-    "flakey up=1ms down=1ms", "flakey up=1ms down=1ms drop_writes", "delay", "bogus",
-    "error errno=0", "delay read=1ms write=2ms; error writes sectors=8-15",
+    "",
+    "none",
+    "delay 1ms",
+    "hang",
+    "error reads errno=EIO",
+    "hang writes sectors=0-7",
+    "flakey up=1ms down=1ms",
+    "flakey up=1ms down=1ms drop_writes",
+    "delay",
+    "bogus",
+    "error errno=0",
+    "delay read=1ms write=2ms; error writes sectors=8-15",
 ];
 
 struct Bytes<'a>(&'a [u8]);
 impl Bytes<'_> {
     fn u8(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map(|(b, r)| (*b, r)).unwrap_or((0, &[]));
+        let (b, rest) = self
+            .0
+            .split_first()
+            .map(|(b, r)| (*b, r))
+            .unwrap_or((0, &[]));
         self.0 = rest;
         b
     }
@@ -94,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                 let cl = clients.swap_remove(i);
                 if zero_copy.contains(&cl) {
                     for &d in &devs {
-                        unsafe { dm_io_bdev_set_faults(d, c"".as_ptr()) };
+                        clear_faults(d);
                     }
                 }
                 dm_io_client_destroy(cl);
@@ -103,6 +123,8 @@ fuzz_target!(|data: &[u8]| {
                 let f = &files()[pick(&mut b, 3)];
                 let spec = CString::new(SPECS[pick(&mut b, SPECS.len())]).unwrap();
                 let mut d = null_mut();
+                // SAFETY: `f` and `spec` are NUL-terminated strings, `d` a
+                // local, writable `*mut block_device`.
                 let rc = unsafe {
                     if b.u8() % 2 == 0 {
                         dm_io_bdev_open(f.as_ptr(), b.u8() as u32 % 4, &mut d)
@@ -118,7 +140,7 @@ fuzz_target!(|data: &[u8]| {
             3 if !devs.is_empty() => {
                 let i = pick(&mut b, devs.len());
                 // Clear faults first so nothing stays held forever.
-                unsafe { dm_io_bdev_set_faults(devs[i], c"".as_ptr()) };
+                clear_faults(devs[i]);
                 let d = devs.swap_remove(i);
                 watched().lock().unwrap().retain(|&x| x != d as usize);
                 dm_io_bdev_close(d);
@@ -126,6 +148,7 @@ fuzz_target!(|data: &[u8]| {
             4 if !devs.is_empty() => {
                 let spec = CString::new(SPECS[pick(&mut b, SPECS.len())]).unwrap();
                 let d = devs[pick(&mut b, devs.len())];
+                // SAFETY: `spec` is a NUL-terminated string.
                 unsafe { dm_io_bdev_set_faults(d, spec.as_ptr()) };
             }
             5 | 6 if !clients.is_empty() => {
@@ -147,25 +170,48 @@ fuzz_target!(|data: &[u8]| {
                 let len = 64 * 1024;
                 bufs.push(vec![0x5A; len]);
                 let buf = bufs.last_mut().unwrap().as_mut_ptr();
-                let rw = [DM_IO_READ, DM_IO_WRITE, DM_IO_WRITE | DM_IO_FLUSH, DM_IO_READ | DM_IO_READ_ANY,
-                    DM_IO_WRITE | DM_IO_FUA, 0x1000][pick(&mut b, 6)]
+                let rw = [
+                    DM_IO_READ,
+                    DM_IO_WRITE,
+                    DM_IO_WRITE | DM_IO_FLUSH,
+                    DM_IO_READ | DM_IO_READ_ANY,
+                    DM_IO_WRITE | DM_IO_FUA,
+                    0x1000,
+                ][pick(&mut b, 6)]
                     | if b.u8() % 3 == 0 { DM_IO_SYNC } else { 0 };
                 let mut ctrl = dm_io_control {
                     memory: dm_io_memory {
                         r#type: [DM_IO_VM_T, 7][pick(&mut b, 2)],
-                        ptr: dm_io_memory_ptr { vma: buf as *mut c_void },
+                        ptr: dm_io_memory_ptr {
+                            vma: buf as *mut c_void,
+                        },
                         offset: b.u8() as u32 % 16,
                     },
                     rw,
-                    notify: if rw & DM_IO_SYNC != 0 && b.u8() % 2 == 0 { None } else { Some(notify) },
+                    notify: if rw & DM_IO_SYNC != 0 && b.u8() % 2 == 0 {
+                        None
+                    } else {
+                        Some(notify)
+                    },
                     context: null_mut(),
                     client: cl,
-                    timeout: if rw & DM_IO_SYNC != 0 { 1 + b.u8() as u64 % 20 } else { b.u8() as u64 % 20 },
+                    timeout: if rw & DM_IO_SYNC != 0 {
+                        1 + b.u8() as u64 % 20
+                    } else {
+                        b.u8() as u64 % 20
+                    },
                     // Zero-copy only asynchronous: a SYNC zero-copy request
                     // on a hung device waits for it, by contract.
                     flags: b.u8() as u32 % if rw & DM_IO_SYNC != 0 { 2 } else { 4 },
                 };
                 let mut h = null_mut();
+                // SAFETY: `ctrl` and `n` regions are locals, read during the
+                // call. The memory is `len` bytes of a buffer in `bufs`,
+                // more than any region's 32 sectors plus the 15-byte offset,
+                // and `bufs` lives until every client is destroyed (destroy
+                // delivers every final notification, and waits for
+                // zero-copy IO). `notify` does nothing with its null
+                // context, on any thread. `h` is a local.
                 let rc = unsafe { dm_io(&mut ctrl, n as u32, regs.as_mut_ptr(), &mut h) };
                 assert!(rc <= 0, "dm_io returned {rc}");
                 if rc == 0 && ctrl.flags & DM_IO_ZERO_COPY != 0 && !zero_copy.contains(&cl) {
@@ -207,7 +253,11 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     let i = pick(&mut b, pages.len());
                     // Sometimes free twice (must be ignored).
-                    let p = if b.u8() % 4 == 0 { pages[i] } else { pages.swap_remove(i) };
+                    let p = if b.u8() % 4 == 0 {
+                        pages[i]
+                    } else {
+                        pages.swap_remove(i)
+                    };
                     // SAFETY: no request's memory is a page (requests use
                     // `bufs`), and pages are never read or written here.
                     unsafe { dm_io_page_free(p) };
@@ -228,7 +278,7 @@ fuzz_target!(|data: &[u8]| {
     // Tear down: clear faults (held IO resumes), destroy clients (cancels
     // and delivers everything), then the caller's memory may go.
     for &d in &devs {
-        unsafe { dm_io_bdev_set_faults(d, c"".as_ptr()) };
+        clear_faults(d);
     }
     for cl in clients {
         dm_io_client_destroy(cl);
