@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
+import time
 from typing import List
 
 import pytest
@@ -40,16 +41,35 @@ def test_io_async_and_wait_async(client: dmio.Client, open_device) -> None:
 
 
 def test_io_async_cancellation_cancels_io(client: dmio.Client, open_device) -> None:
-    hung = open_device("hung", faults="hang")
-    buf = bytearray(b"\x11" * 4096)
+    hung = open_device("hung", faults="hang")  # held, with its private memory, until set_faults
+    buf = bytearray(b"\x11" * 4096)  # the device holds zeros
 
-    async def main() -> None:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(client.io_async(Op.READ, [(hung, 0, 8)], buf), 0.1)
+    async def main() -> dmio.Request:
+        task = asyncio.ensure_future(client.io_async(Op.READ, [(hung, 0, 8)], buf))
+        while not client.in_flight and not task.done():  # submitted at the task's first step
+            await asyncio.sleep(0)
+        (req,) = client.in_flight
+        with pytest.raises(asyncio.TimeoutError):  # the read is held: never done by itself
+            await asyncio.wait_for(task, 0.05)
+        assert task.cancelled()
+        return req
 
-    asyncio.run(main())
-    assert client.in_flight == [] or all(r.wait(10) for r in client.in_flight)
+    req = asyncio.run(main())
+    # Cancelling the task cancelled the IO: CANCELLED by the cancel call,
+    # while the read itself is still held in the library.
+    assert req.wait(10)
+    assert req.events == [[dmio.Event(0, State.CANCELLED, -errno.ECANCELED)]]
+    st = client.stats()
+    assert (st.cancelled, st.regions_in_flight) == (1, 0)
+    assert st.private_bytes_in_use > 0
+    # Let the held read run, and wait until it really ended (its private
+    # memory is released then): only now can the check below see a write
+    # into the caller's buffer, if there were one.
     hung.set_faults("")
+    deadline = time.monotonic() + 10
+    while client.stats().private_bytes_in_use and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert client.stats().private_bytes_in_use == 0
     assert buf == b"\x11" * 4096
 
 
