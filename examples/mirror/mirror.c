@@ -85,6 +85,7 @@ struct chunk {
 	unsigned src;              /* resync: source leg */
 	int fua;                   /* written with DM_IO_FUA */
 	void *data;
+	pthread_cond_t *wake;      /* the owner's condition variable, signalled on each notify */
 };
 
 struct leg {
@@ -102,7 +103,9 @@ struct leg {
 struct mirror {
 	struct mirror_config cfg;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	pthread_cond_t cond;       /* rare waits (busy region, back-pressure, wait_*); see mwake */
+	unsigned nwait;            /* threads waiting on cond */
+	pthread_cond_t dcond;      /* the resync thread's sleeps and its resync copies */
 	struct dm_io_client *cl;
 	unsigned nlegs, block_size, region_size, max_io;
 	uint64_t size, nregions, late_cap;
@@ -167,15 +170,48 @@ static double now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Waits on m->cond for at most ms (m->lock held). */
-static void cond_wait_ms(struct mirror *m, double ms)
+/* Waits on cv (a CLOCK_MONOTONIC condition variable) for at most ms. */
+static void cv_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, double ms)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	long long ns = (long long)ts.tv_nsec + (long long)(ms * 1e6);
 	ts.tv_sec += (time_t)(ns / 1000000000LL);
 	ts.tv_nsec = (long)(ns % 1000000000LL);
-	pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+	pthread_cond_timedwait(cv, mu, &ts);
+}
+
+static void cv_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+/* Waits on m->cond for at most ms (m->lock held). A writer waiting for its
+ * own IO waits on its own condition variable instead (chunk->wake), so a
+ * completion wakes one thread, not every writer. */
+static void cond_wait_ms(struct mirror *m, double ms)
+{
+	m->nwait++;
+	cv_wait_ms(&m->cond, &m->lock, ms);
+	m->nwait--;
+}
+
+static void cond_wait(struct mirror *m)
+{
+	m->nwait++;
+	pthread_cond_wait(&m->cond, &m->lock);
+	m->nwait--;
+}
+
+/* Wakes the threads waiting on m->cond, if any (m->lock held). */
+static void mwake(struct mirror *m)
+{
+	if (m->nwait)
+		pthread_cond_broadcast(&m->cond);
 }
 
 static void ev(struct mirror *m, const char *fmt, ...)
@@ -491,6 +527,7 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 	double t = now_ms();
 
 	pthread_mutex_lock(&m->lock);
+	pthread_cond_t *wake = c->wake; /* NULL once the owner let go (c may be freed below) */
 	if (st->state == DM_IO_TIMEOUT) {
 		if (c->st[i] == IO_RUNNING) {
 			c->st[i] = IO_LATE;
@@ -583,7 +620,9 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 	}
 	chunk_put(m, c);
 out:
-	pthread_cond_broadcast(&m->cond);
+	if (wake)
+		pthread_cond_signal(wake);
+	mwake(m);
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -606,7 +645,7 @@ static int submit_write(struct mirror *m, struct chunk *c, void *data, struct dm
 /* Builds and issues the write of one region piece to every eligible leg.
  * Returns the chunk (owned by the caller until chunk released) or NULL. */
 static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len,
-				 int fua, double t0)
+				 int fua, double t0, pthread_cond_t *wake)
 {
 	struct chunk *c = calloc(1, sizeof(*c));
 	void *data = malloc(len);
@@ -623,6 +662,7 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	c->region = r;
 	c->data = data;
 	c->fua = fua;
+	c->wake = wake;
 	struct dm_io_region regs[MIRROR_MAX_LEGS];
 
 	pthread_mutex_lock(&m->lock);
@@ -767,6 +807,8 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 	int rc = 0;
 	if (r1 - r0 >= MAX_WRITE_REGIONS)
 		return -EINVAL;
+	pthread_cond_t wcv; /* this writer's: its chunks' notifications signal it */
+	cv_init(&wcv);
 
 	pthread_mutex_lock(&m->lock);
 	for (;;) {
@@ -775,7 +817,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 			busy = m->busy[r];
 		if (!busy)
 			break;
-		pthread_cond_wait(&m->cond, &m->lock);
+		cond_wait(m);
 	}
 	for (uint64_t r = r0; r <= r1; r++) {
 		m->busy[r] = 1;
@@ -813,7 +855,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 		uint64_t r = pos / m->region_size;
 		uint64_t rend = (r + 1) * (uint64_t)m->region_size;
 		size_t piece = (size_t)((rend < end ? rend : end) - pos);
-		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0);
+		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0, &wcv);
 		if (!c) {
 			rc = -ENOMEM;
 			break;
@@ -829,7 +871,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 	pthread_mutex_lock(&m->lock);
 	for (unsigned k = 0; k < n; k++)
 		while (cs[k]->undecided)
-			pthread_cond_wait(&m->cond, &m->lock);
+			pthread_cond_wait(&wcv, &m->lock);
 	for (;;) {
 		int reached = 1, lost = 0;
 		for (unsigned k = 0; k < n; k++) {
@@ -842,7 +884,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 		double waited = now_ms() - t0;
 		if (reached || lost || rc || waited >= m->cfg.fail_after_ms)
 			break;
-		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+		cv_wait_ms(&wcv, &m->lock, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
 	}
 	int degraded = 0;
 	need = 0;
@@ -855,6 +897,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 		if (c->need_seq > need && ack_needs_commit(m, c))
 			need = c->need_seq;
 		c->owner = 0;
+		c->wake = NULL;
 		chunk_put(m, c);
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -876,8 +919,9 @@ out:
 	} else {
 		m->write_errors++;
 	}
-	pthread_cond_broadcast(&m->cond);
+	mwake(m);
 	pthread_mutex_unlock(&m->lock);
+	pthread_cond_destroy(&wcv);
 	return rc;
 }
 
@@ -886,6 +930,7 @@ out:
 struct flushop {
 	struct mirror *m;
 	int owner;
+	pthread_cond_t *wake;      /* the owner's condition variable */
 	uint64_t epoch;
 	unsigned nio, nfinal, undecided, ok;
 	unsigned leg_of[MIRROR_MAX_LEGS];
@@ -924,6 +969,7 @@ static void flush_notify(struct dm_io_region_state *st, void *ctx)
 		return;
 	unsigned L = f->leg_of[i];
 	pthread_mutex_lock(&m->lock);
+	pthread_cond_t *wake = f->wake; /* NULL once the owner let go (f may be freed below) */
 	if (st->state == DM_IO_TIMEOUT) {
 		if (f->st[i] == IO_RUNNING) {
 			f->st[i] = IO_LATE;
@@ -947,7 +993,8 @@ static void flush_notify(struct dm_io_region_state *st, void *ctx)
 		}
 		flush_put(f);
 	}
-	pthread_cond_broadcast(&m->cond);
+	if (wake)
+		pthread_cond_signal(wake);
 	pthread_mutex_unlock(&m->lock);
 }
 
@@ -960,8 +1007,11 @@ int mirror_flush(struct mirror *m)
 	if (!f)
 		return -ENOMEM;
 	struct dm_io_region regs[MIRROR_MAX_LEGS];
+	pthread_cond_t fcv;
+	cv_init(&fcv);
 	f->m = m;
 	f->owner = 1;
+	f->wake = &fcv;
 	pthread_mutex_lock(&m->lock);
 	f->epoch = ++m->fepoch;
 	for (unsigned L = 0; L < m->nlegs; L++) {
@@ -992,7 +1042,7 @@ int mirror_flush(struct mirror *m)
 	/* The write rule: at the deadline `quorum` legs OK, else wait for late
 	 * ones until the quorum is reached, lost, or fail_after_ms passed. */
 	while (f->undecided)
-		pthread_cond_wait(&m->cond, &m->lock);
+		pthread_cond_wait(&fcv, &m->lock);
 	for (;;) {
 		unsigned late = 0;
 		for (unsigned i = 0; i < f->nio; i++)
@@ -1000,7 +1050,7 @@ int mirror_flush(struct mirror *m)
 		double waited = now_ms() - t0;
 		if (rc || f->ok >= m->cfg.quorum || f->ok + late < m->cfg.quorum || waited >= m->cfg.fail_after_ms)
 			break;
-		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+		cv_wait_ms(&fcv, &m->lock, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
 	}
 	uint64_t need = 0;
 	for (unsigned i = 0; i < f->nio; i++)
@@ -1013,8 +1063,10 @@ int mirror_flush(struct mirror *m)
 	m->flushes++;
 	m->flush_errors += rc != 0;
 	f->owner = 0;
+	f->wake = NULL;
 	flush_put(f);
 	pthread_mutex_unlock(&m->lock);
+	pthread_cond_destroy(&fcv);
 	/* A leg that missed the flush is dirty on the log before the ack. */
 	if (need && log_commit(m, need) != 0 && rc == 0)
 		rc = -EIO;
@@ -1123,7 +1175,6 @@ int mirror_read(struct mirror *m, uint64_t off, void *buf, size_t len)
 			rc = -EIO;
 		if (rc)
 			m->read_errors++;
-		pthread_cond_broadcast(&m->cond);
 		pthread_mutex_unlock(&m->lock);
 		if (rc)
 			return rc;
@@ -1208,6 +1259,7 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	c->src = S;
 	c->data = data;
 	c->fua = 1; /* the copy clears the dirty bit: make it durable first */
+	c->wake = &m->dcond;
 	c->nio = 1;
 	c->undecided = 1;
 	c->leg_of[0] = L;
@@ -1245,8 +1297,9 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 		m->inflight[r]--;
 		c->nfinal = 1;
 		c->owner = 0;
+		c->wake = NULL;
 		chunk_put(m, c);
-		pthread_cond_broadcast(&m->cond);
+		mwake(m);
 		return;
 	}
 	c->submit_ms = now_ms();
@@ -1263,13 +1316,14 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 		c->undecided = 0;
 	}
 	while (c->undecided)
-		pthread_cond_wait(&m->cond, &m->lock);
+		pthread_cond_wait(&m->dcond, &m->lock);
 	if (c->st[0] != IO_DONE || c->final_state[0] != DM_IO_OK) {
 		/* Late or failed: a failed leg is probed again later. */
 		if (l->failed)
 			l->next_probe = now_ms() + m->cfg.probe_ms;
 	}
 	c->owner = 0;
+	c->wake = NULL;
 	chunk_put(m, c);
 }
 
@@ -1311,11 +1365,11 @@ static void *daemon_main(void *arg)
 				double ms = (double)m->region_size / 1024.0 / m->cfg.resync_kbps * 1000.0;
 				double until = t0 + ms;
 				while (!m->stop && now_ms() < until)
-					cond_wait_ms(m, until - now_ms());
+					cv_wait_ms(&m->dcond, &m->lock, until - now_ms());
 			}
 			continue;
 		}
-		cond_wait_ms(m, 50);
+		cv_wait_ms(&m->dcond, &m->lock, 50);
 	}
 	pthread_mutex_unlock(&m->lock);
 	return NULL;
@@ -1360,6 +1414,7 @@ static void teardown(struct mirror *m)
 	pthread_mutex_destroy(&m->lock);
 	pthread_mutex_destroy(&m->log_lock);
 	pthread_cond_destroy(&m->cond);
+	pthread_cond_destroy(&m->dcond);
 	free(m);
 }
 
@@ -1497,11 +1552,8 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 	m->region_size = cfg->region_size;
 	m->max_io = cfg->region_size < 256 * 1024 ? cfg->region_size : 256 * 1024;
 	m->live.next = m->live.prev = &m->live;
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&m->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	cv_init(&m->cond);
+	cv_init(&m->dcond);
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_mutex_init(&m->log_lock, NULL);
 
@@ -1632,7 +1684,7 @@ void mirror_close(struct mirror *m)
 		return;
 	pthread_mutex_lock(&m->lock);
 	m->stop = 1;
-	pthread_cond_broadcast(&m->cond);
+	pthread_cond_broadcast(&m->dcond);
 	pthread_mutex_unlock(&m->lock);
 	if (m->daemon_running)
 		pthread_join(m->daemon, NULL);
@@ -1669,7 +1721,7 @@ void mirror_resync_pause(struct mirror *m, int paused)
 {
 	pthread_mutex_lock(&m->lock);
 	m->paused = paused;
-	pthread_cond_broadcast(&m->cond);
+	pthread_cond_broadcast(&m->dcond);
 	pthread_mutex_unlock(&m->lock);
 }
 
