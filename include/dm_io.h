@@ -465,38 +465,27 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * Submits one request over `num_regions` regions.
  *
  * A write sends the same memory to every region; a read names exactly one
- * region. Without `DM_IO_ZERO_COPY` (below), all IO runs on the client's
- * private memory: write data is copied from the caller's memory before the
- * write starts, read data is copied to it when the read completes, so the
- * caller's memory may have any alignment. One exception, with the
- * io_uring engine: a read whose memory (of any type) is whole pages from
- * `dm_io_page_alloc`, each `max_size` piece within one allocation chunk of
- * 64 pages (always true for pieces of one page), runs in those pages,
- * with no private memory and no copy; when such a read is cancelled while
- * its IO runs, the library maps fresh zeroed pages at the same addresses
- * and the kernel finishes into the old ones, which the caller no longer
- * sees. (When the kernel refuses to register a chunk, for example over
- * `RLIMIT_MEMLOCK`, later reads there use private memory, and one read
- * already going there unregistered ends CANCELLED only when its IO ends.)
- * The pages under such a cancelled read stay with the kernel until its IO
- * ends; each counts as a whole chunk (256 KiB) against the client's
- * private-memory bound, and past the bound reads into library pages use
- * private memory (and wait for it), so IO stuck in the kernel holds
- * bounded memory either way.
- * The caller keeps
- * `ctrl->memory` valid until the region's final notification (for SYNC,
- * until `dm_io` returns); after a region is final, and in particular after
- * DM_IO_CANCELLED, the library never reads or writes it again, even if the
- * kernel IO is still running. The contents
- * of a cancelled write region on disk, or of a cancelled read's memory,
- * are undefined. `ctrl` and `regions` are read during the call only.
+ * region (or several holding the same data, with `DM_IO_READ_ANY`).
+ * Regions larger than the client's `max_size` are split.
+ *
+ * Memory: after a region is final, in particular after DM_IO_CANCELLED,
+ * the library never reads or writes its memory again, even while its
+ * kernel IO still runs (until then the memory must stay valid: see
+ * Safety); a cancelled write's data on disk and a cancelled read's memory
+ * are undefined. By default the memory may have any alignment: IO runs on
+ * the client's private memory, and `dm_io` waits while all of it is in
+ * use (bounded memory, never growth). With the io_uring engine a read
+ * into whole pages from `dm_io_page_alloc` (each `max_size` piece within
+ * one allocation chunk of 64 pages) runs in the pages, with no copy and
+ * the same guarantee, except a read already going into pages the kernel
+ * refused to register (`RLIMIT_MEMLOCK`): cancelled, it ends CANCELLED
+ * only when its IO ends.
  *
  * With `DM_IO_ZERO_COPY` in `ctrl->flags` the IO runs in `ctrl->memory`
- * itself (no private memory, no copy, no wait for memory), which then must
- * be aligned as O_DIRECT needs, one contiguous buffer per `max_size`
- * piece (pages or bio_vec entries that follow each other in memory count
- * as one buffer). A region cancelled while its IO runs ends CANCELLED only when the
- * kernel ends that IO, so the memory stays lent until then.
+ * itself (no private memory, no copy, no wait for memory), which must be
+ * aligned as O_DIRECT needs, one contiguous buffer per `max_size` piece
+ * (adjacent pages or bio_vec entries count as one). A region cancelled
+ * while its IO runs ends CANCELLED only when the kernel ends that IO.
  *
  * Notify (`ctrl->notify`) is called once per region with a final state
  * (OK, CANCELLED or ERROR), preceded by at most one DM_IO_TIMEOUT when
@@ -504,15 +493,8 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * `DM_IO_CANCEL_ON_TIMEOUT` the region ends CANCELLED instead). For an
  * asynchronous request it is called from the client's completion thread,
  * never from inside `dm_io`; for `DM_IO_SYNC` it is called from inside
- * `dm_io`, in the calling thread. Calling any dm_io function (including a
- * SYNC `dm_io`) from a notify callback is allowed; asynchronous IO started
- * there runs on the completion thread's own ring (io_uring engine), and a
- * `dm_io` there that waits for private memory keeps completing that
- * ring's IO (and firing its deadlines) meanwhile.
- *
- * Regions larger than the client's `max_size` are split. When the
- * client's private memory is all in use, `dm_io` waits for some to be
- * released (bounded memory, never growth).
+ * `dm_io`, in the calling thread. A notify callback may call any dm_io
+ * function, a SYNC `dm_io` or one that waits for private memory included.
  *
  * `hdl`, if not NULL, receives a referenced handle (written only on
  * success) that the caller releases with `dm_io_handle_put`.
@@ -525,28 +507,29 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy).
  * Errors before anything starts: `-EINVAL` (NULL `ctrl`/`regions`, unknown
  * client or device, `num_regions` 0 or above the client's `devices`, a
- * read with more than one region, a region with `count` 0 (allowed only
- * for a `DM_IO_FLUSH` write), past the device end, overflowing, or not
- * aligned to the device's logical block size, unknown bits in `rw` or
- * `flags`, `DM_IO_FLUSH`/`DM_IO_FUA` on a read, an unknown memory type,
- * memory that is NULL or shorter than the largest region, a page that is
- * not from `dm_io_page_alloc`, no notify without `DM_IO_SYNC`;
- * `DM_IO_ZERO_COPY` memory not contiguous per piece or not aligned, or
- * with `DM_IO_READ_ANY`), `-EBADF`
- * (write to a device opened read-only), `-ESHUTDOWN` (client being
- * destroyed).
+ * read with more than one region without `DM_IO_READ_ANY`; a region with
+ * `count` 0 (allowed only for a `DM_IO_FLUSH` write), past the device end,
+ * overflowing, or not aligned to the device's logical block size; unknown
+ * bits in `rw` or `flags`, `DM_IO_FLUSH`/`DM_IO_FUA` on a read,
+ * `DM_IO_READ_ANY` on a write or with regions of different `count` or
+ * above `max_size`; an unknown memory type, memory that is NULL or shorter
+ * than the largest region, a page that is not from `dm_io_page_alloc`; no
+ * notify without `DM_IO_SYNC`; `DM_IO_ZERO_COPY` memory not contiguous per
+ * piece or not aligned, or with `DM_IO_READ_ANY`), `-EBADF` (write to a
+ * device opened read-only), `-ESHUTDOWN` (client being destroyed).
+ *
+ * How the library does this (threads, rings, private memory, library
+ * pages and their detach on cancel) is in docs/design.md.
  *
  * # Safety
  * `ctrl` (if not NULL) and `regions` (if not NULL, `num_regions` entries)
- * are readable during the call. `ctrl->memory` is the caller's and holds
- * what it describes: at least `offset` plus the largest region's bytes
- * at `ptr.vma`, or a readable bio_vec array or page list that far. It
- * stays valid, neither freed nor reused, until each region's final
- * notification (for `DM_IO_SYNC`, until `dm_io` returns), with
- * `DM_IO_ZERO_COPY` until the kernel IO in it has ended too (also the
- * final notification). `ctrl->notify`, if not NULL, may be called with
- * `ctrl->context` on the threads named above. `hdl`, if not NULL, points
- * to writable memory for a `struct dm_io_handle *`.
+ * are readable; both are read during the call only. `ctrl->memory` holds
+ * what it describes (at least `offset` plus the largest region's bytes at
+ * `ptr.vma`, or a readable bio_vec array or page list that far) and stays
+ * valid, neither freed nor reused, until each region's final notification
+ * (for `DM_IO_SYNC`, until `dm_io` returns). `ctrl->notify`, if not NULL,
+ * may be called with `ctrl->context` on the threads named above. `hdl`,
+ * if not NULL, points to writable memory for a `struct dm_io_handle *`.
  */
 int dm_io(struct dm_io_control *ctrl,
           unsigned int num_regions,
