@@ -523,10 +523,11 @@ impl Client {
         }
         self.engine.submit(batch);
         crate::engine::wake::flush_deferred_wakes();
-        let mut drive = crate::engine::local::drive_briefly;
-        let by = if crate::engine::local::active() {
-            // On the completion thread, the ops holding the memory may be
-            // in its own ring: keep reaping that while waiting.
+        // On the completion thread, the ops holding the memory may be in
+        // its own ring: keep reaping that while waiting.
+        let ring = crate::completion::ring_running_io();
+        let mut drive = || ring.iter().for_each(|r| r.drive_briefly());
+        let by = if ring.is_some() {
             WaitBy::Poll(&mut drive)
         } else {
             WaitBy::Sleep
@@ -679,13 +680,11 @@ impl Client {
         // CANCELLED only when the kernel ends it, and those notifications
         // too are delivered before destroy returns. On the completion
         // thread the IO may be in its own ring, which must keep turning.
+        let ring = crate::completion::ring_running_io();
         for r in reqs.iter().filter(|r| r.cancels_pending()) {
-            r.wait_final(&mut || {
-                if crate::engine::local::active() {
-                    crate::engine::local::drive_briefly();
-                } else {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+            r.wait_final(&mut || match &ring {
+                Some(ring) => ring.drive_briefly(),
+                None => std::thread::sleep(Duration::from_millis(1)),
             });
         }
         self.engine.shutdown();

@@ -3,16 +3,18 @@
 //! only queues events here) and callbacks of one client never run
 //! concurrently with each other.
 //!
-//! With the io_uring engine the thread also runs a ring of its own
-//! ([`crate::engine::local`]) for the IO its callbacks start, and sleeps in
-//! that ring rather than on its queue.
+//! The thread sleeps in the [`CompletionRing`] its engine returned: with
+//! the io_uring engine a ring of its own for the IO its callbacks start
+//! (reaping, notify and the next submission on one thread), with the
+//! others a parked sleep. Every engine's thread runs the same loop.
 
-use crate::engine::{local, Engine, Wake};
+use crate::engine::{CompletionRing, Engine, Wake};
 use crate::request::Event;
 use crossbeam_channel::{Receiver, Sender};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -27,6 +29,22 @@ thread_local! {
     /// and no wake-up for them. Delivered before the channel, so the
     /// order in which events were emitted is kept (see [`CompletionThread::push`]).
     static LOCAL: RefCell<VecDeque<Event>> = const { RefCell::new(VecDeque::new()) };
+    /// On a completion thread: the ring it sleeps in.
+    static RING: RefCell<Option<Rc<CompletionRing>>> = const { RefCell::new(None) };
+}
+
+/// On a completion thread whose ring runs IO ([`CompletionRing::runs_io`]):
+/// that ring, for a notify callback that must wait on IO which may be in it
+/// (for private memory, or for zero-copy IO to end at destroy) and so keep
+/// turning it. `None` elsewhere.
+pub fn ring_running_io() -> Option<Rc<CompletionRing>> {
+    RING.with(|r| {
+        r.try_borrow()
+            .ok()?
+            .as_ref()
+            .filter(|r| r.runs_io())
+            .cloned()
+    })
 }
 
 fn pop_local() -> Option<Event> {
@@ -52,7 +70,7 @@ pub struct CompletionThread {
     /// Names this thread in [`HERE`].
     key: u64,
     join: Mutex<Option<JoinHandle<()>>>,
-    /// Wakes the thread from its local ring (`None`: it sleeps on `tx`).
+    /// Wakes the thread from its ring (`None`: the thread died at start).
     waker: Option<Arc<dyn Wake>>,
     /// Says (once) that every event was delivered; `true` when the thread
     /// stays on to reap IO still in its local ring.
@@ -69,18 +87,15 @@ impl CompletionThread {
             .name(name.into())
             .spawn(move || {
                 HERE.with(|h| h.set(key));
-                let waker = engine.start_local();
+                let ring = Rc::new(engine.completion_ring());
                 drop(engine);
-                let local = waker.is_some();
-                let _ = ready_tx.send(waker);
-                if local {
-                    run_local(rx, done_tx)
-                } else {
-                    run(rx);
-                    let _ = done_tx.send(false);
-                }
+                let _ = ready_tx.send(ring.waker());
+                RING.with(|r| *r.borrow_mut() = Some(Rc::clone(&ring)));
+                run(rx, &ring, done_tx);
+                // The last reference: the ring goes (it is idle now).
+                RING.with(|r| r.borrow_mut().take());
             })?;
-        let waker = ready_rx.recv().unwrap_or(None);
+        let waker = ready_rx.recv().ok();
         Ok(CompletionThread {
             tx,
             key,
@@ -167,19 +182,18 @@ fn deliver(ev: Event) {
     }
 }
 
-/// Delivers `first` (if any) and everything queued now, with the wake-ups
-/// its callbacks cause deferred to the end; `true` once `Stop` was seen
-/// (everything queued before it delivered).
-fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
+/// Delivers everything queued now, with the wake-ups its callbacks cause
+/// deferred to the end; `true` once `Stop` was seen (everything queued
+/// before it delivered).
+fn deliver_queued(rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
     crate::engine::wake::with_deferred_wakes(|| {
         // The local queue first: see `CompletionThread::push`.
         let next = || pop_local().map(Msg::Ev).or_else(|| rx.try_recv().ok());
-        let mut first = first;
-        while let Some(m) = first.take().or_else(next) {
+        while let Some(m) = next() {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
-                    local::submit_queued(&|| undelivered(rx));
+                    ring.after_callback(&|| undelivered(rx));
                 }
                 Msg::Stop => {
                     while let Some(Msg::Ev(ev)) = next() {
@@ -193,29 +207,18 @@ fn deliver_queued(rx: &Receiver<Msg>, first: Option<Msg>) -> bool {
     })
 }
 
-/// The loop with a local ring: deliver, start the IO that callbacks
-/// queued, sleep in the ring, complete what the kernel finished (which
-/// queues more events), again. After `Stop`, stays until the ring's IO is
-/// all reaped (the client's destroy does not wait for that).
-fn run_local(rx: Receiver<Msg>, delivered: Sender<bool>) {
-    while !deliver_queued(&rx, None) {
-        local::turn(&|| undelivered(&rx), None);
+/// The loop: deliver everything queued as one batch (starting the IO that
+/// callbacks queued), sleep in the ring, complete what the ring's IO
+/// finished (which queues more events), again. After `Stop`, stays until
+/// the ring's IO is all reaped (the client's destroy does not wait for
+/// that).
+fn run(rx: Receiver<Msg>, ring: &CompletionRing, delivered: Sender<bool>) {
+    while !deliver_queued(&rx, ring) {
+        ring.turn(&|| undelivered(&rx), None);
     }
-    local::close();
-    let _ = delivered.send(!local::idle());
-    while !local::idle() {
-        local::turn(&|| false, None);
-    }
-    local::remove();
-}
-
-/// Without a local ring: sleeps on the queue, then delivers everything
-/// queued as one batch, with the IO that its callbacks submit started
-/// together.
-fn run(rx: Receiver<Msg>) {
-    while let Ok(first) = rx.recv() {
-        if deliver_queued(&rx, Some(first)) {
-            return;
-        }
+    ring.close();
+    let _ = delivered.send(!ring.idle());
+    while !ring.idle() {
+        ring.turn(&|| false, None);
     }
 }

@@ -18,6 +18,11 @@
 //! ([`Remote`]): this thread delivers their TIMEOUTs, so firing them here
 //! saves a wake-up.
 //!
+//! The completion thread sees this ring only through the
+//! [`super::CompletionRing`] the engine returned to it ([`LocalRing`]); the
+//! functions here serve that object and the engine's submit and timer
+//! paths, which find the calling thread's ring in a thread-local.
+//!
 //! Ownership is the reactor's: every op in this ring owns its private memory
 //! until its CQE is reaped here; after the client is destroyed the thread
 //! stays until they are all reaped. Callbacks run while the ring is not
@@ -219,15 +224,35 @@ impl Local {
     }
 }
 
+/// The calling thread's ring, as its [`super::CompletionRing`] holds it:
+/// removes the ring when dropped (after [`idle`]). Not `Send`: the ring
+/// lives in this thread's thread-local.
+pub(super) struct LocalRing {
+    waker: Arc<dyn Wake>,
+    _here: std::marker::PhantomData<*const ()>,
+}
+
+impl LocalRing {
+    pub(super) fn waker(&self) -> Arc<dyn Wake> {
+        Arc::clone(&self.waker)
+    }
+}
+
+impl Drop for LocalRing {
+    fn drop(&mut self) {
+        remove();
+    }
+}
+
 /// Creates the ring on the calling thread for engine `engine`, with the
-/// client's private memory registered. Returns how other threads wake the
-/// thread and hand it timers; `None` if the kernel refuses a second ring
-/// (the thread then works without one).
+/// client's private memory registered. Returns the ring and how other
+/// threads hand it timers; `None` if the kernel refuses a second ring (the
+/// thread then works without one).
 pub(super) fn install(
     engine: u64,
     entries: u32,
     memory: Option<(usize, usize)>,
-) -> Option<(Arc<dyn Wake>, Arc<Remote>)> {
+) -> Option<(LocalRing, Arc<Remote>)> {
     let waker = Waker::new().ok()?;
     let mut core = Core::new(entries, Arc::clone(&waker)).ok()?;
     if let Some(m) = memory {
@@ -244,7 +269,11 @@ pub(super) fn install(
         *l.remote.borrow_mut() = Some(Arc::clone(&remote));
         l.owner.set(engine);
     });
-    Some((wake, remote))
+    let ring = LocalRing {
+        waker: wake,
+        _here: std::marker::PhantomData,
+    };
+    Some((ring, remote))
 }
 
 /// Takes the asynchronous ops out of `ops` when the calling thread's ring
@@ -295,8 +324,8 @@ pub(super) fn offer_timer(engine: u64, at: Instant, timer: &Weak<dyn Timer>) -> 
     })
 }
 
-/// Whether the calling thread has a local ring.
-pub fn active() -> bool {
+/// Whether the calling thread has a local ring (not closed).
+pub(super) fn active() -> bool {
     HERE.with(|l| l.owner.get() != 0)
 }
 
@@ -313,7 +342,7 @@ const GROUP: usize = 8;
 /// more callbacks are waiting (`more()`, asked only when the callback
 /// started IO; see [`EAGER_BELOW`]). Otherwise the thread's next wait
 /// submits it in the same system call.
-pub fn submit_queued(more: &dyn Fn() -> bool) {
+pub(super) fn submit_queued(more: &dyn Fn() -> bool) {
     HERE.with(|l| {
         // Most callbacks of a burst (TIMEOUTs, say) start no IO: one check.
         if !l.offered.replace(false) {
@@ -335,7 +364,7 @@ pub fn submit_queued(more: &dyn Fn() -> bool) {
 }
 
 /// No op queued, in the kernel or parked by a fault rule.
-pub fn idle() -> bool {
+pub(super) fn idle() -> bool {
     HERE.with(|l| {
         let mut idle = true;
         l.with_core(|c| idle = c.idle());
@@ -345,7 +374,7 @@ pub fn idle() -> bool {
 
 /// The client is gone: new ops go elsewhere, deadlines are forgotten (every
 /// request is final); ops still running stay until [`idle`].
-pub fn close() {
+pub(super) fn close() {
     HERE.with(|l| {
         if let Some(r) = l.remote.borrow_mut().take() {
             r.close();
@@ -357,14 +386,14 @@ pub fn close() {
 }
 
 /// Drops the ring (only when [`idle`]).
-pub fn remove() {
+fn remove() {
     HERE.with(|l| *l.ring.borrow_mut() = None);
 }
 
 /// One turn of the ring: starts what callbacks queued, sleeps until
 /// `pending()`, a completion, a timer or `max`, then completes what the
 /// kernel finished (their events go to the queue).
-pub fn turn(pending: &dyn Fn() -> bool, max: Option<Duration>) {
+pub(super) fn turn(pending: &dyn Fn() -> bool, max: Option<Duration>) {
     HERE.with(|l| {
         l.flush();
         l.with_core(|c| {
@@ -376,13 +405,6 @@ pub fn turn(pending: &dyn Fn() -> bool, max: Option<Duration>) {
             c.reap();
         });
     })
-}
-
-/// Waits, on a thread with a local ring, for something to change while it
-/// needs private memory: drives the ring (whose ops may hold that memory)
-/// for at most a millisecond.
-pub fn drive_briefly() {
-    turn(&|| false, Some(Duration::from_millis(1)));
 }
 
 #[cfg(test)]
@@ -398,8 +420,8 @@ mod tests {
 
     /// A ring on this thread for engine `E`, or `None` (said) where the
     /// kernel refuses io_uring.
-    fn ring() -> Option<Arc<Remote>> {
-        let r = install(E, 64, None).map(|(_, remote)| remote);
+    fn ring() -> Option<(LocalRing, Arc<Remote>)> {
+        let r = install(E, 64, None);
         if r.is_none() {
             eprintln!("skipped: io_uring refused here");
         }
@@ -429,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_ring_takes_the_async_ops_of_its_own_engine_only() {
-        let Some(_remote) = ring() else { return };
+        let Some(_ring) = ring() else { return };
         let dev = TempDev::new("offer");
         let pool = Pool::new(2, 4096).unwrap();
         let sink = Arc::new(Recorder::default());
@@ -449,12 +471,11 @@ mod tests {
         turn_until(idle);
         assert_eq!(sink.results(), vec![(0, 4096)]);
         close();
-        remove();
     }
 
     #[test]
     fn io_a_callback_queued_starts_at_once_only_while_more_callbacks_wait() {
-        let Some(_remote) = ring() else { return };
+        let Some(_ring) = ring() else { return };
         let dev = TempDev::new("eager");
         let pool = Pool::new(2, 4096).unwrap();
         let sink = Arc::new(Recorder::default());
@@ -487,12 +508,11 @@ mod tests {
         turn_until(idle);
         assert_eq!(sink.results(), vec![(0, 4096), (1, 4096)]);
         close();
-        remove();
     }
 
     #[test]
     fn an_op_offered_while_the_ring_reaps_waits_in_the_inbox() {
-        let Some(_remote) = ring() else { return };
+        let Some(_ring) = ring() else { return };
         let dev = TempDev::new("inbox");
         let pool = Pool::new(2, 4096).unwrap();
         let sink = Arc::new(Recorder::default());
@@ -530,12 +550,13 @@ mod tests {
         assert_eq!(sink.results(), vec![(0, 4096), (1, 4096)]);
         *sink.on_done.lock().unwrap() = None;
         close();
-        remove();
     }
 
     #[test]
     fn timers_armed_here_or_handed_over_fire_on_the_ring() {
-        let Some(remote) = ring() else { return };
+        let Some((_ring, remote)) = ring() else {
+            return;
+        };
         let (here, far) = (Arc::new(Fired::default()), Arc::new(Fired::default()));
         let due = Instant::now();
         assert!(
@@ -553,6 +574,5 @@ mod tests {
         assert!(!remote.arm(due, weak(&far)));
         assert!(!offer_timer(E, due, &weak(&here)));
         assert!(idle());
-        remove();
     }
 }

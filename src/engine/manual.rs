@@ -59,7 +59,7 @@ impl Engine for ManualEngine {
     fn submit(&self, ops: &mut Vec<IoOp>) {
         self.ops.lock().unwrap().append(ops);
     }
-    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, _sync: bool) {
+    fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
         self.timers.lock().unwrap().push((at, timer));
     }
     fn shutdown(&self) {

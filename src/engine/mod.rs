@@ -24,7 +24,7 @@ pub mod manual;
 use crate::device::Device;
 use crate::memory::pool::SlotRef;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,85 @@ pub fn choose(ring_entries: u32, workers: usize) -> crate::error::Result<Arc<dyn
     }
 }
 
+/// The completion thread's side of an engine ([`Engine::completion_ring`]):
+/// how that thread sleeps between notifications and drives the IO its
+/// callbacks start. Every engine's completion thread runs the same loop
+/// on it. Lives on that thread only.
+pub struct CompletionRing(Ring);
+
+enum Ring {
+    /// No ring: the thread parks, and its callbacks' IO goes to the engine.
+    Parked(Arc<wake::Parker>),
+    /// Its own io_uring ring ([`local`]).
+    Uring(local::LocalRing),
+}
+
+impl CompletionRing {
+    /// For an engine without a ring of its own, on the calling thread.
+    pub fn parked() -> CompletionRing {
+        CompletionRing(Ring::Parked(wake::Parker::here()))
+    }
+
+    fn uring(ring: local::LocalRing) -> CompletionRing {
+        CompletionRing(Ring::Uring(ring))
+    }
+
+    /// How other threads wake the thread when they queue work for it.
+    pub fn waker(&self) -> Arc<dyn Wake> {
+        match &self.0 {
+            Ring::Parked(p) => p.clone(),
+            Ring::Uring(r) => r.waker(),
+        }
+    }
+
+    /// After one notify callback: starts the IO it queued at once when
+    /// `more()` callbacks wait (see [`local::submit_queued`]).
+    #[inline]
+    pub fn after_callback(&self, more: &dyn Fn() -> bool) {
+        if let Ring::Uring(_) = &self.0 {
+            local::submit_queued(more);
+        }
+    }
+
+    /// Starts what callbacks queued, sleeps until `pending()`, a wake-up,
+    /// an IO or timer of its own, or `max`, then completes what ended
+    /// (their events go to the queue). May return early.
+    pub fn turn(&self, pending: &dyn Fn() -> bool, max: Option<Duration>) {
+        match &self.0 {
+            Ring::Parked(p) => p.park(pending, max),
+            Ring::Uring(_) => local::turn(pending, max),
+        }
+    }
+
+    /// Whether IO runs in this ring: a thread that waits on it (for
+    /// private memory, or for zero-copy IO to end) must keep turning it.
+    pub fn runs_io(&self) -> bool {
+        matches!(self.0, Ring::Uring(_)) && local::active()
+    }
+
+    /// A wait step for a thread that [`Self::runs_io`]: drives the ring
+    /// for at most a millisecond.
+    pub fn drive_briefly(&self) {
+        self.turn(&|| false, Some(Duration::from_millis(1)));
+    }
+
+    /// The client is gone: new ops go elsewhere, deadlines are forgotten
+    /// (every request is final); ops still running stay until [`Self::idle`].
+    pub fn close(&self) {
+        if let Ring::Uring(_) = &self.0 {
+            local::close();
+        }
+    }
+
+    /// No op of its own queued, in the kernel or parked by a fault rule.
+    pub fn idle(&self) -> bool {
+        match &self.0 {
+            Ring::Parked(_) => true,
+            Ring::Uring(_) => local::idle(),
+        }
+    }
+}
+
 /// An IO engine: the io_uring reactor, the thread pool, or (for tests) a
 /// hand-driven one.
 pub trait Engine: Send + Sync {
@@ -171,17 +250,55 @@ pub trait Engine: Send + Sync {
     /// Calls [`Timer::on_timer`] at `at` if the timer's request is still
     /// alive (its deadline, or the next region of a hedged read); `sync`:
     /// the request is `DM_IO_SYNC`.
-    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, sync: bool);
+    ///
+    /// The one place that decides where a timer runs, for every engine.
+    /// An asynchronous request's timer runs on its client's completion
+    /// thread's ring when there is one, since that thread delivers the
+    /// TIMEOUT (one wake-up instead of two): armed on that thread (from a
+    /// callback, or a hedge timer firing there) it goes straight into the
+    /// ring; armed on any other thread it is handed over
+    /// ([`Engine::hand_to_completion_ring`]). A SYNC request's timer (its
+    /// notify runs in the `dm_io` caller, which may be that very thread,
+    /// blocked), or any timer when there is no such ring, runs on the
+    /// engine's own thread ([`Engine::arm_on_engine_thread`]).
+    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, sync: bool) {
+        // A request already gone needs no timer.
+        if timer.strong_count() == 0 {
+            return;
+        }
+        if !sync {
+            if let Some(id) = self.ring_id() {
+                if local::offer_timer(id, at, &timer) {
+                    return;
+                }
+            }
+            if self.hand_to_completion_ring(at, &timer) {
+                return;
+            }
+        }
+        self.arm_on_engine_thread(at, timer);
+    }
+    /// Names this engine's completion ring ([`local`]), if it has one.
+    fn ring_id(&self) -> Option<u64> {
+        None
+    }
+    /// Hands a timer to the completion thread's ring from another thread;
+    /// `false` when there is no such ring (or it closed).
+    fn hand_to_completion_ring(&self, _at: Instant, _timer: &Weak<dyn Timer>) -> bool {
+        false
+    }
+    /// Runs a timer on the engine's own thread (reactor, dispatcher).
+    fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>);
     /// The client's private memory (start, bytes), mapped for as long as
     /// any op can name it; engines may register it with the kernel.
     fn register_memory(&self, _region: (usize, usize)) {}
-    /// Called on a client's completion thread when it starts: gives that
-    /// thread a ring of its own ([`local`]) for the asynchronous IO its
-    /// notify callbacks start, so that resubmitting from notify never
-    /// crosses threads. Returns how other threads wake it, or `None` when
-    /// the engine has no such ring (the thread then sleeps on its queue).
-    fn start_local(&self) -> Option<Arc<dyn Wake>> {
-        None
+    /// Called on a client's completion thread when it starts: what that
+    /// thread sleeps in. The io_uring engine gives it a ring of its own
+    /// ([`local`]) for the asynchronous IO its notify callbacks start, so
+    /// that resubmitting from notify never crosses threads; other engines
+    /// (and io_uring when the kernel refuses a second ring) a parked sleep.
+    fn completion_ring(&self) -> CompletionRing {
+        CompletionRing::parked()
     }
     /// Accepts no more work; finishes (without waiting for it here) every op
     /// still in the kernel, then releases its resources.

@@ -67,7 +67,7 @@ impl Engine for ThreadsEngine {
         }
     }
 
-    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, _sync: bool) {
+    fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
         let _ = self.tx.send(Msg::Deadline(at, timer));
     }
 

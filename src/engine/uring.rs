@@ -10,7 +10,7 @@
 //! drops the ring and the memory.
 
 use super::sched::Sched;
-use super::{Engine, EngineKind, IoOp, OpKind, Timer};
+use super::{CompletionRing, Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crate::memory::pages;
 use crossbeam_channel::{Receiver, Sender};
@@ -274,21 +274,15 @@ impl Engine for UringEngine {
         }
     }
 
-    /// The timers of asynchronous requests run on the completion thread's
-    /// ring (which delivers their TIMEOUTs); those of SYNC requests, whose
-    /// notify (if any) runs elsewhere, and all timers when the completion
-    /// thread has no ring, run on the reactor.
-    fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, sync: bool) {
-        // A request already gone needs no timer.
-        if timer.strong_count() == 0 {
-            return;
-        }
-        if !sync
-            && (super::local::offer_timer(self.id, at, &timer)
-                || self.remote.get().is_some_and(|r| r.arm(at, timer.clone())))
-        {
-            return;
-        }
+    fn ring_id(&self) -> Option<u64> {
+        Some(self.id)
+    }
+
+    fn hand_to_completion_ring(&self, at: Instant, timer: &Weak<dyn Timer>) -> bool {
+        self.remote.get().is_some_and(|r| r.arm(at, timer.clone()))
+    }
+
+    fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
         self.send(Msg::Deadline(at, timer));
     }
 
@@ -298,11 +292,14 @@ impl Engine for UringEngine {
         }
     }
 
-    fn start_local(&self) -> Option<Arc<dyn super::Wake>> {
-        let (wake, remote) =
-            super::local::install(self.id, self.entries, self.memory.get().copied())?;
-        let _ = self.remote.set(remote);
-        Some(wake)
+    fn completion_ring(&self) -> CompletionRing {
+        match super::local::install(self.id, self.entries, self.memory.get().copied()) {
+            Some((ring, remote)) => {
+                let _ = self.remote.set(remote);
+                CompletionRing::uring(ring)
+            }
+            None => CompletionRing::parked(),
+        }
     }
 
     fn shutdown(&self) {

@@ -9,7 +9,9 @@
 //! once per item.
 
 use std::cell::RefCell;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Wakes a thread that sleeps waiting for work.
 pub trait Wake: Send + Sync {
@@ -23,6 +25,50 @@ thread_local! {
 
 fn same(a: &Arc<dyn Wake>, b: &Arc<dyn Wake>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// A thread that sleeps parked (no ring of its own): woken by unparking,
+/// only when it announced its sleep.
+pub struct Parker {
+    thread: std::thread::Thread,
+    sleeping: AtomicBool,
+}
+
+impl Parker {
+    /// A parker for the calling thread.
+    pub fn here() -> Arc<Parker> {
+        Arc::new(Parker {
+            thread: std::thread::current(),
+            sleeping: AtomicBool::new(false),
+        })
+    }
+
+    /// On the parker's thread: sleeps until woken or `max` passes, unless
+    /// `pending()` says there is work (checked after announcing the sleep,
+    /// so a wake-up cannot be missed). May return early.
+    pub fn park(&self, pending: &dyn Fn() -> bool, max: Option<Duration>) {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !pending() {
+            // A wake-up between the look and here is kept by the thread's
+            // park token: the park returns at once.
+            match max {
+                Some(d) => std::thread::park_timeout(d),
+                None => std::thread::park(),
+            }
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Wake for Parker {
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        // A plain load first: while the thread is awake this costs no write.
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
 }
 
 /// Wakes `w` now, or at the end of the current [`with_deferred_wakes`].
@@ -144,5 +190,55 @@ mod tests {
             assert_eq!(n(&a), 1, "still deferring");
         });
         assert_eq!(n(&a), 2);
+    }
+}
+
+#[cfg(test)]
+mod parker_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn work_seen_before_sleeping_means_no_sleep() {
+        let p = Parker::here();
+        let t0 = Instant::now();
+        p.park(&|| true, Some(Duration::from_secs(10)));
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(!p.sleeping.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_wake_up_between_the_look_and_the_park_is_kept() {
+        let p = Parker::here();
+        // As if a producer saw the sleep announced just before the park.
+        p.sleeping.store(true, Ordering::SeqCst);
+        p.wake();
+        assert!(!p.sleeping.load(Ordering::SeqCst), "the wake-up was taken");
+        let t0 = Instant::now();
+        p.park(&|| false, Some(Duration::from_secs(10)));
+        assert!(t0.elapsed() < Duration::from_secs(5), "the park kept it");
+    }
+
+    #[test]
+    fn a_wake_up_from_another_thread_ends_the_sleep() {
+        let p = Parker::here();
+        let flag = Arc::new(AtomicBool::new(false));
+        let (p2, f2) = (Arc::clone(&p), Arc::clone(&flag));
+        let t = std::thread::spawn(move || {
+            f2.store(true, Ordering::SeqCst);
+            p2.wake();
+        });
+        let t0 = Instant::now();
+        while !flag.load(Ordering::SeqCst) {
+            p.park(
+                &|| flag.load(Ordering::SeqCst),
+                Some(Duration::from_secs(10)),
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "woken, not timed out"
+        );
+        t.join().unwrap();
     }
 }
