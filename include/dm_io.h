@@ -316,15 +316,11 @@ struct dm_io_control {
   struct dm_io_client *client;
   /**
    * Deadline in milliseconds from submission; 0 = none. TIMEOUT never
-   * comes before it. Deadlines falling due within 50 us of the last ones
-   * fired are fired together in the engine's next timer wake-up, so a
-   * TIMEOUT can come up to 50 us late, plus the time for the completion
-   * thread to be scheduled. With the io_uring engine the completion
-   * thread itself keeps the deadlines of asynchronous requests (one
-   * wake-up per deadline, not two): while a notify callback runs past a
-   * deadline, that TIMEOUT waits for the callback to return (it could
-   * not be delivered sooner), and a region cancelled meanwhile ends
-   * CANCELLED with no TIMEOUT before it.
+   * comes before it, and up to 50 us after it plus the time for the
+   * completion thread to be scheduled. A notify callback that runs past
+   * a deadline delays that TIMEOUT until it returns; with the io_uring
+   * engine a region cancelled meanwhile ends CANCELLED with no TIMEOUT
+   * before it.
    */
   unsigned long timeout;
   /**
