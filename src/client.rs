@@ -517,10 +517,18 @@ impl Client {
     /// they can run (and free memory) meanwhile. `Ok(None)`: every region
     /// of `req` became final while waiting (cancel, deadline), so nothing
     /// is left to start; `Err`: the client is being destroyed.
+    #[inline]
     fn slot(&self, req: &Request, batch: &mut Vec<IoOp>) -> Result<Option<SlotRef>> {
-        if let Some(s) = self.pool.try_acquire() {
-            return Ok(Some(s));
+        match self.pool.try_acquire() {
+            Some(s) => Ok(Some(s)),
+            None => self.wait_for_slot(req, batch),
         }
+    }
+
+    /// [`Client::slot`] when all private memory is in use.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_slot(&self, req: &Request, batch: &mut Vec<IoOp>) -> Result<Option<SlotRef>> {
         self.engine.submit(batch);
         crate::engine::wake::flush_deferred_wakes();
         // On the completion thread, the ops holding the memory may be in

@@ -188,7 +188,10 @@ fn deliver(ev: Event) {
 fn deliver_queued(rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
     crate::engine::wake::with_deferred_wakes(|| {
         // The local queue first: see `CompletionThread::push`.
-        let next = || pop_local().map(Msg::Ev).or_else(|| rx.try_recv().ok());
+        let next = || match pop_local() {
+            Some(ev) => Some(Msg::Ev(ev)),
+            None => rx.try_recv().ok(),
+        };
         while let Some(m) = next() {
             match m {
                 Msg::Ev(ev) => {

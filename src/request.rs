@@ -151,6 +151,33 @@ struct Region {
     fin: Option<(State, i32)>,
 }
 
+/// Hedged reads: the regions not started yet, in order, each with the
+/// private memory taken for it. No deque at all for other requests, so
+/// dropping a request costs nothing here.
+struct Standby(Option<VecDeque<(u32, SlotRef)>>);
+
+impl Standby {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+    fn extend(&mut self, regions: Vec<(u32, SlotRef)>) {
+        if !regions.is_empty() {
+            self.0.get_or_insert_with(VecDeque::new).extend(regions);
+        }
+    }
+    fn pop_front(&mut self) -> Option<(u32, SlotRef)> {
+        self.0.as_mut()?.pop_front()
+    }
+    fn retain(&mut self, keep: impl FnMut(&(u32, SlotRef)) -> bool) {
+        if let Some(q) = self.0.as_mut() {
+            q.retain(keep);
+        }
+    }
+    fn take_all(&mut self) -> Vec<(u32, SlotRef)> {
+        self.0.take().map(Vec::from).unwrap_or_default()
+    }
+}
+
 struct Inner {
     regions: Small<Region>,
     live: usize,
@@ -159,7 +186,7 @@ struct Inner {
     deadline_fired: bool,
     /// Hedged reads: regions not started yet, in order, each with the
     /// private memory taken for it.
-    standby: VecDeque<(u32, SlotRef)>,
+    standby: Standby,
     hedge_at: Option<Instant>,
     hedge_every: Option<Duration>,
     winner: Option<usize>,
@@ -245,7 +272,7 @@ impl Request {
                 queue: VecDeque::new(),
                 deadline: None,
                 deadline_fired: false,
-                standby: VecDeque::new(),
+                standby: Standby(None),
                 hedge_at: None,
                 hedge_every: None,
                 winner: None,
@@ -428,7 +455,7 @@ impl Request {
         let start: Vec<(u32, SlotRef)> = if cancel {
             Vec::new()
         } else {
-            g.standby.drain(..).collect()
+            g.standby.take_all()
         };
         for i in 0..g.regions.len() {
             let r = &mut g.regions[i];
