@@ -137,3 +137,42 @@ pub unsafe fn write<T>(p: *mut T, v: T) {
     // SAFETY: checked non-null and aligned by `out`; writable per contract.
     unsafe { p.write(v) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        // SAFETY: this thread's message, valid until its next failing call.
+        unsafe { CStr::from_ptr(last_error_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn boundary_maps_each_return_type() {
+        assert_eq!(boundary::<c_int>("f", || Ok(3)), 3);
+        assert_eq!(
+            boundary::<c_int>("f", || Err(crate::einval!("bad"))),
+            -libc::EINVAL
+        );
+        assert_eq!(last(), "f: bad");
+        let p: *mut u8 = boundary("g", || Err(Error::new(libc::ENOMEM, "none")));
+        assert!(p.is_null());
+        assert_eq!(last(), "g: none");
+        assert_eq!(boundary::<u64>("h", || Err(crate::einval!("x"))), 0);
+        assert_eq!(boundary::<c_uint>("h", || Err(crate::einval!("x"))), 0);
+        boundary::<()>("v", || Err(crate::einval!("ignored")));
+        assert_eq!(last(), "v: ignored");
+    }
+
+    #[test]
+    fn boundary_catches_a_panic() {
+        let r = boundary::<c_int>("p", || panic!("boom"));
+        assert_eq!(r, -libc::ENOTRECOVERABLE);
+        assert_eq!(last(), "p: internal error (panic caught)");
+        let p: *const u8 = boundary("q", || panic!("boom"));
+        assert!(p.is_null());
+    }
+}
