@@ -32,7 +32,7 @@
 #include "rangelock.h"
 #include "status.h"
 
-#define BLOCK 4096u                 /* IO unit and advertised minimum/preferred size */
+#define BLOCK 4096u                 /* IO unit and advertised preferred size */
 #define MAX_REQUEST (32u << 20)     /* advertised maximum request */
 #define STATUS_PERIOD_MS 1000
 #define TICK_MS 100                 /* how often the fault file is looked at */
@@ -428,7 +428,12 @@ static int64_t dmio_get_size(void *h)
 static int dmio_block_size(void *h, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
 	(void)h;
-	*minimum = BLOCK;
+	/* Minimum 1, not BLOCK: any byte range is served (read-modify-write
+	 * below). libnbd clients (nbdfuse, nbdcopy) refuse requests that are
+	 * not multiples of an advertised minimum with EINVAL before sending
+	 * them, so a minimum of 4096 fails the 512-byte and 1 KiB direct IO a
+	 * loop device over nbdfuse passes on (mkfs.ext4, mount). */
+	*minimum = 1;
 	*preferred = BLOCK;
 	*maximum = MAX_REQUEST;
 	return 0;
@@ -457,7 +462,7 @@ static int dmio_can_fua(void *h)
 static int fail(int rc, const char *what, uint64_t off, uint64_t len)
 {
 	nbdkit_error("dmio: %s of %" PRIu64 " bytes at %" PRIu64 ": %s", what, len, off, strerror(-rc));
-	nbdkit_set_error(-rc);
+	nbdkit_set_error(rc == -ETIMEDOUT ? EIO : -rc); /* NBD has no ETIMEDOUT: it would go out as EINVAL */
 	return -1;
 }
 

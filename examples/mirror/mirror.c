@@ -1134,13 +1134,21 @@ int mirror_read(struct mirror *m, uint64_t off, void *buf, size_t len)
 		struct read_ctx rctx;
 		for (unsigned k = 0; k < MIRROR_MAX_LEGS; k++)
 			rctx.state[k] = -1, rctx.err[k] = 0;
+		/* The next leg starts after the hedge delay (read_timeout_ms);
+		 * the last one is slow, not gone: it is waited for up to
+		 * fail_after_ms, as a write waits for its quorum. An error for
+		 * a read a loaded leg serves in 300 ms turns a filesystem on
+		 * the volume read-only, or corrupts it. */
+		unsigned long tmo = (unsigned long)m->cfg.read_timeout_ms * (n + 1);
+		if (tmo && m->cfg.fail_after_ms > tmo)
+			tmo = m->cfg.fail_after_ms;
 		struct dm_io_control c = {
 			.memory = { .type = DM_IO_VM, .ptr.vma = p + (pos - off) },
 			.rw = DM_IO_READ | DM_IO_SYNC | (n > 1 ? DM_IO_READ_ANY : 0),
 			.notify = read_notify,
 			.context = &rctx,
 			.client = m->cl,
-			.timeout = (unsigned long)m->cfg.read_timeout_ms * (n + 1),
+			.timeout = tmo,
 			.flags = DM_IO_CANCEL_ON_TIMEOUT,
 		};
 		int rc = dm_io(&c, n, regs, NULL);
