@@ -707,7 +707,7 @@ impl OpSink for Request {
     }
 
     /// Library pages: whether a cancel detached the pages (set before the
-    /// pages are replaced, see [`Request::detach`]).
+    /// pages are replaced, see `Request::detach`).
     fn detached(&self) -> bool {
         self.detached.load(Ordering::SeqCst)
     }

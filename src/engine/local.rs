@@ -19,7 +19,7 @@
 //! saves a wake-up.
 //!
 //! The completion thread sees this ring only through the
-//! [`super::CompletionRing`] the engine returned to it ([`LocalRing`]); the
+//! [`super::CompletionRing`] the engine returned to it (`LocalRing`); the
 //! functions here serve that object and the engine's submit and timer
 //! paths, which find the calling thread's ring in a thread-local.
 //!
