@@ -128,7 +128,7 @@ pub unsafe extern "C" fn dm_io_client_create(
         guard::out(cl, "cl")?;
         let c = Client::create(devices, min_ios, max_size)?;
         let token = CLIENTS.insert(c);
-        // SAFETY: `cl` passed `guard::out`.
+        // SAFETY: `cl` passed `guard::out`; writable per this function's contract.
         unsafe { guard::write(cl, token as *mut dm_io_client) };
         Ok(0)
     })
@@ -302,7 +302,8 @@ pub unsafe extern "C" fn dm_io(
         };
         let done = client.submit(sub)?;
         if let Some(h) = done.handle {
-            // SAFETY: `hdl` passed `guard::out` above.
+            // SAFETY: `hdl` passed `guard::out` above; writable per this
+            // function's contract.
             unsafe { guard::write(hdl, h as *mut dm_io_handle) };
         }
         Ok(done.result)
