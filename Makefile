@@ -228,9 +228,13 @@ test-python: all
 	@python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
 	DMIO_LIBRARY=$(CURDIR)/$(BUILD)/$(SONAME) python3 -m pytest -q python/tests
 
+# The fuzz crate is linted like the library (its own Cargo.toml denies
+# undocumented unsafe blocks).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs
+	cd fuzz && $(CARGO) clippy --locked --all-targets -- -D warnings
 
 install: all
 	install -D -m 0755 $(BUILD)/$(SOFILE) $(DESTDIR)$(LIBDIR)/$(SOFILE)
