@@ -2,7 +2,8 @@
  * dm_io.h - libdmio: timed, cancellable, multi-region block IO.
  *
  * The interface is the dm-io API proposed on dm-devel in 2006 (Stefan Bader,
- * "dm-io timeout"), in userspace. Structures keep the proposal's layout and
+ * "[RFC] New interface for dm-io to handle timed requests"; docs/proposal.md),
+ * in userspace. Structures keep the proposal's layout and
  * field names; these userspace adaptations are the only differences:
  *
  *  - sector_t is uint64_t, in 512-byte sectors.
@@ -148,22 +149,6 @@
  * `dm_io_stats.engine`: the thread-pool engine (io_uring refused).
  */
 #define DM_IO_ENGINE_THREADS 2
-
-/**
- * Pages per arena chunk (one registered buffer per chunk and ring).
- */
-#define CHUNK_PAGES 64
-
-/**
- * Bytes per arena chunk.
- */
-#define CHUNK_BYTES (CHUNK_PAGES * PAGE_SIZE)
-
-/**
- * Chunks in the arena (256 MiB of pages); its address range is reserved
- * once, without memory, and chunks are mapped as pages are needed.
- */
-#define MAX_CHUNKS 1024
 
 /**
  * The state of a region, as given to notify.
@@ -431,9 +416,9 @@ extern "C" {
  *
  * Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
  * `-ENOMEM` (private memory larger than RAM, not mappable, or not there
- * to fault in), or the
+ * to fault in), or, only when `DMIO_ENGINE=uring` forces io_uring, the
  * errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
- * kernel refuses io_uring.
+ * kernel refuses it (by default the thread-pool engine is used instead).
  *
  * # Safety
  * `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.

@@ -115,5 +115,18 @@ for pair in "gcc g++" "clang clang++"; do
 	check "$2" -std=c++17 "$tmp/use.cpp" ""
 done
 
+# The header's namespace: outside the DM_IO_PROPOSAL_NAMES opt-in, every
+# macro is DM_IO_-prefixed (a library constant that leaks out, such as an
+# internal pub const that cbindgen picked up, would collide with C code).
+leaked=$(awk '/^#if(def)? .*DM_IO_PROPOSAL_NAMES/ { opt = 1 } opt && /^#endif/ { opt = 0; next }
+	!opt && /^#define / && $2 !~ /^DM_IO_/ { print $2 }' include/dm_io.h | tr '\n' ' ')
+if [ -z "$leaked" ]; then
+	pass=$((pass + 1))
+	echo "PASS header: every macro is DM_IO_-prefixed (bare names only under DM_IO_PROPOSAL_NAMES)"
+else
+	fail=$((fail + 1))
+	echo "FAIL header: macros without the DM_IO_ prefix: $leaked"
+fi
+
 echo "header: $pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

@@ -111,9 +111,9 @@ fn call_c_notify(n: &FnNotifier, index: u32, state: State, error: i32, handle: u
 ///
 /// Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
 /// `-ENOMEM` (private memory larger than RAM, not mappable, or not there
-/// to fault in), or the
+/// to fault in), or, only when `DMIO_ENGINE=uring` forces io_uring, the
 /// errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
-/// kernel refuses io_uring.
+/// kernel refuses it (by default the thread-pool engine is used instead).
 ///
 /// # Safety
 /// `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.

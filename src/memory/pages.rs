@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Pages per arena chunk (one registered buffer per chunk and ring).
-pub const CHUNK_PAGES: usize = 64;
+pub(crate) const CHUNK_PAGES: usize = 64;
 /// Bytes per arena chunk.
-pub const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
+pub(crate) const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
 /// Chunks in the arena (256 MiB of pages); its address range is reserved
 /// once, without memory, and chunks are mapped as pages are needed.
-pub const MAX_CHUNKS: usize = 1024;
+pub(crate) const MAX_CHUNKS: usize = 1024;
 
 /// Start of the reserved range (0 until the first page is allocated).
 static BASE: AtomicUsize = AtomicUsize::new(0);
