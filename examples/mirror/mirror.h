@@ -13,7 +13,7 @@
  * dirty regions from an in-sync leg (resync), throttled, while the mirror
  * keeps serving.
  *
- * Ordering (see mirror.c for the details): the mirror never has two writes
+ * Ordering (see mirror_int.h for the details): the mirror never has two writes
  * to the same region in flight on the same leg, so a late write can never
  * land on top of newer data. A write to a region whose previous write is
  * still running on a leg (timed out, not final) skips that leg and marks it

@@ -1,0 +1,169 @@
+/*
+ * mirror_chunk.c - a chunk: one region's write to its legs (a user write's
+ * piece, or a resync copy to one leg). Its place on m->live, its release,
+ * its submission, and write_notify, which turns each leg's TIMEOUT, late
+ * OK, ERROR or CANCELLED into dirty bits, resync progress and leg failure.
+ */
+#include "mirror_int.h"
+
+#include <stdio.h>
+
+void mirror_chunk_link(struct mirror *m, struct chunk *c)
+{
+	c->next = &m->live;
+	c->prev = m->live.prev;
+	m->live.prev->next = c;
+	m->live.prev = c;
+}
+
+void mirror_chunk_put(struct mirror *m, struct chunk *c)
+{
+	/* m->lock held; frees once final everywhere and released by its owner. */
+	if (c->owner || c->nfinal < c->nio)
+		return;
+	c->prev->next = c->next;
+	c->next->prev = c->prev;
+	free(c->data);
+	free(c);
+	(void)m;
+}
+
+static const char *state_word(int s)
+{
+	switch (s) {
+	case DM_IO_OK: return "OK";
+	case DM_IO_TIMEOUT: return "TIMEOUT";
+	case DM_IO_CANCELLED: return "CANCELLED";
+	case DM_IO_ERROR: return "ERROR";
+	}
+	return "?";
+}
+
+/* Notify of every leg write (user writes and resync copies). */
+static void write_notify(struct dm_io_region_state *st, void *ctx)
+{
+	struct chunk *c = ctx;
+	struct mirror *m = c->m;
+	unsigned i = st->index;
+	if (i >= c->nio)
+		return;
+	unsigned L = c->leg_of[i];
+	struct leg *l = &m->legs[L];
+	uint64_t r = c->region;
+	double t = now_ms();
+
+	pthread_mutex_lock(&m->lock);
+	pthread_cond_t *wake = c->wake; /* NULL once the owner let go (c may be freed below) */
+	if (st->state == DM_IO_TIMEOUT) {
+		if (c->st[i] == IO_RUNNING) {
+			c->st[i] = IO_LATE;
+			c->undecided--;
+			l->late++;
+			l->timeouts++;
+			m->timeouts++;
+			uint64_t s = mirror_set_dirty(m, L, r);
+			if (s > c->need_seq)
+				c->need_seq = s;
+			if (c->resync)
+				mirror_event(m, "%s: resync copy of region %llu timed out after %.0f ms", l->name,
+				   (unsigned long long)r, t - c->submit_ms);
+			else
+				mirror_event(m, "%s: write to region %llu TIMED OUT after %.0f ms -> region dirty on %s", l->name,
+				   (unsigned long long)r, t - c->submit_ms, l->name);
+		}
+		goto out;
+	}
+	if (c->st[i] == IO_DONE)
+		goto out;
+	int was_late = c->st[i] == IO_LATE;
+	if (was_late) {
+		l->late--;
+		m->late_completions++;
+	} else {
+		c->undecided--;
+	}
+	c->st[i] = IO_DONE;
+	c->final_state[i] = st->state;
+	c->nfinal++;
+	m->lio[lr(m, L, r)]--;
+	m->inflight[r]--;
+
+	if (st->state == DM_IO_OK) {
+		int current = m->gen[r] == c->gen;
+		m->wep[lr(m, L, r)] = m->fepoch; /* on L, not durable before the next flush */
+		if (!was_late)
+			c->ok++;
+		else if (c->owner)
+			c->ok_late++; /* the writer may still be waiting for its quorum */
+		if (c->resync) {
+			if (current) {
+				mirror_clear_dirty(m, L, r);
+				l->resynced++;
+				m->resynced++;
+				mirror_event(m, "resync: region %llu copied %s -> %s%s (%llu dirty left on %s)",
+				   (unsigned long long)r, m->legs[c->src].name, l->name, was_late ? " (late)" : "",
+				   (unsigned long long)l->ndirty, l->name);
+				if (l->failed) {
+					l->failed = 0;
+					l->fail_reason[0] = 0;
+					mirror_event(m, "%s is BACK: writes go to it again; resync continues", l->name);
+				}
+			} else {
+				mirror_event(m, "resync: region %llu on %s superseded by a newer write; again later",
+				   (unsigned long long)r, l->name);
+			}
+		} else if (was_late) {
+			l->late_ok++;
+			if (current && c->was_clean[i] && !l->failed) {
+				mirror_clear_dirty(m, L, r);
+				mirror_event(m, "%s: late OK for region %llu after %.0f ms; no newer write: region clean again",
+				   l->name, (unsigned long long)r, t - c->submit_ms);
+			} else {
+				l->late_kept++;
+				mirror_event(m, "%s: late OK for region %llu after %.0f ms; %s: region stays dirty", l->name,
+				   (unsigned long long)r, t - c->submit_ms,
+				   !current ? "a newer write was issued meanwhile" :
+				   l->failed ? "the leg is failed" : "it was already stale");
+			}
+		}
+	} else {
+		/* ERROR, or CANCELLED (client destroyed): the region's content on
+		 * this leg is unknown. */
+		uint64_t s = mirror_set_dirty(m, L, r);
+		if (s > c->need_seq)
+			c->need_seq = s;
+		if (was_late)
+			l->late_err++;
+		if (st->state == DM_IO_ERROR) {
+			l->errors++;
+			char why[96];
+			snprintf(why, sizeof(why), "%s error %s on region %llu", c->resync ? "resync" : "write",
+				 strerror(-st->error_code), (unsigned long long)r);
+			mirror_fail_leg(m, L, why);
+		} else {
+			mirror_event(m, "%s: write to region %llu %s", l->name, (unsigned long long)r, state_word(st->state));
+		}
+	}
+	mirror_chunk_put(m, c);
+out:
+	if (wake)
+		pthread_cond_signal(wake);
+	mwake(m);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* One timed write of `data` to `n` leg regions for chunk `c` (user writes
+ * and resync copies alike); dm_io's result. */
+int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
+			unsigned n)
+{
+	struct dm_io_control ctrl = {
+		.memory = { .type = DM_IO_VM, .ptr.vma = data },
+		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0),
+		.notify = write_notify,
+		.context = c,
+		.client = m->cl,
+		.timeout = m->cfg.write_timeout_ms,
+	};
+	return dm_io(&ctrl, n, regs, NULL);
+}

@@ -1,0 +1,285 @@
+/*
+ * mirror_write.c - mirror_write: the regions are marked active on the log,
+ * each region piece is issued to every eligible leg (with back-pressure when
+ * too few are), and the write is acknowledged at its deadline once `quorum`
+ * legs are OK, after a log commit when crash recovery needs one.
+ */
+#include "mirror_int.h"
+
+/* ---- writes ---------------------------------------------------------------- */
+
+/* Builds and issues the write of one region piece to every eligible leg.
+ * Returns the chunk (owned by the caller until chunk released) or NULL. */
+static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len,
+				 int fua, double t0, pthread_cond_t *wake)
+{
+	struct chunk *c = calloc(1, sizeof(*c));
+	void *data = malloc(len);
+	if (!c || !data) {
+		free(c);
+		free(data);
+		return NULL;
+	}
+	/* Our own copy: dm_io needs the memory until each region is final,
+	 * and a late region outlives the caller's buffer. */
+	memcpy(data, buf, len);
+	c->m = m;
+	c->owner = 1;
+	c->region = r;
+	c->data = data;
+	c->fua = fua;
+	c->wake = wake;
+	struct dm_io_region regs[MIRROR_MAX_LEGS];
+
+	pthread_mutex_lock(&m->lock);
+	/* A leg still busy on r, or with too much late IO, is skipped. When
+	 * that would leave fewer than `quorum` legs, wait for late IO to
+	 * drain instead (back-pressure: a slow but working leg must not turn
+	 * into an EIO), until the legs not failed are too few anyway or
+	 * fail_after_ms after the write began. */
+	for (;;) {
+		unsigned eligible = 0, alive = 0;
+		for (unsigned L = 0; L < m->nlegs; L++) {
+			const struct leg *l = &m->legs[L];
+			alive += !l->failed;
+			eligible += !l->failed && !m->lio[lr(m, L, r)] && l->late < m->late_cap;
+		}
+		double waited = now_ms() - t0;
+		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum || waited >= m->cfg.fail_after_ms)
+			break;
+		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+	}
+	c->gen = ++m->gen[r];
+	c->submit_ms = now_ms();
+	m->last_write[r] = c->submit_ms;
+	for (unsigned L = 0; L < m->nlegs; L++) {
+		struct leg *l = &m->legs[L];
+		size_t i = lr(m, L, r);
+		const char *why = l->failed ? NULL : m->lio[i] ? "earlier IO on this region still running" :
+				  l->late >= m->late_cap ? "too much late IO on the leg" : "";
+		if (!why || *why) {
+			uint64_t s = mirror_set_dirty(m, L, r);
+			if (s > c->need_seq)
+				c->need_seq = s;
+			l->skipped++;
+			if (why)
+				mirror_event(m, "%s: write to region %llu not sent (%s) -> region dirty", l->name,
+				   (unsigned long long)r, why);
+			continue;
+		}
+		c->leg_of[c->nio] = L;
+		c->was_clean[c->nio] = !m->dirty[i];
+		regs[c->nio] = (struct dm_io_region){ l->bdev, off / 512, len / 512 };
+		c->nio++;
+		m->lio[i]++;
+		m->inflight[r]++;
+	}
+	c->undecided = c->nio;
+	mirror_chunk_link(m, c);
+	pthread_mutex_unlock(&m->lock);
+	if (!c->nio)
+		return c;
+
+	int rc = mirror_submit_write(m, c, data, regs, c->nio);
+	if (rc) {
+		/* Nothing started: the legs missed this write. */
+		pthread_mutex_lock(&m->lock);
+		for (unsigned i = 0; i < c->nio; i++) {
+			unsigned L = c->leg_of[i];
+			m->lio[lr(m, L, r)]--;
+			m->inflight[r]--;
+			uint64_t s = mirror_set_dirty(m, L, r);
+			if (s > c->need_seq)
+				c->need_seq = s;
+			c->st[i] = IO_DONE;
+			c->final_state[i] = DM_IO_ERROR;
+		}
+		c->nfinal = c->nio;
+		c->undecided = 0;
+		mirror_event(m, "dm_io refused a write: %s (%s)", strerror(-rc), dm_io_last_error());
+		pthread_mutex_unlock(&m->lock);
+	}
+	return c;
+}
+
+/* Legs of c whose IO is late (timed out, still running): they may still
+ * bring the write to its quorum (m->lock held). */
+static unsigned chunk_running(const struct chunk *c)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < c->nio; i++)
+		n += c->st[i] == IO_LATE;
+	return n;
+}
+
+/* The leg crash recovery would copy an active region r from, reading log
+ * image `img` (the first leg not dirty there), or -1 (m->lock held). */
+static int image_source(struct mirror *m, const unsigned char *ddirty, unsigned char *img, uint64_t r)
+{
+	for (unsigned L = 0; L < m->nlegs; L++) {
+		int dirty = img ? (mirror_log_bitmap(m, img, L)[r / 8] >> (r % 8)) & 1 : ddirty[lr(m, L, r)];
+		if (!dirty)
+			return (int)L;
+	}
+	return -1;
+}
+
+/* Whether the ack of chunk c must wait for a log commit (m->lock held).
+ * Its region was marked active on the log before the write was issued, and
+ * stays so until a commit that also carries the dirty bits this write set.
+ * After a crash an active region is copied from the first leg that is not
+ * dirty in the log. If, in the image on disk (and in the one being written,
+ * if any), that leg was clean and is OK for this write, it holds every
+ * acknowledged write to the region, and the crash is covered without
+ * another commit. */
+static int ack_needs_commit(struct mirror *m, const struct chunk *c)
+{
+	if (!m->logdev)
+		return 0;
+	for (int k = 0; k < 2; k++) {
+		if (k == 1 && !m->img_inflight)
+			break;
+		int src = image_source(m, m->ddirty, k ? m->logbuf : NULL, c->region);
+		int good = 0;
+		for (unsigned i = 0; i < c->nio; i++)
+			if ((int)c->leg_of[i] == src)
+				good = c->was_clean[i] && c->st[i] == IO_DONE && c->final_state[i] == DM_IO_OK;
+		if (!good)
+			return 1;
+	}
+	return 0;
+}
+
+
+int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len)
+{
+	return mirror_write_flags(m, off, buf, len, 0);
+}
+
+int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags)
+{
+	if (check_range(m, off, len) || !buf || (flags & ~MIRROR_FUA))
+		return -EINVAL;
+	double t0 = now_ms();
+	uint64_t r0 = off / m->region_size, r1 = (off + len - 1) / m->region_size;
+	uint64_t need = 0;
+	int rc = 0;
+	if (r1 - r0 >= MAX_WRITE_REGIONS)
+		return -EINVAL;
+	pthread_cond_t wcv; /* this writer's: its chunks' notifications signal it */
+	cv_init(&wcv);
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		int busy = 0;
+		for (uint64_t r = r0; r <= r1 && !busy; r++)
+			busy = m->busy[r];
+		if (!busy)
+			break;
+		cond_wait(m);
+	}
+	for (uint64_t r = r0; r <= r1; r++) {
+		m->busy[r] = 1;
+		if (m->logdev) {
+			if (!m->active[r]) {
+				m->active[r] = 1;
+				m->aseq[r] = ++m->seq;
+			}
+			if (m->aseq[r] > need)
+				need = m->aseq[r];
+			/* A failed leg will miss this write: record it in the
+			 * same commit, so the ack needs no second one. */
+			for (unsigned L = 0; L < m->nlegs; L++)
+				if (m->legs[L].failed) {
+					uint64_t s = mirror_set_dirty(m, L, r);
+					if (s > need && m->committed < s)
+						need = s;
+				}
+		}
+	}
+	pthread_mutex_unlock(&m->lock);
+
+	/* The regions are marked "being written" on the log before any leg
+	 * sees the write (legs may differ in them after a crash). */
+	if (need && mirror_log_commit(m, need) != 0) {
+		rc = -EIO;
+		goto out;
+	}
+
+	struct chunk *cs[MAX_WRITE_REGIONS];
+	unsigned n = 0;
+	const unsigned char *p = buf;
+	uint64_t pos = off, end = off + len;
+	while (pos < end) {
+		uint64_t r = pos / m->region_size;
+		uint64_t rend = (r + 1) * (uint64_t)m->region_size;
+		size_t piece = (size_t)((rend < end ? rend : end) - pos);
+		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0, &wcv);
+		if (!c) {
+			rc = -ENOMEM;
+			break;
+		}
+		cs[n++] = c;
+		pos += piece;
+	}
+
+	/* Wait until every leg of every piece is final or timed out (the
+	 * deadline); then, while fewer than `quorum` legs of a piece are OK,
+	 * keep waiting for late completions: the write fails only when its
+	 * quorum can no longer be reached, or after fail_after_ms. */
+	pthread_mutex_lock(&m->lock);
+	for (unsigned k = 0; k < n; k++)
+		while (cs[k]->undecided)
+			pthread_cond_wait(&wcv, &m->lock);
+	for (;;) {
+		int reached = 1, lost = 0;
+		for (unsigned k = 0; k < n; k++) {
+			unsigned ok = cs[k]->ok + cs[k]->ok_late;
+			if (ok < m->cfg.quorum) {
+				reached = 0;
+				lost |= ok + chunk_running(cs[k]) < m->cfg.quorum;
+			}
+		}
+		double waited = now_ms() - t0;
+		if (reached || lost || rc || waited >= m->cfg.fail_after_ms)
+			break;
+		cv_wait_ms(&wcv, &m->lock, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+	}
+	int degraded = 0;
+	need = 0;
+	for (unsigned k = 0; k < n; k++) {
+		struct chunk *c = cs[k];
+		if (c->ok + c->ok_late < m->cfg.quorum)
+			rc = rc ? rc : -EIO;
+		if (c->ok + c->ok_late < m->nlegs)
+			degraded = 1;
+		if (c->need_seq > need && ack_needs_commit(m, c))
+			need = c->need_seq;
+		c->owner = 0;
+		c->wake = NULL;
+		mirror_chunk_put(m, c);
+	}
+	pthread_mutex_unlock(&m->lock);
+
+	/* Legs that missed the write are dirty on the log before the ack,
+	 * unless the log already leads crash recovery to a leg that has it. */
+	if (need && mirror_log_commit(m, need) != 0 && rc == 0)
+		rc = -EIO;
+out:
+	pthread_mutex_lock(&m->lock);
+	for (uint64_t r = r0; r <= r1; r++)
+		m->busy[r] = 0;
+	double took = now_ms() - t0;
+	if (rc == 0) {
+		m->writes++;
+		m->writes_degraded += degraded;
+		if (took > m->max_ack_ms)
+			m->max_ack_ms = took;
+	} else {
+		m->write_errors++;
+	}
+	mwake(m);
+	pthread_mutex_unlock(&m->lock);
+	pthread_cond_destroy(&wcv);
+	return rc;
+}
