@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::handle;
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::{Pool, SlotRef, WaitBy};
-use crate::memory::PAGE_SIZE;
+use crate::memory::{lib_pages, pieces, PAGE_SIZE};
 use crate::request::{CancelReason, Event, Mode, Notify, RegionSpec, Request, RequestOwner, State};
 use crate::small::Small;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -155,11 +155,6 @@ fn region_op(
         direct: 0,
         lib_chunk: None,
     }
-}
-
-/// `bytes` cut into `(offset, length)` pieces of at most `piece` bytes.
-fn pieces(bytes: u64, piece: u64) -> impl Iterator<Item = (u64, u64)> {
-    (0..bytes.div_ceil(piece)).map(move |k| (k * piece, piece.min(bytes - k * piece)))
 }
 
 fn total_ram() -> u64 {
@@ -426,40 +421,25 @@ impl Client {
     /// Whether `s` is a read whose every op (a `max_size` piece) lands in
     /// whole library pages of one arena chunk, on the io_uring engine: it
     /// then runs in those pages, with no private memory and no copy, and a
-    /// cancel detaches the pages instead of waiting ([`Mode::lib_pages`]).
+    /// cancel detaches the pages instead of waiting ([`Mode::lib_pages`], [`lib_pages`]).
     fn in_library_pages(&self, s: &Submit) -> bool {
         // Cheap looks first: most reads are not into library pages.
         if s.mode.write
             || s.mode.read_any
             || s.mode.zero_copy
             || s.regions.len() != 1
-            || !s
-                .mem
-                .first_addr()
-                .is_some_and(crate::memory::pages::in_arena)
+            || !lib_pages::starts_in_arena(&s.mem)
             || self.engine.kind() != EngineKind::Uring
         {
             return false;
         }
-        // The pages a cancel detached stay pinned until the kernel ends
-        // their IO (with the rest of their chunk's old registration, in
-        // the worst case): counted against the private-memory bound, so
-        // reads stuck in the kernel hold bounded memory, as on private
-        // memory (past the bound, reads take private memory and wait).
-        let stuck = self.detached.load(Ordering::Relaxed).max(0) as u64;
-        if stuck.saturating_mul(crate::memory::pages::CHUNK_BYTES as u64) >= self.pool.bound() {
-            return false;
-        }
-        let bytes = s.regions[0].count * 512;
-        if bytes == 0 {
-            return false;
-        }
-        let live = crate::memory::pages::LivePages::lock();
-        pieces(bytes, self.pool.slot_size() as u64).all(|(off, len)| {
-            s.mem
-                .span_addr(off as usize, len as usize)
-                .is_some_and(|a| live.arena_span(a, len as usize).is_some())
-        })
+        lib_pages::eligible(
+            &s.mem,
+            s.regions[0].count * 512,
+            self.pool.slot_size() as u64,
+            self.detached.load(Ordering::Relaxed),
+            self.pool.bound(),
+        )
     }
 
     /// `dm_io`: validates and starts the request. Waits for private memory
@@ -621,10 +601,7 @@ impl Client {
                 let direct = req.direct_addr(off, len);
                 batch.push(IoOp {
                     direct,
-                    lib_chunk: req
-                        .mode
-                        .lib_pages
-                        .then(|| crate::memory::pages::chunk_index(direct)),
+                    lib_chunk: req.mode.lib_pages.then(|| lib_pages::chunk_index(direct)),
                     ..region_op(req, i, kind, off, len, flush, fua)
                 });
             }

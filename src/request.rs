@@ -208,7 +208,7 @@ pub struct Mode {
     pub zero_copy: bool,
     /// A read into whole library pages, run in those pages (no private
     /// memory): a cancel detaches the pages from the caller
-    /// ([`crate::memory::pages::detach`]) and the region ends at once.
+    /// ([`crate::memory::lib_pages::detach`]) and the region ends at once.
     pub lib_pages: bool,
 }
 
@@ -622,7 +622,7 @@ impl Request {
     }
 
     /// Library pages: replaces region `i`'s pages under the caller's
-    /// addresses with fresh ones ([`crate::memory::pages::detach`]), so the
+    /// addresses with fresh ones ([`crate::memory::lib_pages::detach`]), so the
     /// IO still running finishes into pages the caller no longer sees.
     /// `detached` is set first: an engine that reads it as false after
     /// making its registration current started the op before the pages
@@ -630,12 +630,7 @@ impl Request {
     /// refused a mapping (the region must then wait for its IO).
     fn detach(&self, i: usize) -> bool {
         self.detached.store(true, Ordering::SeqCst);
-        let mut ok = true;
-        self.mem
-            .spans(0, self.specs[i].count as usize * 512, |addr, len| {
-                ok &= crate::memory::pages::detach(addr, len);
-            });
-        ok
+        crate::memory::lib_pages::detach_memory(&self.mem, self.specs[i].count as usize * 512)
     }
 
     /// Regions cancelled but still running in the caller's memory (their

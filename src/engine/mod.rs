@@ -92,7 +92,7 @@ pub struct IoOp {
     /// op completes.
     pub direct: usize,
     /// A read straight into library pages (`direct`), which lie in this
-    /// arena chunk ([`crate::memory::pages`]): the engine reads as a fixed
+    /// arena chunk ([`crate::memory::lib_pages`]): the engine reads as a fixed
     /// buffer of that chunk, so that a cancel can detach the pages from
     /// the caller ([`OpSink::detached`]).
     pub lib_chunk: Option<u16>,

@@ -12,7 +12,7 @@
 use super::sched::Sched;
 use super::{CompletionRing, Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
-use crate::memory::pages;
+use crate::memory::{lib_pages, pages};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
@@ -460,7 +460,9 @@ impl Core {
         if let Some(c) = op.lib_chunk {
             return match chunks.get(c as usize) {
                 Some(&r) if r == REFUSED => Some(Buf::Plain),
-                Some(&r) if r == pages::generation(c) as u64 + 1 => Some(Buf::Fixed(chunk_buf(c))),
+                Some(&r) if r == lib_pages::generation(c) as u64 + 1 => {
+                    Some(Buf::Fixed(chunk_buf(c)))
+                }
                 Some(_) => None,
                 None => Some(Buf::Plain),
             };
@@ -483,8 +485,8 @@ impl Core {
         let _ = self.ring.submit();
         // Read before registering: pages detached after this are seen as a
         // newer generation and registered again.
-        let g = pages::generation(c);
-        let (start, len) = pages::chunk_range(c);
+        let g = lib_pages::generation(c);
+        let (start, len) = lib_pages::chunk_range(c);
         let iov = libc::iovec {
             iov_base: start as *mut libc::c_void,
             iov_len: len,
@@ -586,7 +588,7 @@ impl Core {
                         // The chunk is REFUSED on this ring, or the ring
                         // has no table: later requests there use private
                         // memory.
-                        pages::refuse(c);
+                        lib_pages::refuse(c);
                     }
                     if op.sink.detached() || (reg == Buf::Plain && !op.sink.demote(op.region)) {
                         op.complete(-libc::ECANCELED);
@@ -958,7 +960,7 @@ mod tests {
 
     #[test]
     fn library_page_reads_register_their_chunk_and_again_after_a_detach() {
-        let _one = pages::DETACH_TESTS
+        let _one = lib_pages::DETACH_TESTS
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let Some(mut core) = core() else { return };
@@ -982,7 +984,7 @@ mod tests {
         let first_byte = || unsafe { *(p as *const u8) };
 
         let sink = Arc::new(Recorder::default());
-        let g0 = pages::generation(c);
+        let g0 = lib_pages::generation(c);
         core.admit([read(&sink, 24)]);
         run(&mut core, &sink, 1);
         assert_eq!(sink.results(), vec![(0, 4096)]);
@@ -992,9 +994,9 @@ mod tests {
 
         // A detach maps fresh pages at `p`: the ring registers the chunk
         // again before its next read there, which lands in the new pages.
-        assert!(pages::detach(p, PAGE_SIZE));
+        assert!(lib_pages::detach(p, PAGE_SIZE));
         assert_eq!(first_byte(), 0);
-        let g1 = pages::generation(c);
+        let g1 = lib_pages::generation(c);
         let sink = Arc::new(Recorder::default());
         core.admit([read(&sink, 40)]);
         run(&mut core, &sink, 1);

@@ -9,20 +9,15 @@
 //! one reserved range of address space, so a page's chunk is found from
 //! its address alone. The io_uring engine registers chunks with its rings
 //! (fixed buffers), and reads into whole library pages then run in the
-//! caller's page itself, with no private memory and no copy. Such a read
-//! can still be abandoned at once when its region is cancelled:
-//! [`detach`] maps fresh pages at the caller's addresses, so the kernel,
-//! which holds the old pages pinned through the registration, finishes
-//! into memory the caller no longer sees. A detach bumps its chunk's
-//! generation ([`generation`]); each ring registers the chunk again before
-//! its next fixed IO there. Pages beyond the arena (more than
-//! [`MAX_CHUNKS`] chunks in use) are plain allocations and use private
-//! memory like any caller memory.
+//! caller's page itself ([`super::lib_pages`]: which reads, the chunks'
+//! generations, and the detach of a cancelled read's pages). Pages beyond
+//! the arena (more than [`MAX_CHUNKS`] chunks in use) are plain
+//! allocations and use private memory like any caller memory.
 
 use super::PAGE_SIZE;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Pages per arena chunk (one registered buffer per chunk and ring).
@@ -34,13 +29,9 @@ pub(crate) const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_SIZE;
 pub(crate) const MAX_CHUNKS: usize = 1024;
 
 /// Start of the reserved range (0 until the first page is allocated).
-static BASE: AtomicUsize = AtomicUsize::new(0);
+pub(super) static BASE: AtomicUsize = AtomicUsize::new(0);
 /// Chunks mapped so far (they are never unmapped).
-static CHUNKS: AtomicUsize = AtomicUsize::new(0);
-/// Per chunk: bumped by every [`detach`] in it.
-static GEN: [AtomicU32; MAX_CHUNKS] = [const { AtomicU32::new(0) }; MAX_CHUNKS];
-/// Per chunk: a ring could not register it; its pages use private memory.
-static REFUSED: [AtomicBool; MAX_CHUNKS] = [const { AtomicBool::new(false) }; MAX_CHUNKS];
+pub(super) static CHUNKS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Default)]
 struct Arena {
@@ -59,7 +50,7 @@ fn layout() -> Layout {
 }
 
 /// The arena chunk holding `addr`, if it is one.
-fn chunk_of(addr: usize) -> Option<usize> {
+pub(super) fn chunk_of(addr: usize) -> Option<usize> {
     let base = BASE.load(Ordering::Acquire);
     if base == 0 || addr < base {
         return None;
@@ -93,7 +84,7 @@ impl LivePages {
             return None;
         }
         let c = chunk_of(addr)?;
-        if chunk_of(addr + len - 1) != Some(c) || REFUSED[c].load(Ordering::Relaxed) {
+        if chunk_of(addr + len - 1) != Some(c) || super::lib_pages::refused(c) {
             return None;
         }
         (addr..addr + len)
@@ -156,7 +147,7 @@ impl LivePages {
 /// # Safety
 /// The range must be page-aligned and inside the arena's reservation, and
 /// nothing may rely on the memory it replaces.
-unsafe fn map_fresh(addr: usize, len: usize) -> bool {
+pub(super) unsafe fn map_fresh(addr: usize, len: usize) -> bool {
     // SAFETY: MAP_FIXED over a range the caller vouches for; result checked.
     let p = unsafe {
         libc::mmap(
@@ -218,64 +209,8 @@ pub fn free(addr: usize) -> bool {
     true
 }
 
-/// The arena chunk of `addr`, an address [`LivePages::arena_span`]
-/// accepted.
-pub fn chunk_index(addr: usize) -> u16 {
-    chunk_of(addr).expect("an arena address") as u16
-}
-
-/// Chunk `c`'s address range (start, bytes) for registration.
-pub fn chunk_range(c: u16) -> (usize, usize) {
-    let c = c as usize;
-    debug_assert!(c < CHUNKS.load(Ordering::Acquire));
-    (BASE.load(Ordering::Acquire) + c * CHUNK_BYTES, CHUNK_BYTES)
-}
-
-/// Chunk `c`'s generation: a ring whose registration of `c` is older
-/// registers it again before its next fixed IO there.
-pub fn generation(c: u16) -> u32 {
-    GEN[c as usize].load(Ordering::SeqCst)
-}
-
-/// A ring could not register chunk `c`: later requests with pages there
-/// use private memory.
-pub fn refuse(c: u16) {
-    REFUSED[c as usize].store(true, Ordering::Relaxed);
-}
-
-/// Maps fresh zeroed pages over `[addr, addr + len)` (whole live arena
-/// pages, see [`LivePages::arena_span`]), then bumps the generation of
-/// every chunk it touches: IO still running into the old pages finishes
-/// there, unseen. `false` if the kernel refused the mapping (the range may
-/// then be partly replaced; the caller must wait for the IO instead).
-pub fn detach(addr: usize, len: usize) -> bool {
-    let (Some(first), Some(last)) = (chunk_of(addr), chunk_of(addr + len.max(1) - 1)) else {
-        return false;
-    };
-    // SAFETY: `[addr, addr + len)` is whole pages of mapped arena chunks
-    // (checked at submission; chunks are never unmapped); replacing them
-    // with fresh private pages only changes what the caller's addresses
-    // show. The old pages stay alive while a ring holds them registered.
-    if !unsafe { map_fresh(addr, len) } {
-        return false;
-    }
-    // After the new mapping: a ring that sees the new generation registers
-    // the new pages.
-    for g in &GEN[first..=last] {
-        g.fetch_add(1, Ordering::SeqCst);
-    }
-    true
-}
-
-/// Tests that detach pages and then look at a chunk's generation run one
-/// at a time (another test's detach in the same chunk would bump it).
-#[cfg(test)]
-pub(crate) static DETACH_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn alloc_free_once() {
         let p = super::alloc().unwrap();
@@ -284,47 +219,5 @@ mod tests {
         assert!(super::free(p));
         assert!(!super::free(p), "double free is refused");
         assert!(!super::free(12345));
-    }
-
-    #[test]
-    fn arena_pages_are_zeroed_spans_and_detach() {
-        let _one = DETACH_TESTS.lock().unwrap_or_else(|p| p.into_inner());
-        let p = alloc().unwrap();
-        let c = LivePages::lock()
-            .arena_span(p, PAGE_SIZE)
-            .expect("arena page");
-        let (start, len) = chunk_range(c);
-        assert!(p >= start && p + PAGE_SIZE <= start + len);
-        // Not whole pages, or not live: no span.
-        assert_eq!(LivePages::lock().arena_span(p + 512, 512), None);
-        assert_eq!(LivePages::lock().arena_span(p, 100), None);
-        // SAFETY: `p` is a live page of ours.
-        unsafe { std::ptr::write_bytes(p as *mut u8, 0xab, PAGE_SIZE) };
-        let g = generation(c);
-        assert!(detach(p, PAGE_SIZE));
-        assert_eq!(generation(c), g.wrapping_add(1));
-        // SAFETY: as above; the page is still mapped (freshly).
-        let v = unsafe { std::slice::from_raw_parts(p as *const u8, PAGE_SIZE) };
-        assert!(v.iter().all(|&b| b == 0), "a detached page reads as zeros");
-        // SAFETY: as above.
-        unsafe { std::ptr::write_bytes(p as *mut u8, 0xcd, PAGE_SIZE) };
-        assert!(free(p));
-        assert_eq!(LivePages::lock().arena_span(p, PAGE_SIZE), None);
-        // A page handed out again is zeroed.
-        let mut again = Vec::new();
-        loop {
-            let q = alloc().unwrap();
-            again.push(q);
-            if q == p {
-                break;
-            }
-            assert!(again.len() <= CHUNK_PAGES * 4, "freed page never came back");
-        }
-        // SAFETY: `p` is live again.
-        let v = unsafe { std::slice::from_raw_parts(p as *const u8, PAGE_SIZE) };
-        assert!(v.iter().all(|&b| b == 0));
-        for q in again {
-            assert!(free(q));
-        }
     }
 }
