@@ -1,0 +1,233 @@
+//! The io_uring reactor: one thread owns the ring.
+//!
+//! Callers hand ops over a channel and wake the thread through an eventfd
+//! (only when it sleeps). The thread pushes submission entries in batches,
+//! waits in `io_uring_enter` until a completion or the next deadline, and
+//! completes ops from their CQEs. In-flight ops live in a slab keyed by the
+//! entry's `user_data`; the slab entry owns the op's private memory until
+//! the kernel posts its completion. After `shutdown` the thread keeps
+//! running until every op in the kernel has completed ("graveyard"), then
+//! drops the ring and the memory.
+//!
+//! The files: `ring.rs` (the ring core: entries, slab, backlog, wait,
+//! reap), `fixed.rs` (fixed buffers: private memory and library-page
+//! chunks), `waker.rs` (the eventfd wake-up), `poll.rs` (waiting in ppoll(2)
+//! for tools that cannot wait inside `io_uring_enter`).
+
+mod fixed;
+mod poll;
+mod ring;
+#[cfg(test)]
+mod tests;
+mod waker;
+
+pub(super) use waker::Waker;
+
+use super::sched::Sched;
+use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};
+use crate::error::{Error, Result};
+use crossbeam_channel::{Receiver, Sender};
+use io_uring::IoUring;
+use ring::Cqes;
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+enum Msg {
+    Ops(Vec<IoOp>),
+    Register((usize, usize)),
+    Deadline(Instant, Weak<dyn Timer>),
+    Shutdown,
+}
+
+/// Handle to a client's reactor thread.
+pub struct UringEngine {
+    tx: Sender<Msg>,
+    /// The reactor's waker, as deferrable ([`super::wake`]).
+    waker: Arc<dyn super::Wake>,
+    /// Names this engine to the completion thread's local ring.
+    id: u64,
+    entries: u32,
+    memory: std::sync::OnceLock<(usize, usize)>,
+    /// The completion thread's ring, for the timers of asynchronous
+    /// requests ([`super::local::Remote`]).
+    remote: std::sync::OnceLock<Arc<super::local::Remote>>,
+}
+
+static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl UringEngine {
+    /// Creates the ring (so io_uring refusals surface here, as `-EPERM`,
+    /// `-ENOSYS`, ...) and starts the reactor thread.
+    pub fn new(entries: u32) -> Result<Arc<UringEngine>> {
+        let waker = Waker::new()?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let w = Arc::clone(&waker);
+        // The ring is created on the reactor thread itself: with
+        // IORING_SETUP_SINGLE_ISSUER the creating task is the only one
+        // allowed to submit.
+        std::thread::Builder::new()
+            .name("dmio-reactor".into())
+            .spawn(move || {
+                let core = match Core::new(entries, w) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                Reactor {
+                    core,
+                    rx,
+                    shutting: false,
+                }
+                .run()
+            })
+            .map_err(|e| Error::from_io("spawn reactor", &e))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Arc::new(UringEngine {
+                tx,
+                waker: waker as Arc<dyn super::Wake>,
+                id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+                entries,
+                memory: std::sync::OnceLock::new(),
+                remote: std::sync::OnceLock::new(),
+            })),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
+        }
+    }
+
+    fn send(&self, m: Msg) {
+        match self.tx.send(m) {
+            Ok(()) => super::wake::wake_or_defer(&self.waker),
+            // The reactor is gone (it only stops after shutdown or a bug):
+            // nothing can start the ops, so they fail here.
+            Err(e) => {
+                if let Msg::Ops(ops) = e.into_inner() {
+                    for op in ops {
+                        op.complete(-libc::ESHUTDOWN);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Engine for UringEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Uring
+    }
+
+    fn submit(&self, ops: &mut Vec<IoOp>) {
+        super::local::offer(self.id, ops);
+        if !ops.is_empty() {
+            self.send(Msg::Ops(std::mem::take(ops)));
+        }
+    }
+
+    fn ring_id(&self) -> Option<u64> {
+        Some(self.id)
+    }
+
+    fn hand_to_completion_ring(&self, at: Instant, timer: &Weak<dyn Timer>) -> bool {
+        self.remote.get().is_some_and(|r| r.arm(at, timer.clone()))
+    }
+
+    fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
+        self.send(Msg::Deadline(at, timer));
+    }
+
+    fn register_memory(&self, region: (usize, usize)) {
+        if self.memory.set(region).is_ok() {
+            self.send(Msg::Register(region));
+        }
+    }
+
+    fn completion_ring(&self) -> CompletionRing {
+        match super::local::install(self.id, self.entries, self.memory.get().copied()) {
+            Some((ring, remote)) => {
+                let _ = self.remote.set(remote);
+                CompletionRing::uring(ring)
+            }
+            None => CompletionRing::parked(),
+        }
+    }
+
+    fn shutdown(&self) {
+        self.send(Msg::Shutdown);
+    }
+}
+
+struct Slot {
+    op: IoOp,
+    cqes: Cqes,
+}
+
+/// One ring and the ops in it: what the reactor thread runs, and what the
+/// completion thread runs as its local ring ([`super::local`]). Each is
+/// owned by the one thread that created it (SINGLE_ISSUER).
+pub(super) struct Core {
+    ring: IoUring,
+    waker: Arc<Waker>,
+    slab: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    inflight: usize,
+    cap: usize,
+    backlog: VecDeque<IoOp>,
+    sched: Sched,
+    wake_buf: u64,
+    cqes: Vec<(u64, i32)>,
+    ready: Vec<IoOp>,
+    /// Private memory registered as fixed buffer 0 (start, end).
+    fixed: Option<(usize, usize)>,
+    /// Per arena chunk: the generation registered as its fixed buffer,
+    /// plus one (0: not registered, [`fixed::REFUSED`]: the kernel refused it).
+    /// Empty when the ring has no sparse buffer table (then no chunk).
+    chunks: Vec<u64>,
+    /// With [`poll::poll_wait`]: the eventfd the ring signals on completions.
+    cq_efd: Option<OwnedFd>,
+}
+
+/// The reactor thread: a [`Core`] fed through the engine's channel.
+struct Reactor {
+    core: Core,
+    rx: Receiver<Msg>,
+    shutting: bool,
+}
+
+impl Reactor {
+    fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            while let Ok(m) = self.rx.try_recv() {
+                self.take(m);
+            }
+            // The completion thread is woken once per batch of events (a
+            // burst of deadlines, a batch of completions), not per event.
+            super::wake::with_deferred_wakes(|| self.core.pump(now));
+            if self.shutting && self.core.idle() {
+                break;
+            }
+            let rx = &self.rx;
+            self.core.wait(Some(now), &|| !rx.is_empty(), None);
+            super::wake::with_deferred_wakes(|| self.core.reap());
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Ops(ops) => self.core.admit(ops),
+            Msg::Register(region) => self.core.register(region),
+            Msg::Deadline(at, req) => self.core.arm(at, req),
+            Msg::Shutdown => {
+                self.shutting = true;
+                self.core.clear_deadlines();
+            }
+        }
+    }
+}

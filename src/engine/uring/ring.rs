@@ -1,0 +1,403 @@
+//! The ring core: building a ring, turning ops into submission entries,
+//! the slab of ops in the kernel keyed by `user_data` (with a linked
+//! flush's pairing), the backlog, the wait, and reaping completions.
+
+use super::fixed::Buf;
+use super::poll::{poll_for_completion, poll_wait};
+use super::waker::{instant_key, new_eventfd, Waker};
+use super::{Core, Slot};
+use crate::engine::sched::Sched;
+use crate::engine::{IoOp, OpKind, Timer};
+use crate::error::{Error, Result};
+use crate::memory::{lib_pages, pages};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+pub(super) const WAKE: u64 = u64::MAX;
+pub(super) const FLUSH_BIT: u64 = 1 << 63;
+
+/// The submission entries of `op` with user data `ud`: a linked fsync
+/// before a `DM_IO_FLUSH` write, and the op itself (a fixed read or write
+/// from registered buffer `reg`).
+pub(super) fn entries(op: &IoOp, ud: u64, reg: Buf) -> (Option<squeue::Entry>, squeue::Entry) {
+    let fd = types::Fd(op.dev.fd());
+    let buf = op.buf();
+    let rw_flags = if op.fua { libc::RWF_DSYNC } else { 0 };
+    let data = match (op.kind, reg) {
+        (OpKind::Read, Buf::Fixed(n)) => opcode::ReadFixed::new(fd, buf, op.len, n)
+            .offset(op.offset)
+            .build(),
+        (OpKind::Read, Buf::Plain) => opcode::Read::new(fd, buf, op.len).offset(op.offset).build(),
+        (OpKind::Write, Buf::Fixed(n)) => opcode::WriteFixed::new(fd, buf, op.len, n)
+            .offset(op.offset)
+            .rw_flags(rw_flags)
+            .build(),
+        (OpKind::Write, Buf::Plain) => opcode::Write::new(fd, buf, op.len)
+            .offset(op.offset)
+            .rw_flags(rw_flags)
+            .build(),
+        (OpKind::Flush, _) => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build(),
+    }
+    .user_data(ud);
+    let flush = (op.pre_flush && op.kind == OpKind::Write).then(|| {
+        opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(ud | FLUSH_BIT)
+    });
+    (flush, data)
+}
+
+/// A ring for one reactor thread: completions are processed only when the
+/// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
+/// on kernels that have it (6.1+); a plain ring elsewhere.
+fn build_ring(entries: u32) -> Result<IoUring> {
+    if poll_wait() {
+        // Completions must be posted while the thread sleeps in poll(2):
+        // task work that interrupts it (no COOP_TASKRUN, no DEFER_TASKRUN).
+        return IoUring::builder()
+            .build(entries)
+            .map_err(|e| Error::from_io("io_uring_setup", &e));
+    }
+    IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::builder().build(entries))
+        .map_err(|e| Error::from_io("io_uring_setup", &e))
+}
+
+/// The CQEs an op in the slab still waits for, and what came so far.
+pub(super) struct Cqes {
+    /// Still to come (2 when a flush is linked before the op).
+    left: u8,
+    flush_err: i32,
+    data_res: i32,
+}
+
+impl Cqes {
+    pub(in crate::engine) fn new(linked_flush: bool) -> Cqes {
+        Cqes {
+            left: if linked_flush { 2 } else { 1 },
+            flush_err: 0,
+            data_res: 0,
+        }
+    }
+
+    /// One CQE of the op (`flush`: its linked fsync's). Once the last has
+    /// come, the op's result: the fsync's error if it failed (the write
+    /// then never ran, or ran unordered), else the data entry's result.
+    #[inline]
+    pub(in crate::engine) fn record(&mut self, flush: bool, res: i32) -> Option<i32> {
+        self.left -= 1;
+        if !flush {
+            self.data_res = res;
+        } else if res < 0 {
+            self.flush_err = res;
+        }
+        if self.left > 0 {
+            return None;
+        }
+        Some(if self.flush_err < 0 {
+            self.flush_err
+        } else {
+            self.data_res
+        })
+    }
+}
+
+impl Core {
+    /// A ring on the calling thread, woken through `waker`.
+    pub(in crate::engine) fn new(entries: u32, waker: Arc<Waker>) -> Result<Core> {
+        let ring = build_ring(entries)?;
+        let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
+        let mut core = Core {
+            ring,
+            waker,
+            slab: Vec::new(),
+            free: Vec::new(),
+            inflight: 0,
+            cap,
+            backlog: VecDeque::new(),
+            sched: Sched::default(),
+            wake_buf: 0,
+            cqes: Vec::with_capacity(256),
+            ready: Vec::new(),
+            fixed: None,
+            chunks: Vec::new(),
+            cq_efd: None,
+        };
+        // A table with room for the private memory and every arena chunk,
+        // filled as they are used. Without it (kernels before 5.19) the
+        // private memory is registered alone and chunks are not.
+        let slots = 1 + pages::MAX_CHUNKS as u32;
+        if core.ring.submitter().register_buffers_sparse(slots).is_ok() {
+            core.chunks = vec![0; pages::MAX_CHUNKS];
+        }
+        if poll_wait() {
+            let fd = new_eventfd(libc::EFD_NONBLOCK)?;
+            core.ring
+                .submitter()
+                .register_eventfd(fd.as_raw_fd())
+                .map_err(|e| Error::from_io("IORING_REGISTER_EVENTFD", &e))?;
+            core.cq_efd = Some(fd);
+        }
+        core.arm_wake();
+        Ok(core)
+    }
+
+    /// Takes new ops: fault rules first, then the backlog.
+    pub(in crate::engine) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
+        for op in ops {
+            if let Some(op) = self.sched.admit(op) {
+                self.backlog.push_back(op);
+            }
+        }
+    }
+
+    pub(in crate::engine) fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
+        self.sched.arm(at, timer);
+    }
+
+    pub(in crate::engine) fn clear_deadlines(&mut self) {
+        self.sched.clear_deadlines();
+    }
+
+    /// Fires due timers and puts ready ops into the submission queue.
+    pub(in crate::engine) fn pump(&mut self, now: Instant) {
+        self.sched.expire(now, &mut self.ready);
+        if !self.ready.is_empty() {
+            self.backlog.extend(self.ready.drain(..));
+        }
+        self.push_backlog();
+    }
+
+    /// [`Core::pump`], reading the clock only when a timer, delayed or
+    /// held op needs it.
+    pub(in crate::engine) fn pump_lazy(&mut self) {
+        if self.sched.needs_clock() {
+            self.pump(Instant::now());
+        } else {
+            self.push_backlog();
+        }
+    }
+
+    /// Starts what is in the submission queue now.
+    pub(in crate::engine) fn submit_now(&mut self) {
+        let _ = self.ring.submit();
+    }
+
+    /// Ops submitted to the kernel (about: the queue also holds linked
+    /// flushes and the wake-up poll), and entries queued not yet submitted.
+    pub(in crate::engine) fn depth(&mut self) -> (usize, usize) {
+        let q = self.ring.submission().len();
+        (self.inflight.saturating_sub(q), q)
+    }
+
+    /// No op in the kernel, queued or parked.
+    pub(in crate::engine) fn idle(&self) -> bool {
+        self.inflight == 0 && self.backlog.is_empty() && self.sched.parked() == 0
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::PollAdd::new(types::Fd(self.waker.efd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
+        // SAFETY: a poll entry carries no buffer; the eventfd lives as long
+        // as the core (which holds the waker).
+        while unsafe { self.ring.submission().push(&e) }.is_err() {
+            let _ = self.ring.submit();
+        }
+    }
+
+    pub(in crate::engine) fn push_backlog(&mut self) {
+        while self.inflight < self.cap && !self.backlog.is_empty() {
+            // One view of the submission queue for the whole batch (each
+            // view reads the kernel's head and publishes our tail).
+            let mut sq = self.ring.submission();
+            let mut room = sq.capacity() - sq.len();
+            let mut stale = None;
+            while self.inflight < self.cap {
+                let Some(front) = self.backlog.front() else {
+                    break;
+                };
+                let Some(reg) = Core::buf_of(&self.chunks, self.fixed, front) else {
+                    stale = front.lib_chunk;
+                    break;
+                };
+                let linked = front.pre_flush && front.kind == OpKind::Write;
+                if room < 1 + linked as usize {
+                    break;
+                }
+                let op = self.backlog.pop_front().expect("checked front");
+                // Library pages: not once a cancel detached them (checked
+                // after the registration was made current, see
+                // `OpSink::detached`); on a plain read, only if the request
+                // will wait for it.
+                if let Some(c) = op.lib_chunk {
+                    if reg == Buf::Plain {
+                        // The chunk is REFUSED on this ring, or the ring
+                        // has no table: later requests there use private
+                        // memory.
+                        lib_pages::refuse(c);
+                    }
+                    if op.sink.detached() || (reg == Buf::Plain && !op.sink.demote(op.region)) {
+                        op.complete(-libc::ECANCELED);
+                        continue;
+                    }
+                }
+                let idx = self.free.pop().unwrap_or_else(|| {
+                    self.slab.push(None);
+                    self.slab.len() - 1
+                });
+                let (flush, data) = entries(&op, idx as u64, reg);
+                if let Some(f) = flush {
+                    // SAFETY: an fsync entry carries no buffer; the fd stays
+                    // open because the op (in the slab below) holds `Arc<Device>`.
+                    unsafe { sq.push(&f) }.expect("room checked above");
+                }
+                // SAFETY: `data`'s buffer points into the op's private slot,
+                // which the slab entry created below owns until this entry's
+                // CQE is reaped in `reap` (for a fixed op, inside registered
+                // buffer 0, checked in `buf_of`), or for a zero-copy op into
+                // the caller's memory, lent until the region is final, which
+                // is never before that CQE is reaped, or for a read into
+                // library pages into the arena chunk registered as its
+                // fixed buffer (mapped for good; a detach leaves the pages
+                // this registration pinned to the kernel); the fd is kept
+                // open by the op's `Arc<Device>`.
+                unsafe { sq.push(&data) }.expect("room checked above");
+                room -= 1 + linked as usize;
+                self.slab[idx] = Some(Slot {
+                    op,
+                    cqes: Cqes::new(linked),
+                });
+                self.inflight += 1;
+            }
+            drop(sq);
+            if let Some(c) = stale {
+                self.register_chunk(c);
+                continue;
+            }
+            if self.inflight >= self.cap || self.backlog.is_empty() {
+                break;
+            }
+            // The queue is full: hand it to the kernel and go on.
+            if self.ring.submit().is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Submits what is queued and, unless `pending()` says there is work
+    /// already (checked after announcing the sleep, so a waker cannot be
+    /// missed), sleeps until a completion, a wake-up, the next timer, or
+    /// `max` (when given).
+    pub(in crate::engine) fn wait(
+        &mut self,
+        now: Option<Instant>,
+        pending: &dyn Fn() -> bool,
+        max: Option<std::time::Duration>,
+    ) {
+        let runnable = !self.backlog.is_empty() && self.inflight < self.cap;
+        if runnable || pending() {
+            let _ = self.ring.submit();
+            return;
+        }
+        // `now`: the caller's clock reading, or read here if a timer needs it.
+        let mut at = None;
+        if self.sched.needs_clock() || max.is_some() {
+            let now = now.unwrap_or_else(Instant::now);
+            at = self.sched.next_wakeup(now);
+            if let Some(m) = max {
+                let limit = now + m;
+                at = Some(at.map_or(limit, |a| a.min(limit)));
+            }
+        }
+        // The wake-up time, then the flag, then one more look: a thread
+        // that publishes work and then reads these either sees us asleep
+        // (and until when), or we see its work.
+        self.waker
+            .until
+            .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if pending() {
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            let _ = self.ring.submit();
+            return;
+        }
+        if let Some(efd) = &self.cq_efd {
+            let r = poll_for_completion(&mut self.ring, efd, at);
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = r {
+                eprintln!("libdmio: waiting for completions failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            return;
+        }
+        let r = match at {
+            Some(at) => {
+                let d = at.saturating_duration_since(Instant::now());
+                let ts = types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        self.waker.sleeping.store(false, Ordering::SeqCst);
+        if let Err(e) = r {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => {
+                    eprintln!("libdmio: io_uring_enter failed: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// Completes the ops whose CQEs have arrived.
+    pub(in crate::engine) fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(ud, res) in cqes.iter() {
+            if ud == WAKE {
+                // SAFETY: reads 8 bytes into our own u64 from our eventfd,
+                // which POLLIN says is readable.
+                unsafe {
+                    libc::read(
+                        self.waker.efd.as_raw_fd(),
+                        &mut self.wake_buf as *mut u64 as *mut _,
+                        8,
+                    )
+                };
+                self.arm_wake();
+                continue;
+            }
+            let idx = (ud & !FLUSH_BIT) as usize;
+            let Some(slot) = self.slab.get_mut(idx).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            let Some(res) = slot.cqes.record(ud & FLUSH_BIT != 0, res) else {
+                continue;
+            };
+            let slot = self.slab[idx].take().expect("present");
+            self.free.push(idx);
+            self.inflight -= 1;
+            slot.op.complete(res);
+        }
+        self.cqes = cqes;
+    }
+}
