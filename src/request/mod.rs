@@ -17,11 +17,18 @@
 //! [`OpSink::op_done`] and timers through [`Timer::on_timer`], the two
 //! traits through which they see a request.
 
+mod cancel;
+mod hedge;
+mod sync;
+
+pub use sync::summarize;
+
 use crate::device::Device;
 use crate::engine::{OpSink, Timer};
 use crate::memory::caller::CallerMemory;
 use crate::memory::pool::SlotRef;
 use crate::small::Small;
+use hedge::Standby;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -149,33 +156,6 @@ struct Region {
     /// could not be registered), so its pages cannot be detached.
     plain: bool,
     fin: Option<(State, i32)>,
-}
-
-/// Hedged reads: the regions not started yet, in order, each with the
-/// private memory taken for it. No deque at all for other requests, so
-/// dropping a request costs nothing here.
-struct Standby(Option<VecDeque<(u32, SlotRef)>>);
-
-impl Standby {
-    fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|q| q.is_empty())
-    }
-    fn extend(&mut self, regions: Vec<(u32, SlotRef)>) {
-        if !regions.is_empty() {
-            self.0.get_or_insert_with(VecDeque::new).extend(regions);
-        }
-    }
-    fn pop_front(&mut self) -> Option<(u32, SlotRef)> {
-        self.0.as_mut()?.pop_front()
-    }
-    fn retain(&mut self, keep: impl FnMut(&(u32, SlotRef)) -> bool) {
-        if let Some(q) = self.0.as_mut() {
-            q.retain(keep);
-        }
-    }
-    fn take_all(&mut self) -> Vec<(u32, SlotRef)> {
-        self.0.take().map(Vec::from).unwrap_or_default()
-    }
 }
 
 struct Inner {
@@ -444,243 +424,6 @@ impl Request {
         }
     }
 
-    /// The deadline passed: running regions get TIMEOUT (once), or end
-    /// CANCELLED with `DM_IO_CANCEL_ON_TIMEOUT` (and for SYNC requests
-    /// without notify, as the proposal says).
-    pub fn on_deadline(self: &Arc<Self>) {
-        let cancel = self.mode.cancel_on_timeout || (self.mode.sync && self.notify.is_none());
-        let mut g = self.lock();
-        g.deadline_fired = true;
-        // Hedged regions not started yet start now (or are cancelled below).
-        let start: Vec<(u32, SlotRef)> = if cancel {
-            Vec::new()
-        } else {
-            g.standby.take_all()
-        };
-        for i in 0..g.regions.len() {
-            let r = &mut g.regions[i];
-            // A cancelled zero-copy region waits for its IO, not for TIMEOUT.
-            if r.fin.is_some() || r.timed_out || r.cancel_pending != 0 {
-                continue;
-            }
-            r.timed_out = true;
-            if cancel {
-                self.cancel_region(&mut g, i, CancelReason::Deadline);
-            } else {
-                self.emit(&mut g, i as u32, State::Timeout, -libc::ETIMEDOUT);
-            }
-        }
-        drop(g);
-        if !start.is_empty() {
-            self.owner.start_regions(self, start, true);
-        }
-    }
-
-    /// Sets the deadline and asks the engine for a timer.
-    pub fn arm_deadline(self: &Arc<Self>, at: Instant) {
-        self.lock().deadline = Some(at);
-        self.owner.arm_timer(at, self);
-    }
-
-    /// A timer armed by this request went off (`now`: when the engine
-    /// looked at its clock): deadline and/or hedge.
-    fn timer_fired(self: &Arc<Self>, now: Instant) {
-        let (deadline, hedge) = {
-            let g = self.lock();
-            (
-                !g.deadline_fired && g.deadline.is_some_and(|d| d <= now),
-                g.hedge_at.is_some_and(|h| h <= now),
-            )
-        };
-        if deadline {
-            self.on_deadline();
-        }
-        if hedge {
-            self.hedge(now);
-        }
-    }
-
-    /// Hedged read: starts region `first`, keeps `rest` (further regions,
-    /// each with its own private memory) to start one by one, every
-    /// `every` (if set) or at once when the running one ends in ERROR.
-    pub fn start_any(
-        self: &Arc<Self>,
-        first: (u32, SlotRef),
-        rest: Vec<(u32, SlotRef)>,
-        every: Option<Duration>,
-    ) {
-        let at = {
-            let mut g = self.lock();
-            g.standby.extend(rest);
-            g.hedge_every = every;
-            let at = every
-                .filter(|_| !g.standby.is_empty())
-                .and_then(|d| Instant::now().checked_add(d));
-            g.hedge_at = at;
-            at
-        };
-        if let Some(at) = at {
-            self.owner.arm_timer(at, self);
-        }
-        self.owner.start_regions(self, vec![first], false);
-    }
-
-    /// The hedge delay passed with no region done: start the next region.
-    fn hedge(self: &Arc<Self>, now: Instant) {
-        let mut g = self.lock();
-        g.hedge_at = None;
-        if g.winner.is_some() {
-            return;
-        }
-        let Some(next_region) = g.standby.pop_front() else {
-            return;
-        };
-        let next = g
-            .hedge_every
-            .filter(|_| !g.standby.is_empty())
-            .and_then(|d| now.checked_add(d));
-        g.hedge_at = next;
-        drop(g);
-        if let Some(at) = next {
-            self.owner.arm_timer(at, self);
-        }
-        self.owner.start_regions(self, vec![next_region], true);
-    }
-
-    /// Completion of a hedged read's region `i`: the first OK is copied to
-    /// the caller and wins, the other regions end CANCELLED; an ERROR
-    /// starts the next region at once.
-    fn any_done(self: &Arc<Self>, i: usize, slot: Option<SlotRef>, expected: u32, res: i32) {
-        let mut g = self.lock();
-        let mut next = None;
-        if g.regions[i].fin.is_none() {
-            if res >= 0 && res as u32 == expected && g.winner.is_none() {
-                if let Some(s) = &slot {
-                    // SAFETY: the region is live, so the caller's memory is
-                    // still lent to us; its length was checked at submission.
-                    unsafe { self.mem.copy_in(0, s.bytes(expected as usize)) };
-                }
-                drop(slot);
-                g.winner = Some(i);
-                self.finalize(&mut g, i, State::Ok, 0);
-                for k in 0..g.regions.len() {
-                    if g.regions[k].fin.is_none() {
-                        self.finalize(&mut g, k, State::Cancelled, CancelReason::User.errno());
-                    }
-                }
-            } else {
-                drop(slot);
-                let err = if res < 0 { res } else { -libc::EIO };
-                self.finalize(&mut g, i, State::Error, err);
-                if g.winner.is_none() {
-                    next = g.standby.pop_front();
-                }
-            }
-        }
-        drop(g);
-        if let Some(region) = next {
-            self.owner.start_regions(self, vec![region], true);
-        }
-    }
-
-    /// Cancels every live region for which `pick(device)` holds; returns
-    /// how many were cancelled.
-    pub fn cancel_where(
-        self: &Arc<Self>,
-        reason: CancelReason,
-        pick: impl Fn(&Device) -> bool,
-    ) -> usize {
-        let mut g = self.lock();
-        let mut n = 0;
-        for i in 0..g.regions.len() {
-            let r = &g.regions[i];
-            if r.fin.is_none() && r.cancel_pending == 0 && pick(&self.specs[i].dev) {
-                self.cancel_region(&mut g, i, reason);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Region `i` (live) is cancelled: it ends CANCELLED now, or, for a
-    /// zero-copy region whose IO still runs in the caller's memory, when
-    /// that IO ends.
-    fn cancel_region(self: &Arc<Self>, g: &mut Inner, i: usize, reason: CancelReason) {
-        let r = &mut g.regions[i];
-        let running = r.outstanding;
-        let lent = running > 0
-            && (self.mode.zero_copy || (self.mode.lib_pages && (r.plain || !self.detach(i))));
-        if lent {
-            g.regions[i].cancel_pending = reason.errno();
-        } else {
-            if self.mode.lib_pages && running > 0 {
-                g.detached_ops = running;
-                self.owner.detached_ops(running as i64);
-            }
-            self.finalize(g, i, State::Cancelled, reason.errno());
-        }
-    }
-
-    /// Library pages: replaces region `i`'s pages under the caller's
-    /// addresses with fresh ones ([`crate::memory::lib_pages::detach`]), so the
-    /// IO still running finishes into pages the caller no longer sees.
-    /// `detached` is set first: an engine that reads it as false after
-    /// making its registration current started the op before the pages
-    /// were replaced, so into the old pages. `false` when the kernel
-    /// refused a mapping (the region must then wait for its IO).
-    fn detach(&self, i: usize) -> bool {
-        self.detached.store(true, Ordering::SeqCst);
-        crate::memory::lib_pages::detach_memory(&self.mem, self.specs[i].count as usize * 512)
-    }
-
-    /// Regions cancelled but still running in the caller's memory (their
-    /// CANCELLED comes when the kernel ends their IO).
-    pub fn cancels_pending(&self) -> bool {
-        (self.mode.zero_copy || self.mode.lib_pages)
-            && self
-                .lock()
-                .regions
-                .iter()
-                .any(|r| r.fin.is_none() && r.cancel_pending != 0)
-    }
-
-    /// Waits until every region is final, calling `step` (which sleeps a
-    /// little, or drives the caller's own ring) between looks (zero-copy
-    /// destroy).
-    pub fn wait_final(&self, step: &mut dyn FnMut()) {
-        while !self.all_final() {
-            step();
-        }
-    }
-
-    /// Waits (in the `dm_io` caller's thread) until every region is final,
-    /// calling notify for each event here, and returns the summary: 0 when
-    /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
-    /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
-    pub fn wait_sync(self: &Arc<Self>) -> i32 {
-        let mut g = self.lock();
-        loop {
-            if let Some(ev) = g.queue.pop_front() {
-                drop(g);
-                ev.deliver();
-                g = self.lock();
-                continue;
-            }
-            if g.live == 0 {
-                break;
-            }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
-        drop(g);
-        self.owner.request_delivered(self);
-        if self.mode.read_any && finals.iter().any(|(s, _)| *s == State::Ok) {
-            // A hedged read succeeds when one region delivered the data.
-            return 0;
-        }
-        summarize(&finals)
-    }
-
     /// The completion thread delivered a final event of this request.
     pub fn final_delivered(&self) {
         if self.undelivered.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -725,17 +468,4 @@ impl Timer for Request {
     fn on_timer(self: Arc<Self>, now: Instant) {
         self.timer_fired(now);
     }
-}
-
-/// 0 if every state is OK; else the first ERROR's code; else the first
-/// CANCELLED region's code.
-pub fn summarize(finals: &[(State, i32)]) -> i32 {
-    if let Some((_, e)) = finals.iter().find(|(s, _)| *s == State::Error) {
-        return *e;
-    }
-    finals
-        .iter()
-        .find(|(s, _)| *s != State::Ok)
-        .map(|(_, e)| *e)
-        .unwrap_or(0)
 }

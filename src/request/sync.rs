@@ -1,0 +1,57 @@
+//! The SYNC wait: `dm_io` with `DM_IO_SYNC` waits in the caller's thread,
+//! calls notify there for each event, and returns the summary.
+
+use super::{Request, State};
+use std::sync::Arc;
+
+impl Request {
+    /// Waits until every region is final, calling `step` (which sleeps a
+    /// little, or drives the caller's own ring) between looks (zero-copy
+    /// destroy).
+    pub fn wait_final(&self, step: &mut dyn FnMut()) {
+        while !self.all_final() {
+            step();
+        }
+    }
+
+    /// Waits (in the `dm_io` caller's thread) until every region is final,
+    /// calling notify for each event here, and returns the summary: 0 when
+    /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
+    /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
+    pub fn wait_sync(self: &Arc<Self>) -> i32 {
+        let mut g = self.lock();
+        loop {
+            if let Some(ev) = g.queue.pop_front() {
+                drop(g);
+                ev.deliver();
+                g = self.lock();
+                continue;
+            }
+            if g.live == 0 {
+                break;
+            }
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
+        drop(g);
+        self.owner.request_delivered(self);
+        if self.mode.read_any && finals.iter().any(|(s, _)| *s == State::Ok) {
+            // A hedged read succeeds when one region delivered the data.
+            return 0;
+        }
+        summarize(&finals)
+    }
+}
+
+/// 0 if every state is OK; else the first ERROR's code; else the first
+/// CANCELLED region's code.
+pub fn summarize(finals: &[(State, i32)]) -> i32 {
+    if let Some((_, e)) = finals.iter().find(|(s, _)| *s == State::Error) {
+        return *e;
+    }
+    finals
+        .iter()
+        .find(|(s, _)| *s != State::Ok)
+        .map(|(_, e)| *e)
+        .unwrap_or(0)
+}
