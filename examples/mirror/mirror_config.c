@@ -24,7 +24,40 @@ void mirror_config_init(struct mirror_config *c)
 	c->queue_depth = 64;
 }
 
-/* The checks of the configuration's numbers, shared by open and validate. */
+/* The file or device behind a path: st_rdev for a block device (two nodes
+ * of one disk are the same leg), else device and inode. 0 when stat fails
+ * (opening it reports that). */
+static int same_target(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	if (!a || !b || stat(a, &sa) != 0 || stat(b, &sb) != 0)
+		return 0;
+	if (S_ISBLK(sa.st_mode) && S_ISBLK(sb.st_mode))
+		return sa.st_rdev == sb.st_rdev;
+	return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* No leg twice (a mirror of a disk onto itself protects nothing, and its
+ * resync would copy a region onto itself), and the log is no leg. */
+static int check_distinct(const struct mirror_config *cfg)
+{
+	for (unsigned i = 0; i < cfg->nlegs; i++) {
+		for (unsigned j = i + 1; j < cfg->nlegs; j++)
+			if (same_target(cfg->legs[i], cfg->legs[j])) {
+				mirror_set_error("legs %u (%s) and %u (%s) are the same file or device", i, cfg->legs[i],
+						 j, cfg->legs[j]);
+				return -EINVAL;
+			}
+		if (cfg->log_path && same_target(cfg->legs[i], cfg->log_path)) {
+			mirror_set_error("the log %s is leg %u (%s)", cfg->log_path, i, cfg->legs[i]);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/* The checks of the configuration, shared by open and validate: the
+ * numbers, and that no leg is given twice. */
 int mirror_check_config(const struct mirror_config *cfg)
 {
 	if (!cfg || cfg->nlegs < 1 || cfg->nlegs > MIRROR_MAX_LEGS) {
@@ -40,7 +73,7 @@ int mirror_check_config(const struct mirror_config *cfg)
 		mirror_set_error("quorum must be 1..%u", cfg->nlegs);
 		return -EINVAL;
 	}
-	return 0;
+	return check_distinct(cfg);
 }
 
 int mirror_validate(const struct mirror_config *cfg)

@@ -40,6 +40,9 @@ run_bad "a log in a missing directory" "log=$tmp/nodir/log" leg=a leg=b log=nodi
 run_bad "a status file in a missing directory" "status=$tmp/nodir/st.json" leg=a leg=b status=nodir/st.json
 run_bad "fault= on a leg that does not exist" "only 2 legs" leg=a leg=b fault=2:hang
 run_bad "nine legs" "at most 8 legs" a b a b a b a b a
+ln -s a a-link
+run_bad "a leg given twice (through a symlink)" "same file or device" leg=a leg=a-link
+run_bad "a log that is a leg" "is leg 1" leg=a leg=b log=b
 check "legs untouched by every refused start (md5)" test "$(cat a b | md5sum)" = "$sum0"
 
 # The same parameters, right, start it (bare paths are legs too).

@@ -396,6 +396,14 @@ static void t_partial(void)
 	check(mirror_validate(&c) == -ENOENT && strstr(mirror_last_error(), "/nonexistent-dir"),
 	      "partial: mirror_validate refuses a log in a missing directory (%s)", mirror_last_error());
 	c.log_path = NULL;
+	c.legs[1] = p[0];
+	check(mirror_validate(&c) == -EINVAL && strstr(mirror_last_error(), "same file"),
+	      "partial: mirror_validate refuses a leg given twice (%s)", mirror_last_error());
+	c.legs[1] = p[1];
+	c.log_path = p[1];
+	check(mirror_validate(&c) == -EINVAL && strstr(mirror_last_error(), "the log"),
+	      "partial: mirror_validate refuses a log that is a leg (%s)", mirror_last_error());
+	c.log_path = NULL;
 	c.quorum = 3;
 	check(mirror_validate(&c) == -EINVAL, "partial: mirror_validate refuses quorum 3 of 2 (%s)",
 	      mirror_last_error());
