@@ -15,7 +15,8 @@
 //! memory is never touched again. This module knows nothing about how IO is
 //! performed: engines report each operation's result through
 //! [`OpSink::op_done`] and timers through [`Timer::on_timer`], the two
-//! traits through which they see a request.
+//! traits through which they see a request. Deadlines and cancellation are
+//! in `cancel.rs`, hedged reads in `hedge.rs`, the SYNC wait in `sync.rs`.
 
 mod cancel;
 mod hedge;
