@@ -180,6 +180,7 @@ CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := $(CURDIR)/.tools/bin/cargo-fuzz
 FUZZ_SECONDS ?= 600
 FUZZ_RUNS ?= 5000
+NBD_FUZZ_RUNS ?= 200000
 $(CARGO_FUZZ):
 	$(CARGO) install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(CURDIR)/.tools
 
@@ -193,6 +194,11 @@ test-fuzz: $(CARGO_FUZZ)
 	@mkdir -p fuzz/corpus/abi_sequence
 	@RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run abi_sequence -- -max_len=512 -len_control=0 \
 		-runs=$(FUZZ_RUNS) -seed=1 2>&1 | grep -E 'DONE|Done|ERROR|SUMMARY|panicked' ; \
+		test $${PIPESTATUS[0]} -eq 0
+	@echo "== fuzz: $(NBD_FUZZ_RUNS) hostile NBD server byte streams (src/nbd) under AddressSanitizer"
+	@mkdir -p fuzz/corpus/nbd_client
+	@RUSTC_BOOTSTRAP=1 $(CARGO_FUZZ) run nbd_client fuzz/corpus/nbd_client fuzz/seeds/nbd_client -- -max_len=40000 \
+		-runs=$(NBD_FUZZ_RUNS) -seed=1 2>&1 | grep -E 'DONE|Done|ERROR|SUMMARY|panicked' ; \
 		test $${PIPESTATUS[0]} -eq 0
 
 test-header: all
