@@ -5,7 +5,7 @@
 use crate::client::{Client, Submit};
 use crate::device::Device;
 use crate::engine::manual::ManualEngine;
-use crate::memory::caller::{CallerMemory, Segment};
+use crate::memory::caller::{CallerMemory, CallerPtr, Segment};
 use crate::request::{Mode, Notifier, Notify, RegionSpec, State};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,7 +67,7 @@ fn client(slots: u32, max_size: u32) -> (Arc<Client>, Arc<ManualEngine>) {
 
 fn mem(buf: &mut [u8]) -> CallerMemory {
     CallerMemory::from_segments(vec![Segment {
-        addr: buf.as_mut_ptr() as usize,
+        addr: CallerPtr::new(buf.as_mut_ptr()).expect("a buffer"),
         len: buf.len(),
     }])
 }

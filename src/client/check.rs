@@ -158,12 +158,13 @@ impl Client {
             };
             for (off, len) in pieces(r.count * 512, slot) {
                 match s.mem.span_addr(off as usize, len as usize) {
-                    Some(a) if a % align == 0 => {}
+                    Some(a) if a.addr() % align == 0 => {}
                     Some(a) => {
+                        let a = a.addr();
                         return Err(crate::einval!(
                             "DM_IO_ZERO_COPY: region {i}: memory at {a:#x} is not aligned \
                              to the device's {align} bytes (O_DIRECT)"
-                        ))
+                        ));
                     }
                     None => {
                         return Err(crate::einval!(

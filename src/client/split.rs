@@ -69,7 +69,7 @@ pub(super) fn region_op(
         region: i as u32,
         mem_off: off,
         slot: None,
-        direct: 0,
+        direct: None,
         lib_chunk: None,
     }
 }
@@ -182,8 +182,11 @@ impl Client {
             for (off, len) in pieces(bytes, piece) {
                 let direct = req.direct_addr(off, len);
                 batch.push(IoOp {
-                    direct,
-                    lib_chunk: req.mode.lib_pages.then(|| lib_pages::chunk_index(direct)),
+                    direct: Some(direct),
+                    lib_chunk: req
+                        .mode
+                        .lib_pages
+                        .then(|| lib_pages::chunk_index(direct.addr())),
                     ..region_op(req, i, kind, off, len, flush, fua)
                 });
             }

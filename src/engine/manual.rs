@@ -203,7 +203,7 @@ pub mod kit {
             region,
             mem_off: 0,
             slot,
-            direct: 0,
+            direct: None,
             lib_chunk: None,
         }
     }

@@ -22,6 +22,7 @@ pub use wake::Wake;
 pub mod manual;
 
 use crate::device::Device;
+use crate::memory::caller::CallerPtr;
 use crate::memory::pool::SlotRef;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -86,11 +87,11 @@ pub struct IoOp {
     pub mem_off: u64,
     /// The private memory `buf()` points into; owned by this op until it completes.
     pub slot: Option<SlotRef>,
-    /// Zero-copy (no slot): the address in the caller's memory the op
-    /// reads into or writes from, 0 if none. The caller lends it until the
-    /// region is final, which for a zero-copy region is never before this
+    /// Zero-copy or library pages (no slot): the address in the caller's
+    /// memory the op reads into or writes from. The caller lends it until
+    /// the region is final, which for such a region is never before this
     /// op completes.
-    pub direct: usize,
+    pub direct: Option<CallerPtr>,
     /// A read straight into library pages (`direct`), which lie in this
     /// arena chunk ([`crate::memory::lib_pages`]): the engine reads as a fixed
     /// buffer of that chunk, so that a cancel can detach the pages from
@@ -104,7 +105,7 @@ impl IoOp {
     pub fn buf(&self) -> *mut u8 {
         match &self.slot {
             Some(s) => s.as_ptr(),
-            None => self.direct as *mut u8,
+            None => self.direct.map_or(std::ptr::null_mut(), CallerPtr::as_ptr),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::types::{bio_vec, dm_io_mem_type, dm_io_memory, dm_io_page_list};
 use crate::error::Result;
-use crate::memory::caller::{CallerMemory, Segment};
+use crate::memory::caller::{CallerMemory, CallerPtr, Segment};
 use crate::memory::pages::LivePages;
 use crate::memory::PAGE_SIZE;
 
@@ -29,10 +29,9 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
             .checked_add(offset)
             .filter(|s| s.checked_add(need).is_some())
             .ok_or_else(|| crate::einval!("memory.ptr.vma + offset + length overflows"))?;
-        return Ok(CallerMemory::contiguous(Segment {
-            addr: start,
-            len: need,
-        }));
+        let addr = CallerPtr::from_addr(start)
+            .ok_or_else(|| crate::einval!("memory.ptr.vma + offset is NULL"))?;
+        return Ok(CallerMemory::contiguous(Segment { addr, len: need }));
     }
     let live = LivePages::lock();
     let mut w = Walk {
@@ -124,9 +123,10 @@ impl Walk {
         // Pages that follow each other in memory make one segment (so a
         // piece over them can run in place: zero-copy, library pages).
         match self.segs.last_mut() {
-            Some(last) if last.addr + last.len == start => last.len += n,
+            Some(last) if last.addr.addr() + last.len == start => last.len += n,
             _ => self.segs.push(Segment {
-                addr: start,
+                // A live page's address plus an offset: never 0.
+                addr: CallerPtr::from_addr(start).expect("a page address"),
                 len: n,
             }),
         }

@@ -25,8 +25,9 @@ use crate::client::{Client, Submit};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::handle;
+use crate::notify::{CNotify, Notify};
 use crate::registry::Registry;
-use crate::request::{FnNotifier, Mode, Notify, RegionSpec, State};
+use crate::request::{Mode, RegionSpec};
 use crate::small::Small;
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
@@ -60,38 +61,6 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
     unsafe { std::ffi::CStr::from_ptr(p) }
         .to_str()
         .map_err(|_| crate::einval!("{what} is not UTF-8"))
-}
-
-type CNotifyFn = unsafe extern "C" fn(*mut dm_io_region_state, *mut c_void);
-
-/// The C notify function and its context, kept inline in the request:
-/// `words` are the function pointer and the context.
-fn c_notifier(f: CNotifyFn, ctx: *mut c_void) -> FnNotifier {
-    FnNotifier {
-        call: call_c_notify,
-        words: [f as usize, ctx as usize],
-    }
-}
-
-fn call_c_notify(n: &FnNotifier, index: u32, state: State, error: i32, handle: usize) {
-    // SAFETY: `words[0]` was made from a `CNotifyFn` in `c_notifier` (a
-    // non-null function pointer, the size of usize).
-    let f = unsafe { std::mem::transmute::<usize, CNotifyFn>(n.words[0]) };
-    let state = match state {
-        State::Ok => dm_io_state::DM_IO_OK,
-        State::Timeout => dm_io_state::DM_IO_TIMEOUT,
-        State::Cancelled => dm_io_state::DM_IO_CANCELLED,
-        State::Error => dm_io_state::DM_IO_ERROR,
-    };
-    let mut st = dm_io_region_state {
-        index,
-        state,
-        error_code: error,
-        hdl: handle as *mut dm_io_handle,
-    };
-    // SAFETY: the caller gave this function and context for this request;
-    // `st` is valid for the call.
-    unsafe { f(&mut st, n.words[1] as *mut c_void) }
 }
 
 /// Creates a client: private memory for `devices × min_ios` operations of
@@ -281,7 +250,12 @@ pub unsafe extern "C" fn dm_io(
         }
         // SAFETY: the memory descriptor is the caller's, lent for this request.
         let mem = unsafe { memory::resolve(&ctrl.memory, need) }?;
-        let notify = ctrl.notify.map(|f| Notify::Fn(c_notifier(f, ctrl.context)));
+        let notify = ctrl.notify.map(|f| {
+            Notify::C(CNotify {
+                f,
+                ctx: ctrl.context,
+            })
+        });
         let sub = Submit {
             mode: Mode {
                 write: ctrl.rw & DM_IO_WRITE != 0,

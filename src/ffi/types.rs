@@ -3,16 +3,15 @@
 
 use std::os::raw::{c_int, c_uint, c_void};
 
+// Defined with the request's notification (notify.rs), which calls the C
+// function; part of the C ABI all the same.
+pub use crate::notify::{dm_io_handle, dm_io_notify_fn, dm_io_region_state, dm_io_state};
+
 /// A disk address or length in 512-byte sectors.
 pub type sector_t = u64;
 
 /// Opaque: a client created by `dm_io_client_create`.
 pub struct dm_io_client {
-    _private: [u8; 0],
-}
-
-/// Opaque: a request, referenced with `dm_io_handle_get` / `dm_io_handle_put`.
-pub struct dm_io_handle {
     _private: [u8; 0],
 }
 
@@ -76,22 +75,6 @@ pub const DM_IO_BDEV_RDONLY: c_uint = 1;
 /// `dm_io_bdev_open` flag: use the page cache instead of O_DIRECT.
 pub const DM_IO_BDEV_BUFFERED: c_uint = 2;
 
-/// The state of a region, as given to notify.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum dm_io_state {
-    /// The region's IO completed successfully (final).
-    DM_IO_OK = 0,
-    /// The deadline passed; the IO is still running and will be notified
-    /// again with its final state (not final).
-    DM_IO_TIMEOUT = 1,
-    /// Cancelled; the library will not touch the caller's memory for this
-    /// region again (final).
-    DM_IO_CANCELLED = 2,
-    /// The IO failed; `error_code` is a negative errno (final).
-    DM_IO_ERROR = 3,
-}
-
 /// Values of `dm_io_memory.type`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,27 +96,6 @@ pub struct dm_io_region {
     pub sector: sector_t,
     pub count: sector_t,
 }
-
-/// What notify is told about one region. Its contents do not change during
-/// the call; `hdl` is valid only during the call unless `dm_io_handle_get`
-/// takes a reference.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct dm_io_region_state {
-    /// Index of the region in the `regions` array given to `dm_io`.
-    pub index: c_uint,
-    pub state: dm_io_state,
-    /// 0 for OK; `-ETIMEDOUT` for TIMEOUT; a negative errno for ERROR; for
-    /// CANCELLED, why: `-ECANCELED` (cancel call), `-ETIMEDOUT` (deadline),
-    /// `-ESHUTDOWN` (client destroyed).
-    pub error_code: c_int,
-    pub hdl: *mut dm_io_handle,
-}
-
-/// Called per region: at most once with DM_IO_TIMEOUT, then once with a
-/// final state.
-pub type dm_io_notify_fn =
-    Option<unsafe extern "C" fn(state: *mut dm_io_region_state, context: *mut c_void)>;
 
 /// A page list: `page` then `next`, NULL-terminated.
 #[repr(C)]

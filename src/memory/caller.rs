@@ -8,11 +8,63 @@
 //! `DM_IO_CANCELLED` the caller's memory is never touched again.
 
 use crate::small::Small;
+use std::ptr::NonNull;
+
+/// An address in memory the C caller lent for a request: its data buffer,
+/// which the library copies to and from (here) and the kernel reads or
+/// writes for zero-copy and library-page IO (the engines, through
+/// `IoOp::direct`). A plain address, never dereferenced on its own: every
+/// access goes through an `unsafe` block that says why the memory is still
+/// lent (its region is not final).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallerPtr(NonNull<u8>);
+
+// SAFETY: a `CallerPtr` is an address the caller lent for the life of a
+// request, not an owner of the memory: `dm_io`'s contract lets the library
+// use it from any of its threads until the region's final notification,
+// and every read or write through it is an `unsafe` block of its own that
+// checks that condition (copies under the request's lock while the region
+// is live; kernel IO owned by a region that cannot be final before it).
+unsafe impl Send for CallerPtr {}
+// SAFETY: as for `Send`: shared access only copies the address.
+unsafe impl Sync for CallerPtr {}
+
+impl CallerPtr {
+    /// The caller's address `p` (`None` for NULL).
+    pub fn new(p: *mut u8) -> Option<CallerPtr> {
+        NonNull::new(p).map(CallerPtr)
+    }
+
+    /// The caller's address `addr` (`None` for 0).
+    pub fn from_addr(addr: usize) -> Option<CallerPtr> {
+        CallerPtr::new(addr as *mut u8)
+    }
+
+    /// The address as a number (alignment, arena look-ups).
+    #[inline]
+    pub fn addr(self) -> usize {
+        self.0.as_ptr() as usize
+    }
+
+    /// The address as a pointer, for an access whose `unsafe` block says
+    /// why the memory is still lent.
+    #[inline]
+    pub fn as_ptr(self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+
+    /// `off` bytes further (`None` only if that wrapped to 0, which a range
+    /// checked at submission never does).
+    #[inline]
+    fn byte_add(self, off: usize) -> Option<CallerPtr> {
+        CallerPtr::new(self.0.as_ptr().wrapping_add(off))
+    }
+}
 
 /// One contiguous piece of caller memory.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
-    pub addr: usize,
+    pub addr: CallerPtr,
     pub len: usize,
 }
 
@@ -53,7 +105,7 @@ impl CallerMemory {
 
     /// Visits the pieces of caller memory covering `[off, off + len)`,
     /// calling `f(segment_address, position_in_range, piece_len)`.
-    fn walk(&self, mut off: usize, len: usize, mut f: impl FnMut(usize, usize, usize)) {
+    fn walk(&self, mut off: usize, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
         assert!(off + len <= self.total, "copy beyond the caller's memory");
         let mut done = 0;
         for s in self.segs.iter() {
@@ -65,7 +117,7 @@ impl CallerMemory {
                 continue;
             }
             let n = (s.len - off).min(len - done);
-            f(s.addr + off, done, n);
+            f(s.addr.as_ptr().wrapping_add(off), done, n);
             done += n;
             off = 0;
         }
@@ -73,22 +125,24 @@ impl CallerMemory {
 
     /// The address of the first byte (`None` when empty).
     pub fn first_addr(&self) -> Option<usize> {
-        self.segs.iter().next().map(|s| s.addr)
+        self.segs.iter().next().map(|s| s.addr.addr())
     }
 
     /// Calls `f(address, length)` for each contiguous piece of logical
     /// bytes `[off, off + len)`.
     pub fn spans(&self, off: usize, len: usize, mut f: impl FnMut(usize, usize)) {
-        self.walk(off, len, |addr, _, n| f(addr, n));
+        self.walk(off, len, |addr, _, n| f(addr as usize, n));
     }
 
     /// The address of logical bytes `[off, off + len)` when they lie in one
     /// segment (zero-copy IO needs one contiguous buffer per op).
-    pub fn span_addr(&self, off: usize, len: usize) -> Option<usize> {
+    pub fn span_addr(&self, off: usize, len: usize) -> Option<CallerPtr> {
         let mut start = 0;
         for s in self.segs.iter() {
             if off < start + s.len {
-                return (off + len <= start + s.len).then(|| s.addr + (off - start));
+                return (off + len <= start + s.len)
+                    .then(|| s.addr.byte_add(off - start))
+                    .flatten();
             }
             start += s.len;
         }
@@ -107,7 +161,7 @@ impl CallerMemory {
             // and keeps valid until the region is final (function contract);
             // `pos..pos+n` lies within `dst`; the two cannot overlap because
             // `dst` is library-private memory.
-            unsafe { super::copy::copy(dst.as_mut_ptr().add(pos), addr as *const u8, n) }
+            unsafe { super::copy::copy(dst.as_mut_ptr().add(pos), addr, n) }
         });
     }
 
@@ -118,7 +172,7 @@ impl CallerMemory {
     pub unsafe fn copy_in(&self, off: usize, src: &[u8]) {
         self.walk(off, src.len(), |addr, pos, n| {
             // SAFETY: as in `copy_out`, with the direction reversed.
-            unsafe { super::copy::copy(addr as *mut u8, src.as_ptr().add(pos), n) }
+            unsafe { super::copy::copy(addr, src.as_ptr().add(pos), n) }
         });
     }
 }
@@ -133,11 +187,11 @@ mod tests {
         let mut b = [0u8; 7];
         let m = CallerMemory::from_segments(vec![
             Segment {
-                addr: a.as_mut_ptr() as usize,
+                addr: CallerPtr::new(a.as_mut_ptr()).unwrap(),
                 len: a.len(),
             },
             Segment {
-                addr: b.as_mut_ptr() as usize,
+                addr: CallerPtr::new(b.as_mut_ptr()).unwrap(),
                 len: b.len(),
             },
         ]);
@@ -152,8 +206,14 @@ mod tests {
         unsafe { m.copy_out(4, &mut out) };
         assert_eq!(out, [2, 3, 4, 5]);
         // Contiguous ranges: inside one segment only.
-        assert_eq!(m.span_addr(0, 5), Some(a.as_ptr() as usize));
-        assert_eq!(m.span_addr(6, 4), Some(b.as_ptr() as usize + 1));
+        assert_eq!(
+            m.span_addr(0, 5).map(CallerPtr::addr),
+            Some(a.as_ptr() as usize)
+        );
+        assert_eq!(
+            m.span_addr(6, 4).map(CallerPtr::addr),
+            Some(b.as_ptr() as usize + 1)
+        );
         assert_eq!(m.span_addr(3, 4), None);
         assert_eq!(m.span_addr(10, 3), None);
     }

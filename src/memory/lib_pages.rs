@@ -113,7 +113,7 @@ pub fn eligible(mem: &CallerMemory, bytes: u64, piece: u64, stuck_ops: i64, boun
     let live = LivePages::lock();
     super::pieces(bytes, piece).all(|(off, len)| {
         mem.span_addr(off as usize, len as usize)
-            .is_some_and(|a| live.arena_span(a, len as usize).is_some())
+            .is_some_and(|a| live.arena_span(a.addr(), len as usize).is_some())
     })
 }
 

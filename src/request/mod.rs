@@ -24,9 +24,11 @@ mod sync;
 
 pub use sync::summarize;
 
+pub use crate::notify::{Notifier, Notify, State};
+
 use crate::device::Device;
 use crate::engine::{OpSink, Timer};
-use crate::memory::caller::CallerMemory;
+use crate::memory::caller::{CallerMemory, CallerPtr};
 use crate::memory::pool::SlotRef;
 use crate::small::Small;
 use hedge::Standby;
@@ -34,16 +36,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// A region's state as reported to notify (values of `DM_IO_OK` ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum State {
-    Ok = 0,
-    Timeout = 1,
-    Cancelled = 2,
-    Error = 3,
-}
 
 /// Why a region was cancelled; its `error_code` tells the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,35 +54,6 @@ impl CancelReason {
             CancelReason::User => -libc::ECANCELED,
             CancelReason::Deadline => -libc::ETIMEDOUT,
             CancelReason::Shutdown => -libc::ESHUTDOWN,
-        }
-    }
-}
-
-/// Receives a request's notifications (the C notify function, in the FFI).
-pub trait Notifier: Send + Sync {
-    fn notify(&self, index: u32, state: State, error: i32, handle: usize);
-}
-
-/// A notifier kept inline (no allocation per request): a plain function
-/// and two words it is called with (for the C ABI, the notify function and
-/// its context).
-#[derive(Clone, Copy)]
-pub struct FnNotifier {
-    pub call: fn(&FnNotifier, u32, State, i32, usize),
-    pub words: [usize; 2],
-}
-
-/// How a request's notifications are delivered.
-pub enum Notify {
-    Fn(FnNotifier),
-    Dyn(Box<dyn Notifier>),
-}
-
-impl Notify {
-    pub fn notify(&self, index: u32, state: State, error: i32, handle: usize) {
-        match self {
-            Notify::Fn(f) => (f.call)(f, index, state, error, handle),
-            Notify::Dyn(n) => n.notify(index, state, error, handle),
         }
     }
 }
@@ -339,7 +302,7 @@ impl Request {
 
     /// Zero-copy: the address of the caller's bytes `[off, off + len)`,
     /// which the submit checks made sure lie in one segment.
-    pub fn direct_addr(&self, off: u64, len: u64) -> usize {
+    pub fn direct_addr(&self, off: u64, len: u64) -> CallerPtr {
         self.mem
             .span_addr(off as usize, len as usize)
             .expect("checked at submission")

@@ -7,6 +7,7 @@ use super::ring::Cqes;
 use super::*;
 use crate::engine::manual::kit::{op, Recorder, TempDev};
 use crate::engine::OpKind;
+use crate::memory::caller::CallerPtr;
 use crate::memory::pool::Pool;
 use crate::memory::PAGE_SIZE;
 use crate::memory::{lib_pages, pages};
@@ -156,7 +157,7 @@ fn library_page_reads_register_their_chunk_and_again_after_a_detach() {
         return;
     };
     let read = |sink: &Arc<Recorder>, sector: u64| IoOp {
-        direct: p,
+        direct: CallerPtr::from_addr(p),
         lib_chunk: Some(c),
         ..op(OpKind::Read, &dev, sink, 0, sector * 512, 4096, None)
     };
@@ -208,7 +209,7 @@ fn a_refused_chunk_runs_plain_reads_only_for_requests_that_will_wait() {
     let kernel_refuses = !cfg!(debug_assertions); // chunk_range asserts c is mapped
     let mut buf = vec![0u8; 4096];
     let read = |sink: &Arc<Recorder>, buf: &mut Vec<u8>| IoOp {
-        direct: buf.as_mut_ptr() as usize,
+        direct: CallerPtr::new(buf.as_mut_ptr()),
         lib_chunk: Some(c),
         ..op(OpKind::Read, &dev, sink, 0, 8 * 512, 4096, None)
     };
