@@ -15,6 +15,7 @@ pub mod error;
 pub mod ffi;
 pub mod handle;
 pub mod memory;
+pub mod nbd;
 pub mod notify;
 pub mod registry;
 pub mod request;
