@@ -16,6 +16,14 @@
 //! unknown, so a function that takes only those is safe for any value,
 //! NULL, stale or made up, and is a plain `extern "C" fn`. Clippy's
 //! `not_unsafe_ptr_arg_deref` and `missing_safety_doc` hold the rule.
+//!
+//! Why this file is long (over 600 lines): it holds every export, in the
+//! order `dm_io.h` declares them, and most of it is their doc comments,
+//! which cbindgen copies into the header. cbindgen emits functions in the
+//! order it reads them, a module's own items before its submodules', so
+//! splitting the exports by theme would reorder the checked-in header. The
+//! helpers they share live beside it: `guard.rs` (the boundary, pointer
+//! checks), `memory.rs` (the memory descriptor), `types.rs` (the C types).
 
 pub mod guard;
 pub mod memory;
