@@ -28,6 +28,7 @@ thread_local! {
 /// vector; the reactor and the thread pool take the vector itself over
 /// their channel, so a submission from any other thread allocates one. A
 /// nested call (from a notify run inside `submit`) gets a new one.
+#[inline]
 fn take_batch() -> Vec<IoOp> {
     BATCH
         .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
