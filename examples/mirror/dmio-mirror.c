@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #endif
 #include "block.h"
+#include "dmio-mirror.h"
 #include "mirror.h"
 
 #include <errno.h>
@@ -26,14 +27,14 @@
 static double t_start;
 static int verbose;
 
-static double now_ms(void)
+double cli_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static void sleep_ms(double ms)
+void cli_sleep_ms(double ms)
 {
 	struct timespec ts = { (time_t)(ms / 1000), (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6) };
 	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
@@ -43,7 +44,7 @@ static void sleep_ms(double ms)
 static void on_event(void *ctx, const char *msg)
 {
 	(void)ctx;
-	fprintf(stderr, "[%8.1f ms] %s\n", now_ms() - t_start, msg);
+	fprintf(stderr, "[%8.1f ms] %s\n", cli_now_ms() - t_start, msg);
 }
 
 static void usage(FILE *f)
@@ -114,7 +115,7 @@ static void usage(FILE *f)
 /* ---- strict numbers ---- */
 
 /* Parses a whole decimal number in [min, max]; no sign, suffix or spaces. */
-static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+int cli_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
 	if (!s || !isdigit((unsigned char)s[0]))
 		return -1;
@@ -131,7 +132,7 @@ static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 static uint64_t opt_u64(const char *name, const char *s, uint64_t min, uint64_t max, const char *unit)
 {
 	uint64_t v;
-	if (parse_u64(s, min, max, &v)) {
+	if (cli_parse_u64(s, min, max, &v)) {
 		fprintf(stderr, "dmio-mirror: %s: '%s' is not a whole number of %s from %llu to %llu\n", name, s,
 			unit, (unsigned long long)min, (unsigned long long)max);
 		exit(2);
@@ -145,7 +146,7 @@ static unsigned opt_timeout(const char *name, const char *s)
 	if (!strcmp(s, "none"))
 		return 0;
 	uint64_t v;
-	if (parse_u64(s, 1, UINT32_MAX, &v)) {
+	if (cli_parse_u64(s, 1, UINT32_MAX, &v)) {
 		fprintf(stderr,
 			"dmio-mirror: %s: '%s' is not a timeout: give whole milliseconds > 0 (no unit), "
 			"or 'none' for no deadline\n",
@@ -155,7 +156,7 @@ static unsigned opt_timeout(const char *name, const char *s)
 	return (unsigned)v;
 }
 
-static void fill_seeded(unsigned char *b, size_t len, uint64_t seed, uint64_t off)
+void cli_fill_seeded(unsigned char *b, size_t len, uint64_t seed, uint64_t off)
 {
 	for (size_t i = 0; i < len; i += 8) {
 		uint64_t v = mix64(seed * 0x9e3779b97f4a7c15ULL + off + i);
@@ -170,14 +171,14 @@ static int cmd_resync(struct mirror *m, double seconds)
 	struct mirror_status st;
 	mirror_status(m, &st);
 	uint64_t total = st.resync_pending, last = UINT64_MAX;
-	double t0 = now_ms();
+	double t0 = cli_now_ms();
 	printf("resync: %" PRIu64 " dirty (leg, region) pairs to copy\n", total);
 	for (;;) {
 		int done = mirror_wait_in_sync(m, 200);
 		mirror_status(m, &st);
 		if (st.resync_pending != last || done) {
 			printf("resync: %" PRIu64 " copied, %" PRIu64 " left (%.0f ms)\n", st.resynced,
-			       st.resync_pending, now_ms() - t0);
+			       st.resync_pending, cli_now_ms() - t0);
 			fflush(stdout);
 			last = st.resync_pending;
 		}
@@ -185,7 +186,7 @@ static int cmd_resync(struct mirror *m, double seconds)
 			printf("resync: all legs in sync, %" PRIu64 " region(s) copied\n", st.resynced);
 			return 0;
 		}
-		if (now_ms() - t0 > seconds * 1000) {
+		if (cli_now_ms() - t0 > seconds * 1000) {
 			printf("resync: not in sync after %.0f s\n", seconds);
 			mirror_status_print(m, stdout);
 			return 1;
@@ -207,14 +208,14 @@ static int cmd_workload(struct mirror *m, double seconds, uint64_t span, uint64_
 	clock_gettime(CLOCK_REALTIME, &rt);
 	uint64_t base = (uint64_t)rt.tv_sec * 1000000ULL + (uint64_t)rt.tv_nsec / 1000;
 	uint64_t rng = seed ? seed : 1, n = 0, fails = 0;
-	double t0 = now_ms(), worst = 0;
-	while (now_ms() - t0 < seconds * 1000) {
+	double t0 = cli_now_ms(), worst = 0;
+	while (cli_now_ms() - t0 < seconds * 1000) {
 		rng = mix64(rng + 0x9e3779b97f4a7c15ULL);
 		uint64_t off = (rng % nblocks) * bs, seq = base + n;
 		fill_block(b, bs, seq, off);
-		double t = now_ms();
+		double t = cli_now_ms();
 		int rc = mirror_write(m, off, b, bs);
-		double took = now_ms() - t;
+		double took = cli_now_ms() - t;
 		if (took > worst)
 			worst = took;
 		n++;
@@ -298,108 +299,6 @@ static int cmd_check(unsigned bs, unsigned nlegs, char **legs, const char *acklo
 	return bad ? 1 : 0;
 }
 
-/* Splits line into at most max words (in place); returns the count. */
-static int split_words(char *line, char **w, int max)
-{
-	int n = 0;
-	for (char *save = NULL, *t = strtok_r(line, " \t\r\n", &save); t; t = strtok_r(NULL, " \t\r\n", &save)) {
-		if (n == max)
-			return max + 1;
-		w[n++] = t;
-	}
-	return n;
-}
-
-static int cmd_shell(struct mirror *m)
-{
-	char line[1024], orig[1024];
-	int failed = 0;
-	uint64_t size = mirror_size(m);
-	while (fgets(line, sizeof(line), stdin)) {
-		char *w[5];
-		uint64_t a = 0, b = 0, c = 0;
-		snprintf(orig, sizeof(orig), "%s", line);
-		orig[strcspn(orig, "\n")] = 0;
-		/* fault keeps the rest of the line as its spec */
-		char *spec = NULL;
-		if (!strncmp(line, "fault", 5) && (line[5] == ' ' || line[5] == '\t')) {
-			char *p = line + 6;
-			while (*p == ' ' || *p == '\t')
-				p++;
-			char *q = p;
-			while (*q && *q != ' ' && *q != '\t' && *q != '\n')
-				q++;
-			spec = *q ? q + 1 : q;
-			while (*spec == ' ' || *spec == '\t')
-				spec++;
-			spec[strcspn(spec, "\r\n")] = 0;
-			if (*q)
-				*q = 0;
-			memmove(line + 6, p, strlen(p) + 1);
-		}
-		int n = split_words(line, w, 4);
-		double t = now_ms();
-		if (n < 1 || w[0][0] == '#')
-			continue;
-		const char *cmd = w[0];
-		int ok = 1;
-		if (!strcmp(cmd, "quit") && n == 1) {
-			break;
-		} else if (!strcmp(cmd, "write") && n == 4 && !parse_u64(w[1], 0, size, &a) &&
-			   !parse_u64(w[2], 1, size, &b) && !parse_u64(w[3], 0, UINT64_MAX, &c)) {
-			unsigned char *buf = malloc(b);
-			if (!buf)
-				return 1;
-			fill_seeded(buf, b, c, a);
-			int rc = mirror_write(m, a, buf, b);
-			ok = rc == 0;
-			printf("write %" PRIu64 " %" PRIu64 ": %s%s (%.1f ms)\n", a, b, rc ? "ERROR " : "",
-			       rc ? strerror(-rc) : "acked", now_ms() - t);
-			free(buf);
-		} else if (!strcmp(cmd, "read") && (n == 3 || n == 4) && !parse_u64(w[1], 0, size, &a) &&
-			   !parse_u64(w[2], 1, size, &b) && (n == 3 || !parse_u64(w[3], 0, UINT64_MAX, &c))) {
-			unsigned char *buf = malloc(b), *want = malloc(b);
-			if (!buf || !want)
-				return 1;
-			int rc = mirror_read(m, a, buf, b);
-			const char *what = rc ? strerror(-rc) : "OK";
-			if (!rc && n == 4) {
-				fill_seeded(want, b, c, a);
-				ok = !memcmp(buf, want, b);
-				what = ok ? "matches seed" : "DIFFERS from seed";
-			} else {
-				ok = rc == 0;
-			}
-			printf("read %" PRIu64 " %" PRIu64 ": %s%s (%.1f ms)\n", a, b, ok ? "" : "ERROR ", what,
-			       now_ms() - t);
-			free(buf);
-			free(want);
-		} else if (!strcmp(cmd, "fault") && n == 2 && spec && !parse_u64(w[1], 0, MIRROR_MAX_LEGS - 1, &a)) {
-			int rc = mirror_set_faults(m, (unsigned)a, spec);
-			ok = rc == 0;
-			printf("fault %" PRIu64 " '%s': %s%s\n", a, spec, rc ? "ERROR " : "", rc ? strerror(-rc) : "set");
-		} else if (!strcmp(cmd, "status") && n == 1) {
-			mirror_status_print(m, stdout);
-			printf("end status\n");
-		} else if (!strcmp(cmd, "wait-sync") && n == 2 && !parse_u64(w[1], 0, INT32_MAX, &a)) {
-			ok = mirror_wait_in_sync(m, (int)a);
-			printf("wait-sync: %s (%.0f ms)\n", ok ? "in sync" : "ERROR NOT in sync", now_ms() - t);
-		} else if ((!strcmp(cmd, "pause") || !strcmp(cmd, "resume")) && n == 1) {
-			mirror_resync_pause(m, cmd[0] == 'p');
-			printf("resync %sd\n", cmd);
-		} else if (!strcmp(cmd, "sleep") && n == 2 && !parse_u64(w[1], 0, 3600000, &a)) {
-			sleep_ms((double)a);
-			printf("slept %" PRIu64 " ms\n", a);
-		} else {
-			ok = 0;
-			printf("ERROR unknown command: %s\n", orig);
-		}
-		failed |= !ok;
-		fflush(stdout);
-	}
-	return failed ? 1 : 0;
-}
-
 int main(int argc, char **argv)
 {
 	struct mirror_config cfg;
@@ -419,7 +318,7 @@ int main(int argc, char **argv)
 		{ "verbose", no_argument, 0, 'v' },            { "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
-	t_start = now_ms();
+	t_start = cli_now_ms();
 	mirror_config_init(&cfg);
 	int o;
 	while ((o = getopt_long(argc, argv, "b:r:t:R:q:f:s:l:F:vh", opts, NULL)) != -1) {
@@ -437,7 +336,7 @@ int main(int argc, char **argv)
 			uint64_t leg = 0;
 			if (colon)
 				*colon = 0;
-			if (!colon || parse_u64(optarg, 0, MIRROR_MAX_LEGS - 1, &leg)) {
+			if (!colon || cli_parse_u64(optarg, 0, MIRROR_MAX_LEGS - 1, &leg)) {
 				fprintf(stderr, "dmio-mirror: --fault wants LEG:SPEC with LEG from 0 to %d\n",
 					MIRROR_MAX_LEGS - 1);
 				return 2;
@@ -510,7 +409,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(cmd, "workload"))
 		ret = cmd_workload(m, seconds > 0 ? seconds : 5, span, seed, acklog);
 	else
-		ret = cmd_shell(m);
+		ret = cli_shell(m);
 	mirror_close(m);
 	return ret;
 }
