@@ -1,4 +1,8 @@
-"""The dm_io client: submission, sync helpers, cancel, stats, asyncio."""
+"""The dm_io client: submission, sync helpers, cancel, stats, asyncio.
+
+(Over 400 lines on purpose: these are the methods of one class, each the
+Python face of one C call, documented where it is defined.)
+"""
 
 from __future__ import annotations
 

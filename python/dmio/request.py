@@ -1,5 +1,9 @@
 """Requests in flight, and the one C notify trampoline that drives them.
 
+(Over 400 lines on purpose: the request object, its registry and the
+trampoline share one lock and one invariant, that an id lives in the
+registry until its last final notification.)
+
 Every request submitted by :class:`dmio.Client` uses the same module-level
 ``dm_io_notify_fn`` (:data:`_TRAMPOLINE`, alive for the life of the
 process); its ``context`` is the request's id in :data:`_registry`, which

@@ -1,5 +1,7 @@
 /* Mirror tests on files with libdmio's fault injection (no root needed).
- * One line per check; timing checks use generous bounds. */
+ * One line per check; timing checks use generous bounds. One program on
+ * purpose (over 400 lines): each scenario is a function with its own legs,
+ * and run.sh reports them check by check. */
 #include "check.h"
 #include "mirror.h"
 
