@@ -95,7 +95,7 @@ static void free_arrays(struct mirror *m)
 	free(m->dirty);
 	free(m->lio);
 	free(m->dseq);
-	free(m->ddirty);
+	free(m->disk_img);
 	free(m->wep);
 	free(m->logbuf);
 }
@@ -205,11 +205,10 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 	m->dirty = calloc(nl, 1);
 	m->lio = calloc(nl, 1);
 	m->dseq = calloc(nl, sizeof(*m->dseq));
-	m->ddirty = calloc(nl, 1);
 	m->wep = calloc(nl, sizeof(*m->wep));
 	if (m->wep)
 		memset(m->wep, 0xff, nl * sizeof(*m->wep));
-	if (!m->wep || !m->ddirty || !m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
+	if (!m->wep || !m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
 	    !m->lio || !m->dseq) {
 		rc = -ENOMEM;
 		mirror_set_error("out of memory");
@@ -221,7 +220,8 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 		m->bitmap_bytes = (size_t)(m->nlegs + 1) * ((n + 7) / 8);
 		m->slot_bytes = 4096 + (m->bitmap_bytes + 4095) / 4096 * 4096;
 		m->logbuf = malloc(m->slot_bytes);
-		rc = m->logbuf ? mirror_log_prepare_file(cfg->log_path, 2 * m->slot_bytes) : -ENOMEM;
+		m->disk_img = calloc(1, m->slot_bytes);
+		rc = m->logbuf && m->disk_img ? mirror_log_prepare_file(cfg->log_path, 2 * m->slot_bytes) : -ENOMEM;
 		if (rc) {
 			mirror_set_error("log %s: %s", cfg->log_path, strerror(-rc));
 			goto fail;

@@ -140,7 +140,7 @@ struct mirror {
 	unsigned char *dirty;
 	unsigned char *lio;
 	uint64_t *dseq;
-	unsigned char *ddirty;     /* dirty bits of the last committed log image */
+	unsigned char *disk_img;   /* the last log image written successfully (slot_bytes) */
 	int img_inflight;          /* a log write of m->logbuf is under way */
 	struct chunk live;
 	/* log */

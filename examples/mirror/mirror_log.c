@@ -87,11 +87,7 @@ int mirror_log_commit(struct mirror *m, uint64_t need)
 	m->last_commit = now_ms();
 	m->img_inflight = 0;
 	if (rc == 0) {
-		for (unsigned k = 0; k < m->nlegs; k++) {
-			const unsigned char *b = mirror_log_bitmap(m, s, k);
-			for (uint64_t r = 0; r < m->nregions; r++)
-				m->ddirty[lr(m, k, r)] = (b[r / 8] >> (r % 8)) & 1;
-		}
+		memcpy(m->disk_img, s, m->slot_bytes);
 		if (seq > m->committed)
 			m->committed = seq;
 		m->log_commits++;

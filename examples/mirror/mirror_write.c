@@ -114,13 +114,11 @@ static unsigned chunk_running(const struct chunk *c)
 
 /* The leg crash recovery would copy an active region r from, reading log
  * image `img` (the first leg not dirty there), or -1 (m->lock held). */
-static int image_source(struct mirror *m, const unsigned char *ddirty, unsigned char *img, uint64_t r)
+static int image_source(struct mirror *m, unsigned char *img, uint64_t r)
 {
-	for (unsigned L = 0; L < m->nlegs; L++) {
-		int dirty = img ? (mirror_log_bitmap(m, img, L)[r / 8] >> (r % 8)) & 1 : ddirty[lr(m, L, r)];
-		if (!dirty)
+	for (unsigned L = 0; L < m->nlegs; L++)
+		if (!((mirror_log_bitmap(m, img, L)[r / 8] >> (r % 8)) & 1))
 			return (int)L;
-	}
 	return -1;
 }
 
@@ -139,7 +137,7 @@ static int ack_needs_commit(struct mirror *m, const struct chunk *c)
 	for (int k = 0; k < 2; k++) {
 		if (k == 1 && !m->img_inflight)
 			break;
-		int src = image_source(m, m->ddirty, k ? m->logbuf : NULL, c->region);
+		int src = image_source(m, k ? m->logbuf : m->disk_img, c->region);
 		int good = 0;
 		for (unsigned i = 0; i < c->nio; i++)
 			if ((int)c->leg_of[i] == src)
