@@ -64,11 +64,10 @@ struct Slot {
 enum Rx {
     /// Collecting a reply header (its magic says which).
     Header,
-    /// Read data of a simple reply: `left` bytes, next at `at`.
-    SimpleData { cookie: u64, at: u64, left: u64 },
     /// The 8-byte offset that starts an OFFSET_DATA chunk.
     DataOffset { cookie: u64, len: u32, done: bool },
-    /// OFFSET_DATA payload.
+    /// Read data: an OFFSET_DATA payload, or a simple reply's data (which
+    /// ends its reply: `done`). `left` bytes, next at `at`.
     ChunkData {
         cookie: u64,
         at: u64,
@@ -257,27 +256,6 @@ impl Transmission {
                         self.buf.clear();
                     }
                 }
-                Rx::SimpleData { cookie, at, left } => {
-                    let n = (left as usize).min(input.len());
-                    on(ReplyEvent::Data {
-                        cookie,
-                        at,
-                        bytes: &input[..n],
-                    });
-                    input = &input[n..];
-                    let left = left - n as u64;
-                    if left == 0 {
-                        let result = self.finish(cookie)?;
-                        on(ReplyEvent::Done { cookie, result });
-                        self.rx = Rx::Header;
-                    } else {
-                        self.rx = Rx::SimpleData {
-                            cookie,
-                            at: at + n as u64,
-                            left,
-                        };
-                    }
-                }
                 Rx::DataOffset { cookie, len, done } => {
                     let n = (8 - self.buf.len()).min(input.len());
                     self.buf.extend_from_slice(&input[..n]);
@@ -362,10 +340,11 @@ impl Transmission {
                 ));
             }
             if error == 0 && p.kind == CMD_READ && p.len > 0 {
-                self.rx = Rx::SimpleData {
+                self.rx = Rx::ChunkData {
                     cookie,
                     at: 0,
                     left: p.len as u64,
+                    done: true,
                 };
                 return Ok(());
             }
