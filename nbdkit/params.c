@@ -83,16 +83,7 @@ int dmio_parse_num(const char *key, const char *value, uint64_t min, uint64_t ma
 static int dir_exists(const char *key, const char *path)
 {
 	char dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s", path);
-	char *slash = strrchr(dir, '/');
-	if (!slash)
-		snprintf(dir, sizeof(dir), ".");
-	else if (slash == dir)
-		dir[1] = 0;
-	else
-		*slash = 0;
-	struct stat st;
-	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(dir, W_OK) != 0) {
+	if (mirror_parent_dir_writable(path, dir, sizeof(dir)) != 0) {
 		nbdkit_error("dmio: %s=%s: directory %s does not exist or is not writable", key, path, dir);
 		return -1;
 	}

@@ -85,6 +85,11 @@ int mirror_open(const struct mirror_config *c, struct mirror **out);
  * negative errno (message in mirror_last_error()). */
 int mirror_validate(const struct mirror_config *c);
 
+/* Whether the directory that would hold a new file `path` exists and is
+ * writable (for a log or status file before it is created); its name goes
+ * to dir (dirlen bytes). Returns 0 or -ENOENT. */
+int mirror_parent_dir_writable(const char *path, char *dir, size_t dirlen);
+
 /* Stops the resync thread, cancels IO still running (its regions stay
  * dirty on that leg), and once every leg IO is final commits the log with
  * no region marked "being written": the next open resyncs only the dirty

@@ -6,6 +6,7 @@
 #include "mirror_int.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,6 +23,22 @@ void mirror_config_init(struct mirror_config *c)
 	c->resync_kbps = 16384;
 	c->probe_ms = 1000;
 	c->queue_depth = 64;
+}
+
+int mirror_parent_dir_writable(const char *path, char *dir, size_t dirlen)
+{
+	snprintf(dir, dirlen, "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		snprintf(dir, dirlen, ".");
+	else if (slash == dir)
+		dir[1] = 0;
+	else
+		*slash = 0;
+	struct stat st;
+	if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(dir, W_OK) != 0)
+		return -ENOENT;
+	return 0;
 }
 
 /* The file or device behind a path: st_rdev for a block device (two nodes
@@ -119,16 +136,8 @@ int mirror_validate(const struct mirror_config *cfg)
 			return -errno;
 		}
 		/* A new log: its directory must exist and be writable. */
-		char dir[512];
-		snprintf(dir, sizeof(dir), "%s", cfg->log_path);
-		char *slash = strrchr(dir, '/');
-		if (!slash)
-			snprintf(dir, sizeof(dir), ".");
-		else if (slash == dir)
-			dir[1] = 0;
-		else
-			*slash = 0;
-		if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(dir, W_OK) != 0) {
+		char dir[PATH_MAX];
+		if (mirror_parent_dir_writable(cfg->log_path, dir, sizeof(dir)) != 0) {
 			mirror_set_error("log %s: directory %s does not exist or is not writable", cfg->log_path, dir);
 			return -ENOENT;
 		}
