@@ -129,10 +129,10 @@ int mirror_flush(struct mirror *m)
 		unsigned late = 0;
 		for (unsigned i = 0; i < f->nio; i++)
 			late += f->st[i] == IO_LATE;
-		double waited = now_ms() - t0;
-		if (rc || f->ok >= m->cfg.quorum || f->ok + late < m->cfg.quorum || waited >= m->cfg.fail_after_ms)
+		double slice = fail_after_slice(m, t0);
+		if (rc || f->ok >= m->cfg.quorum || f->ok + late < m->cfg.quorum || slice == 0)
 			break;
-		cv_wait_ms(&fcv, &m->lock, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+		cv_wait_ms(&fcv, &m->lock, slice);
 	}
 	uint64_t need = 0;
 	for (unsigned i = 0; i < f->nio; i++)

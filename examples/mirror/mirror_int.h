@@ -189,6 +189,16 @@ static inline void cv_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, double ms
 	pthread_cond_timedwait(cv, mu, &ts);
 }
 
+/* A write or flush waiting past its deadline (for its quorum, or for late
+ * IO to drain) waits at most fail_after_ms after t0, in slices of 50 ms so
+ * the caller rechecks what it waits for: how long to wait now, or 0 when
+ * the time is over. */
+static inline double fail_after_slice(const struct mirror *m, double t0)
+{
+	double left = m->cfg.fail_after_ms - (now_ms() - t0);
+	return left <= 0 ? 0 : left < 50 ? left : 50;
+}
+
 static inline void cv_init(pthread_cond_t *cv)
 {
 	pthread_condattr_t ca;

@@ -44,10 +44,10 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 			alive += !l->failed;
 			eligible += !l->failed && !m->lio[lr(m, L, r)] && l->late < m->late_cap;
 		}
-		double waited = now_ms() - t0;
-		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum || waited >= m->cfg.fail_after_ms)
+		double slice = fail_after_slice(m, t0);
+		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum || slice == 0)
 			break;
-		cond_wait_ms(m, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+		cond_wait_ms(m, slice);
 	}
 	c->gen = ++m->gen[r];
 	c->submit_ms = now_ms();
@@ -238,10 +238,10 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 				lost |= ok + chunk_running(cs[k]) < m->cfg.quorum;
 			}
 		}
-		double waited = now_ms() - t0;
-		if (reached || lost || rc || waited >= m->cfg.fail_after_ms)
+		double slice = fail_after_slice(m, t0);
+		if (reached || lost || rc || slice == 0)
 			break;
-		cv_wait_ms(&wcv, &m->lock, m->cfg.fail_after_ms - waited < 50 ? m->cfg.fail_after_ms - waited : 50);
+		cv_wait_ms(&wcv, &m->lock, slice);
 	}
 	int degraded = 0;
 	need = 0;
