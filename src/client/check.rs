@@ -189,6 +189,7 @@ impl Client {
             || s.mode.read_any
             || s.mode.zero_copy
             || s.regions.len() != 1
+            || s.regions[0].dev.remote().is_some()
             || !lib_pages::starts_in_arena(&s.mem)
             || self.engine.kind() != EngineKind::Uring
         {

@@ -42,6 +42,17 @@ impl<T> Ord for Timed<T> {
     }
 }
 
+/// An op that may start now: an NBD device's goes to its connection
+/// ([`crate::device::nbd`]), any other back to the engine, for the kernel.
+fn to_kernel(op: IoOp) -> Option<IoOp> {
+    if op.dev.remote().is_none() {
+        return Some(op);
+    }
+    let dev = Arc::clone(&op.dev);
+    dev.remote().expect("checked").start(op);
+    None
+}
+
 /// Deadlines plus delayed and held operations.
 pub struct Sched {
     seq: u64,
@@ -110,12 +121,12 @@ impl Sched {
     pub fn admit(&mut self, op: IoOp) -> Option<IoOp> {
         let faults = &op.dev.faults;
         if !faults.is_active() {
-            return Some(op);
+            return to_kernel(op);
         }
         let gen = faults.generation();
         let (sector, count) = op.sectors();
         match faults.decide(op.is_write(), sector, count) {
-            Decision::Pass => Some(op),
+            Decision::Pass => to_kernel(op),
             Decision::Delay(d) => {
                 let seq = self.next_seq();
                 self.delayed.push(Reverse(Timed {
@@ -151,7 +162,9 @@ impl Sched {
             }
         }
         while self.delayed.peek().is_some_and(|t| t.0.at <= now) {
-            ready.push(self.delayed.pop().expect("peeked").0.item);
+            if let Some(op) = to_kernel(self.delayed.pop().expect("peeked").0.item) {
+                ready.push(op);
+            }
         }
         if self
             .held_devs

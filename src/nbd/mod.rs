@@ -14,15 +14,17 @@
 //! - [`reply`]: simple and structured replies, matched to requests through
 //!   a table of cookies (slot and generation) the client owns.
 //! - [`wire`]: the constants and the request encoding.
+//! - [`conn`]: a connection's transmission phase in jobs (a device's
+//!   operations): split to the server's block sizes, a flush before a
+//!   write, every job's token given back once.
 //!
 //! Bytes from the peer are hostile: every length is bounded before it is
 //! used, a cookie is only ever looked up in the table, and anything
 //! unexpected is a [`ProtoError`] that ends the connection, never a panic.
 //!
-//! Not wired to a device yet (the NBD-device issue builds on it): until
-//! then only its tests use it.
-#![allow(dead_code)]
+//! [`crate::device::nbd`] drives it for `nbd://` devices.
 
+pub mod conn;
 pub mod handshake;
 pub mod reply;
 pub mod uri;

@@ -39,7 +39,6 @@ pub(crate) const TF_SEND_FLUSH: u16 = 1 << 2;
 pub(crate) const TF_SEND_FUA: u16 = 1 << 3;
 pub(crate) const TF_SEND_TRIM: u16 = 1 << 5;
 pub(crate) const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
-pub(crate) const TF_CAN_MULTI_CONN: u16 = 1 << 8;
 
 pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
@@ -47,23 +46,23 @@ pub(crate) const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 pub(crate) const CMD_READ: u16 = 0;
 pub(crate) const CMD_WRITE: u16 = 1;
-pub(crate) const CMD_DISC: u16 = 2;
 pub(crate) const CMD_FLUSH: u16 = 3;
 pub(crate) const CMD_TRIM: u16 = 4;
 pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
 
 pub(crate) const CMD_FLAG_FUA: u16 = 1 << 0;
-pub(crate) const CMD_FLAG_DF: u16 = 1 << 2;
 
 pub(crate) const REPLY_FLAG_DONE: u16 = 1 << 0;
 pub(crate) const REPLY_TYPE_NONE: u16 = 0;
 pub(crate) const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub(crate) const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+#[cfg(test)]
 pub(crate) const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 pub(crate) const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
 pub(crate) const REPLY_TYPE_ERROR_OFFSET: u16 = (1 << 15) | 2;
 
 /// Sizes of the fixed parts.
+#[cfg(test)]
 pub(crate) const REQUEST_LEN: usize = 28;
 pub(crate) const SIMPLE_REPLY_LEN: usize = 16;
 pub(crate) const STRUCTURED_REPLY_LEN: usize = 20;

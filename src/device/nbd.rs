@@ -1,0 +1,629 @@
+//! NBD exports as devices: `dm_io_bdev_open("nbd://HOST[:PORT]/EXPORT")`
+//! and `nbd+unix:///EXPORT?socket=PATH`.
+//!
+//! [`Remote`] owns the connection to one export. The protocol is the
+//! sans-IO code of [`crate::nbd`] ([`Conn`] turns operations into requests
+//! and replies into results); this file moves its bytes:
+//!
+//! - An operation the engine would start on a local device (after its
+//!   fault rules, [`crate::engine::sched`]) is handed to [`Remote::start`]
+//!   instead. Its request goes into the connection's output and is sent at
+//!   once without blocking; what the socket does not take is sent by the
+//!   connection's IO thread when the socket can take it.
+//! - The IO thread receives every byte the server sends into its own
+//!   buffer (library memory), feeds it to the protocol, and completes the
+//!   operations it ends. A read's data is copied into the operation's
+//!   private memory, never into the caller's (unless the caller lent its
+//!   memory with `DM_IO_ZERO_COPY`, which lasts until the op completes).
+//! - An operation keeps its private memory until its reply has been read
+//!   off the wire, or until the connection is gone: a timed-out or
+//!   cancelled region's reply is still read (the stream stays in sync) and
+//!   dropped by the request, which is already final.
+//!
+//! Failures, each ending the operations in flight on the connection with
+//! an errno and starting a reconnect in the background (with backoff):
+//! the connection breaks (`ECONNRESET`, or the socket's errno); the server
+//! breaks the protocol (`EPROTO`); the server is silent for `silence=MS`
+//! while requests are outstanding (`ETIMEDOUT`). While the connection is
+//! down, an operation ends at once with `ENOTCONN`. Reconnecting needs the
+//! same export size.
+//!
+//! One IO thread per connection, sleeping in poll(2) while idle. (The
+//! NBD-device issue asks for the engines to drive the sockets themselves,
+//! io_uring socket operations included; this is the first step.)
+
+use crate::engine::{IoOp, OpKind};
+use crate::error::{Error, Result};
+use crate::nbd::conn::{Conn, Job, JobBuf, JobKind};
+use crate::nbd::handshake::{ExportInfo, Handshake};
+use crate::nbd::uri::{self, NbdUri, Transport};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Longest wait between two reconnect attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The IO thread's receive buffer.
+const RECV_BUF: usize = 256 << 10;
+
+/// An operation as a job's token: its memory is the op's private memory
+/// (or the memory the caller lent for a zero-copy op).
+struct OpTok(IoOp);
+
+impl JobBuf for OpTok {
+    fn write_data(&self) -> &[u8] {
+        let p = self.0.buf();
+        if p.is_null() || self.0.len == 0 {
+            return &[];
+        }
+        // SAFETY: the op owns `len` bytes at `buf()` (its private slot, or
+        // lent caller memory) until it completes, which is after this
+        // token is given back.
+        unsafe { std::slice::from_raw_parts(p, self.0.len as usize) }
+    }
+
+    fn read_data(&mut self, at: u64, bytes: &[u8]) {
+        let p = self.0.buf();
+        let end = at.saturating_add(bytes.len() as u64);
+        if p.is_null() || end > self.0.len as u64 || self.0.sink.detached() {
+            return;
+        }
+        // SAFETY: `[at, end)` lies within the op's `len` bytes (checked),
+        // which the op owns until it completes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.add(at as usize), bytes.len()) };
+    }
+
+    fn read_zeroes(&mut self, at: u64, len: u32) {
+        let p = self.0.buf();
+        let end = at.saturating_add(len as u64);
+        if p.is_null() || end > self.0.len as u64 || self.0.sink.detached() {
+            return;
+        }
+        // SAFETY: as in `read_data`.
+        unsafe { std::ptr::write_bytes(p.add(at as usize), 0, len as usize) };
+    }
+}
+
+/// An open connection.
+struct Live {
+    conn: Conn<OpTok>,
+    sock: OwnedFd,
+    /// When bytes last came in, or when the first outstanding request was
+    /// queued: the silence limit counts from the later of the two.
+    last_rx: Instant,
+    /// Set by a thread that found the socket broken while sending; the IO
+    /// thread (the only one that closes sockets) ends the connection.
+    broken: Option<i32>,
+}
+
+struct State {
+    live: Option<Live>,
+    closed: bool,
+    /// Why the connection is down (for messages), 0 while up.
+    down: i32,
+}
+
+/// One NBD export, as the device behind a `struct block_device`.
+pub struct Remote {
+    uri: NbdUri,
+    /// The URI as given, for messages.
+    name: String,
+    info: ExportInfo,
+    state: Mutex<State>,
+    /// Wakes the IO thread (an eventfd).
+    wake: OwnedFd,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("uri", &self.name).finish()
+    }
+}
+
+/// What [`Remote::open`] learnt: the device's size and block size.
+pub struct Opened {
+    pub remote: Arc<Remote>,
+    pub bytes: u64,
+    pub block: u32,
+}
+
+impl Remote {
+    /// Connects and does the handshake, within the URI's connect timeout,
+    /// then starts the connection's IO thread.
+    pub fn open(text: &str) -> Result<Opened> {
+        let uri = uri::parse(text).map_err(|e| Error::new(e.errno, e.message))?;
+        let (sock, info, leftover) = connect(&uri, text)?;
+        let block = info.min_block.max(512);
+        if !block.is_power_of_two() || block as usize > crate::memory::PAGE_SIZE {
+            return Err(Error::new(
+                libc::EOPNOTSUPP,
+                format!("{text}: the server's minimum block size {block} is above 4096"),
+            ));
+        }
+        // SAFETY: plain eventfd creation; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(Error::last_os("eventfd"));
+        }
+        // SAFETY: `efd` was just created and is owned by no one else.
+        let wake = unsafe { OwnedFd::from_raw_fd(efd) };
+        let remote = Arc::new(Remote {
+            uri,
+            name: text.to_string(),
+            info,
+            state: Mutex::new(State {
+                live: None,
+                closed: false,
+                down: 0,
+            }),
+            wake,
+        });
+        let mut done = Vec::new();
+        remote.go_live(sock, info, &leftover, &mut done);
+        debug_assert!(done.is_empty());
+        let r = Arc::clone(&remote);
+        std::thread::Builder::new()
+            .name("dmio-nbd".into())
+            .spawn(move || r.run())
+            .map_err(|e| Error::from_io("spawn NBD IO thread", &e))?;
+        Ok(Opened {
+            bytes: info.size / 512 * 512,
+            block,
+            remote,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn poke(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a local to our own eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    }
+
+    /// Stops the IO thread (the device is closed: no op can be in flight,
+    /// each holds the device).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.poke();
+    }
+
+    /// Starts `op` on the connection; it ends through `op.complete`, here
+    /// at once when the connection is down or the export refuses it.
+    pub fn start(&self, op: IoOp) {
+        let job = Job {
+            kind: match op.kind {
+                OpKind::Read => JobKind::Read,
+                OpKind::Write => JobKind::Write,
+                OpKind::Flush => JobKind::Flush,
+            },
+            offset: op.offset,
+            len: op.len,
+            fua: op.fua,
+            pre_flush: op.pre_flush && op.kind == OpKind::Write,
+        };
+        let refused = {
+            let mut st = self.lock();
+            let closed = st.closed;
+            match st.live.as_mut() {
+                Some(l) if l.broken.is_none() && !closed => {
+                    // The first outstanding request starts the silence
+                    // clock, which the IO thread must arm.
+                    let first = l.conn.jobs() == 0;
+                    if first {
+                        l.last_rx = Instant::now();
+                    }
+                    match l.conn.submit(job, OpTok(op)) {
+                        Ok(()) => {
+                            let waiting = send_some(l);
+                            drop(st);
+                            if waiting || (first && self.uri.silence_ms > 0) {
+                                self.poke();
+                            }
+                            None
+                        }
+                        Err((e, t)) => Some((t.0, -e)),
+                    }
+                }
+                _ => Some((
+                    op,
+                    if closed {
+                        -libc::ESHUTDOWN
+                    } else {
+                        -libc::ENOTCONN
+                    },
+                )),
+            }
+        };
+        if let Some((op, res)) = refused {
+            op.complete(res);
+        }
+    }
+
+    /// Installs a new connection (after a handshake).
+    fn go_live(
+        &self,
+        sock: OwnedFd,
+        info: ExportInfo,
+        leftover: &[u8],
+        done: &mut Vec<(IoOp, i32)>,
+    ) {
+        let mut conn = Conn::new(info);
+        let ok = leftover.is_empty()
+            || conn
+                .feed(leftover, &mut |t: OpTok, r| done.push((t.0, r)))
+                .is_ok();
+        let mut st = self.lock();
+        st.down = 0;
+        st.live = Some(Live {
+            conn,
+            sock,
+            last_rx: Instant::now(),
+            broken: (!ok).then_some(libc::EPROTO),
+        });
+    }
+
+    /// Ends the connection: every op on it ends with `-errno`.
+    fn drop_live(st: &mut State, errno: i32, done: &mut Vec<(IoOp, i32)>) {
+        if let Some(mut l) = st.live.take() {
+            l.conn
+                .fail_all(errno, &mut |t: OpTok, r| done.push((t.0, r)));
+            // SAFETY: shutdown on our own socket; close follows at drop.
+            unsafe { libc::shutdown(l.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        st.down = errno;
+    }
+
+    /// The connection's IO thread.
+    fn run(self: Arc<Self>) {
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut backoff = BACKOFF_MIN;
+        let silence = Duration::from_millis(self.uri.silence_ms as u64);
+        loop {
+            let mut done: Vec<(IoOp, i32)> = Vec::new();
+            let step = {
+                let mut st = self.lock();
+                if st.closed {
+                    Self::drop_live(&mut st, libc::ESHUTDOWN, &mut done);
+                    None
+                } else if let Some(e) = st.live.as_ref().and_then(|l| l.broken) {
+                    Self::drop_live(&mut st, e, &mut done);
+                    Some(None)
+                } else {
+                    Some(st.live.as_ref().map(|l| {
+                        let timeout = if l.conn.jobs() > 0 && !silence.is_zero() {
+                            Some(silence.saturating_sub(l.last_rx.elapsed()))
+                        } else {
+                            None
+                        };
+                        (l.sock.as_raw_fd(), !l.conn.output().is_empty(), timeout)
+                    }))
+                }
+            };
+            complete(done);
+            let Some(step) = step else { return };
+            match step {
+                None => {
+                    // Down: reconnect, then wait before the next attempt.
+                    if self.reconnect() {
+                        backoff = BACKOFF_MIN;
+                    } else {
+                        self.wait_wake(Some(backoff));
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+                Some((fd, want_out, timeout)) => self.turn(fd, want_out, timeout, &mut buf),
+            }
+        }
+    }
+
+    /// One wait on the live socket, then what it allows.
+    fn turn(&self, fd: RawFd, want_out: bool, timeout: Option<Duration>, buf: &mut [u8]) {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN | if want_out { libc::POLLOUT } else { 0 },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32 + 1);
+        // SAFETY: `fds` is a valid array of two pollfds. Only this thread
+        // closes the socket, so `fd` is open.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        if n < 0 {
+            return;
+        }
+        if fds[1].revents != 0 {
+            let mut v: u64 = 0;
+            // SAFETY: reads 8 bytes into a local from our own eventfd.
+            unsafe { libc::read(self.wake.as_raw_fd(), &mut v as *mut u64 as *mut _, 8) };
+        }
+        let mut done = Vec::new();
+        if fds[0].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            // SAFETY: `buf` is writable for its length; `fd` is open (above).
+            let got = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr() as *mut _,
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let err = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            let mut st = self.lock();
+            if let Some(l) = st.live.as_mut() {
+                match got {
+                    0 => Self::drop_live(&mut st, libc::ECONNRESET, &mut done),
+                    n if n < 0 => {
+                        if err != libc::EAGAIN && err != libc::EINTR {
+                            Self::drop_live(&mut st, err, &mut done)
+                        }
+                    }
+                    n => {
+                        l.last_rx = Instant::now();
+                        let r = l
+                            .conn
+                            .feed(&buf[..n as usize], &mut |t: OpTok, r| done.push((t.0, r)));
+                        if r.is_err() {
+                            Self::drop_live(&mut st, libc::EPROTO, &mut done);
+                        }
+                    }
+                }
+            }
+        }
+        {
+            let mut st = self.lock();
+            let mut silent = false;
+            if let Some(l) = st.live.as_mut() {
+                if !l.conn.output().is_empty() {
+                    send_some(l);
+                }
+                silent = timeout.is_some()
+                    && l.conn.jobs() > 0
+                    && l.last_rx.elapsed() >= Duration::from_millis(self.uri.silence_ms as u64);
+            }
+            if silent {
+                Self::drop_live(&mut st, libc::ETIMEDOUT, &mut done);
+            }
+        }
+        complete(done);
+    }
+
+    /// Sleeps until poked or `max`.
+    fn wait_wake(&self, max: Option<Duration>) {
+        let mut fd = libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = max.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut fd, 1, ms) } > 0 {
+            let mut v: u64 = 0;
+            // SAFETY: reads 8 bytes into a local from our own eventfd.
+            unsafe { libc::read(self.wake.as_raw_fd(), &mut v as *mut u64 as *mut _, 8) };
+        }
+    }
+
+    /// One reconnect attempt; `true` when the connection is back.
+    fn reconnect(&self) -> bool {
+        match connect(&self.uri, &self.name) {
+            Ok((sock, info, leftover)) if info.size == self.info.size => {
+                let mut done = Vec::new();
+                self.go_live(sock, info, &leftover, &mut done);
+                let closed = self.lock().closed;
+                complete(done);
+                if closed {
+                    self.poke();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn complete(done: Vec<(IoOp, i32)>) {
+    for (op, res) in done {
+        op.complete(res);
+    }
+}
+
+/// Sends what the socket takes now, without blocking. `true` when bytes
+/// remain (the IO thread must wait for the socket); a broken socket is
+/// marked for the IO thread.
+fn send_some(l: &mut Live) -> bool {
+    while !l.conn.output().is_empty() {
+        let out = l.conn.output();
+        // SAFETY: `out` is readable for its length; the socket is open
+        // while `l` lives (only the IO thread closes it, under the lock we hold).
+        let n = unsafe {
+            libc::send(
+                l.sock.as_raw_fd(),
+                out.as_ptr() as *const _,
+                out.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            match e {
+                libc::EINTR => continue,
+                libc::EAGAIN => return true,
+                e => {
+                    l.broken = Some(e);
+                    return true;
+                }
+            }
+        }
+        l.conn.sent(n as usize);
+    }
+    false
+}
+
+/// A stream socket, either kind.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+        }
+    }
+
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(b),
+            Stream::Unix(s) => s.write_all(b),
+        }
+    }
+
+    fn into_fd(self) -> OwnedFd {
+        let raw = match self {
+            Stream::Tcp(s) => s.into_raw_fd(),
+            Stream::Unix(s) => s.into_raw_fd(),
+        };
+        // SAFETY: `raw` was just given up by its stream; we own it now.
+        unsafe { OwnedFd::from_raw_fd(raw) }
+    }
+}
+
+fn io_err(what: &str, e: &std::io::Error, timeout_ms: u32) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::new(
+            libc::ETIMEDOUT,
+            format!("{what}: no answer within connect-timeout={timeout_ms} ms"),
+        ),
+        _ => Error::from_io(what, e),
+    }
+}
+
+/// Connects to the server and does the handshake, all within the URI's
+/// connect timeout. Returns the socket, the export's description, and the
+/// bytes the server sent after the handshake.
+fn connect(uri: &NbdUri, name: &str) -> Result<(OwnedFd, ExportInfo, Vec<u8>)> {
+    let limit = Duration::from_millis(uri.connect_timeout_ms as u64);
+    let deadline = Instant::now() + limit;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let tmo = uri.connect_timeout_ms;
+    let mut s = match &uri.transport {
+        Transport::Tcp { host, port } => {
+            let addrs: Vec<_> = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| {
+                    Error::new(libc::EHOSTUNREACH, format!("{name}: resolve {host}: {e}"))
+                })?
+                .collect();
+            let mut last = None;
+            let mut got = None;
+            for a in addrs {
+                if left().is_zero() {
+                    break;
+                }
+                match TcpStream::connect_timeout(&a, left()) {
+                    Ok(s) => {
+                        got = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            let s = match (got, last) {
+                (Some(s), _) => s,
+                (None, Some(e)) => return Err(io_err(&format!("{name}: connect"), &e, tmo)),
+                (None, None) => {
+                    return Err(Error::new(
+                        libc::EHOSTUNREACH,
+                        format!("{name}: {host} has no address"),
+                    ))
+                }
+            };
+            let _ = s.set_nodelay(true);
+            Stream::Tcp(s)
+        }
+        Transport::Unix { path } => Stream::Unix(
+            UnixStream::connect(path).map_err(|e| io_err(&format!("{name}: connect"), &e, tmo))?,
+        ),
+    };
+    let mut hs =
+        Handshake::new(&uri.export).map_err(|e| Error::new(e.errno(), format!("{name}: {e}")))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let info = loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            s.set_timeouts(left().max(Duration::from_millis(1)))
+                .map_err(|e| Error::from_io("setsockopt", &e))?;
+            s.write_all(&out)
+                .map_err(|e| io_err(&format!("{name}: handshake"), &e, tmo))?;
+        }
+        if left().is_zero() {
+            return Err(Error::new(
+                libc::ETIMEDOUT,
+                format!("{name}: no handshake within connect-timeout={tmo} ms"),
+            ));
+        }
+        s.set_timeouts(left().max(Duration::from_millis(1)))
+            .map_err(|e| Error::from_io("setsockopt", &e))?;
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| io_err(&format!("{name}: handshake"), &e, tmo))?;
+        if n == 0 {
+            return Err(Error::new(
+                libc::ECONNRESET,
+                format!("{name}: the server closed the connection during the handshake"),
+            ));
+        }
+        match hs.feed(&buf[..n]) {
+            Ok(Some(info)) => {
+                let out = hs.take_output();
+                if !out.is_empty() {
+                    s.write_all(&out)
+                        .map_err(|e| io_err(&format!("{name}: handshake"), &e, tmo))?;
+                }
+                break info;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Error::new(e.errno(), format!("{name}: {e}"))),
+        }
+    };
+    let leftover = hs.leftover();
+    let fd = s.into_fd();
+    // SAFETY: F_GETFL/F_SETFL on our own socket.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    Ok((fd, info, leftover))
+}
