@@ -5,6 +5,7 @@
 #   make install    PREFIX=/usr/local DESTDIR=   (make uninstall removes)
 #   make plugin     the nbdkit plugin, build/nbdkit-dmio-plugin.so (part of make)
 #   make demo-nbd   the mirror served over NBD by nbdkit, a leg hanging
+#   make demo-remote  a mirror with a leg on an NBD server that pauses
 
 SHELL    := /bin/bash
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -25,7 +26,7 @@ CBINDGEN_VERSION := 0.29.4
 CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
-.PHONY: all lib plugin plugin-if-possible test-nbdkit demo-nbd header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
+.PHONY: all lib plugin plugin-if-possible test-nbdkit demo-nbd demo-remote header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
         test-c-debug test-c-valgrind test-c-valgrind-uring soak fuzz test-fuzz test-header test-install test-python \
         deps install uninstall clean lint mirror test-mirror bench test-bench-smoke
 
@@ -111,6 +112,9 @@ test-nbdkit: plugin mirror
 	@$(MAKE) --no-print-directory $(BUILD)/nbdkit-tests/ackwriter
 	@echo "== nbdkit plugin tests (nbdkit/tests)"
 	@OUT=$(CURDIR)/$(BUILD) ./nbdkit/tests/run.sh
+
+demo-remote: mirror
+	@OUT=$(abspath $(BUILD)) bash examples/mirror/demo-remote.sh
 
 demo-nbd: plugin
 	@./nbdkit/demo.sh

@@ -1,7 +1,8 @@
 /* An NBD export (nbdkit's memory plugin over a unix socket) as a device:
  * its size and block size, writes (plain, FUA, after a flush) and reads
  * longer than the server's maximum block (split into several requests),
- * a two-leg write to a local file and the export, and an empty flush. */
+ * a two-leg write to a local file and the export, an empty flush, and
+ * connections=4. */
 #include "helpers.h"
 #include "nbdserver.h"
 #include <errno.h>
@@ -64,6 +65,23 @@ int main(void)
 	struct dm_io_region end = { nbd, dm_io_bdev_sectors(nbd) - 8, 16 };
 	c = make_ctrl(cl, DM_IO_READ | DM_IO_SYNC, vm_mem(back, 0), NULL, NULL);
 	CHECK(dm_io(&c, 1, &end, NULL) == -EINVAL, "read past the end accepted");
+
+	/* connections=4 (nbdkit's memory plugin advertises multi-conn): ops
+	 * are spread over four connections; a read sees every write. */
+	char uri[400];
+	snprintf(uri, sizeof uri, "%s&connections=4", nbdserver_uri(srv));
+	struct block_device *multi;
+	CHECK_OK(dm_io_bdev_open(uri, 0, &multi));
+	for (unsigned i = 0; i < 8; i++) {
+		fill_pattern(data, BYTES, 100 + i);
+		CHECK_OK(sync_io(cl, DM_IO_WRITE, multi, 4096 + i * S, S, data, 0));
+	}
+	for (unsigned i = 0; i < 8; i++) {
+		fill_pattern(data, BYTES, 100 + i);
+		CHECK_OK(sync_io(cl, DM_IO_READ, nbd, 4096 + i * S, S, back, 0));
+		CHECK(memcmp(back, data, BYTES) == 0, "connections=4: block %u differs", i);
+	}
+	dm_io_bdev_close(multi);
 
 	dm_io_client_destroy(cl);
 	dm_io_bdev_close(local);

@@ -237,23 +237,41 @@ static int cmd_workload(struct mirror *m, double seconds, uint64_t span, uint64_
 	return fails ? 1 : 0;
 }
 
-/* Reads the legs directly; the mirror is not opened (no resync runs). */
+/* One block of a leg, read with a SYNC request (legs may be NBD URIs). */
+static int leg_read(struct dm_io_client *cl, struct block_device *b, uint64_t off, void *buf,
+		    unsigned bs)
+{
+	struct dm_io_region r = { b, off / 512, bs / 512 };
+	struct dm_io_control c = { .memory = { .type = DM_IO_VM, .ptr.vma = buf },
+				   .rw = DM_IO_READ | DM_IO_SYNC,
+				   .client = cl };
+	return dm_io(&c, 1, &r, NULL);
+}
+
+/* Reads the legs (files, devices or NBD exports) read-only; the mirror is
+ * not opened (no resync runs). */
 static int cmd_check(unsigned bs, unsigned nlegs, char **legs, const char *acklog)
 {
 	uint64_t size = UINT64_MAX;
+	struct block_device *bd[MIRROR_MAX_LEGS] = { 0 };
+	struct dm_io_client *cl = NULL;
+	int rc = dm_io_client_create(1, 1, bs, &cl);
+	if (rc) {
+		fprintf(stderr, "check: dm_io_client_create: %s\n", strerror(-rc));
+		return 1;
+	}
 	for (unsigned L = 0; L < nlegs; L++) {
-		int fd = open(legs[L], O_RDONLY | O_CLOEXEC);
-		off_t end = fd < 0 ? -1 : lseek(fd, 0, SEEK_END);
-		if (end < 0) {
-			perror(legs[L]);
+		rc = dm_io_bdev_open(legs[L], DM_IO_BDEV_RDONLY, &bd[L]);
+		if (rc) {
+			fprintf(stderr, "%s: %s (%s)\n", legs[L], strerror(-rc), dm_io_last_error());
 			return 1;
 		}
-		close(fd);
-		if ((uint64_t)end < size)
-			size = (uint64_t)end;
+		uint64_t end = dm_io_bdev_sectors(bd[L]) * 512;
+		if (end < size)
+			size = end;
 	}
 	uint64_t nblocks = size / bs;
-	uint64_t *last = calloc(nblocks, sizeof(*last));
+	uint64_t *last = calloc(nblocks ? nblocks : 1, sizeof(*last));
 	unsigned char *b = malloc(bs);
 	FILE *f = acklog ? fopen(acklog, "r") : NULL;
 	if (!last || !b || !f) {
@@ -268,17 +286,16 @@ static int cmd_check(unsigned bs, unsigned nlegs, char **legs, const char *acklo
 		}
 	fclose(f);
 	for (unsigned L = 0; L < nlegs; L++) {
-		int fd = open(legs[L], O_RDONLY | O_CLOEXEC);
-		if (fd < 0) {
-			perror(legs[L]);
-			return 1;
-		}
 		for (uint64_t k = 0; k < nblocks; k++) {
 			if (!last[k])
 				continue;
 			if (L == 0)
 				blocks++;
-			if (pread(fd, b, bs, (off_t)(k * bs)) != (ssize_t)bs) {
+			rc = leg_read(cl, bd[L], k * bs, b, bs);
+			if (rc) {
+				if (bad < 10)
+					printf("check: %s offset %" PRIu64 ": read failed: %s\n", legs[L],
+					       k * bs, strerror(-rc));
 				bad++;
 				continue;
 			}
@@ -290,10 +307,12 @@ static int cmd_check(unsigned bs, unsigned nlegs, char **legs, const char *acklo
 				bad++;
 			}
 		}
-		close(fd);
 	}
 	printf("check: %" PRIu64 " acked writes, %" PRIu64 " blocks x %u legs: %" PRIu64 " bad\n", acks, blocks,
 	       nlegs, bad);
+	dm_io_client_destroy(cl);
+	for (unsigned L = 0; L < nlegs; L++)
+		dm_io_bdev_close(bd[L]);
 	free(last);
 	free(b);
 	return bad ? 1 : 0;

@@ -110,7 +110,8 @@ int mirror_validate(const struct mirror_config *cfg)
 		}
 		unsigned lbs = dm_io_bdev_block_size(b);
 		uint64_t bytes = dm_io_bdev_sectors(b) * 512;
-		int ro = access(path, W_OK) != 0;
+		/* An NBD export's writability shows on its first write (EROFS). */
+		int ro = !strstr(path, "://") && access(path, W_OK) != 0;
 		dm_io_bdev_close(b);
 		if (ro) {
 			mirror_set_error("%s: not writable (%s)", path, strerror(errno));

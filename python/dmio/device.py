@@ -22,6 +22,9 @@ class Device(_Closable):
     allows it (the page cache otherwise, e.g. on tmpfs); ``read_only=True``
     makes writes fail with ``EBADF``; ``buffered=True`` uses the page cache.
     ``faults`` sets an initial fault-injection spec (see :meth:`set_faults`).
+    ``path`` may also be an NBD URI (``nbd://HOST[:PORT]/EXPORT`` or
+    ``nbd+unix:///EXPORT?socket=PATH``; see ``dm_io_bdev_open`` in
+    ``dm_io.h`` for its parameters and errors).
     Regions on a device must be aligned to its :attr:`block_size`.
 
     Use it as a context manager, or call :meth:`close`. Closing while IO

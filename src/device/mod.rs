@@ -250,14 +250,6 @@ impl Device {
     }
 }
 
-impl Drop for Device {
-    fn drop(&mut self) {
-        if let Some(r) = &self.remote {
-            r.close();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

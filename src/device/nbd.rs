@@ -37,10 +37,12 @@ use crate::error::{Error, Result};
 use crate::nbd::conn::{Conn, Job, JobBuf, JobKind};
 use crate::nbd::handshake::{ExportInfo, Handshake};
 use crate::nbd::uri::{self, NbdUri, Transport};
+use crate::nbd::wire::TF_CAN_MULTI_CONN;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -107,8 +109,16 @@ struct State {
     down: i32,
 }
 
-/// One NBD export, as the device behind a `struct block_device`.
+/// One NBD export, as the device behind a `struct block_device`: one
+/// connection, or `connections=N` of them when the server advertises
+/// multi-conn (ops are spread over them in turn).
 pub struct Remote {
+    links: Vec<Arc<Link>>,
+    next: AtomicUsize,
+}
+
+/// One connection to the export, with its IO thread.
+struct Link {
     uri: NbdUri,
     /// The URI as given, for messages.
     name: String,
@@ -120,7 +130,10 @@ pub struct Remote {
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remote").field("uri", &self.name).finish()
+        f.debug_struct("Remote")
+            .field("uri", &self.links[0].name)
+            .field("connections", &self.links.len())
+            .finish()
     }
 }
 
@@ -132,8 +145,8 @@ pub struct Opened {
 }
 
 impl Remote {
-    /// Connects and does the handshake, within the URI's connect timeout,
-    /// then starts the connection's IO thread.
+    /// Connects and does the handshake, within the URI's connect timeout
+    /// (per connection), then starts each connection's IO thread.
     pub fn open(text: &str) -> Result<Opened> {
         let uri = uri::parse(text).map_err(|e| Error::new(e.errno, e.message))?;
         let (sock, info, leftover) = connect(&uri, text)?;
@@ -144,6 +157,70 @@ impl Remote {
                 format!("{text}: the server's minimum block size {block} is above 4096"),
             ));
         }
+        let mut links = vec![Link::spawn(&uri, text, info, sock, &leftover)?];
+        if info.flags & TF_CAN_MULTI_CONN != 0 {
+            for _ in 1..uri.connections {
+                let (sock, more, leftover) = connect(&uri, text)?;
+                if more.size != info.size {
+                    return Err(Error::new(
+                        libc::EPROTO,
+                        format!("{text}: a second connection saw another export size"),
+                    ));
+                }
+                links.push(Link::spawn(&uri, text, more, sock, &leftover)?);
+            }
+        }
+        Ok(Opened {
+            bytes: info.size / 512 * 512,
+            block,
+            remote: Arc::new(Remote {
+                links,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// How many connections IO is spread over.
+    pub fn connections(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Starts `op` on one of the connections; it ends through
+    /// `op.complete`, here at once when that connection is down or the
+    /// export refuses the op.
+    pub fn start(&self, op: IoOp) {
+        let i = if self.links.len() == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.links.len()
+        };
+        self.links[i].start(op);
+    }
+
+    /// Stops the IO threads (the device is closed: no op can be in flight,
+    /// each holds the device).
+    pub fn close(&self) {
+        for l in &self.links {
+            l.close();
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Link {
+    /// A live connection and its IO thread.
+    fn spawn(
+        uri: &NbdUri,
+        name: &str,
+        info: ExportInfo,
+        sock: OwnedFd,
+        leftover: &[u8],
+    ) -> Result<Arc<Link>> {
         // SAFETY: plain eventfd creation; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
@@ -151,9 +228,9 @@ impl Remote {
         }
         // SAFETY: `efd` was just created and is owned by no one else.
         let wake = unsafe { OwnedFd::from_raw_fd(efd) };
-        let remote = Arc::new(Remote {
-            uri,
-            name: text.to_string(),
+        let link = Arc::new(Link {
+            uri: uri.clone(),
+            name: name.to_string(),
             info,
             state: Mutex::new(State {
                 live: None,
@@ -163,18 +240,14 @@ impl Remote {
             wake,
         });
         let mut done = Vec::new();
-        remote.go_live(sock, info, &leftover, &mut done);
+        link.go_live(sock, info, leftover, &mut done);
         debug_assert!(done.is_empty());
-        let r = Arc::clone(&remote);
+        let l = Arc::clone(&link);
         std::thread::Builder::new()
             .name("dmio-nbd".into())
-            .spawn(move || r.run())
+            .spawn(move || l.run())
             .map_err(|e| Error::from_io("spawn NBD IO thread", &e))?;
-        Ok(Opened {
-            bytes: info.size / 512 * 512,
-            block,
-            remote,
-        })
+        Ok(link)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -187,16 +260,12 @@ impl Remote {
         unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const _, 8) };
     }
 
-    /// Stops the IO thread (the device is closed: no op can be in flight,
-    /// each holds the device).
-    pub fn close(&self) {
+    fn close(&self) {
         self.lock().closed = true;
         self.poke();
     }
 
-    /// Starts `op` on the connection; it ends through `op.complete`, here
-    /// at once when the connection is down or the export refuses it.
-    pub fn start(&self, op: IoOp) {
+    fn start(&self, op: IoOp) {
         let job = Job {
             kind: match op.kind {
                 OpKind::Read => JobKind::Read,

@@ -449,6 +449,30 @@ pub extern "C" fn dm_io_client_set_hedge(cl: *mut dm_io_client, delay_ms: c_uint
 /// a block device nor a regular file), `-EOPNOTSUPP` (logical block size
 /// above `DM_IO_PAGE_SIZE`), or the errno of open(2).
 ///
+/// `path` may also name an NBD export, in the URI forms of the NBD
+/// project's `doc/uri.md`: `nbd://HOST[:PORT]/EXPORT` (TCP, port 10809 by
+/// default) or `nbd+unix:///EXPORT?socket=PATH`, with optional query
+/// parameters `connect-timeout=MS` (5000: covers connect and handshake),
+/// `silence=MS` (30000: a server that sends nothing for that long while
+/// requests are outstanding is disconnected, and those regions end ERROR
+/// `-ETIMEDOUT`) and `connections=N` (1, at most 16: IO is spread over N
+/// connections when the server advertises multi-conn, else one is used).
+/// The device's size and block size
+/// come from the server; `DM_IO_BDEV_BUFFERED` is ignored. Opening then
+/// also returns `-EPROTONOSUPPORT` (`nbds://` and the other TLS schemes,
+/// vsock), `-EINVAL` (malformed URI, no host or socket, unknown parameter),
+/// `-ETIMEDOUT` (no handshake within `connect-timeout`), `-ENOENT` (no such
+/// export, or no such socket), `-ECONNREFUSED`, `-EPROTO` (the server broke
+/// the protocol) and the errno of the connection. Regions on an NBD device
+/// behave as on a local one (deadlines, TIMEOUT then a late final state,
+/// cancel, destroy never waiting for the server), and also end ERROR with
+/// `-ECONNRESET` (the connection broke), `-EPROTO` (the server broke the
+/// protocol), `-ETIMEDOUT` (silence), `-ENOTCONN` (at once, while the
+/// device reconnects in the background), `-EROFS` (a write to an export
+/// the server marks read-only) or `-EOPNOTSUPP` (`DM_IO_FLUSH`/`DM_IO_FUA`
+/// the server does not offer). Every byte the server sends is received
+/// into library memory; a cancelled read's reply is read and dropped.
+///
 /// # Safety
 /// `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,
 /// points to writable memory for a `struct block_device *`.

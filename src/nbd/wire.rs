@@ -39,6 +39,7 @@ pub(crate) const TF_SEND_FLUSH: u16 = 1 << 2;
 pub(crate) const TF_SEND_FUA: u16 = 1 << 3;
 pub(crate) const TF_SEND_TRIM: u16 = 1 << 5;
 pub(crate) const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
+pub(crate) const TF_CAN_MULTI_CONN: u16 = 1 << 8;
 
 pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
