@@ -9,9 +9,13 @@
  *    excluded, as their content is undefined by contract);
  *  - the client's counters add up, private memory returns to 0 in use, and
  *    RSS stays within the private-memory bound plus a small constant.
+ * The last device is an NBD export (nbdkit's file plugin on a unix socket)
+ * whose server is killed (kill -9) and restarted every 2 s: its regions
+ * also end ERROR with -ECONNRESET or -ENOTCONN, and the same rules hold.
  * Runs until the region target or DMIO_SOAK_SECONDS (default 400) pass;
  * reaching the time first fails the test. */
 #include "helpers.h"
+#include "nbdserver.h"
 
 #include <stdatomic.h>
 #include <string.h>
@@ -194,6 +198,8 @@ static int submit(int s)
 }
 
 static long verified_blocks, poisoned_reads, region_states[4], timeouts_seen;
+/* On the NBD device: blocks verified, regions ended ERROR. */
+static long nbd_verified, nbd_errors;
 
 static void finish(int s)
 {
@@ -206,6 +212,7 @@ static void finish(int s)
 		CHECK(!(r->cancel_on_timeout && r->timeouts[i]), "TIMEOUT with CANCEL_ON_TIMEOUT");
 		CHECK(r->state[i] != DM_IO_TIMEOUT, "final state TIMEOUT");
 		region_states[r->state[i]]++;
+		nbd_errors += d == NDEV - 1 && r->state[i] == DM_IO_ERROR;
 		timeouts_seen += r->timeouts[i];
 		for (uint32_t k = 0; k < r->nblk; k++) {
 			uint32_t *kn = &known[d][r->blk + k];
@@ -228,6 +235,7 @@ static void finish(int s)
 				CHECK(memcmp(want, r->buf + k * BLK, BLK) == 0,
 				      "dev %d block %u: read data differs from version %u", d, r->blk + k, *kn);
 				verified_blocks++;
+				nbd_verified += d == NDEV - 1;
 			}
 		}
 		set_lock(d, r->blk, r->nblk, 0);
@@ -270,11 +278,16 @@ int main(void)
 	double limit_ms = (e ? atof(e) : 400) * 1000;
 
 	CHECK_OK(dm_io_client_create(2, QD / 2, MAXBLK * BLK, &cl));
-	for (int d = 0; d < NDEV; d++) {
+	for (int d = 0; d < NDEV - 1; d++) {
 		char name[16];
 		snprintf(name, sizeof name, "soak%d", d);
 		CHECK_OK(dm_io_bdev_open(make_file(name, DEV_BYTES), DM_IO_BDEV_BUFFERED, &dev[d]));
 	}
+	const char *nargs[] = { "file", make_file("soak-nbd", DEV_BYTES), NULL };
+	struct nbdserver *srv = nbdserver_start(nargs);
+	CHECK_OK(dm_io_bdev_open(nbdserver_uri(srv), 0, &dev[NDEV - 1]));
+	double last_restart = now_ms();
+	long restarts = 0;
 	struct dm_io_stats st;
 	CHECK_OK(dm_io_client_stats(cl, &st, sizeof st));
 	long bound = (long)st.private_bytes_bound;
@@ -291,6 +304,11 @@ int main(void)
 			if (!busy[s])
 				submitted += submit(s);
 		completed += take_done(20);
+		if (now_ms() - last_restart > 2000) {
+			nbdserver_restart(srv);
+			restarts++;
+			last_restart = now_ms();
+		}
 		/* Random cancels of requests in flight. */
 		for (int s = 0; s < QD; s++) {
 			if (busy[s] && rnd() % 400 == 0) {
@@ -357,8 +375,12 @@ int main(void)
 	else
 		CHECK(growth <= bound + (16l << 20), "RSS grew %ld bytes, bound %ld + 16 MiB", growth, bound);
 	CHECK(verified_blocks > 10000, "too few verified reads (%ld)", verified_blocks);
+	printf("soak: NBD device: %ld blocks verified, %ld regions ERROR, server killed and restarted %ld times\n",
+	       nbd_verified, nbd_errors, restarts);
+	CHECK(nbd_verified > 100, "too few verified reads on the NBD device (%ld)", nbd_verified);
 	dm_io_client_destroy(cl);
 	for (int d = 0; d < NDEV; d++)
 		dm_io_bdev_close(dev[d]);
+	nbdserver_stop(srv);
 	return 0;
 }
