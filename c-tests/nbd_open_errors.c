@@ -2,7 +2,8 @@
  * message, in bounded time: schemes not supported (TLS, vsock) with
  * -EPROTONOSUPPORT, malformed URIs and unknown parameters with -EINVAL,
  * nothing listening with -ECONNREFUSED or -ENOENT, a server that accepts
- * but never greets with -ETIMEDOUT within connect-timeout, a missing
+ * but never greets (unix socket and TCP) with -ETIMEDOUT within
+ * connect-timeout, a missing
  * export with -ENOENT. */
 #include "helpers.h"
 #include "nbdserver.h"
@@ -10,6 +11,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 static void refused(const char *uri, int want)
@@ -49,6 +52,22 @@ int main(void)
 	double took = now_ms() - t0;
 	CHECK(took >= 250 && took < 2000, "mute server: failed after %.0f ms (limit 300)", took);
 	close(fd);
+
+	/* TCP: a closed port on 127.0.0.1, and a listener that never greets. */
+	int tfd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in in = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t inlen = sizeof in;
+	CHECK(bind(tfd, (struct sockaddr *)&in, sizeof in) == 0 && getsockname(tfd, (struct sockaddr *)&in, &inlen) == 0,
+	      "bind 127.0.0.1");
+	snprintf(path, sizeof path, "nbd://127.0.0.1:%u/x", ntohs(in.sin_port));
+	refused(path, -ECONNREFUSED); /* bound, not listening */
+	CHECK(listen(tfd, 4) == 0, "listen");
+	snprintf(path, sizeof path, "nbd://127.0.0.1:%u/x?connect-timeout=300", ntohs(in.sin_port));
+	t0 = now_ms();
+	refused(path, -ETIMEDOUT);
+	took = now_ms() - t0;
+	CHECK(took >= 250 && took < 2000, "mute TCP server: failed after %.0f ms (limit 300)", took);
+	close(tfd);
 
 	/* A real server, an export it does not have. */
 	const char *args2[] = { "--filter=exportname", "memory", "1M", "exportname=only",
