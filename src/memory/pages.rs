@@ -3,7 +3,10 @@
 //! The C pointer to a page *is* its address, so `dm_io_page_address` is
 //! free. Every live page is remembered so that the library can reject a
 //! pointer that is not one of its pages (in `dm_io_page_free` and in page
-//! lists / bio_vecs given to `dm_io`) instead of reading through it.
+//! lists / bio_vecs given to `dm_io`) instead of reading through it: an
+//! arena page by one bit of its chunk's atomic bitmap (a chunk is 64 pages,
+//! one `AtomicU64`), so checking the pages of a read takes no lock; a page
+//! beyond the arena in a locked set.
 //!
 //! Pages come from an arena: chunks of [`CHUNK_PAGES`] pages carved out of
 //! one reserved range of address space, so a page's chunk is found from
@@ -17,7 +20,7 @@
 use super::PAGE_SIZE;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Pages per arena chunk (one registered buffer per chunk and ring).
@@ -35,7 +38,8 @@ pub(super) static CHUNKS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Default)]
 struct Arena {
-    live: HashSet<usize>,
+    /// Live pages beyond the arena (plain allocations).
+    plain: HashSet<usize>,
     /// Arena pages not in use.
     free: Vec<usize>,
     /// The reservation failed: every page is a plain allocation.
@@ -43,6 +47,29 @@ struct Arena {
 }
 
 static LIVE: Mutex<Option<Arena>> = Mutex::new(None);
+
+// One chunk's pages are one word's bits.
+const _: () = assert!(CHUNK_PAGES == 64);
+
+/// Per arena chunk, bit k set: page k of the chunk is live (allocated and
+/// not freed). Set and cleared with atomic read-modify-writes, so a page
+/// is freed at most once even by racing calls.
+static LIVE_BITS: [AtomicU64; MAX_CHUNKS] = [const { AtomicU64::new(0) }; MAX_CHUNKS];
+
+/// The chunk and bit of an arena page address (page-aligned), if it is one.
+fn bit_of(addr: usize) -> Option<(usize, u64)> {
+    if addr % PAGE_SIZE != 0 {
+        return None;
+    }
+    let c = chunk_of(addr)?;
+    let base = BASE.load(Ordering::Acquire);
+    let k = (addr - base - c * CHUNK_BYTES) / PAGE_SIZE;
+    Some((c, 1u64 << k))
+}
+
+fn lock_arena() -> MutexGuard<'static, Option<Arena>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn layout() -> Layout {
     // PAGE_SIZE is a non-zero power of two, so this cannot fail.
@@ -65,37 +92,52 @@ pub fn in_arena(addr: usize) -> bool {
     chunk_of(addr).is_some()
 }
 
-/// The set of live pages, locked; used to validate many pages under one lock.
-pub struct LivePages(MutexGuard<'static, Option<Arena>>);
+/// Looks up live pages. Arena pages need no lock; a page beyond the arena
+/// is looked up in the locked set of plain allocations.
+pub struct LivePages(());
 
 impl LivePages {
+    /// A lookup handle (no lock is taken here).
     pub fn lock() -> Self {
-        LivePages(LIVE.lock().unwrap_or_else(|p| p.into_inner()))
+        LivePages(())
     }
 
     pub fn contains(&self, addr: usize) -> bool {
-        self.0.as_ref().is_some_and(|a| a.live.contains(&addr))
+        match bit_of(addr) {
+            Some((c, bit)) => LIVE_BITS[c].load(Ordering::Acquire) & bit != 0,
+            None if chunk_of(addr).is_some() => false,
+            None => lock_arena()
+                .as_ref()
+                .is_some_and(|a| a.plain.contains(&addr)),
+        }
     }
 
     /// The chunk of `[addr, addr + len)` when those bytes are whole live
-    /// arena pages, all in one chunk that no ring has refused to register.
+    /// arena pages, all in one chunk that no ring has refused to register:
+    /// one load of the chunk's bitmap.
     pub fn arena_span(&self, addr: usize, len: usize) -> Option<u16> {
         if len == 0 || addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
             return None;
         }
-        let c = chunk_of(addr)?;
+        let (c, first) = bit_of(addr)?;
         if chunk_of(addr + len - 1) != Some(c) || super::lib_pages::refused(c) {
             return None;
         }
-        (addr..addr + len)
-            .step_by(PAGE_SIZE)
-            .all(|p| self.contains(p))
-            .then_some(c as u16)
+        let n = len / PAGE_SIZE;
+        // `first` is 1 << k with k + n <= 64 (the span is in one chunk).
+        let mask = if n == CHUNK_PAGES {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) * first
+        };
+        (LIVE_BITS[c].load(Ordering::Acquire) & mask == mask).then_some(c as u16)
     }
+}
 
+impl Arena {
     /// A page from the arena (mapping a new chunk when none is free).
     fn arena_page(&mut self) -> Option<usize> {
-        let a = self.0.get_or_insert_with(Arena::default);
+        let a = self;
         if let Some(p) = a.free.pop() {
             return Some(p);
         }
@@ -164,13 +206,18 @@ pub(super) unsafe fn map_fresh(addr: usize, len: usize) -> bool {
 
 /// Allocates one zeroed page; `None` when out of memory.
 pub fn alloc() -> Option<usize> {
-    let mut live = LivePages::lock();
-    let p = match live.arena_page() {
+    let mut guard = lock_arena();
+    let a = guard.get_or_insert_with(Arena::default);
+    match a.arena_page() {
         Some(p) => {
+            drop(guard);
             // SAFETY: `p` is a mapped arena page that no one owns (it was
-            // free); it is zeroed before it is handed out.
+            // free, and its live bit is clear); it is zeroed before it is
+            // handed out.
             unsafe { std::ptr::write_bytes(p as *mut u8, 0, PAGE_SIZE) };
-            p
+            let (c, bit) = bit_of(p).expect("an arena page");
+            LIVE_BITS[c].fetch_or(bit, Ordering::Release);
+            Some(p)
         }
         None => {
             // SAFETY: the layout has a non-zero size.
@@ -178,29 +225,38 @@ pub fn alloc() -> Option<usize> {
             if p.is_null() {
                 return None;
             }
-            p as usize
+            a.plain.insert(p as usize);
+            Some(p as usize)
         }
-    };
-    live.0.get_or_insert_with(Arena::default).live.insert(p);
-    Some(p)
+    }
 }
 
 /// Frees a page from [`alloc`]; returns `false` (and frees nothing) for any
 /// other address, including a page already freed.
 pub fn free(addr: usize) -> bool {
-    let mut live = LivePages::lock();
-    let Some(a) = live.0.as_mut() else {
-        return false;
-    };
-    if !a.live.remove(&addr) {
-        return false;
-    }
     if chunk_of(addr).is_some() {
+        let Some((c, bit)) = bit_of(addr) else {
+            return false;
+        };
+        // Only the call that clears the bit frees the page.
+        if LIVE_BITS[c].fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+            return false;
+        }
         // Arena pages stay mapped (rings may hold them registered).
-        a.free.push(addr);
+        lock_arena()
+            .get_or_insert_with(Arena::default)
+            .free
+            .push(addr);
         return true;
     }
-    drop(live);
+    let mut guard = lock_arena();
+    let Some(a) = guard.as_mut() else {
+        return false;
+    };
+    if !a.plain.remove(&addr) {
+        return false;
+    }
+    drop(guard);
     // SAFETY: `addr` was returned by `alloc_zeroed(layout())` in `alloc`
     // (it is not in the arena) and was still in the live set, so it has
     // not been freed yet; it is now out of the set, so it cannot be freed
@@ -219,5 +275,43 @@ mod tests {
         assert!(super::free(p));
         assert!(!super::free(p), "double free is refused");
         assert!(!super::free(12345));
+    }
+
+    #[test]
+    fn spans_follow_the_live_bits() {
+        use super::{LivePages, CHUNK_BYTES, PAGE_SIZE};
+        let pages: Vec<usize> = (0..200).map(|_| super::alloc().unwrap()).collect();
+        let live = LivePages::lock();
+        // Four pages in a row within one chunk, if the arena gave us some.
+        let run = pages.windows(4).find(|w| {
+            w[3] == w[0] + 3 * PAGE_SIZE
+                && w[0] / CHUNK_BYTES == w[3] / CHUNK_BYTES
+                && live.arena_span(w[0], PAGE_SIZE).is_some()
+        });
+        if let Some(w) = run {
+            assert!(live.arena_span(w[0], 4 * PAGE_SIZE).is_some());
+            assert!(super::free(w[2]));
+            assert!(
+                live.arena_span(w[0], 4 * PAGE_SIZE).is_none(),
+                "a freed page breaks the span"
+            );
+            assert!(live.arena_span(w[0], 2 * PAGE_SIZE).is_some());
+            assert!(!live.contains(w[2]) && live.contains(w[1]));
+            assert!(!live.contains(w[1] + 8), "not page-aligned");
+        }
+        // Racing frees of one page: exactly one succeeds.
+        let p = pages[0];
+        let wins: usize = std::thread::scope(|s| {
+            let h: Vec<_> = (0..4)
+                .map(|_| s.spawn(move || super::free(p) as usize))
+                .collect();
+            h.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
+        for &q in &pages[1..] {
+            if live.contains(q) {
+                assert!(super::free(q));
+            }
+        }
     }
 }
