@@ -253,6 +253,7 @@ fn deliver(ev: Event) {
         if ev.is_final() {
             ev.req.final_delivered();
         }
+        ev.req.event_delivered();
     }));
     DELIVERING.with(|d| d.borrow_mut().pop());
     if r.is_err() {

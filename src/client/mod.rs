@@ -87,6 +87,10 @@ pub struct Client {
     shard: Option<Arc<shared::Shard>>,
     /// Hedged reads: ms before the next region starts; 0 = only on ERROR.
     hedge_ms: std::sync::atomic::AtomicU32,
+    /// Events queued for the completion thread and not yet delivered
+    /// (their notify call not returned): destroy waits for that thread
+    /// only while some are.
+    queued: AtomicU64,
     /// Reads into library pages cancelled while running: their ops still
     /// in the kernel ([`RequestOwner::detached_ops`]).
     detached: std::sync::atomic::AtomicI64,
@@ -183,6 +187,7 @@ impl Client {
             closed: AtomicBool::new(false),
             completion,
             shard,
+            queued: AtomicU64::new(0),
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             detached: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
@@ -334,7 +339,10 @@ impl Client {
         match &self.shard {
             Some(shard) => {
                 self.engine.unregister_memory(self.pool.region());
-                self.completion.drain_client(self.id);
+                // Every region is final: no event is queued after this load.
+                if self.queued.load(Ordering::SeqCst) != 0 {
+                    self.completion.drain_client(self.id);
+                }
                 shard.detach();
             }
             None => {
@@ -365,7 +373,12 @@ impl RequestOwner for Client {
     }
 
     fn deliver_async(&self, ev: Event) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
         self.completion.push(ev);
+    }
+
+    fn event_delivered(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn request_final(&self, _req: &Request) {

@@ -71,8 +71,9 @@ pub fn shards_wanted() -> usize {
     {
         return n;
     }
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    // Asked once: it reads the cgroup's CPU quota from /proc and /sys.
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    (*CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
         .min(MAX_SHARDS)
 }
 
