@@ -25,9 +25,12 @@
  *  - Functions return 0 or a positive count on success and a negative errno
  *    on failure; dm_io_last_error() gives a message for the calling thread.
  *
- * Threads: notify functions of asynchronous requests run on the client's
- * completion thread (never on the reactor thread, never inside dm_io());
- * for DM_IO_SYNC requests they run inside dm_io(), in the caller's thread.
+ * Threads: the clients of a process share a few reactor and completion
+ * threads (see dm_io_client_create; DMIO_THREADS, DMIO_ISOLATE). Notify
+ * functions of asynchronous requests run on the client's completion thread,
+ * one at a time per client (never on a reactor thread, never inside
+ * dm_io()); for DM_IO_SYNC requests they run inside dm_io(), in the
+ * caller's thread.
  * With io_uring, asynchronous IO that a notify function submits runs on a
  * ring of the completion thread itself, whose completions are processed
  * between callbacks (so resubmitting from notify never crosses threads):
