@@ -74,8 +74,9 @@ fn undelivered(rx: &Receiver<Msg>) -> bool {
 
 enum Msg {
     Ev(Event),
-    /// Every event queued before this was delivered: tell the sender.
-    Barrier(Sender<()>),
+    /// Every event of this client queued before this was delivered: tell
+    /// the sender.
+    Barrier(u64, Sender<()>),
     Stop,
 }
 
@@ -176,12 +177,24 @@ impl CompletionThread {
     pub fn drain_client(&self, client: u64) {
         if !self.is_current() {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            if self.tx.send(Msg::Barrier(tx)).is_ok() {
+            if self.tx.send(Msg::Barrier(client, tx)).is_ok() {
                 self.wake();
                 // Called from another thread's notify, our wake-up may be
                 // deferred to the end of that batch: not while we wait.
                 crate::engine::wake::flush_deferred_wakes();
-                let _ = rx.recv();
+                if HERE.with(|h| h.get()) == 0 {
+                    let _ = rx.recv();
+                    return;
+                }
+                // On another completion thread, inside a callback: that
+                // thread may be waiting for this one just as well (a
+                // callback there destroying a client of ours), so this
+                // one delivers what it can meanwhile.
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(std::time::Duration::from_millis(1))
+                {
+                    serve_while_waiting();
+                }
             }
             return;
         }
@@ -192,7 +205,7 @@ impl CompletionThread {
         // delivered before the channel), then this client's events out of it.
         LOCAL.with(|q| {
             if let Ok(mut q) = q.try_borrow_mut() {
-                q.extend(self.tx_drain());
+                q.extend(rx_drain());
             }
         });
         loop {
@@ -213,16 +226,6 @@ impl CompletionThread {
         }
     }
 
-    /// What the channel holds now (on this thread only: it is the receiver's).
-    fn tx_drain(&self) -> Vec<Msg> {
-        RX.with(|r| {
-            r.borrow()
-                .as_ref()
-                .map(|rx| rx.try_iter().collect())
-                .unwrap_or_default()
-        })
-    }
-
     /// Delivers everything queued, then ends the thread. Waits for that
     /// unless called from the completion thread itself (from notify), in
     /// which case the thread ends after the current callback returns.
@@ -241,6 +244,56 @@ impl CompletionThread {
         let h = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let (Some(h), false) = (h, stays) {
             let _ = h.join();
+        }
+    }
+}
+
+/// What the calling completion thread's channel holds now.
+fn rx_drain() -> Vec<Msg> {
+    RX.with(|r| {
+        r.borrow()
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// On a completion thread whose callback waits for another completion
+/// thread ([`CompletionThread::drain_client`]): delivers, in order, the
+/// queued events of every client whose notify is not running here, and
+/// answers those clients' barriers, so that the other thread, if it waits
+/// for this one, goes on. The events and barriers of clients whose notify
+/// is running here stay queued, in order (a destroy of one of them waits
+/// for its callback to return, as always).
+fn serve_while_waiting() {
+    LOCAL.with(|q| {
+        if let Ok(mut q) = q.try_borrow_mut() {
+            q.extend(rx_drain());
+        }
+    });
+    loop {
+        let next = LOCAL.with(|q| {
+            let mut q = q.try_borrow_mut().ok()?;
+            let busy = DELIVERING.with(|d| d.borrow().clone());
+            // The first event or barrier of a client whose notify is not
+            // running (its earlier events were delivered before it); nothing
+            // past a Stop (a thread of one client ending).
+            let at = q.iter().position(|m| match m {
+                Msg::Ev(e) => !busy.contains(&e.req.client_id),
+                Msg::Barrier(c, _) => !busy.contains(c),
+                Msg::Stop => true,
+            })?;
+            match q.get(at) {
+                Some(Msg::Stop) => None,
+                _ => q.remove(at),
+            }
+        });
+        match next {
+            Some(Msg::Ev(ev)) => deliver(ev),
+            Some(Msg::Barrier(_, tx)) => {
+                let _ = tx.send(());
+            }
+            _ => return,
         }
     }
 }
@@ -274,14 +327,14 @@ fn deliver_queued(rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
                     deliver(ev);
                     ring.after_callback(&|| undelivered(rx));
                 }
-                Msg::Barrier(tx) => {
+                Msg::Barrier(_, tx) => {
                     let _ = tx.send(());
                 }
                 Msg::Stop => {
                     while let Some(m) = next() {
                         match m {
                             Msg::Ev(ev) => deliver(ev),
-                            Msg::Barrier(tx) => {
+                            Msg::Barrier(_, tx) => {
                                 let _ = tx.send(());
                             }
                             Msg::Stop => {}
