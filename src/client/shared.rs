@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Default cap on the number of shards (one per CPU up to this).
-pub const MAX_SHARDS: usize = 8;
+pub(crate) const MAX_SHARDS: usize = 8;
 /// Ring size of a shared reactor (and of its completion thread's ring).
 const SHARED_ENTRIES: u32 = 4096;
 /// Process-wide bound on the thread-pool workers, split among shards.
