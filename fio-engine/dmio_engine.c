@@ -13,6 +13,7 @@
  *   dmio_memory=private|pages|zerocopy
  *   dmio_faults=SPEC  open the job's files with dm_io_bdev_open_faulty
  *   dmio_legs=P[:P]   further legs mirroring the job's file
+ *   dmio_spin=US      poll before sleeping when waiting for all IO in flight
  *
  * fio installs no headers: this file is built against the configured
  * source of the installed fio (scripts/fio-source.sh), so that struct
@@ -49,6 +50,7 @@ struct dmio_options {
 	unsigned int memory;
 	char *faults;
 	char *legs;
+	unsigned int spin_us;
 };
 
 static struct fio_option options[] = {
@@ -95,6 +97,16 @@ static struct fio_option options[] = {
 		.type = FIO_OPT_STR_STORE,
 		.off1 = offsetof(struct dmio_options, legs),
 		.help = "PATH[:PATH...] (a leg may end in @SPEC for its faults): legs mirroring the job's file",
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
+		.name = "dmio_spin",
+		.lname = "libdmio completion spin (us)",
+		.type = FIO_OPT_INT,
+		.off1 = offsetof(struct dmio_options, spin_us),
+		.help = "While waiting for every IO in flight (e.g. QD1), poll this many microseconds before sleeping",
+		.def = "50",
 		.category = FIO_OPT_C_ENGINE,
 		.group = FIO_OPT_G_INVALID,
 	},
@@ -149,6 +161,8 @@ struct dmio_td {
 	struct io_u **ring;
 	unsigned int ring_head, ring_count, ring_size;
 	unsigned int waiting_for;	/* getevents' min while it sleeps, else 0 */
+	uint64_t spin_ns;
+	unsigned int in_flight;		/* submitted, not yet handed to fio (fio's thread only) */
 	struct io_u **events;
 
 	/* pages mode: the run of library pages behind fio's buffers */
@@ -171,7 +185,9 @@ static uint64_t ts_us_since(const struct timespec *t0)
 	struct timespec now;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (uint64_t)(now.tv_sec - t0->tv_sec) * 1000000u + (uint64_t)(now.tv_nsec - t0->tv_nsec) / 1000;
+	int64_t ns = (int64_t)(now.tv_sec - t0->tv_sec) * 1000000000 + (now.tv_nsec - t0->tv_nsec);
+
+	return ns > 0 ? (uint64_t)ns / 1000 : 0;
 }
 
 static void atomic_max(atomic_ulong *a, unsigned long v)
@@ -188,7 +204,7 @@ static void ring_push(struct dmio_td *d, struct io_u *io_u)
 {
 	pthread_mutex_lock(&d->lock);
 	d->ring[(d->ring_head + d->ring_count) % d->ring_size] = io_u;
-	d->ring_count++;
+	__atomic_store_n(&d->ring_count, d->ring_count + 1, __ATOMIC_RELEASE);
 	if (d->waiting_for && d->ring_count >= d->waiting_for)
 		pthread_cond_signal(&d->cond);
 	pthread_mutex_unlock(&d->lock);
@@ -431,6 +447,7 @@ static int dmio_commit(struct thread_data *td)
 		struct io_u *io_u = d->pending[i];
 		int ret;
 
+		d->in_flight++;
 		if (fill) {
 			memcpy(&io_u->issue_time, &now, sizeof(now));
 			io_u_queued(td, io_u);
@@ -467,6 +484,22 @@ static int dmio_getevents(struct thread_data *td, unsigned int min, unsigned int
 			deadline.tv_nsec -= 1000000000L;
 		}
 	}
+	/* Waiting for every IO in flight (QD1, or the last ones), spin a
+	 * little before sleeping: then the wake-up of this thread by the
+	 * completion thread is most of the latency. With other IO in flight
+	 * spinning only takes CPU from the threads doing it. */
+	if (min && d->spin_ns && min >= d->in_flight) {
+		struct timespec t0, now;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		while (__atomic_load_n(&d->ring_count, __ATOMIC_ACQUIRE) < min) {
+			__builtin_ia32_pause();
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if ((uint64_t)(now.tv_sec - t0.tv_sec) * 1000000000u + (uint64_t)now.tv_nsec -
+				    (uint64_t)t0.tv_nsec > d->spin_ns)
+				break;
+		}
+	}
 	pthread_mutex_lock(&d->lock);
 	while (d->ring_count < min) {
 		d->waiting_for = min;
@@ -483,6 +516,7 @@ static int dmio_getevents(struct thread_data *td, unsigned int min, unsigned int
 		d->events[i] = d->ring[(d->ring_head + i) % d->ring_size];
 	d->ring_head = (d->ring_head + n) % d->ring_size;
 	d->ring_count -= n;
+	d->in_flight -= n;
 	pthread_mutex_unlock(&d->lock);
 	return (int)n;
 }
@@ -819,6 +853,7 @@ static int dmio_init(struct thread_data *td)
 	d->td = td;
 	d->o = td->eo;
 	d->ndevs = 1;
+	d->spin_ns = (uint64_t)d->o->spin_us * 1000;
 	pthread_mutex_init(&d->lock, NULL);
 	{
 		pthread_condattr_t ca;
