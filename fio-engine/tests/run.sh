@@ -28,8 +28,8 @@ run_fio() {
 	local name=$1
 	shift
 	log="$disk_dir/$name.log"
-	timeout "$TIMEOUT" "$FIO" --name="$name" --ioengine="external:$ENGINE" --output-format=normal \
-		"$@" >"$log" 2>&1
+	(cd "$disk_dir" && timeout "$TIMEOUT" "$FIO" --name="$name" --ioengine="external:$ENGINE" --output-format=normal \
+		"$@") >"$log" 2>&1
 }
 
 # field KEY: the value of KEY=VALUE in the engine's summary lines.
