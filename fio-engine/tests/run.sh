@@ -51,7 +51,7 @@ bad() {
 expect_clean() {
 	local name=$1 rc=$2
 	if [ "$rc" -ne 0 ]; then bad "$name" "fio exited $rc"; return 1; fi
-	if ! grep -q 'err= 0' "$log"; then bad "$name" "the job reported an error"; return 1; fi
+	if ! grep -q 'err= 0' "$log" || grep -qE 'err= *[1-9]' "$log"; then bad "$name" "a job reported an error"; return 1; fi
 	if ! grep -q '^dmio: .*dm_io_client_stats:' "$log"; then bad "$name" "no engine statistics at the end"; return 1; fi
 	return 0
 }
@@ -207,6 +207,22 @@ if want "$name"; then
 		ok "$name (an injected EIO ends the job with fio's err=5)"
 	else
 		bad "$name" "fio exited $rc without reporting EIO"
+	fi
+fi
+
+# 6b. Two jobs as threads of one fio process: one client each, both verify.
+name="two-thread-jobs"
+if want "$name"; then
+	run_fio "$name" --directory="$disk_dir" --size=4M --rw=randrw --bs=4k --iodepth=8 --direct=1 --thread \
+		--numjobs=2 --verify=crc32c --dmio_memory=pages
+	rc=$?
+	if expect_clean "$name" $rc; then
+		n=$(grep -c 'dm_io_client_stats:' "$log")
+		if [ "$n" -eq 2 ]; then
+			ok "$name (two clients in one process, library pages, crc32c verified)"
+		else
+			bad "$name" "$n client summaries for two jobs"
+		fi
 	fi
 fi
 
