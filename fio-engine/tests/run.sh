@@ -226,6 +226,35 @@ if want "$name"; then
 	fi
 fi
 
+# 6c. The same through libdmio's thread-pool engine (DMIO_ENGINE=threads):
+#     every memory mode, two legs, verify; and the hung leg.
+name="threads-engine"
+if want "$name"; then
+	msg=""
+	truncate -s 8M "$disk_dir/thrA" "$disk_dir/thrB"
+	for mem in private pages zerocopy; do
+		DMIO_ENGINE=threads run_fio "$name-$mem" --filename="$disk_dir/thr" --size=8M --rw=randwrite --bs=4k \
+			--iodepth=16 --direct=1 --verify=crc32c --dmio_memory=$mem --dmio_legs="$disk_dir/thrA:$disk_dir/thrB"
+		rc=$?
+		expect_clean "$name-$mem" $rc || { msg=x; break; }
+		if [ "$(field engine)" != threads ]; then bad "$name" "ran on engine=$(field engine)"; msg=x; break; fi
+	done
+	if [ -z "$msg" ]; then
+		DMIO_ENGINE=threads run_fio "$name-hung" --filename="$disk_dir/thr" --size=8M --rw=randwrite --bs=4k \
+			--iodepth=8 --direct=1 --verify=crc32c --dmio_timeout=100 \
+			--dmio_legs="$disk_dir/thrA:$disk_dir/thrB@hang writes"
+		rc=$?
+		if expect_clean "$name-hung" $rc; then
+			ack=$(field max_write_ack_ms)
+			if [ "$(field degraded_writes)" -ge 1 ] && awk -v a="$ack" 'BEGIN { exit !(a >= 99 && a < 400) }'; then
+				ok "$name (3 memory modes x 2 legs verified, hung leg acked at the deadline: max $ack ms)"
+			else
+				bad "$name" "hung leg: degraded_writes=$(field degraded_writes) max_write_ack_ms=$ack"
+			fi
+		fi
+	fi
+fi
+
 # 7. fsync/fdatasync io_us are DM_IO_FLUSH writes with count 0.
 name="flush"
 if want "$name"; then
