@@ -6,7 +6,8 @@
 #   OUT=build ./fio-engine/tests/run.sh [NAME...]   (NAME: run only checks whose name contains it)
 set -uo pipefail
 
-OUT=${OUT:-$(cd "$(dirname "$0")/../.." && pwd)/build}
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$HERE/../../build}
 ENGINE="$OUT/libdmio-fio.so"
 FIO=${FIO:-fio}
 TIMEOUT=${FIO_TEST_TIMEOUT:-120}
@@ -252,6 +253,37 @@ if want "$name"; then
 				bad "$name" "hung leg: degraded_writes=$(field degraded_writes) max_write_ack_ms=$ack"
 			fi
 		fi
+	fi
+fi
+
+# 6d. valgrind memcheck over fio with the engine (--thread: the job runs in
+#     the process valgrind watches), on each libdmio engine (io_uring with
+#     DMIO_URING_WAIT=poll, as in make test-c-valgrind-uring): library pages,
+#     two legs, one hung, deadline and verify. valgrind.supp holds ld.so's own
+#     $ORIGIN reads. No error may be reported.
+name="valgrind"
+if want "$name"; then
+	if ! command -v valgrind >/dev/null; then
+		bad "$name" "valgrind is not installed (make deps)"
+	else
+		msg=""
+		truncate -s 1M "$disk_dir/vgA" "$disk_dir/vgB"
+		for eng in threads uring; do
+			log="$disk_dir/$name-$eng.log"
+			(cd "$disk_dir" && DMIO_ENGINE=$eng DMIO_URING_WAIT=poll timeout 300 valgrind -q \
+				--suppressions="$HERE/valgrind.supp" --error-exitcode=9 --leak-check=no \
+				"$FIO" --name="$name" --thread --ioengine="external:$ENGINE" --filename="$disk_dir/vg" --size=1M \
+				--rw=randwrite --bs=4k --iodepth=8 --direct=1 --verify=crc32c --dmio_memory=pages \
+				--dmio_legs="$disk_dir/vgA:$disk_dir/vgB@hang writes" --dmio_timeout=100) >"$log" 2>&1
+			rc=$?
+			expect_clean "$name-$eng" $rc || { msg=x; break; }
+			if grep -q '^==[0-9]*==' "$log" || [ "$(field degraded_writes)" -lt 1 ]; then
+				bad "$name-$eng" "memcheck reported errors, or the hung leg was not dropped"
+				msg=x
+				break
+			fi
+		done
+		[ -z "$msg" ] && ok "$name (memcheck clean on both libdmio engines: pages, 2 legs, one hung, verify)"
 	fi
 fi
 
