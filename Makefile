@@ -6,6 +6,7 @@
 #   make plugin     the nbdkit plugin, build/nbdkit-dmio-plugin.so (part of make)
 #   make demo-nbd   the mirror served over NBD by nbdkit, a leg hanging
 #   make demo-remote  a mirror with a leg on an NBD server that pauses
+#   make fio-engine   build/libdmio-fio.so, a fio external ioengine (fio-engine/)
 
 SHELL    := /bin/bash
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -127,7 +128,7 @@ deps:
 
 test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-debug test-c-asan \
       test-c-valgrind test-c-valgrind-uring test-fuzz test-install test-python test-mirror test-nbdkit \
-      test-bench-smoke
+      test-bench-smoke test-fio-engine
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -276,3 +277,15 @@ clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
 	@$(MAKE) --no-print-directory -C c-tests clean
+
+# fio over libdmio (fio-engine/README.md): build/libdmio-fio.so, built
+# against the configured Debian source of the installed fio, which
+# scripts/fio-source.sh fetches once into .tools/fio-src (not part of plain
+# `make`); test-fio-engine runs short fio jobs through it.
+.PHONY: fio-engine test-fio-engine
+fio-engine: lib
+	@$(MAKE) --no-print-directory -C fio-engine OUT=$(CURDIR)/$(BUILD)
+
+test-fio-engine: fio-engine
+	@echo "== fio engine tests (fio-engine/tests)"
+	@$(MAKE) --no-print-directory -C fio-engine OUT=$(CURDIR)/$(BUILD) test
