@@ -10,6 +10,7 @@
 //! (`slot`) from submission until `complete`, so the memory outlives any
 //! caller that cancelled or any client that was destroyed meanwhile.
 
+pub mod aio;
 pub mod local;
 pub mod sched;
 pub mod threads;
@@ -139,24 +140,33 @@ impl IoOp {
 pub enum EngineKind {
     #[default]
     Uring,
+    /// Linux native AIO, where io_uring is refused.
+    Aio,
     Threads,
     Manual,
 }
 
-/// Picks the engine from `DMIO_ENGINE`: unset or `auto` tries io_uring
-/// and falls back to threads when the kernel refuses it; `uring` fails
+/// Picks the engine from `DMIO_ENGINE`: unset or `auto` tries io_uring,
+/// then Linux native AIO, then the thread pool, each when the kernel
+/// refuses the one before; `uring` and `aio` fail with the kernel's errno
 /// instead of falling back; `threads` forces the thread pool.
 pub fn choose(ring_entries: u32, workers: usize) -> crate::error::Result<Arc<dyn Engine>> {
     let want = std::env::var("DMIO_ENGINE").unwrap_or_default();
     match want.as_str() {
-        "" | "auto" => match uring::UringEngine::new(ring_entries) {
-            Ok(e) => Ok(e),
-            Err(_) => Ok(threads::ThreadsEngine::new(workers)?),
-        },
+        "" | "auto" => {
+            if let Ok(e) = uring::UringEngine::new(ring_entries) {
+                return Ok(e);
+            }
+            if let Ok(e) = aio::AioEngine::new(ring_entries, workers) {
+                return Ok(e);
+            }
+            Ok(threads::ThreadsEngine::new(workers)?)
+        }
         "uring" => Ok(uring::UringEngine::new(ring_entries)?),
+        "aio" => Ok(aio::AioEngine::new(ring_entries, workers)?),
         "threads" => Ok(threads::ThreadsEngine::new(workers)?),
         other => Err(crate::einval!(
-            "DMIO_ENGINE={other}: use auto, uring or threads"
+            "DMIO_ENGINE={other}: use auto, uring, aio or threads"
         )),
     }
 }
@@ -240,8 +250,8 @@ impl CompletionRing {
     }
 }
 
-/// An IO engine: the io_uring reactor, the thread pool, or (for tests) a
-/// hand-driven one.
+/// An IO engine: the io_uring reactor, the AIO reactor, the thread pool,
+/// or (for tests) a hand-driven one.
 pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
     /// Starts the ops; never waits for IO. Ops that cannot be started end
