@@ -182,6 +182,8 @@ enum Ring {
     Parked(Arc<wake::Parker>),
     /// Its own io_uring ring ([`local`]).
     Uring(local::LocalRing),
+    /// Its own AIO context ([`aio`]'s `local.rs`).
+    Aio(aio::LocalAio),
 }
 
 impl CompletionRing {
@@ -194,11 +196,16 @@ impl CompletionRing {
         CompletionRing(Ring::Uring(ring))
     }
 
+    fn aio(ring: aio::LocalAio) -> CompletionRing {
+        CompletionRing(Ring::Aio(ring))
+    }
+
     /// How other threads wake the thread when they queue work for it.
     pub fn waker(&self) -> Arc<dyn Wake> {
         match &self.0 {
             Ring::Parked(p) => p.clone(),
             Ring::Uring(r) => r.waker(),
+            Ring::Aio(r) => r.waker(),
         }
     }
 
@@ -206,8 +213,10 @@ impl CompletionRing {
     /// `more()` callbacks wait (see `local::submit_queued`).
     #[inline]
     pub fn after_callback(&self, more: &dyn Fn() -> bool) {
-        if let Ring::Uring(_) = &self.0 {
-            local::submit_queued(more);
+        match &self.0 {
+            Ring::Parked(_) => {}
+            Ring::Uring(_) => local::submit_queued(more),
+            Ring::Aio(_) => aio::local::submit_queued(more),
         }
     }
 
@@ -218,13 +227,18 @@ impl CompletionRing {
         match &self.0 {
             Ring::Parked(p) => p.park(pending, max),
             Ring::Uring(_) => local::turn(pending, max),
+            Ring::Aio(_) => aio::local::turn(pending, max),
         }
     }
 
     /// Whether IO runs in this ring: a thread that waits on it (for
     /// private memory, or for zero-copy IO to end) must keep turning it.
     pub fn runs_io(&self) -> bool {
-        matches!(self.0, Ring::Uring(_)) && local::active()
+        match self.0 {
+            Ring::Parked(_) => false,
+            Ring::Uring(_) => local::active(),
+            Ring::Aio(_) => aio::local::active(),
+        }
     }
 
     /// A wait step for a thread that [`Self::runs_io`]: drives the ring
@@ -236,8 +250,10 @@ impl CompletionRing {
     /// The client is gone: new ops go elsewhere, deadlines are forgotten
     /// (every request is final); ops still running stay until [`Self::idle`].
     pub fn close(&self) {
-        if let Ring::Uring(_) = &self.0 {
-            local::close();
+        match &self.0 {
+            Ring::Parked(_) => {}
+            Ring::Uring(_) => local::close(),
+            Ring::Aio(_) => aio::local::close(),
         }
     }
 
@@ -246,6 +262,7 @@ impl CompletionRing {
         match &self.0 {
             Ring::Parked(_) => true,
             Ring::Uring(_) => local::idle(),
+            Ring::Aio(_) => aio::local::idle(),
         }
     }
 }

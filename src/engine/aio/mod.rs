@@ -10,27 +10,30 @@
 //! batches (`io_submit`) and reaped in batches (`io_getevents`); an op in
 //! the kernel is owned by its slab entry until its event is reaped, and
 //! after `shutdown` the thread stays until every op has completed. AIO has
-//! no fixed buffers and no second ring: the completion thread parks, and
-//! its callbacks' IO comes here like any other thread's.
+//! no fixed buffers. The completion thread gets an AIO context of its own
+//! for the IO its callbacks start (`local.rs`); timers stay here.
 //!
 //! Buffered devices (no O_DIRECT) would block inside `io_submit`; their
 //! ops go to a thread pool instead (`blocking.rs`).
 //!
 //! The files: `sys.rs` (the kernel ABI and system calls), `ring.rs` (slab,
-//! backlog, batched submission, wait, reaping), `blocking.rs` (the thread
-//! pool for what AIO would block on).
+//! backlog, batched submission, wait, reaping: the core both AIO threads
+//! run), `local.rs` (the completion thread's context), `blocking.rs` (the
+//! thread pool for what AIO would block on).
 
 mod blocking;
+pub(super) mod local;
 mod ring;
 mod sys;
 #[cfg(test)]
 mod tests;
 
 use super::uring::{new_eventfd, Waker};
-use super::{Engine, EngineKind, IoOp, Timer};
+use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};
 use crate::error::{Error, Result};
 use blocking::Blocking;
 use crossbeam_channel::{Receiver, Sender};
+pub(super) use local::LocalAio;
 use ring::Core;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
@@ -52,7 +55,13 @@ pub struct AioEngine {
     /// The reactor's waker, as deferrable ([`super::wake`]).
     waker: Arc<dyn super::Wake>,
     blocking: Blocking,
+    /// Names this engine to its completion thread's context (`local.rs`).
+    id: u64,
+    /// Events per AIO context.
+    nr: u32,
 }
+
+static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The reactor's eventfd, non-blocking (it is read after each wait), with
 /// the sleep announcement wakers look at.
@@ -70,7 +79,8 @@ impl AioEngine {
     /// `EPERM`, or `EAGAIN` past `fs.aio-max-nr`) and starts the reactor.
     /// `workers`: the most threads of the pool for buffered devices.
     pub fn new(entries: u32, workers: usize) -> Result<Arc<AioEngine>> {
-        let ctx = sys::Context::new((entries / 2).clamp(32, MAX_EVENTS))?;
+        let nr = (entries / 2).clamp(32, MAX_EVENTS);
+        let ctx = sys::Context::new(nr)?;
         let waker = waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let core = Core::new(ctx, Arc::clone(&waker));
@@ -89,6 +99,8 @@ impl AioEngine {
             tx,
             waker: waker as Arc<dyn super::Wake>,
             blocking: Blocking::new(workers, !sys::has_fdsync()),
+            id: NEXT_ENGINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            nr,
         }))
     }
 
@@ -115,6 +127,7 @@ impl Engine for AioEngine {
 
     fn submit(&self, ops: &mut Vec<IoOp>) {
         self.blocking.take(ops);
+        local::offer(self.id, ops);
         if !ops.is_empty() {
             self.send(Msg::Ops(std::mem::take(ops)));
         }
@@ -122,6 +135,13 @@ impl Engine for AioEngine {
 
     fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
         self.send(Msg::Deadline(at, timer));
+    }
+
+    fn completion_ring(&self) -> CompletionRing {
+        match local::install(self.id, self.nr) {
+            Some(ring) => CompletionRing::aio(ring),
+            None => CompletionRing::parked(),
+        }
     }
 
     fn shutdown(&self) {

@@ -122,6 +122,21 @@ impl Core {
         self.inflight == 0 && self.backlog.is_empty() && self.sched.parked() == 0
     }
 
+    /// [`Core::pump`], reading the clock only when a timer, delayed or
+    /// held op needs it.
+    pub(super) fn pump_lazy(&mut self) {
+        if self.sched.needs_clock() {
+            self.pump(Instant::now());
+        } else {
+            self.submit_backlog();
+        }
+    }
+
+    /// Ops in the kernel, and ops queued not yet submitted.
+    pub(super) fn depth(&self) -> (usize, usize) {
+        (self.inflight, self.backlog.len())
+    }
+
     /// Fires due timers and submits ready ops.
     pub(super) fn pump(&mut self, now: Instant) {
         if self.sched.needs_clock() {
