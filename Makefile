@@ -178,6 +178,15 @@ test-c-valgrind-uring: all
 	@VALGRIND=1 DMIO_ENGINE=uring DMIO_URING_WAIT=poll DMIO_SOAK_REGIONS=20000 \
 		DMIO_THREADS_SECONDS=2 $(MAKE) --no-print-directory -C c-tests run
 
+# The AIO engine under memcheck. valgrind 3.19 knows io_setup, io_submit
+# and io_getevents; the AIO threads sleep in ppoll(2), as valgrind needs.
+# DMIO_URING_WAIT=poll: engine_fallback first checks that io_uring is the
+# default (see test-c-valgrind-uring).
+test-c-valgrind-aio: all
+	@echo "== C tests, valgrind memcheck (Linux AIO engine)"
+	@VALGRIND=1 DMIO_ENGINE=aio DMIO_URING_WAIT=poll DMIO_SOAK_REGIONS=20000 DMIO_THREADS_SECONDS=2 \
+		$(MAKE) --no-print-directory -C c-tests run
+
 # The soak for longer than `make test` runs it.
 SOAK_REGIONS ?= 20000000
 soak: all
