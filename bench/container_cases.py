@@ -2,7 +2,7 @@
 container (issue 21). libdmio runs with the seccomp filter of
 c-tests/engine_fallback.c (`dmio-bench --refuse-uring`: io_uring_setup fails
 with EPERM), so it falls back to its Linux AIO engine, and is compared with
-fio's `libaio` engine: 4 KiB random reads at QD1 and QD32, and 2-leg mirror
+fio's `libaio` engine under the same filter (`bench/no-uring.c`): 4 KiB random reads at QD1 and QD32, and 2-leg mirror
 writes at QD32 against fio writing the same files. Then the last resort,
 the thread-pool engine (`DMIO_ENGINE=threads`), against fio's `psync` engine
 with as many threads as the queue depth (32). A mixin of bench.Bench."""
@@ -22,7 +22,8 @@ class ContainerCases:
         devs = self.devices[dk]["paths"]
         log("\n== case 8: io_uring refused by a seccomp filter (as in default Docker/Kubernetes containers):"
             "\n   libdmio on its Linux AIO engine vs fio --ioengine=libaio; then libdmio's thread-pool"
-            "\n   engine (DMIO_ENGINE=threads) vs fio --ioengine=psync with 32 threads. Reads go through"
+            "\n   engine (DMIO_ENGINE=threads) vs fio --ioengine=psync with 32 threads. fio runs under the"
+            "\n   same filter (bench/no-uring.c) in the AIO comparisons. Reads go through"
             "\n   private memory (DM_IO_VM): AIO has no fixed buffers for library pages.")
         out = []
         for qd in (1, 32):
@@ -34,7 +35,7 @@ class ContainerCases:
                 return r
             r = self.pair(8, label, dm,
                           lambda label=label, qd=qd: self.fio(label, [devs[0]], "randread", 4096, qd, c["size"],
-                                                              c["secs"], c["warmup"], ioengine="libaio"),
+                                                              c["secs"], c["warmup"], ioengine="libaio", no_uring=True),
                           lambda x: x["iops"], rounds=2 * c["rounds"] if qd == 32 else None)
             r.update(device=dk, qd=qd, engine="aio", fio_engine="libaio")
             out.append(r)
@@ -60,7 +61,7 @@ class ContainerCases:
             return r
         r = self.pair(8, label, dmw,
                       lambda: self.fio(label, devs[:legs], "randwrite", 4096, 32 * legs, c["size"], c["secs"],
-                                       c["warmup"], ioengine="libaio"),
+                                       c["warmup"], ioengine="libaio", no_uring=True),
                       lambda x: x.get("regions_per_s", x["iops"]))
         r.update(device=dk, legs=legs, engine="aio", fio_engine="libaio")
         out.append(r)

@@ -37,9 +37,10 @@ class Runner:
                          "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra, env=env)
 
     def fio(self, label, files, rw, bs, qd, span, secs=None, warmup=None, number_ios=None,
-            valgrind=None, ioengine="io_uring", numjobs=1):
+            valgrind=None, ioengine="io_uring", numjobs=1, no_uring=False):
         """fio, O_DIRECT, random offsets without a random map; its io_uring engine
-        unless `ioengine` says otherwise (`numjobs` threads, reported as one group)."""
+        unless `ioengine` says otherwise (`numjobs` threads, reported as one group);
+        `no_uring`: under the seccomp filter that refuses io_uring (bench/no-uring.c)."""
         out = os.path.join(self.tmp, "fio.json")
         cmd = ["fio", "--name=bench", "--filename=" + ":".join(files), f"--ioengine={ioengine}",
                "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", "--norandommap",
@@ -54,6 +55,8 @@ class Runner:
         else:
             cmd += ["--time_based", f"--runtime={int(secs * 1000)}ms",
                     f"--ramp_time={int(warmup * 1000)}ms"]
+        if no_uring:
+            cmd = [os.path.join(os.path.dirname(self.driver), "no-uring")] + cmd
         if valgrind:
             cmd = valgrind + cmd
         else:
