@@ -281,3 +281,63 @@ fn the_engine_runs_direct_and_buffered_devices_and_shuts_down() {
 
 /// A device opened for a test, outside the kit's buffered `TempDev`.
 struct TempDevOf(Arc<crate::device::Device>);
+
+#[test]
+fn the_completion_threads_context_takes_its_engines_async_ops_only() {
+    // A thread of its own, as a completion thread (the context lives in
+    // that thread's thread-local).
+    std::thread::spawn(|| {
+        const E: u64 = u64::MAX - 7;
+        let Some(ring) = local::install(E, 32) else {
+            eprintln!("skipped: a second AIO context refused here");
+            return;
+        };
+        let dev = TempDev::new("aio-local");
+        let pool = Pool::new(4, 4096).unwrap();
+        let sink = Arc::new(Recorder::default());
+        let mut ops = vec![
+            op(OpKind::Read, &dev, &sink, 0, 0, 4096, pool.try_acquire()),
+            IoOp {
+                sync: true,
+                ..op(OpKind::Read, &dev, &sink, 1, 4096, 4096, pool.try_acquire())
+            },
+        ];
+        local::offer(E + 1, &mut ops);
+        assert_eq!(ops.len(), 2, "another engine's context takes nothing");
+        local::offer(E, &mut ops);
+        assert_eq!(ops.len(), 1, "the SYNC op stays for the reactor");
+        assert!(ops[0].sync);
+        assert!(local::active() && !local::idle());
+        for _ in 0..1000 {
+            if sink.count() == 1 {
+                break;
+            }
+            local::turn(&|| false, Some(Duration::from_millis(10)));
+        }
+        assert_eq!(sink.results(), vec![(0, 4096)]);
+        assert_eq!(sink.done.lock().unwrap()[0].2, Some(0), "sector 0's data");
+        // A wake-up from another thread ends a turn.
+        let w = ring.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            w.wake();
+        });
+        let t0 = Instant::now();
+        local::turn(&|| false, Some(Duration::from_secs(10)));
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "woken, not timed out"
+        );
+        t.join().unwrap();
+        // Closed: new ops go elsewhere.
+        local::close();
+        assert!(!local::active() && local::idle());
+        ops.push(op(OpKind::Read, &dev, &sink, 2, 0, 4096, pool.try_acquire()));
+        local::offer(E, &mut ops);
+        assert_eq!(ops.len(), 2, "a closed context takes nothing");
+        drop(ops);
+        drop(ring);
+    })
+    .join()
+    .unwrap();
+}
