@@ -332,7 +332,15 @@ fn the_completion_threads_context_takes_its_engines_async_ops_only() {
         // Closed: new ops go elsewhere.
         local::close();
         assert!(!local::active() && local::idle());
-        ops.push(op(OpKind::Read, &dev, &sink, 2, 0, 4096, pool.try_acquire()));
+        ops.push(op(
+            OpKind::Read,
+            &dev,
+            &sink,
+            2,
+            0,
+            4096,
+            pool.try_acquire(),
+        ));
         local::offer(E, &mut ops);
         assert_eq!(ops.len(), 2, "a closed context takes nothing");
         drop(ops);
