@@ -152,6 +152,15 @@ impl ThreadsEngine {
     }
 }
 
+impl ThreadsEngine {
+    /// Starts ops that fault rules already admitted elsewhere (the AIO
+    /// engine's ops that would block in the kernel): straight to the
+    /// workers, never admitted twice.
+    pub(crate) fn start_admitted(&self, ops: Vec<IoOp>) {
+        self.pool.dispatch(ops);
+    }
+}
+
 impl Engine for ThreadsEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Threads

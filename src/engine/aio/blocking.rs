@@ -3,7 +3,10 @@
 //! O_DIRECT (buffered IO is not asynchronous under AIO), and flushes on
 //! kernels without `IOCB_CMD_FDSYNC`. They go to a thread-pool engine
 //! started on first use, before fault rules see them (that engine applies
-//! them), so each op is admitted once.
+//! them), so each op is admitted once. Ops the kernel refused to start
+//! without blocking (`RWF_NOWAIT`: a full device queue, a write that must
+//! allocate) come here after the AIO core admitted them, and start at once
+//! ([`Blocking::run_admitted`]).
 
 use crate::engine::threads::ThreadsEngine;
 use crate::engine::{Engine, IoOp, OpKind};
@@ -47,24 +50,44 @@ impl Blocking {
             .into_iter()
             .partition(|op| self.wants(op));
         *ops = rest;
-        let pool = {
-            let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if let Pool::NotStarted = *p {
-                *p = match ThreadsEngine::new(self.max_workers) {
-                    Ok(t) => Pool::Running(t),
-                    Err(e) => Pool::Refused(e.errno),
-                };
-            }
-            match &*p {
-                Pool::Running(t) => Ok(Arc::clone(t)),
-                Pool::Refused(e) => Err(*e),
-                Pool::NotStarted => Err(libc::EIO),
-            }
-        };
-        match pool {
+        match self.pool() {
             Ok(t) => t.submit(&mut mine),
             Err(e) => mine.into_iter().for_each(|op| op.complete(-e)),
         }
+    }
+
+    /// Runs ops the AIO core already admitted (fault rules applied) and
+    /// the kernel would not start without blocking.
+    pub(super) fn run_admitted(&self, ops: Vec<IoOp>) {
+        match self.pool() {
+            Ok(t) => t.start_admitted(ops),
+            Err(e) => ops.into_iter().for_each(|op| op.complete(-e)),
+        }
+    }
+
+    /// The pool, started on first use.
+    fn pool(&self) -> std::result::Result<Arc<ThreadsEngine>, i32> {
+        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Pool::NotStarted = *p {
+            *p = match ThreadsEngine::new(self.max_workers) {
+                Ok(t) => Pool::Running(t),
+                Err(e) => Pool::Refused(e.errno),
+            };
+        }
+        match &*p {
+            Pool::Running(t) => Ok(Arc::clone(t)),
+            Pool::Refused(e) => Err(*e),
+            Pool::NotStarted => Err(libc::EIO),
+        }
+    }
+
+    /// Whether the pool ever started (tests).
+    #[cfg(test)]
+    pub(super) fn started(&self) -> bool {
+        matches!(
+            *self.pool.lock().unwrap_or_else(|e| e.into_inner()),
+            Pool::Running(_)
+        )
     }
 
     /// The engine shuts down: so does the pool, if it ever started (it

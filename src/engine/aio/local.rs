@@ -23,6 +23,7 @@
 //! core's own work (an op that ends and starts a hedged read's next
 //! region) wait in an inbox until the next turn.
 
+use super::blocking::Blocking;
 use super::ring::Core;
 use super::sys::Context;
 use crate::engine::{IoOp, Wake};
@@ -102,13 +103,13 @@ impl Drop for LocalAio {
 }
 
 /// Creates the core on the calling thread for engine `engine`, with room
-/// for `nr` ops in the kernel; `None` if the kernel refuses a second
+/// for `nr` ops in the kernel (ops that would block go to `blocking`); `None` if the kernel refuses a second
 /// context (`fs.aio-max-nr`): the thread then parks, and its callbacks'
 /// IO goes to the reactor.
-pub(super) fn install(engine: u64, nr: u32) -> Option<LocalAio> {
+pub(super) fn install(engine: u64, nr: u32, blocking: Arc<Blocking>) -> Option<LocalAio> {
     let ctx = Context::new(nr).ok()?;
     let waker = super::waker().ok()?;
-    let core = Core::new(ctx, Arc::clone(&waker));
+    let core = Core::new(ctx, Arc::clone(&waker)).with_blocking(blocking);
     HERE.with(|l| {
         *l.core.borrow_mut() = Some(core);
         l.owner.set(engine);

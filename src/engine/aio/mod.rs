@@ -39,9 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-/// Most iocbs in the kernel per client: each client's context counts
-/// against the system-wide `fs.aio-max-nr` (65536 by default).
-const MAX_EVENTS: u32 = 1024;
+/// Most iocbs in the kernel per context. Each context counts against the
+/// system-wide `fs.aio-max-nr` (65536 by default).
+const MAX_EVENTS: u32 = 4096;
 
 enum Msg {
     Ops(Vec<IoOp>),
@@ -54,7 +54,7 @@ pub struct AioEngine {
     tx: Sender<Msg>,
     /// The reactor's waker, as deferrable ([`super::wake`]).
     waker: Arc<dyn super::Wake>,
-    blocking: Blocking,
+    blocking: Arc<Blocking>,
     /// Names this engine to its completion thread's context (`local.rs`).
     id: u64,
     /// Events per AIO context.
@@ -74,16 +74,20 @@ fn waker() -> Result<Arc<Waker>> {
 }
 
 impl AioEngine {
-    /// Sets up an AIO context for up to `entries / 2` ops in the kernel
-    /// (so refusals surface here with the kernel's errno: `ENOSYS`,
-    /// `EPERM`, or `EAGAIN` past `fs.aio-max-nr`) and starts the reactor.
-    /// `workers`: the most threads of the pool for buffered devices.
+    /// Sets up an AIO context for up to `entries` ops in the kernel (the
+    /// client's ring size: twice its private-memory slots, 64 to 4096, so
+    /// IO stuck in the kernel leaves room for the rest about as in the
+    /// io_uring engine's ring), so refusals surface here with the kernel's
+    /// errno (`ENOSYS`, `EPERM`, or `EAGAIN` past `fs.aio-max-nr`), and
+    /// starts the reactor. `workers`: the most threads of the pool for
+    /// buffered devices and ops that would block.
     pub fn new(entries: u32, workers: usize) -> Result<Arc<AioEngine>> {
-        let nr = (entries / 2).clamp(32, MAX_EVENTS);
+        let nr = entries.clamp(32, MAX_EVENTS);
         let ctx = sys::Context::new(nr)?;
         let waker = waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let core = Core::new(ctx, Arc::clone(&waker));
+        let blocking = Arc::new(Blocking::new(workers, !sys::has_fdsync()));
+        let core = Core::new(ctx, Arc::clone(&waker)).with_blocking(Arc::clone(&blocking));
         std::thread::Builder::new()
             .name("dmio-aio".into())
             .spawn(move || {
@@ -98,7 +102,7 @@ impl AioEngine {
         Ok(Arc::new(AioEngine {
             tx,
             waker: waker as Arc<dyn super::Wake>,
-            blocking: Blocking::new(workers, !sys::has_fdsync()),
+            blocking,
             id: NEXT_ENGINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             nr,
         }))
@@ -138,7 +142,7 @@ impl Engine for AioEngine {
     }
 
     fn completion_ring(&self) -> CompletionRing {
-        match local::install(self.id, self.nr) {
+        match local::install(self.id, self.nr, Arc::clone(&self.blocking)) {
             Some(ring) => CompletionRing::aio(ring),
             None => CompletionRing::parked(),
         }

@@ -9,6 +9,7 @@
 //! write runs in two steps (AIO has no links): an `IOCB_CMD_FDSYNC` first,
 //! then, once that has succeeded, the write, in the same slab entry's op.
 
+use super::blocking::Blocking;
 use super::sys::{
     Context, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_PREAD, IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
 };
@@ -29,6 +30,10 @@ const EVENTS: usize = 256;
 /// How long to wait before trying again when the kernel refuses iocbs
 /// (`EAGAIN`) with none of ours in flight, so no completion will come.
 const RETRY: Duration = Duration::from_millis(1);
+/// Reads and writes up to this size carry `RWF_NOWAIT`. Larger ones need
+/// more than one bio, which the kernel always refuses under `RWF_NOWAIT`
+/// (`__blkdev_direct_IO`), so they are submitted without it.
+const NOWAIT_MAX: u32 = 1 << 20;
 
 /// One AIO context and the ops in it, owned by the reactor thread.
 pub(super) struct Core {
@@ -48,12 +53,20 @@ pub(super) struct Core {
     ready: Vec<IoOp>,
     iocbs: Vec<Iocb>,
     events: Vec<IoEvent>,
+    /// Where ops go that the kernel would start only by blocking: with it,
+    /// reads and writes carry `RWF_NOWAIT` ([`Core::nowait`]), so that a
+    /// full device queue (a hung device) or a write that must allocate
+    /// never stalls this thread inside `io_submit`.
+    blocking: Option<Arc<Blocking>>,
+    /// Ops for `blocking`, handed over after the batch that found them.
+    punted: Vec<IoOp>,
 }
 
 /// The iocb of `op`'s next step, with `aio_data` `idx`: an fdatasync for a
 /// flush or before a `DM_IO_FLUSH` write, else the read or write (FUA as
-/// `RWF_DSYNC`). Every completion is signalled on `resfd`.
-fn iocb(op: &IoOp, idx: usize, resfd: u32) -> Iocb {
+/// `RWF_DSYNC`, and `RWF_NOWAIT` when `nowait`). Every completion is
+/// signalled on `resfd`.
+fn iocb(op: &IoOp, idx: usize, resfd: u32, nowait: bool) -> Iocb {
     let mut cb = Iocb {
         aio_data: idx as u64,
         aio_fildes: op.dev.fd() as u32,
@@ -74,9 +87,17 @@ fn iocb(op: &IoOp, idx: usize, resfd: u32) -> Iocb {
     cb.aio_nbytes = op.len as u64;
     cb.aio_offset = op.offset as i64;
     if op.fua {
-        cb.aio_rw_flags = libc::RWF_DSYNC;
+        cb.aio_rw_flags |= libc::RWF_DSYNC;
+    }
+    if nowait {
+        cb.aio_rw_flags |= libc::RWF_NOWAIT;
     }
     cb
+}
+
+/// Whether `op`'s next step is a read or write (not an fdatasync).
+fn is_data(op: &IoOp) -> bool {
+    op.kind != OpKind::Flush && !op.pre_flush
 }
 
 impl Core {
@@ -97,6 +118,34 @@ impl Core {
             ready: Vec::new(),
             iocbs: Vec::with_capacity(BATCH),
             events: vec![IoEvent::default(); EVENTS],
+            blocking: None,
+            punted: Vec::new(),
+        }
+    }
+
+    /// Reads and writes then carry `RWF_NOWAIT`, and those the kernel will
+    /// not start without blocking run on `blocking`'s threads instead.
+    pub(super) fn with_blocking(mut self, blocking: Arc<Blocking>) -> Core {
+        self.blocking = Some(blocking);
+        self
+    }
+
+    /// Whether `op`'s next step is submitted with `RWF_NOWAIT` (decided the
+    /// same way when its event comes back).
+    fn nowait(&self, op: &IoOp) -> bool {
+        self.blocking.is_some() && is_data(op) && op.len <= NOWAIT_MAX
+    }
+
+    /// Hands the ops the kernel would not start without blocking to the
+    /// thread pool.
+    fn punt(&mut self) {
+        if self.punted.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.punted);
+        match &self.blocking {
+            Some(b) => b.run_admitted(ops),
+            None => ops.into_iter().for_each(|op| op.complete(-libc::EAGAIN)),
         }
     }
 
@@ -193,9 +242,10 @@ impl Core {
                         continue;
                     }
                 }
+                let nowait = self.nowait(&op);
                 let idx = self.own(op);
                 let op = self.slab[idx].as_ref().expect("just owned");
-                iocbs.push(iocb(op, idx, resfd));
+                iocbs.push(iocb(op, idx, resfd, nowait));
             }
             let n = iocbs.len();
             let mut ptrs = [std::ptr::null_mut::<Iocb>(); BATCH];
@@ -219,10 +269,15 @@ impl Core {
                     }
                     Ok(k) => done += k,
                     // The first iocb left is refused: its op ends with the
-                    // errno, the rest go on.
+                    // errno (or, when the file cannot do `RWF_NOWAIT`, runs
+                    // on the thread pool), the rest go on.
                     Err(e) => {
                         if let Some(op) = self.disown(iocbs[done].aio_data as usize) {
-                            op.complete(-e);
+                            if e == libc::EOPNOTSUPP && self.nowait(&op) {
+                                self.punted.push(op);
+                            } else {
+                                op.complete(-e);
+                            }
                         }
                         done += 1;
                     }
@@ -236,6 +291,7 @@ impl Core {
             }
             self.iocbs = iocbs;
         }
+        self.punt();
     }
 
     /// Unless there is work already (`pending()`, checked after announcing
@@ -338,7 +394,11 @@ impl Core {
                 };
                 self.full = false;
                 let res = ev.res.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-                if op.kind == OpKind::Write && op.pre_flush && res >= 0 {
+                if res == -libc::EAGAIN && self.nowait(&op) {
+                    // It would have blocked (a full device queue, a write
+                    // that must allocate): a thread does it.
+                    self.punted.push(op);
+                } else if op.kind == OpKind::Write && op.pre_flush && res >= 0 {
                     // The fdatasync before a `DM_IO_FLUSH` write is done:
                     // now the write.
                     op.pre_flush = false;
@@ -352,5 +412,6 @@ impl Core {
             }
         }
         self.events = events;
+        self.punt();
     }
 }

@@ -288,7 +288,7 @@ fn the_completion_threads_context_takes_its_engines_async_ops_only() {
     // that thread's thread-local).
     std::thread::spawn(|| {
         const E: u64 = u64::MAX - 7;
-        let Some(ring) = local::install(E, 32) else {
+        let Some(ring) = local::install(E, 32, Arc::new(blocking::Blocking::new(2, false))) else {
             eprintln!("skipped: a second AIO context refused here");
             return;
         };
@@ -348,4 +348,62 @@ fn the_completion_threads_context_takes_its_engines_async_ops_only() {
     })
     .join()
     .unwrap();
+}
+
+#[test]
+fn a_write_the_kernel_would_block_on_runs_on_the_thread_pool() {
+    // A sparse O_DIRECT file on the test directory's file system: a write
+    // into its hole must allocate, which ext4 refuses under RWF_NOWAIT
+    // (-EAGAIN); the op then runs on the pool and still ends once, OK.
+    let dir = std::env::var("DMIO_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let path = format!("{dir}/dmio-aio-nowait-{}", std::process::id());
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(1 << 20).unwrap();
+    drop(f);
+    let dev = crate::device::Device::open(&path, 0).unwrap();
+    let direct = dev.direct();
+    let dev = Arc::new(dev);
+    let Some(core) = core(32) else {
+        let _ = std::fs::remove_file(&path);
+        return;
+    };
+    let blocking = Arc::new(blocking::Blocking::new(2, false));
+    let mut core = core.with_blocking(Arc::clone(&blocking));
+    let kit = TempDev::new("aio-nowait-kit");
+    let pool = Pool::new(2, 4096).unwrap();
+    let sink = Arc::new(Recorder::default());
+    let slot = pool.try_acquire().unwrap();
+    slot.bytes_mut(4096).fill(0x5a);
+    let w = IoOp {
+        dev: Arc::clone(&dev),
+        ..op(OpKind::Write, &kit, &sink, 0, 65536, 4096, Some(slot))
+    };
+    core.admit([w]);
+    let t0 = Instant::now();
+    while sink.count() < 1 && t0.elapsed() < Duration::from_secs(5) {
+        core.pump(Instant::now());
+        core.wait(None, &|| false, Some(Duration::from_millis(5)));
+        core.reap();
+    }
+    let mut b = [0u8; 512];
+    // SAFETY: reads into our own 512-byte array from an open fd.
+    let n = unsafe { libc::pread(dev.fd(), b.as_mut_ptr() as *mut _, 512, 65536) };
+    let fs_magic = {
+        // SAFETY: statfs fills our zeroed local struct from a live fd.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::fstatfs(dev.fd(), &mut st) };
+        st.f_type
+    };
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(sink.results(), vec![(0, 4096)]);
+    assert_eq!(n, 512);
+    assert!(b.iter().all(|&x| x == 0x5a), "the write landed");
+    assert!(core.idle());
+    if direct && fs_magic == 0xEF53 {
+        assert!(
+            blocking.started(),
+            "ext4 refused the NOWAIT write: the pool ran it"
+        );
+    }
 }
