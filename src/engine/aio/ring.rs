@@ -254,15 +254,16 @@ impl Core {
             }
             let mut done = 0;
             while done < n {
-                // The kernel copies each iocb in the call. SAFETY of the
-                // buffers it names (`aio_buf`): each points into the private
+                // SAFETY: `ptrs[done..n]` point into `iocbs`, alive across
+                // the call. Each iocb's `aio_buf` points into the private
                 // slot of an op that its slab entry owns until the event for
                 // that `aio_data` is reaped in `reap` (or taken back below if
                 // the kernel refuses the iocb), or for a zero-copy op into
                 // the caller's memory, lent until the region is final, which
                 // is never before that op completes; each fd is kept open by
                 // its op's `Arc<Device>`.
-                match self.ctx.submit(&mut ptrs[done..n]) {
+                let r = unsafe { self.ctx.submit(&mut ptrs[done..n]) };
+                match r {
                     Ok(0) | Err(libc::EAGAIN) => {
                         self.full = true;
                         break;

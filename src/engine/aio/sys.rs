@@ -91,11 +91,17 @@ impl Context {
     /// `io_submit`: how many of `iocbs` the kernel took (from the front),
     /// or the errno that refused the first of them (`EAGAIN`: no room in
     /// the context now; any other: that iocb is bad).
-    pub fn submit(&self, iocbs: &mut [*mut Iocb]) -> std::result::Result<usize, i32> {
+    ///
+    /// # Safety
+    /// Each pointer in `iocbs` points to a live `Iocb` (the kernel copies
+    /// it during the call). For each iocb the kernel takes, the buffer its
+    /// `aio_buf` names (`aio_nbytes` bytes) stays valid, and is not used
+    /// otherwise, until `io_getevents` returns its event; its fd stays open
+    /// as long.
+    pub unsafe fn submit(&self, iocbs: &mut [*mut Iocb]) -> std::result::Result<usize, i32> {
         loop {
-            // SAFETY: `iocbs` holds `len` pointers to live `Iocb`s, which the
-            // kernel copies during the call; what their `aio_buf` point to is
-            // the caller's promise (see `Core::submit_backlog`).
+            // SAFETY: `iocbs` holds `len` pointers to live `Iocb`s, and their
+            // buffers outlive the IO: this function's contract.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_io_submit,
