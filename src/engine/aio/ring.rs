@@ -30,9 +30,10 @@ const EVENTS: usize = 256;
 /// How long to wait before trying again when the kernel refuses iocbs
 /// (`EAGAIN`) with none of ours in flight, so no completion will come.
 const RETRY: Duration = Duration::from_millis(1);
-/// Reads and writes up to this size carry `RWF_NOWAIT`. Larger ones need
-/// more than one bio, which the kernel always refuses under `RWF_NOWAIT`
-/// (`__blkdev_direct_IO`), so they are submitted without it.
+/// Reads and writes of block devices up to this size carry `RWF_NOWAIT`.
+/// Larger ones need more than one bio, which the kernel always refuses
+/// under `RWF_NOWAIT` (`__blkdev_direct_IO`), so they are submitted
+/// without it.
 const NOWAIT_MAX: u32 = 1 << 20;
 
 /// One AIO context and the ops in it, owned by the reactor thread.
@@ -54,10 +55,14 @@ pub(super) struct Core {
     iocbs: Vec<Iocb>,
     events: Vec<IoEvent>,
     /// Where ops go that the kernel would start only by blocking: with it,
-    /// reads and writes carry `RWF_NOWAIT` ([`Core::nowait`]), so that a
-    /// full device queue (a hung device) or a write that must allocate
-    /// never stalls this thread inside `io_submit`.
+    /// reads and writes of block devices carry `RWF_NOWAIT` ([`Core::nowait`]),
+    /// so that a full device queue (a hung device) never stalls this thread
+    /// inside `io_submit`.
     blocking: Option<Arc<Blocking>>,
+    /// Tests: regular files too (ext4 refuses `RWF_NOWAIT` writes into a
+    /// hole, which exercises the hand-over without a block device).
+    #[cfg(test)]
+    pub(super) nowait_files: bool,
     /// Ops for `blocking`, handed over after the batch that found them.
     punted: Vec<IoOp>,
 }
@@ -120,6 +125,8 @@ impl Core {
             events: vec![IoEvent::default(); EVENTS],
             blocking: None,
             punted: Vec::new(),
+            #[cfg(test)]
+            nowait_files: false,
         }
     }
 
@@ -131,9 +138,19 @@ impl Core {
     }
 
     /// Whether `op`'s next step is submitted with `RWF_NOWAIT` (decided the
-    /// same way when its event comes back).
+    /// same way when its event comes back). Only on block devices: there
+    /// the kernel refuses only when the device's queue is full, while a
+    /// file system refuses far more (every write into a hole of an ext4
+    /// file), and each refusal costs a hand-over to a thread.
     fn nowait(&self, op: &IoOp) -> bool {
-        self.blocking.is_some() && is_data(op) && op.len <= NOWAIT_MAX
+        #[cfg(test)]
+        let files = self.nowait_files;
+        #[cfg(not(test))]
+        let files = false;
+        self.blocking.is_some()
+            && is_data(op)
+            && op.len <= NOWAIT_MAX
+            && (files || op.dev.is_block_device())
     }
 
     /// Hands the ops the kernel would not start without blocking to the

@@ -352,9 +352,11 @@ fn the_completion_threads_context_takes_its_engines_async_ops_only() {
 
 #[test]
 fn a_write_the_kernel_would_block_on_runs_on_the_thread_pool() {
-    // A sparse O_DIRECT file on the test directory's file system: a write
-    // into its hole must allocate, which ext4 refuses under RWF_NOWAIT
-    // (-EAGAIN); the op then runs on the pool and still ends once, OK.
+    // A sparse O_DIRECT file on the test directory's file system, with
+    // RWF_NOWAIT on files too (the engine uses it on block devices only): a
+    // write into its hole must allocate, which ext4 refuses under
+    // RWF_NOWAIT (-EAGAIN); the op then runs on the pool and still ends
+    // once, OK.
     let dir = std::env::var("DMIO_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let path = format!("{dir}/dmio-aio-nowait-{}", std::process::id());
     let f = std::fs::File::create(&path).unwrap();
@@ -369,6 +371,7 @@ fn a_write_the_kernel_would_block_on_runs_on_the_thread_pool() {
     };
     let blocking = Arc::new(blocking::Blocking::new(2, false));
     let mut core = core.with_blocking(Arc::clone(&blocking));
+    core.nowait_files = true;
     let kit = TempDev::new("aio-nowait-kit");
     let pool = Pool::new(2, 4096).unwrap();
     let sink = Arc::new(Recorder::default());
