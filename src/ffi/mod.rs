@@ -96,9 +96,11 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 ///
 /// Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
 /// `-ENOMEM` (private memory larger than RAM, not mappable, or not there
-/// to fault in), or, only when `DMIO_ENGINE=uring` forces io_uring, the
-/// errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
-/// kernel refuses it (by default the thread-pool engine is used instead).
+/// to fault in), or, only when `DMIO_ENGINE` forces one engine, the errno
+/// with which the kernel refuses it: `io_uring_setup`'s for
+/// `DMIO_ENGINE=uring`, `io_setup`'s for `DMIO_ENGINE=aio` (`-EPERM`,
+/// `-ENOSYS`, `-ENOMEM`, `-EAGAIN` past `fs.aio-max-nr`). By default the
+/// client uses io_uring, else Linux native AIO, else a thread pool.
 ///
 /// # Safety
 /// `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.
@@ -415,6 +417,7 @@ pub unsafe extern "C" fn dm_io_client_stats(
             memory_waits: s.memory_waits,
             engine: match s.engine {
                 crate::engine::EngineKind::Uring => DM_IO_ENGINE_URING,
+                crate::engine::EngineKind::Aio => DM_IO_ENGINE_AIO,
                 crate::engine::EngineKind::Threads => DM_IO_ENGINE_THREADS,
                 crate::engine::EngineKind::Manual => 0,
             },

@@ -21,7 +21,7 @@ mod ring;
 mod tests;
 mod waker;
 
-pub(super) use waker::Waker;
+pub(super) use waker::{instant_key, new_eventfd, Waker};
 
 use super::sched::Sched;
 use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};
