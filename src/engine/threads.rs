@@ -184,6 +184,24 @@ impl Engine for ThreadsEngine {
         if ops.is_empty() {
             return;
         }
+        // An NBD device's op without fault rules goes to its connection
+        // from here (as `Sched` would send it).
+        if ops
+            .iter()
+            .any(|op| op.dev.remote().is_some() && !op.dev.faults.is_active())
+        {
+            let all = std::mem::take(ops);
+            ops.extend(all.into_iter().filter_map(|op| {
+                if op.dev.faults.is_active() {
+                    Some(op)
+                } else {
+                    super::sched::to_kernel(op)
+                }
+            }));
+            if ops.is_empty() {
+                return;
+            }
+        }
         // Fault rules are the dispatcher's (its Sched may delay or hold
         // the op); everything else goes to the workers from here.
         if ops.iter().any(|op| op.dev.faults.is_active()) {
