@@ -85,10 +85,12 @@ PLUGIN_DEP := $(PLUGIN_SRC) $(wildcard nbdkit/*.h) examples/mirror/mirror.h exam
 # What the Rust standard library needs from the system when linked statically.
 RUST_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 
+# -z nodelete: libdmio's shared engine threads outlive the plugin's unload.
 $(PLUGIN): $(PLUGIN_DEP) $(BUILD)/libdmio.a
 	$(CC) -std=c11 $(WARN) -D_GNU_SOURCE $(CFLAGS) -fPIC -shared -Iinclude -Iexamples/mirror \
 		$(shell pkg-config --cflags nbdkit 2>/dev/null) $(PLUGIN_SRC) $(BUILD)/libdmio.a \
-		-Wl,--version-script=nbdkit/plugin.map -Wl,--exclude-libs,ALL $(RUST_STATIC_LIBS) -o $@.tmp && mv $@.tmp $@
+		-Wl,--version-script=nbdkit/plugin.map -Wl,--exclude-libs,ALL -Wl,-z,nodelete \
+		$(RUST_STATIC_LIBS) -o $@.tmp && mv $@.tmp $@
 
 # Both check for nbdkit's header when they run, not when make starts: in
 # `make test`, `make deps` may have just installed it (a sub-make then

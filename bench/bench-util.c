@@ -73,7 +73,9 @@ void usage(void)
 		"  mirror   --dev GOOD --dev HUNG --qd Q --n N --timeout MS [--wait-all --secs S] [--healthy]\n"
 		"  hedge    --dev A --dev B --qd Q --secs S --faults SPEC [--hedge MS | --plain] [--span B]\n"
 		"  memory   --dev A --dev B --qd Q --n N [--span B]\n"
-		"  memcpy   --bs B\n");
+		"  memcpy   --bs B\n"
+		"  clients  --n N --qd Q --bs B   (N clients created and destroyed: threads, RSS, time)\n"
+		"  multi    --dev P --n N --qd Q --bs B --secs S [--warmup W] [--hung K --timeout MS]\n");
 	exit(2);
 }
 
@@ -90,6 +92,7 @@ void parse(int argc, char **argv)
 		{ "healthy", no_argument, 0, 'H' },	{ "plain", no_argument, 0, 'P' },
 		{ "label", required_argument, 0, 'l' }, { "seed", required_argument, 0, 'e' },
 		{ "zero-copy", no_argument, 0, 'Z' },	{ "pages", no_argument, 0, 'G' },
+		{ "hung", required_argument, 0, 'k' },
 		{ 0, 0, 0, 0 },
 	};
 	if (argc < 2)
@@ -123,6 +126,7 @@ void parse(int argc, char **argv)
 		case 'G': opt.pages = 1; break;
 		case 'l': opt.label = optarg; break;
 		case 'e': opt.seed = strtoull(optarg, NULL, 0); break;
+		case 'k': opt.hung = (unsigned)strtoul(optarg, NULL, 0); break;
 		default: usage();
 		}
 	}

@@ -18,7 +18,7 @@ FULL = dict(
     timeouts_n=10000, timeout_ms=200, timeout_spread=800, burst_timeout=500,
     mirror_n=10000, mirror_timeout=10, healthy_n=30000, waitall_secs=2.0,
     hedge_secs=3.0, memory_n=1000000, cg_counts=(5000, 25000), probe_secs=30,
-    profile_secs=3.0,
+    profile_secs=3.0, clients_n=1000, multi_clients=64,
 )
 SMOKE = dict(
     secs=0.3, warmup=0.1, rounds=1, size=32 * MIB, qds=[1, 32, 128],
@@ -26,7 +26,7 @@ SMOKE = dict(
     timeouts_n=1000, timeout_ms=50, timeout_spread=100, burst_timeout=100,
     mirror_n=500, mirror_timeout=10, healthy_n=1000, waitall_secs=0.3,
     hedge_secs=0.3, memory_n=20000, cg_counts=(300, 1300), probe_secs=10,
-    profile_secs=0,
+    profile_secs=0, clients_n=1000, multi_clients=64,
 )
 
 TARGETS = {

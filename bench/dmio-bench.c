@@ -16,6 +16,9 @@
  *   hedge     reads with an occasional injected delay: plain vs DM_IO_READ_ANY
  *   memory    RSS before/after many requests with faults, vs the private bound
  *   memcpy    memcpy cost of one block (for the bounce-copy share)
+ *   clients   many clients created and destroyed: threads, RSS, time
+ *   multi     many clients at a small queue depth each, some with a hung
+ *             device (bench-clients.c)
  *
  * Files: dmio-bench.c (main), dmio-bench.h (what the parts share),
  * bench-util.c (options, die, clocks, RSS, buffers, progress),
@@ -46,6 +49,10 @@ int main(int argc, char **argv)
 		return mode_memory();
 	if (!strcmp(opt.mode, "memcpy"))
 		return mode_memcpy();
+	if (!strcmp(opt.mode, "clients"))
+		return mode_clients();
+	if (!strcmp(opt.mode, "multi"))
+		return mode_multi();
 	usage();
 	return 2;
 }

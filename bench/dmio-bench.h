@@ -126,6 +126,7 @@ struct bench_opt {
 	uint64_t span;  /* bytes of each device used (0 = all) */
 	uint64_t n;     /* timeouts/mirror/memory: requests */
 	unsigned timeout_ms, spread_ms, hedge_ms;
+	unsigned hung; /* multi: clients whose reads are held */
 	const char *faults;
 	int wait_all, healthy, plain, zero_copy, pages;
 	const char *label;
@@ -159,5 +160,7 @@ int mode_mirror(void);   /* bench-mirror.c */
 int mode_hedge(void);    /* bench-hedge.c */
 int mode_memory(void);   /* bench-memory.c */
 int mode_memcpy(void);   /* bench-memory.c */
+int mode_clients(void);  /* bench-clients.c */
+int mode_multi(void);    /* bench-clients.c */
 
 #endif

@@ -37,7 +37,7 @@ class Runner:
                          "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra)
 
     def fio(self, label, files, rw, bs, qd, span, secs=None, warmup=None, number_ios=None,
-            valgrind=None):
+            valgrind=None, numjobs=None):
         """fio, io_uring engine, O_DIRECT, random offsets without a random map."""
         out = os.path.join(self.tmp, "fio.json")
         cmd = ["fio", "--name=bench", "--filename=" + ":".join(files), "--ioengine=io_uring",
@@ -46,6 +46,9 @@ class Runner:
                "--output-format=json+", f"--output={out}"]
         if len(files) > 1:
             cmd.append("--file_service_type=roundrobin")
+        if numjobs:
+            # One result for all jobs (jobs[0] then sums their IOPS).
+            cmd += [f"--numjobs={numjobs}", "--group_reporting", "--thread"]
         if number_ios:
             cmd += [f"--number_ios={number_ios}", "--thread"]
         else:

@@ -25,9 +25,12 @@
  *  - Functions return 0 or a positive count on success and a negative errno
  *    on failure; dm_io_last_error() gives a message for the calling thread.
  *
- * Threads: notify functions of asynchronous requests run on the client's
- * completion thread (never on the reactor thread, never inside dm_io());
- * for DM_IO_SYNC requests they run inside dm_io(), in the caller's thread.
+ * Threads: the clients of a process share a few reactor and completion
+ * threads (see dm_io_client_create; DMIO_THREADS, DMIO_ISOLATE). Notify
+ * functions of asynchronous requests run on the client's completion thread,
+ * one at a time per client (never on a reactor thread, never inside
+ * dm_io()); for DM_IO_SYNC requests they run inside dm_io(), in the
+ * caller's thread.
  * With io_uring, asynchronous IO that a notify function submits runs on a
  * ring of the completion thread itself, whose completions are processed
  * between callbacks (so resubmitting from notify never crosses threads):
@@ -52,6 +55,11 @@
 #define IO_BVEC DM_IO_BVEC
 #define IO_VM DM_IO_VM
 #endif
+
+/**
+ * Default cap on the number of shards (one per CPU up to this).
+ */
+#define MAX_SHARDS 8
 
 /**
  * Version of this header and library: major.
@@ -400,8 +408,16 @@ extern "C" {
 
 /**
  * Creates a client: private memory for `devices × min_ios` operations of
- * up to `max_size` bytes each (rounded up to `DM_IO_PAGE_SIZE`), an io_uring
- * reactor thread and a completion thread.
+ * up to `max_size` bytes each (rounded up to `DM_IO_PAGE_SIZE`), attached
+ * to the engine the process's clients share: a few io_uring reactor
+ * threads (or thread pools) and completion threads, one of each per CPU
+ * by default, at most 8 (`DMIO_THREADS=N` sets how many), started with
+ * the first client and kept for the life of the process. The client joins
+ * the pair with the fewest clients. Its notify calls run on that
+ * completion thread, one at a time, between those of the other clients
+ * there: a callback that blocks delays theirs too. With `DMIO_ISOLATE=1`
+ * in the environment at this call, the client gets a reactor (or pool)
+ * and completion thread of its own instead, ended by its destroy.
  *
  * - `devices`: most regions per request (1..1024).
  * - `min_ios`: requests (per device) that can run at once without waiting
@@ -435,10 +451,16 @@ int dm_io_client_create(unsigned int devices,
  * keeps that IO's private memory until the kernel completes it, then frees
  * it. `DM_IO_ZERO_COPY` IO is the exception: it runs in the caller's
  * memory, so destroy waits until the kernel ends it (and its CANCELLED
- * notification is delivered). Called from one of this client's own notify
- * callbacks, it returns at once and the completion thread ends after that
- * callback. A NULL or
- * already destroyed client is ignored (see `dm_io_last_error`).
+ * notification is delivered). It never waits for another client's IO,
+ * stuck or not; it waits for its completion thread to deliver this
+ * client's notifications, so a blocking notify callback of another client
+ * sharing that thread delays it. Called from a notify callback of another
+ * client on the same completion thread, it delivers this client's
+ * notifications right there, before it returns. Called from one of this
+ * client's own notify callbacks, it returns at once and the client's
+ * remaining notifications follow after that callback (its own completion
+ * thread, with `DMIO_ISOLATE=1`, then ends). A NULL or already destroyed
+ * client is ignored (see `dm_io_last_error`).
  */
 void dm_io_client_destroy(struct dm_io_client *cl);
 

@@ -3,6 +3,12 @@
 //! only queues events here) and callbacks of one client never run
 //! concurrently with each other.
 //!
+//! One thread serves many clients (those of one shard of the shared engine,
+//! [`crate::client`]), or one client that asked for threads of its own. A
+//! client's destroy waits until the thread has delivered that client's
+//! events ([`CompletionThread::drain_client`]); only a thread of its own
+//! ends ([`CompletionThread::stop`]).
+//!
 //! The thread sleeps in the [`CompletionRing`] its engine returned: with
 //! the io_uring engine a ring of its own for the IO its callbacks start
 //! (reaping, notify and the next submission on one thread), with the
@@ -28,7 +34,13 @@ thread_local! {
     /// completed, by callbacks) while its channel was empty: no channel
     /// and no wake-up for them. Delivered before the channel, so the
     /// order in which events were emitted is kept (see [`CompletionThread::push`]).
-    static LOCAL: RefCell<VecDeque<Event>> = const { RefCell::new(VecDeque::new()) };
+    static LOCAL: RefCell<VecDeque<Msg>> = const { RefCell::new(VecDeque::new()) };
+    /// On a completion thread: the clients whose notify runs now (a
+    /// callback may call destroy, which may deliver another client's
+    /// events from inside it).
+    static DELIVERING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// On a completion thread: its channel's receiver.
+    static RX: RefCell<Option<Receiver<Msg>>> = const { RefCell::new(None) };
     /// On a completion thread: the ring it sleeps in.
     static RING: RefCell<Option<Rc<CompletionRing>>> = const { RefCell::new(None) };
 }
@@ -47,7 +59,7 @@ pub fn ring_running_io() -> Option<Rc<CompletionRing>> {
     })
 }
 
-fn pop_local() -> Option<Event> {
+fn pop_local() -> Option<Msg> {
     LOCAL.with(|q| q.try_borrow_mut().ok()?.pop_front())
 }
 
@@ -62,6 +74,9 @@ fn undelivered(rx: &Receiver<Msg>) -> bool {
 
 enum Msg {
     Ev(Event),
+    /// Every event of this client queued before this was delivered: tell
+    /// the sender.
+    Barrier(u64, Sender<()>),
     Stop,
 }
 
@@ -91,7 +106,9 @@ impl CompletionThread {
                 drop(engine);
                 let _ = ready_tx.send(ring.waker());
                 RING.with(|r| *r.borrow_mut() = Some(Rc::clone(&ring)));
+                RX.with(|r| *r.borrow_mut() = Some(rx.clone()));
                 run(rx, &ring, done_tx);
+                RX.with(|r| r.borrow_mut().take());
                 // The last reference: the ring goes (it is idle now).
                 RING.with(|r| r.borrow_mut().take());
             })?;
@@ -121,7 +138,7 @@ impl CompletionThread {
         if self.is_current() && self.tx.is_empty() {
             let kept = LOCAL.with(|q| match q.try_borrow_mut() {
                 Ok(mut q) => {
-                    q.push_back(ev);
+                    q.push_back(Msg::Ev(ev));
                     None
                 }
                 Err(_) => Some(ev),
@@ -148,6 +165,67 @@ impl CompletionThread {
         HERE.with(|h| h.get()) == self.key
     }
 
+    /// Returns once every event of client `client` queued so far was
+    /// delivered (what a shared thread's client waits for at destroy).
+    ///
+    /// Called on this thread, from a notify callback (of any client), it
+    /// cannot wait for itself: it delivers that client's queued events
+    /// right here, in their order, the others staying queued in theirs;
+    /// unless that client's own notify is running (destroy from its own
+    /// callback), whose events then follow after the callback, as with a
+    /// thread of its own ([`Self::stop`]).
+    pub fn drain_client(&self, client: u64) {
+        if !self.is_current() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if self.tx.send(Msg::Barrier(client, tx)).is_ok() {
+                self.wake();
+                // Called from another thread's notify, our wake-up may be
+                // deferred to the end of that batch: not while we wait.
+                crate::engine::wake::flush_deferred_wakes();
+                if HERE.with(|h| h.get()) == 0 {
+                    let _ = rx.recv();
+                    return;
+                }
+                // On another completion thread, inside a callback: that
+                // thread may be waiting for this one just as well (a
+                // callback there destroying a client of ours), so this
+                // one delivers what it can meanwhile.
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(std::time::Duration::from_millis(1))
+                {
+                    serve_while_waiting();
+                }
+            }
+            return;
+        }
+        if DELIVERING.with(|d| d.borrow().contains(&client)) {
+            return;
+        }
+        // Everything queued, in order, into the local queue (always
+        // delivered before the channel), then this client's events out of it.
+        LOCAL.with(|q| {
+            if let Ok(mut q) = q.try_borrow_mut() {
+                q.extend(rx_drain());
+            }
+        });
+        loop {
+            let ev = LOCAL.with(|q| {
+                let mut q = q.try_borrow_mut().ok()?;
+                let at = q
+                    .iter()
+                    .position(|m| matches!(m, Msg::Ev(e) if e.req.client_id == client))?;
+                match q.remove(at) {
+                    Some(Msg::Ev(e)) => Some(e),
+                    _ => None,
+                }
+            });
+            match ev {
+                Some(ev) => deliver(ev),
+                None => break,
+            }
+        }
+    }
+
     /// Delivers everything queued, then ends the thread. Waits for that
     /// unless called from the completion thread itself (from notify), in
     /// which case the thread ends after the current callback returns.
@@ -170,13 +248,67 @@ impl CompletionThread {
     }
 }
 
+/// What the calling completion thread's channel holds now.
+fn rx_drain() -> Vec<Msg> {
+    RX.with(|r| {
+        r.borrow()
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// On a completion thread whose callback waits for another completion
+/// thread ([`CompletionThread::drain_client`]): delivers, in order, the
+/// queued events of every client whose notify is not running here, and
+/// answers those clients' barriers, so that the other thread, if it waits
+/// for this one, goes on. The events and barriers of clients whose notify
+/// is running here stay queued, in order (a destroy of one of them waits
+/// for its callback to return, as always).
+fn serve_while_waiting() {
+    LOCAL.with(|q| {
+        if let Ok(mut q) = q.try_borrow_mut() {
+            q.extend(rx_drain());
+        }
+    });
+    loop {
+        let next = LOCAL.with(|q| {
+            let mut q = q.try_borrow_mut().ok()?;
+            let busy = DELIVERING.with(|d| d.borrow().clone());
+            // The first event or barrier of a client whose notify is not
+            // running (its earlier events were delivered before it); nothing
+            // past a Stop (a thread of one client ending).
+            let at = q.iter().position(|m| match m {
+                Msg::Ev(e) => !busy.contains(&e.req.client_id),
+                Msg::Barrier(c, _) => !busy.contains(c),
+                Msg::Stop => true,
+            })?;
+            match q.get(at) {
+                Some(Msg::Stop) => None,
+                _ => q.remove(at),
+            }
+        });
+        match next {
+            Some(Msg::Ev(ev)) => deliver(ev),
+            Some(Msg::Barrier(_, tx)) => {
+                let _ = tx.send(());
+            }
+            _ => return,
+        }
+    }
+}
+
 fn deliver(ev: Event) {
+    let client = ev.req.client_id;
+    DELIVERING.with(|d| d.borrow_mut().push(client));
     let r = catch_unwind(AssertUnwindSafe(|| {
         ev.deliver();
         if ev.is_final() {
             ev.req.final_delivered();
         }
+        ev.req.event_delivered();
     }));
+    DELIVERING.with(|d| d.borrow_mut().pop());
     if r.is_err() {
         eprintln!("libdmio: internal error while delivering a notification");
     }
@@ -188,19 +320,25 @@ fn deliver(ev: Event) {
 fn deliver_queued(rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
     crate::engine::wake::with_deferred_wakes(|| {
         // The local queue first: see `CompletionThread::push`.
-        let next = || match pop_local() {
-            Some(ev) => Some(Msg::Ev(ev)),
-            None => rx.try_recv().ok(),
-        };
+        let next = || pop_local().or_else(|| rx.try_recv().ok());
         while let Some(m) = next() {
             match m {
                 Msg::Ev(ev) => {
                     deliver(ev);
                     ring.after_callback(&|| undelivered(rx));
                 }
+                Msg::Barrier(_, tx) => {
+                    let _ = tx.send(());
+                }
                 Msg::Stop => {
-                    while let Some(Msg::Ev(ev)) = next() {
-                        deliver(ev);
+                    while let Some(m) = next() {
+                        match m {
+                            Msg::Ev(ev) => deliver(ev),
+                            Msg::Barrier(_, tx) => {
+                                let _ = tx.send(());
+                            }
+                            Msg::Stop => {}
+                        }
                     }
                     return true;
                 }

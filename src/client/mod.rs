@@ -1,5 +1,6 @@
 //! `struct dm_io_client`: private memory, an engine and a completion
-//! thread. Its live requests (for cancel by device and destroy) are found
+//! thread, shared with other clients (`shared.rs`) unless it asked for its
+//! own (`DMIO_ISOLATE=1`). Its live requests (for cancel by device and destroy) are found
 //! through the handle table, which holds every request until it is final.
 //!
 //! [`Client::submit`] is `dm_io` without the C: it checks the request
@@ -9,6 +10,7 @@
 //! start in `split.rs`.
 
 mod check;
+pub mod shared;
 mod split;
 
 pub use check::geometry;
@@ -79,9 +81,16 @@ pub struct Client {
     /// Set by destroy; a `dm_io` that sees it after registering its
     /// request refuses it (see [`Client::submit`]).
     closed: AtomicBool,
-    completion: CompletionThread,
+    completion: Arc<CompletionThread>,
+    /// The shared shard whose engine and completion thread these are;
+    /// `None` when they are the client's own.
+    shard: Option<Arc<shared::Shard>>,
     /// Hedged reads: ms before the next region starts; 0 = only on ERROR.
     hedge_ms: std::sync::atomic::AtomicU32,
+    /// Events queued for the completion thread and not yet delivered
+    /// (their notify call not returned): destroy waits for that thread
+    /// only while some are.
+    queued: AtomicU64,
     /// Reads into library pages cancelled while running: their ops still
     /// in the kernel ([`RequestOwner::detached_ops`]).
     detached: std::sync::atomic::AtomicI64,
@@ -108,9 +117,25 @@ pub struct Submitted {
 
 impl Client {
     /// `dm_io_client_create`: the io_uring reactor, or the thread pool
-    /// where io_uring is refused (see [`crate::engine::choose`]).
+    /// where io_uring is refused (see [`crate::engine::choose`]), shared
+    /// with the process's other clients ([`shared`]), or the client's own
+    /// with `DMIO_ISOLATE=1`.
     pub fn create(devices: u32, min_ios: u32, max_size: u32) -> Result<Arc<Client>> {
-        let (slots, _) = geometry(devices, min_ios, max_size)?;
+        let (slots, slot_size) = geometry(devices, min_ios, max_size)?;
+        if !shared::isolate_wanted() {
+            let pool = Pool::new(slots, slot_size)?;
+            let shard = shared::attach()?;
+            shard.engine.register_memory(pool.region());
+            return Ok(Client::assemble(
+                devices,
+                min_ios,
+                max_size,
+                pool,
+                Arc::clone(&shard.engine),
+                Arc::clone(&shard.completion),
+                Some(shard),
+            ));
+        }
         let entries = (slots.saturating_mul(2))
             .clamp(64, 4096)
             .next_power_of_two();
@@ -132,7 +157,27 @@ impl Client {
         engine.register_memory(pool.region());
         let completion = CompletionThread::start("dmio-notify", Arc::clone(&engine))
             .map_err(|e| Error::from_io("spawn completion thread", &e))?;
-        Ok(Arc::new(Client {
+        Ok(Client::assemble(
+            devices,
+            min_ios,
+            max_size,
+            pool,
+            engine,
+            Arc::new(completion),
+            None,
+        ))
+    }
+
+    fn assemble(
+        devices: u32,
+        min_ios: u32,
+        max_size: u32,
+        pool: Arc<Pool>,
+        engine: Arc<dyn Engine>,
+        completion: Arc<CompletionThread>,
+        shard: Option<Arc<shared::Shard>>,
+    ) -> Arc<Client> {
+        Arc::new(Client {
             id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
             devices,
             min_ios,
@@ -141,10 +186,12 @@ impl Client {
             engine,
             closed: AtomicBool::new(false),
             completion,
+            shard,
+            queued: AtomicU64::new(0),
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             detached: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
-        }))
+        })
     }
 
     pub fn id(&self) -> u64 {
@@ -266,8 +313,11 @@ impl Client {
     }
 
     /// `dm_io_client_destroy`: cancels everything, delivers the CANCELLED
-    /// notifications, stops the threads. Kernel IO still running keeps its
-    /// private memory; the reactor frees it when the IO ends.
+    /// notifications, stops the client's own threads or leaves its shard.
+    /// Kernel IO still running keeps its private memory; the reactor frees
+    /// it when the IO ends. Waits for no other client's IO: only for the
+    /// completion thread to deliver this client's events (which a
+    /// blocking callback of another client on that thread delays).
     pub fn destroy(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let reqs = handle::live_of(self.id);
@@ -286,8 +336,20 @@ impl Client {
                 None => std::thread::sleep(Duration::from_millis(1)),
             });
         }
-        self.engine.shutdown();
-        self.completion.stop();
+        match &self.shard {
+            Some(shard) => {
+                self.engine.unregister_memory(self.pool.region());
+                // Every region is final: no event is queued after this load.
+                if self.queued.load(Ordering::SeqCst) != 0 {
+                    self.completion.drain_client(self.id);
+                }
+                shard.detach();
+            }
+            None => {
+                self.engine.shutdown();
+                self.completion.stop();
+            }
+        }
     }
 
     /// Whether the caller runs inside one of this client's notify calls.
@@ -311,7 +373,12 @@ impl RequestOwner for Client {
     }
 
     fn deliver_async(&self, ev: Event) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
         self.completion.push(ev);
+    }
+
+    fn event_delivered(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn request_final(&self, _req: &Request) {

@@ -290,9 +290,14 @@ pub trait Engine: Send + Sync {
     }
     /// Runs a timer on the engine's own thread (reactor, dispatcher).
     fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>);
-    /// The client's private memory (start, bytes), mapped for as long as
-    /// any op can name it; engines may register it with the kernel.
+    /// A client's private memory (start, bytes), mapped for as long as
+    /// any op can name it; engines may register it with the kernel. An
+    /// engine shared by many clients gets one call per client.
     fn register_memory(&self, _region: (usize, usize)) {}
+    /// The client of `region` is destroyed: the engine forgets the memory
+    /// (it may be unmapped once the ops still naming it complete, and its
+    /// addresses reused). Ops already started keep what they run in.
+    fn unregister_memory(&self, _region: (usize, usize)) {}
     /// Called on a client's completion thread when it starts: what that
     /// thread sleeps in. The io_uring engine gives it a ring of its own
     /// ([`local`]) for the asynchronous IO its notify callbacks start, so
@@ -302,7 +307,8 @@ pub trait Engine: Send + Sync {
         CompletionRing::parked()
     }
     /// Accepts no more work; finishes (without waiting for it here) every op
-    /// still in the kernel, then releases its resources.
+    /// still in the kernel, then releases its resources. Only for an
+    /// engine of one client: a shared engine lives for the process.
     fn shutdown(&self);
 }
 

@@ -6,20 +6,32 @@
 //! worker threads doing blocking `pread`/`pwritev2`. A worker stuck in the
 //! kernel keeps its op, and so the op's private memory, until the call
 //! returns; after `shutdown` the dispatcher stays until every op is done.
+//!
+//! One engine may serve many clients (a shard of the shared engine): the
+//! workers are theirs together. A worker is started whenever the ops
+//! handed over and not yet done outnumber the workers, up to the engine's
+//! bound, so an op never waits behind IO stuck in the kernel (another
+//! client's hung device included) while the bound has room. A worker idle
+//! for [`IDLE_EXIT`] ends.
 
 use super::sched::Sched;
 use super::{Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 enum Msg {
     Ops(Vec<IoOp>),
     Deadline(Instant, Weak<dyn Timer>),
     Done,
+    /// A worker ended (idle).
+    Exit,
     Shutdown,
 }
+
+/// A worker with nothing to do for this long ends.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
 
 pub struct ThreadsEngine {
     tx: Sender<Msg>,
@@ -132,6 +144,13 @@ impl Dispatcher {
             }
             Msg::Deadline(at, req) => self.sched.arm(at, req),
             Msg::Done => self.inflight -= 1,
+            Msg::Exit => {
+                self.workers -= 1;
+                // An op handed over as that worker left waits for a worker.
+                if self.inflight > self.workers {
+                    self.spawn_worker();
+                }
+            }
             Msg::Shutdown => {
                 self.shutting = true;
                 self.sched.clear_deadlines();
@@ -147,15 +166,8 @@ impl Dispatcher {
     /// behind it.)
     fn dispatch(&mut self, op: IoOp) {
         self.inflight += 1;
-        if self.inflight > self.workers && self.workers < self.max_workers {
-            let rx = self.work_rx.clone();
-            let done = self.tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name("dmio-io".into())
-                .spawn(move || worker(rx, done));
-            if spawned.is_ok() {
-                self.workers += 1;
-            }
+        if self.inflight > self.workers {
+            self.spawn_worker();
         }
         if let Err(e) = self.work.send(op) {
             self.inflight -= 1;
@@ -164,9 +176,32 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    fn spawn_worker(&mut self) {
+        if self.workers >= self.max_workers {
+            return;
+        }
+        let rx = self.work_rx.clone();
+        let done = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dmio-io".into())
+            .spawn(move || worker(rx, done));
+        if spawned.is_ok() {
+            self.workers += 1;
+        }
+    }
+}
+
 fn worker(rx: Receiver<IoOp>, done: Sender<Msg>) {
     loop {
-        let Ok(op) = rx.recv() else { return };
+        let op = match rx.recv_timeout(IDLE_EXIT) {
+            Ok(op) => op,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = done.send(Msg::Exit);
+                return;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let res = perform(&op);
         op.complete(res);
         if done.send(Msg::Done).is_err() {

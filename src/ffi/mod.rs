@@ -72,8 +72,16 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 }
 
 /// Creates a client: private memory for `devices × min_ios` operations of
-/// up to `max_size` bytes each (rounded up to `DM_IO_PAGE_SIZE`), an io_uring
-/// reactor thread and a completion thread.
+/// up to `max_size` bytes each (rounded up to `DM_IO_PAGE_SIZE`), attached
+/// to the engine the process's clients share: a few io_uring reactor
+/// threads (or thread pools) and completion threads, one of each per CPU
+/// by default, at most 8 (`DMIO_THREADS=N` sets how many), started with
+/// the first client and kept for the life of the process. The client joins
+/// the pair with the fewest clients. Its notify calls run on that
+/// completion thread, one at a time, between those of the other clients
+/// there: a callback that blocks delays theirs too. With `DMIO_ISOLATE=1`
+/// in the environment at this call, the client gets a reactor (or pool)
+/// and completion thread of its own instead, ended by its destroy.
 ///
 /// - `devices`: most regions per request (1..1024).
 /// - `min_ios`: requests (per device) that can run at once without waiting
@@ -117,10 +125,16 @@ pub unsafe extern "C" fn dm_io_client_create(
 /// keeps that IO's private memory until the kernel completes it, then frees
 /// it. `DM_IO_ZERO_COPY` IO is the exception: it runs in the caller's
 /// memory, so destroy waits until the kernel ends it (and its CANCELLED
-/// notification is delivered). Called from one of this client's own notify
-/// callbacks, it returns at once and the completion thread ends after that
-/// callback. A NULL or
-/// already destroyed client is ignored (see `dm_io_last_error`).
+/// notification is delivered). It never waits for another client's IO,
+/// stuck or not; it waits for its completion thread to deliver this
+/// client's notifications, so a blocking notify callback of another client
+/// sharing that thread delays it. Called from a notify callback of another
+/// client on the same completion thread, it delivers this client's
+/// notifications right there, before it returns. Called from one of this
+/// client's own notify callbacks, it returns at once and the client's
+/// remaining notifications follow after that callback (its own completion
+/// thread, with `DMIO_ISOLATE=1`, then ends). A NULL or already destroyed
+/// client is ignored (see `dm_io_last_error`).
 #[no_mangle]
 pub extern "C" fn dm_io_client_destroy(cl: *mut dm_io_client) {
     guard::boundary("dm_io_client_destroy", || {

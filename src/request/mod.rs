@@ -91,6 +91,9 @@ pub trait RequestOwner: Send + Sync {
     fn request_final(&self, req: &Request);
     /// Every final event has been delivered: the library's handle reference goes.
     fn request_delivered(&self, req: &Request);
+    /// An event given to [`RequestOwner::deliver_async`] was delivered
+    /// (its notify call returned).
+    fn event_delivered(&self) {}
     /// Hedged reads: starts the reads of whole `regions` of `req`, each
     /// into the private memory taken for it at submission; `hedge` says
     /// they are extra regions beyond the first.
@@ -300,6 +303,11 @@ impl Request {
         if g.live == 0 {
             self.owner.request_final(self);
         }
+    }
+
+    /// The completion thread delivered an event of this request (any).
+    pub fn event_delivered(&self) {
+        self.owner.event_delivered();
     }
 
     /// The completion thread delivered a final event of this request.

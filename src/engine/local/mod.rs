@@ -48,7 +48,10 @@ type Timers = Vec<(Instant, Weak<dyn Timer>)>;
 pub(super) struct Remote {
     /// `None` once the ring is closed (timers then stay on the reactor).
     timers: Mutex<Option<Timers>>,
-    /// Timers wait in `timers` (read without the lock).
+    /// Clients' private memory to register (`true`) or unregister with
+    /// the ring, in order (a shared engine's clients come and go).
+    memory: Mutex<Vec<((usize, usize), bool)>>,
+    /// Timers or memory wait in `timers`, `memory` (read without the lock).
     queued: AtomicBool,
     waker: Arc<Waker>,
 }
@@ -78,17 +81,31 @@ impl Remote {
         true
     }
 
+    /// Hands a client's private memory to the ring's thread, which
+    /// registers it (`add`) or takes it out of its table at its next turn.
+    pub(super) fn memory(&self, region: (usize, usize), add: bool) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((region, add));
+        self.queued.store(true, Ordering::SeqCst);
+        let wake: Arc<dyn Wake> = self.waker.clone();
+        super::wake::wake_or_defer(&wake);
+    }
+
     fn queued(&self) -> bool {
         self.queued.load(Ordering::SeqCst)
     }
 
-    /// Moves the queued timers into `into`.
-    fn take(&self, into: &mut Timers) {
+    /// Moves the queued timers into `into`, and the memory changes into `mem`.
+    fn take(&self, into: &mut Timers, mem: &mut Vec<((usize, usize), bool)>) {
         if self.queued.swap(false, Ordering::SeqCst) {
             let mut g = self.timers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(t) = g.as_mut() {
                 into.append(t);
             }
+            drop(g);
+            mem.append(&mut self.memory.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 
@@ -159,13 +176,39 @@ impl Local {
             .is_ok_and(|r| r.as_ref().is_some_and(|r| r.queued()))
     }
 
-    /// Moves the timers other threads armed into the inbox.
+    /// Moves the timers other threads armed into the inbox, and applies
+    /// the memory (un)registrations they asked for.
     fn take_remote(&self) {
-        let (Ok(r), Ok(mut inbox)) = (self.remote.try_borrow(), self.inbox.try_borrow_mut()) else {
-            return;
-        };
-        if let Some(r) = r.as_ref() {
-            r.take(&mut inbox.timers);
+        let mut mem = Vec::new();
+        {
+            let (Ok(r), Ok(mut inbox)) = (self.remote.try_borrow(), self.inbox.try_borrow_mut())
+            else {
+                return;
+            };
+            if let Some(r) = r.as_ref() {
+                r.take(&mut inbox.timers, &mut mem);
+            }
+        }
+        if !mem.is_empty() {
+            let ran = self.with_core(|c| {
+                for (region, add) in mem.drain(..) {
+                    if add {
+                        c.register(region);
+                    } else {
+                        c.unregister(region);
+                    }
+                }
+            });
+            if !ran {
+                // Not now (never expected): back into the queue, nothing lost.
+                if let Ok(r) = self.remote.try_borrow() {
+                    if let Some(r) = r.as_ref() {
+                        for (region, add) in mem {
+                            r.memory(region, add);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -245,22 +288,24 @@ impl Drop for LocalRing {
 }
 
 /// Creates the ring on the calling thread for engine `engine`, with the
-/// client's private memory registered. Returns the ring and how other
+/// private memory of its clients so far registered (later ones come
+/// through [`Remote::memory`]). Returns the ring and how other
 /// threads hand it timers; `None` if the kernel refuses a second ring (the
 /// thread then works without one).
 pub(super) fn install(
     engine: u64,
     entries: u32,
-    memory: Option<(usize, usize)>,
+    memory: &[(usize, usize)],
 ) -> Option<(LocalRing, Arc<Remote>)> {
     let waker = Waker::new().ok()?;
     let mut core = Core::new(entries, Arc::clone(&waker)).ok()?;
-    if let Some(m) = memory {
+    for &m in memory {
         core.register(m);
     }
     let wake: Arc<dyn Wake> = waker.clone();
     let remote = Arc::new(Remote {
         timers: Mutex::new(Some(Vec::new())),
+        memory: Mutex::new(Vec::new()),
         queued: AtomicBool::new(false),
         waker,
     });

@@ -38,6 +38,7 @@ use std::time::Instant;
 enum Msg {
     Ops(Vec<IoOp>),
     Register((usize, usize)),
+    Unregister((usize, usize)),
     Deadline(Instant, Weak<dyn Timer>),
     Shutdown,
 }
@@ -50,7 +51,9 @@ pub struct UringEngine {
     /// Names this engine to the completion thread's local ring.
     id: u64,
     entries: u32,
-    memory: std::sync::OnceLock<(usize, usize)>,
+    /// The private memory of the clients on this engine, until the
+    /// completion thread's ring exists (then handed to it through `remote`).
+    memory: std::sync::Mutex<Vec<(usize, usize)>>,
     /// The completion thread's ring, for the timers of asynchronous
     /// requests ([`super::local::Remote`]).
     remote: std::sync::OnceLock<Arc<super::local::Remote>>,
@@ -94,7 +97,7 @@ impl UringEngine {
                 waker: waker as Arc<dyn super::Wake>,
                 id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
                 entries,
-                memory: std::sync::OnceLock::new(),
+                memory: std::sync::Mutex::new(Vec::new()),
                 remote: std::sync::OnceLock::new(),
             })),
             Ok(Err(e)) => Err(e),
@@ -143,13 +146,27 @@ impl Engine for UringEngine {
     }
 
     fn register_memory(&self, region: (usize, usize)) {
-        if self.memory.set(region).is_ok() {
-            self.send(Msg::Register(region));
+        self.send(Msg::Register(region));
+        let mut m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        match self.remote.get() {
+            Some(r) => r.memory(region, true),
+            None => m.push(region),
+        }
+    }
+
+    fn unregister_memory(&self, region: (usize, usize)) {
+        self.send(Msg::Unregister(region));
+        let mut m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        match self.remote.get() {
+            Some(r) => r.memory(region, false),
+            None => m.retain(|r| r.0 != region.0),
         }
     }
 
     fn completion_ring(&self) -> CompletionRing {
-        match super::local::install(self.id, self.entries, self.memory.get().copied()) {
+        // Under the lock: memory registered meanwhile goes to one or the other.
+        let m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        match super::local::install(self.id, self.entries, &m) {
             Some((ring, remote)) => {
                 let _ = self.remote.set(remote);
                 CompletionRing::uring(ring)
@@ -183,8 +200,11 @@ pub(super) struct Core {
     wake_buf: u64,
     cqes: Vec<(u64, i32)>,
     ready: Vec<IoOp>,
-    /// Private memory registered as fixed buffer 0 (start, end).
-    fixed: Option<(usize, usize)>,
+    /// Clients' private memory registered as fixed buffers (start, end,
+    /// buffer), sorted by start ([`fixed`]).
+    fixed: Vec<(usize, usize, u16)>,
+    /// Pool buffers not in use (empty without a sparse table).
+    pool_free: Vec<u16>,
     /// Per arena chunk: the generation registered as its fixed buffer,
     /// plus one (0: not registered, [`fixed::REFUSED`]: the kernel refused it).
     /// Empty when the ring has no sparse buffer table (then no chunk).
@@ -223,6 +243,7 @@ impl Reactor {
         match m {
             Msg::Ops(ops) => self.core.admit(ops),
             Msg::Register(region) => self.core.register(region),
+            Msg::Unregister(region) => self.core.unregister(region),
             Msg::Deadline(at, req) => self.core.arm(at, req),
             Msg::Shutdown => {
                 self.shutting = true;

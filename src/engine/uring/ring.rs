@@ -134,16 +134,22 @@ impl Core {
             wake_buf: 0,
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
-            fixed: None,
+            fixed: Vec::new(),
+            pool_free: Vec::new(),
             chunks: Vec::new(),
             cq_efd: None,
         };
         // A table with room for the private memory and every arena chunk,
         // filled as they are used. Without it (kernels before 5.19) the
         // private memory is registered alone and chunks are not.
-        let slots = 1 + pages::MAX_CHUNKS as u32;
-        if core.ring.submitter().register_buffers_sparse(slots).is_ok() {
+        if core
+            .ring
+            .submitter()
+            .register_buffers_sparse(super::fixed::TABLE)
+            .is_ok()
+        {
             core.chunks = vec![0; pages::MAX_CHUNKS];
+            core.pool_free = super::fixed::pool_indexes();
         }
         if poll_wait() {
             let fd = new_eventfd(libc::EFD_NONBLOCK)?;
@@ -232,7 +238,7 @@ impl Core {
                 let Some(front) = self.backlog.front() else {
                     break;
                 };
-                let Some(reg) = Core::buf_of(&self.chunks, self.fixed, front) else {
+                let Some(reg) = Core::buf_of(&self.chunks, &self.fixed, front) else {
                     stale = front.lib_chunk;
                     break;
                 };
@@ -269,9 +275,9 @@ impl Core {
                 }
                 // SAFETY: `data`'s buffer points into the op's private slot,
                 // which the slab entry created below owns until this entry's
-                // CQE is reaped in `reap` (for a fixed op, inside registered
-                // buffer 0, checked in `buf_of`), or for a zero-copy op into
-                // the caller's memory, lent until the region is final, which
+                // CQE is reaped in `reap` (for a fixed op, inside its
+                // client's registered buffer, checked in `buf_of`), or for
+                // a zero-copy op into the caller's memory, lent until the region is final, which
                 // is never before that CQE is reaped, or for a read into
                 // library pages into the arena chunk registered as its
                 // fixed buffer (mapped for good; a detach leaves the pages

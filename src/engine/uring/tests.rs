@@ -250,3 +250,55 @@ fn a_refused_chunk_runs_plain_reads_only_for_requests_that_will_wait() {
         assert!(buf.iter().all(|&b| b == 0), "never started");
     }
 }
+
+#[test]
+fn pools_of_many_clients_each_get_a_buffer_and_give_it_back() {
+    let Some(mut core) = core() else { return };
+    if core.chunks.is_empty() {
+        eprintln!("skipped: no sparse buffer table (kernel before 5.19)");
+        return;
+    }
+    let dev = TempDev::new("pools");
+    let sink = Arc::new(Recorder::default());
+    let pools: Vec<Arc<Pool>> = (0..3).map(|_| Pool::new(2, 4096).unwrap()).collect();
+    for p in &pools {
+        core.register(p.region());
+    }
+    // Memlock may refuse some; those that are in have distinct buffers.
+    let bufs: Vec<u16> = core.fixed.iter().map(|f| f.2).collect();
+    let mut distinct = bufs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), bufs.len());
+    // An op finds its own pool's buffer (or runs plain where none is).
+    for (i, p) in pools.iter().enumerate() {
+        let slot = p.try_acquire().expect("a free slot");
+        let o = op(OpKind::Read, &dev, &sink, i as u32, 0, 4096, Some(slot));
+        let want = core
+            .fixed
+            .iter()
+            .find(|f| f.0 == p.region().0)
+            .map_or(super::fixed::Buf::Plain, |f| super::fixed::Buf::Fixed(f.2));
+        assert!(Core::buf_of(&core.chunks, &core.fixed, &o) == Some(want));
+        core.admit([o]);
+    }
+    run(&mut core, &sink, 3);
+    assert!(sink.results().iter().all(|&(_, r)| r == 4096));
+    // Destroyed clients leave the table; their buffers are used again.
+    let free = core.pool_free.len();
+    for p in &pools {
+        core.unregister(p.region());
+    }
+    assert!(core.fixed.is_empty());
+    assert_eq!(core.pool_free.len(), free + bufs.len());
+    let slot = pools[0].try_acquire().expect("a free slot");
+    let o = op(OpKind::Read, &dev, &sink, 9, 0, 4096, Some(slot));
+    assert!(Core::buf_of(&core.chunks, &core.fixed, &o) == Some(super::fixed::Buf::Plain));
+    core.register(pools[1].region());
+    if let Some(f) = core.fixed.first() {
+        assert!(
+            bufs.contains(&f.2) || f.2 == 0,
+            "a buffer given back is taken again"
+        );
+    }
+}

@@ -1,0 +1,247 @@
+/* bench-clients.c - modes clients and multi: many clients in one process
+ * (issue 19, the shared engine).
+ *
+ *   clients  --n N --qd Q --bs B: creates N clients (1 device, Q ops of B
+ *            bytes each), then destroys them: threads of the process
+ *            (/proc/self/task) and RSS before, with the clients and after,
+ *            the sum of their private-memory pools, create and destroy time.
+ *   multi    --dev P --n N --qd Q --bs B --secs S [--hung K --timeout MS]:
+ *            N clients each keeping Q random reads in flight on P,
+ *            resubmitting from notify. With --hung K, the first K clients
+ *            read through a fault rule that holds every read ("hang"), with
+ *            a deadline of MS: their reads get TIMEOUT and are resubmitted
+ *            (the held ones keep their memory, so those clients get a pool
+ *            for 4096 reads); the result says how late the TIMEOUTs came
+ *            and the IOPS of the other N - K. */
+#include "dmio-bench.h"
+
+#include <dirent.h>
+
+static int threads_now(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	if (!d)
+		die("cannot read /proc/self/task");
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+int mode_clients(void)
+{
+	uint64_t n = opt.n ? opt.n : 1000;
+	struct dm_io_client **cl = xalloc(sizeof *cl * n);
+	int th0 = threads_now();
+	long rss0 = rss_kib();
+	uint64_t t0 = now_ns();
+	for (uint64_t i = 0; i < n; i++)
+		CHECK_RC(dm_io_client_create(1, opt.qd, opt.bs, &cl[i]));
+	uint64_t t1 = now_ns();
+	int th1 = threads_now();
+	long rss1 = rss_kib();
+	struct dm_io_stats st;
+	CHECK_RC(dm_io_client_stats(cl[0], &st, sizeof st));
+	uint64_t pools = st.private_bytes_bound * n;
+	uint64_t t2 = now_ns();
+	for (uint64_t i = 0; i < n; i++)
+		dm_io_client_destroy(cl[i]);
+	uint64_t t3 = now_ns();
+	int th2 = threads_now();
+	long rss2 = rss_kib();
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	jheader();
+	jint("clients", n);
+	jint("qd", opt.qd);
+	jint("bs", opt.bs);
+	jint("cpus", (uint64_t)cpus);
+	jint("threads_before", (uint64_t)th0);
+	jint("threads_with", (uint64_t)th1);
+	jint("threads_after", (uint64_t)th2);
+	jint("rss_before_kib", (uint64_t)rss0);
+	jint("rss_with_kib", (uint64_t)rss1);
+	jint("rss_after_kib", (uint64_t)rss2);
+	jint("pools_kib", pools / 1024);
+	jnum("create_s", (double)(t1 - t0) / 1e9);
+	jnum("destroy_s", (double)(t3 - t2) / 1e9);
+	jint("engine", st.engine);
+	jclose();
+	printf("\n");
+	free(cl);
+	return 0;
+}
+
+struct mclient {
+	struct dm_io_client *cl;
+	struct block_device *dev;
+	int hung;
+	atomic_uint_fast64_t done;
+	uint64_t rng;
+	pthread_mutex_t lock; /* the hung clients' timeout histogram */
+};
+
+struct mslot {
+	struct mclient *c;
+	unsigned char *buf;
+	uint64_t deadline;
+};
+
+static struct {
+	uint64_t blocks;
+	atomic_int measuring, stop;
+	atomic_int inflight;
+	atomic_uint_fast64_t errors, submit_errors, timeouts, early;
+	struct hist late;
+	pthread_mutex_t late_lock;
+} M;
+
+static void multi_notify(struct dm_io_region_state *st, void *ctx);
+
+static int multi_submit(struct mslot *s)
+{
+	struct mclient *c = s->c;
+	uint64_t blk = rnd(&c->rng) % M.blocks;
+	struct dm_io_region reg = { c->dev, blk * (opt.bs / 512), opt.bs / 512 };
+	struct dm_io_control ctl = {
+		.memory = { .type = DM_IO_VM, .ptr.vma = s->buf },
+		.rw = DM_IO_READ,
+		.notify = multi_notify,
+		.context = s,
+		.client = c->cl,
+		.timeout = c->hung ? opt.timeout_ms : 0,
+	};
+	s->deadline = now_ns() + (uint64_t)opt.timeout_ms * 1000000ull;
+	return dm_io(&ctl, 1, &reg, NULL);
+}
+
+static void multi_notify(struct dm_io_region_state *st, void *ctx)
+{
+	struct mslot *s = ctx;
+	struct mclient *c = s->c;
+	if (c->hung) {
+		if (st->state != DM_IO_TIMEOUT)
+			return; /* the held read ends after the run, at destroy */
+		uint64_t t = now_ns();
+		if (atomic_load_explicit(&M.measuring, memory_order_relaxed)) {
+			atomic_fetch_add(&M.timeouts, 1);
+			if (t < s->deadline) {
+				atomic_fetch_add(&M.early, 1);
+			} else {
+				pthread_mutex_lock(&M.late_lock);
+				hist_record(&M.late, t - s->deadline);
+				pthread_mutex_unlock(&M.late_lock);
+			}
+		}
+	} else {
+		if (st->state != DM_IO_OK)
+			atomic_fetch_add_explicit(&M.errors, 1, memory_order_relaxed);
+		if (atomic_load_explicit(&M.measuring, memory_order_relaxed))
+			atomic_fetch_add_explicit(&c->done, 1, memory_order_relaxed);
+	}
+	if (!atomic_load_explicit(&M.stop, memory_order_relaxed)) {
+		/* A hung client's slot is still held by its read: a new buffer. */
+		struct mslot *n = s;
+		if (c->hung) {
+			n = xalloc(sizeof *n);
+			n->c = c;
+			n->buf = xalloc(opt.bs);
+		}
+		if (multi_submit(n) == 0)
+			return;
+		atomic_fetch_add_explicit(&M.submit_errors, 1, memory_order_relaxed);
+	}
+	atomic_fetch_sub_explicit(&M.inflight, 1, memory_order_release);
+}
+
+int mode_multi(void)
+{
+	uint64_t n = opt.n ? opt.n : 64;
+	unsigned hung = opt.hung;
+	if (opt.ndev != 1)
+		die("multi: one --dev");
+	if (hung && !opt.timeout_ms)
+		die("multi: --hung needs --timeout");
+	struct block_device *good, *held = NULL;
+	CHECK_RC(dm_io_bdev_open(opt.dev[0], 0, &good));
+	if (hung)
+		CHECK_RC(dm_io_bdev_open_faulty(opt.dev[0], "hang", &held));
+	M.blocks = nblocks(&good, 1);
+	hist_init(&M.late);
+	pthread_mutex_init(&M.late_lock, NULL);
+	struct mclient *cs = xalloc(sizeof *cs * n);
+	memset(cs, 0, sizeof *cs * n);
+	uint64_t tc = now_ns();
+	for (uint64_t i = 0; i < n; i++) {
+		cs[i].hung = i < hung;
+		cs[i].dev = cs[i].hung ? held : good;
+		cs[i].rng = opt.seed + 0x9E3779B97F4A7C15ull * (i + 1);
+		CHECK_RC(dm_io_client_create(1, cs[i].hung ? 4096 : opt.qd, opt.bs, &cs[i].cl));
+	}
+	double create_s = (double)(now_ns() - tc) / 1e9;
+	int threads;
+	atomic_store(&M.inflight, (int)(n * opt.qd));
+	for (uint64_t i = 0; i < n; i++)
+		for (unsigned q = 0; q < opt.qd; q++) {
+			struct mslot *s = xalloc(sizeof *s);
+			s->c = &cs[i];
+			s->buf = xalloc(opt.bs);
+			CHECK_RC(multi_submit(s));
+		}
+	sleep_ns((uint64_t)(opt.warmup * 1e9));
+	double u0, s0, u1, s1;
+	cpu_seconds(&u0, &s0);
+	uint64_t t0 = now_ns();
+	atomic_store(&M.measuring, 1);
+	sleep_ns((uint64_t)(opt.secs * 1e9));
+	atomic_store(&M.measuring, 0);
+	uint64_t t1 = now_ns();
+	cpu_seconds(&u1, &s1);
+	threads = threads_now();
+	atomic_store(&M.stop, 1);
+	/* The healthy clients' reads end by themselves; the held ones at destroy. */
+	uint64_t wait_end = now_ns() + 10000000000ull;
+	while (atomic_load(&M.inflight) > (int)(hung * opt.qd) && now_ns() < wait_end)
+		sleep_ns(1000000);
+	double secs = (double)(t1 - t0) / 1e9;
+	uint64_t total = 0, lo = UINT64_MAX, hi = 0;
+	for (uint64_t i = hung; i < n; i++) {
+		uint64_t d = atomic_load(&cs[i].done);
+		total += d;
+		lo = d < lo ? d : lo;
+		hi = d > hi ? d : hi;
+	}
+	uint64_t td = now_ns();
+	for (uint64_t i = 0; i < n; i++)
+		dm_io_client_destroy(cs[i].cl);
+	double destroy_s = (double)(now_ns() - td) / 1e9;
+	jheader();
+	jint("clients", n);
+	jint("hung", hung);
+	jint("qd", opt.qd);
+	jint("bs", opt.bs);
+	jnum("secs", secs);
+	jnum("iops", (double)total / secs);
+	jnum("iops_per_client_min", n > hung ? (double)lo / secs : 0);
+	jnum("iops_per_client_max", n > hung ? (double)hi / secs : 0);
+	jint("threads", (uint64_t)threads);
+	jnum("create_s", create_s);
+	jnum("destroy_s", destroy_s);
+	jopen("cpu");
+	jnum("user_s", u1 - u0);
+	jnum("sys_s", s1 - s0);
+	jnum("us_per_request", total ? (u1 - u0 + s1 - s0) / (double)total * 1e6 : 0);
+	jclose();
+	jint("errors", atomic_load(&M.errors));
+	jint("submit_errors", atomic_load(&M.submit_errors));
+	jint("timeouts", atomic_load(&M.timeouts));
+	jint("early_timeouts", atomic_load(&M.early));
+	jhist("timeout_late_ns", &M.late);
+	jclose();
+	printf("\n");
+	if (held)
+		dm_io_bdev_set_faults(held, "");
+	return atomic_load(&M.errors) || atomic_load(&M.early) ? 1 : 0;
+}
