@@ -57,11 +57,6 @@
 #endif
 
 /**
- * Default cap on the number of shards (one per CPU up to this).
- */
-#define MAX_SHARDS 8
-
-/**
  * Version of this header and library: major.
  */
 #define DM_IO_VERSION_MAJOR 0

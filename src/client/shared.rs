@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Default cap on the number of shards (one per CPU up to this).
-pub const MAX_SHARDS: usize = 8;
+pub(crate) const MAX_SHARDS: usize = 8;
 /// Ring size of a shared reactor (and of its completion thread's ring).
 const SHARED_ENTRIES: u32 = 4096;
 /// Process-wide bound on the thread-pool workers, split among shards.
@@ -95,8 +95,14 @@ pub fn attach() -> Result<Arc<Shard>> {
     let mut sets = SETS.lock().unwrap_or_else(|p| p.into_inner());
     if sets.iter().any(|s| s.pid != pid) {
         // A forked child: those threads are not here; dropping the shards
-        // would join or detach threads that do not exist.
-        std::mem::forget(std::mem::take(&mut *sets));
+        // would join or detach threads that do not exist. Kept, never
+        // dropped (a static), out of the way.
+        static PARENTS: Mutex<Vec<Set>> = Mutex::new(Vec::new());
+        let old = std::mem::take(&mut *sets);
+        PARENTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(old);
     }
     let at = match sets.iter().position(|s| s.want == want) {
         Some(i) => i,
