@@ -12,6 +12,7 @@
 
 pub mod local;
 pub mod sched;
+pub mod socket;
 pub mod threads;
 pub mod uring;
 pub mod wake;
