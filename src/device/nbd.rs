@@ -361,6 +361,10 @@ impl Link {
                     if first {
                         l.last_rx = Instant::now();
                     }
+                    // Ring driver: output that was not empty is already
+                    // known to the ring (a kick is queued, or a SEND is in
+                    // flight and the ring takes the rest when it ends).
+                    let idle_out = l.conn.output().is_empty();
                     match l.conn.submit(job, OpTok(op)) {
                         Ok(()) => {
                             let silence = self.uri.silence_ms > 0;
@@ -369,7 +373,7 @@ impl Link {
                                     if first && silence && !rc.armed.swap(true, Ordering::SeqCst) {
                                         arm = Some((h.clone(), Arc::clone(rc), l.last_rx));
                                     }
-                                    if attach.is_none() {
+                                    if attach.is_none() && idle_out {
                                         kick = Some((h, Arc::clone(rc)));
                                     }
                                 }
