@@ -635,6 +635,11 @@ int dm_io_client_set_hedge(struct dm_io_client *cl, unsigned int delay_ms);
  * the server marks read-only) or `-EOPNOTSUPP` (`DM_IO_FLUSH`/`DM_IO_FUA`
  * the server does not offer). Every byte the server sends is received
  * into library memory; a cancelled read's reply is read and dropped.
+ * With the io_uring engine the connections are driven by io_uring socket
+ * operations on the rings of the completion threads (no thread per
+ * connection; a short-lived one reconnects after an outage); with the
+ * thread-pool engine, or `DMIO_NBD_DRIVER=thread`, each connection has
+ * an IO thread.
  *
  * # Safety
  * `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,

@@ -13,6 +13,7 @@
 pub mod aio;
 pub mod local;
 pub mod sched;
+pub mod socket;
 pub mod threads;
 pub mod uring;
 pub mod wake;

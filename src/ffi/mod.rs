@@ -489,6 +489,11 @@ pub extern "C" fn dm_io_client_set_hedge(cl: *mut dm_io_client, delay_ms: c_uint
 /// the server marks read-only) or `-EOPNOTSUPP` (`DM_IO_FLUSH`/`DM_IO_FUA`
 /// the server does not offer). Every byte the server sends is received
 /// into library memory; a cancelled read's reply is read and dropped.
+/// With the io_uring engine the connections are driven by io_uring socket
+/// operations on the rings of the completion threads (no thread per
+/// connection; a short-lived one reconnects after an outage); with the
+/// thread-pool engine, or `DMIO_NBD_DRIVER=thread`, each connection has
+/// an IO thread.
 ///
 /// # Safety
 /// `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,

@@ -19,7 +19,15 @@ impl Request {
     /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
     /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
     pub fn wait_sync(self: &Arc<Self>) -> i32 {
+        // On a completion thread whose ring runs IO (a notify callback
+        // calling `dm_io` with `DM_IO_SYNC`), the request's IO may depend on
+        // that ring: the NBD connections it drives receive only while it
+        // turns. So wait by turning it, woken by the request's events.
+        let ring = crate::completion::ring_running_io();
         let mut g = self.lock();
+        if let Some(r) = &ring {
+            g.waiter = Some(r.waker());
+        }
         loop {
             if let Some(ev) = g.queue.pop_front() {
                 drop(g);
@@ -30,8 +38,22 @@ impl Request {
             if g.live == 0 {
                 break;
             }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            match &ring {
+                Some(r) => {
+                    drop(g);
+                    r.turn(
+                        &|| {
+                            let g = self.lock();
+                            g.live == 0 || !g.queue.is_empty()
+                        },
+                        None,
+                    );
+                    g = self.lock();
+                }
+                None => g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            }
         }
+        g.waiter = None;
         let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
         drop(g);
         self.owner.request_delivered(self);
