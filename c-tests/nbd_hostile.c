@@ -137,6 +137,11 @@ static void serve(int fd)
 				put32(h + 12, 3);
 				put32(h + 16, 1u << 30);
 				wr(fd, h, 20);
+				/* Stay until the client hangs up, so that it fails on
+				 * the reply, not on a write to a closed socket. */
+				unsigned char sink[512];
+				while (read(fd, sink, sizeof sink) > 0)
+					;
 				return;
 			}
 			int want = m >= M_CHUNK_OUTSIDE && m <= M_CHUNK_SHORT;
