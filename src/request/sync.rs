@@ -5,6 +5,12 @@ use super::{Request, State};
 use std::sync::Arc;
 
 impl Request {
+    /// This SYNC request's IO runs in the caller's own ring, woken by `w`
+    /// ([`crate::engine::uring::caller`]); set before it starts.
+    pub fn wait_in_ring(&self, w: Arc<dyn crate::engine::Wake>) {
+        let _ = self.ring_wake.set(w);
+    }
+
     /// Waits until every region is final, calling `step` (which sleeps a
     /// little, or drives the caller's own ring) between looks (zero-copy
     /// destroy).
@@ -19,6 +25,7 @@ impl Request {
     /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
     /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
     pub fn wait_sync(self: &Arc<Self>) -> i32 {
+        let ring = self.ring_wake.get().is_some();
         let mut g = self.lock();
         loop {
             if let Some(ev) = g.queue.pop_front() {
@@ -29,6 +36,19 @@ impl Request {
             }
             if g.live == 0 {
                 break;
+            }
+            if ring {
+                // The IO runs in this thread's ring: wait there.
+                drop(g);
+                crate::engine::uring::caller::turn(
+                    &|| {
+                        let g = self.lock();
+                        g.live == 0 || !g.queue.is_empty()
+                    },
+                    None,
+                );
+                g = self.lock();
+                continue;
             }
             g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
