@@ -6,6 +6,7 @@
 #   make plugin     the nbdkit plugin, build/nbdkit-dmio-plugin.so (part of make)
 #   make demo-nbd   the mirror served over NBD by nbdkit, a leg hanging
 #   make demo-remote  a mirror with a leg on an NBD server that pauses
+#   make fio-engine   build/libdmio-fio.so, a fio external ioengine (fio-engine/)
 
 SHELL    := /bin/bash
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -26,8 +27,8 @@ CBINDGEN_VERSION := 0.29.4
 CBINDGEN := $(CURDIR)/.tools/bin/cbindgen
 RUST_SRC := $(shell find src -name '*.rs') Cargo.toml build.rs dmio.map
 
-.PHONY: all lib plugin plugin-if-possible test-nbdkit demo-nbd demo-remote header check-header demo demo-basic test test-rust test-c test-c-threads test-c-asan \
-        test-c-debug test-c-valgrind test-c-valgrind-uring soak fuzz test-fuzz test-header test-install test-python \
+.PHONY: all lib plugin plugin-if-possible test-nbdkit demo-nbd demo-remote header check-header demo demo-basic test test-rust test-c test-c-threads test-c-aio test-c-asan \
+        test-c-asan-aio test-c-debug test-c-valgrind test-c-valgrind-uring test-c-valgrind-aio soak fuzz test-fuzz test-header test-install test-python \
         deps install uninstall clean lint mirror test-mirror bench test-bench-smoke
 
 # The header is checked in; `make header` regenerates it, `make check-header`
@@ -125,16 +126,17 @@ demo-nbd: plugin
 deps:
 	@./scripts/deps.sh
 
-test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-debug test-c-asan \
-      test-c-valgrind test-c-valgrind-uring test-fuzz test-install test-python test-mirror test-nbdkit \
-      test-bench-smoke
+test: deps all lint check-header test-rust test-header test-c test-c-threads test-c-aio test-c-debug test-c-asan \
+      test-c-asan-aio test-c-valgrind test-c-valgrind-uring test-c-valgrind-aio test-fuzz test-install test-python test-mirror test-nbdkit \
+      test-bench-smoke test-fio-engine
 	@echo "make test: all suites passed"
 
 test-rust:
 	$(CARGO) test --release --locked
 
-# The C suite runs once per engine; DMIO_ENGINE=uring makes a machine
-# without io_uring fail here instead of silently testing the fallback twice.
+# The C suite runs once per engine; DMIO_ENGINE=uring (aio) makes a machine
+# without io_uring (Linux AIO) fail here instead of silently testing a
+# fallback twice.
 test-c: all
 	@echo "== C tests, io_uring engine"
 	@DMIO_ENGINE=uring $(MAKE) --no-print-directory -C c-tests run
@@ -142,6 +144,10 @@ test-c: all
 test-c-threads: all
 	@echo "== C tests, thread-pool engine"
 	@DMIO_ENGINE=threads $(MAKE) --no-print-directory -C c-tests run
+
+test-c-aio: all
+	@echo "== C tests, Linux AIO engine"
+	@DMIO_ENGINE=aio $(MAKE) --no-print-directory -C c-tests run
 
 # The C suite against a debug build of the library (overflow checks and
 # debug assertions on: an arithmetic slip panics instead of wrapping).
@@ -159,6 +165,12 @@ test-c-asan: all
 	@DMIO_ENGINE=uring DMIO_SOAK_REGIONS=200000 DMIO_THREADS_SECONDS=4 SAN=asan \
 		$(MAKE) --no-print-directory -C c-tests run
 
+# The same on the Linux AIO engine (shorter soak: the uring run covers the rest).
+test-c-asan-aio: all
+	@echo "== C tests, AddressSanitizer (Linux AIO engine)"
+	@DMIO_ENGINE=aio DMIO_SOAK_REGIONS=100000 DMIO_THREADS_SECONDS=2 SAN=asan \
+		$(MAKE) --no-print-directory -C c-tests run
+
 # valgrind memcheck must report nothing (run.sh explains the engine choice).
 test-c-valgrind: all
 	@echo "== C tests, valgrind memcheck (thread-pool engine)"
@@ -172,6 +184,15 @@ test-c-valgrind-uring: all
 	@echo "== C tests, valgrind memcheck (io_uring engine, DMIO_URING_WAIT=poll)"
 	@VALGRIND=1 DMIO_ENGINE=uring DMIO_URING_WAIT=poll DMIO_SOAK_REGIONS=20000 \
 		DMIO_THREADS_SECONDS=2 $(MAKE) --no-print-directory -C c-tests run
+
+# The AIO engine under memcheck. valgrind 3.19 knows io_setup, io_submit
+# and io_getevents; the AIO threads sleep in ppoll(2), as valgrind needs.
+# DMIO_URING_WAIT=poll: engine_fallback first checks that io_uring is the
+# default (see test-c-valgrind-uring).
+test-c-valgrind-aio: all
+	@echo "== C tests, valgrind memcheck (Linux AIO engine)"
+	@VALGRIND=1 DMIO_ENGINE=aio DMIO_URING_WAIT=poll DMIO_SOAK_REGIONS=20000 DMIO_THREADS_SECONDS=2 \
+		$(MAKE) --no-print-directory -C c-tests run
 
 # The soak for longer than `make test` runs it.
 SOAK_REGIONS ?= 20000000
@@ -276,3 +297,15 @@ clean:
 	$(CARGO) clean
 	rm -rf $(BUILD)
 	@$(MAKE) --no-print-directory -C c-tests clean
+
+# fio over libdmio (fio-engine/README.md): build/libdmio-fio.so, built
+# against the configured Debian source of the installed fio, which
+# scripts/fio-source.sh fetches once into .tools/fio-src (not part of plain
+# `make`); test-fio-engine runs short fio jobs through it.
+.PHONY: fio-engine test-fio-engine
+fio-engine: lib
+	@$(MAKE) --no-print-directory -C fio-engine OUT=$(CURDIR)/$(BUILD)
+
+test-fio-engine: fio-engine
+	@echo "== fio engine tests (fio-engine/tests)"
+	@$(MAKE) --no-print-directory -C fio-engine OUT=$(CURDIR)/$(BUILD) test

@@ -96,6 +96,7 @@ void jstats(struct dm_io_client *cl)
 	jint("memory_waits", st.memory_waits);
 	jint("hedges", st.hedges);
 	jstr("engine", st.engine == DM_IO_ENGINE_URING     ? "io_uring"
+		       : st.engine == DM_IO_ENGINE_AIO     ? "aio"
 		       : st.engine == DM_IO_ENGINE_THREADS ? "threads"
 							   : "unknown");
 	jclose();

@@ -4,6 +4,12 @@
  * line on a terminal. */
 #include "dmio-bench.h"
 
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
 /* ---------------------------------------------------------------- utils */
 
 void die(const char *fmt, ...)
@@ -69,6 +75,8 @@ void usage(void)
 		"  rand     --dev P [--dev P..] --rw read|write --bs B --qd Q (--secs S [--warmup W] | --count N) [--span B]\n"
 		"           [--zero-copy]   (DM_IO_ZERO_COPY: IO in the request's own buffer, no private memory)\n"
 		"           [--pages]       (buffers are page lists of dm_io_page_alloc pages)\n"
+		"  any mode: [--refuse-uring] (a seccomp filter makes io_uring_setup fail with EPERM, as the\n"
+		"           default profiles of Docker and Kubernetes do: the library falls back to AIO)\n"
 		"  timeouts --dev P --n N --timeout MS [--spread MS]\n"
 		"  mirror   --dev GOOD --dev HUNG --qd Q --n N --timeout MS [--wait-all --secs S] [--healthy]\n"
 		"  hedge    --dev A --dev B --qd Q --secs S --faults SPEC [--hedge MS | --plain] [--span B]\n"
@@ -93,6 +101,7 @@ void parse(int argc, char **argv)
 		{ "label", required_argument, 0, 'l' }, { "seed", required_argument, 0, 'e' },
 		{ "zero-copy", no_argument, 0, 'Z' },	{ "pages", no_argument, 0, 'G' },
 		{ "hung", required_argument, 0, 'k' },
+		{ "refuse-uring", no_argument, 0, 'U' },
 		{ 0, 0, 0, 0 },
 	};
 	if (argc < 2)
@@ -124,6 +133,7 @@ void parse(int argc, char **argv)
 		case 'P': opt.plain = 1; break;
 		case 'Z': opt.zero_copy = 1; break;
 		case 'G': opt.pages = 1; break;
+		case 'U': opt.refuse_uring = 1; break;
 		case 'l': opt.label = optarg; break;
 		case 'e': opt.seed = strtoull(optarg, NULL, 0); break;
 		case 'k': opt.hung = (unsigned)strtoul(optarg, NULL, 0); break;
@@ -132,6 +142,26 @@ void parse(int argc, char **argv)
 	}
 	if (opt.bs == 0 || opt.bs % 512 || opt.qd == 0)
 		die("--bs must be a multiple of 512, --qd at least 1");
+	if (opt.refuse_uring)
+		refuse_io_uring();
+}
+
+/* --refuse-uring: the seccomp filter of c-tests/engine_fallback.c, which
+ * makes io_uring_setup fail with EPERM for this process, as container
+ * runtimes' default profiles do. */
+void refuse_io_uring(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { (unsigned short)(sizeof f / sizeof f[0]), f };
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+		die("--refuse-uring: seccomp: %s", strerror(errno));
+	if (syscall(__NR_io_uring_setup, 8, NULL) != -1 || errno != EPERM)
+		die("--refuse-uring: the filter is not active");
 }
 
 /* Blocks (of opt.bs) of the smallest device, limited by --span. */

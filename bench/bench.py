@@ -18,7 +18,8 @@ table in bench/README.md (full runs of every case only).
 # the output files) and the command line. The parts it is made of, mixins of
 # the Bench class: fio_runner.py (running the driver, fio and the reference
 # loop; ABBA pairs), devices.py (the disk files and RAM-backed loop devices),
-# cases.py (cases 1-6), cpu_cases.py (case 7, CPU per IO), report.py (table,
+# cases.py (cases 1-6), cpu_cases.py (case 7, CPU per IO), client_cases.py (case
+# 8, many clients), container_cases.py (case 9, io_uring refused), report.py (table,
 # targets, plot, README, metadata); common.py holds what they share.
 
 import argparse
@@ -33,6 +34,7 @@ import time
 
 from cases import Cases
 from client_cases import ClientCases
+from container_cases import ContainerCases
 from common import (FULL, HERE, ROOT, SMOKE, children_cpu, cpu_busy, log, machine_delta,
                     machine_snapshot)
 from cpu_cases import CpuCases
@@ -41,7 +43,7 @@ from fio_runner import Runner
 from report import Report
 
 
-class Bench(Runner, Devices, Cases, CpuCases, ClientCases, Report):
+class Bench(Runner, Devices, Cases, CpuCases, ClientCases, ContainerCases, Report):
     def __init__(self, args):
         self.args = args
         self.cfg = dict(SMOKE if args.smoke else FULL)
@@ -55,7 +57,7 @@ class Bench(Runner, Devices, Cases, CpuCases, ClientCases, Report):
         os.makedirs(self.data, exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix="dmio-bench-")
         self.cleanups = []
-        self.cases = set(args.cases.split(",")) if args.cases else {str(i) for i in range(1, 9)}
+        self.cases = set(args.cases.split(",")) if args.cases else {str(i) for i in range(1, 10)}
         self.rows = []        # the results table
         self.targets = []     # PASS / FALLS SHORT lines
         self.results = {}     # everything, for the JSON file
@@ -92,7 +94,8 @@ class Bench(Runner, Devices, Cases, CpuCases, ClientCases, Report):
         self.setup_devices()
         self.results["meta"]["devices"] = self.devices
         self.results["meta"]["machine_per_case"] = {}
-        for i, fn in enumerate([self.case1, self.case2, self.case3, self.case4, self.case5, self.case6, self.case7, self.case8], 1):
+        for i, fn in enumerate([self.case1, self.case2, self.case3, self.case4, self.case5, self.case6, self.case7,
+                                  self.case8, self.case9], 1):
             if str(i) not in self.cases:
                 continue
             # A case disturbed by other users is run again, once, if the run stays near 6 min
@@ -142,7 +145,7 @@ class Bench(Runner, Devices, Cases, CpuCases, ClientCases, Report):
         json_path = os.path.join(self.out, f"bench-{stamp}.json" if not self.smoke else "smoke.json")
         with open(json_path, "w") as f:
             json.dump(self.results, f, separators=(",", ":"), default=str)
-        full = not self.smoke and len(self.cases) == 8
+        full = not self.smoke and len(self.cases) == 9
         if full:
             shutil.copyfile(json_path, os.path.join(self.out, "latest.json"))
         # A partial run (--cases) leaves latest.json and the published plot

@@ -36,6 +36,8 @@ TARGETS = {
     "timer_p99_ms": 1.0,  # case 4: p99 of (notify - deadline) <= 1 ms
     "mirror_slack_ms": 2.0,  # case 5: p99.9 <= timeout + 2 ms
     "cpu": 1.5,         # case 7: <= 1.5x fio instructions per IO
+    "aio": 0.90,        # case 9: io_uring refused, AIO engine >= 0.90x fio libaio
+    "threads": 0.85,    # case 9: thread-pool engine >= 0.85x fio psync, 32 threads
 }
 
 

@@ -129,6 +129,7 @@ struct bench_opt {
 	unsigned hung; /* multi: clients whose reads are held */
 	const char *faults;
 	int wait_all, healthy, plain, zero_copy, pages;
+	int refuse_uring; /* --refuse-uring: io_uring_setup fails (seccomp), as in containers */
 	const char *label;
 	uint64_t seed;
 };
@@ -138,6 +139,7 @@ extern int tty; /* stderr is a terminal: live progress */
 
 void usage(void);
 void parse(int argc, char **argv);
+void refuse_io_uring(void);
 uint64_t nblocks(struct block_device **dev, int n);
 void *xalloc(size_t bytes);
 unsigned char *page_buffer(size_t bytes, struct dm_io_page_list **pl);

@@ -30,23 +30,25 @@ class Runner:
         cmd = [self.driver, mode, "--label", label] + [str(o) for o in opts]
         return self.run_json(cmd, label, env=env)
 
-    def randread(self, label, dev, bs, qd, *extra):
+    def randread(self, label, dev, bs, qd, *extra, env=None):
         """libdmio random reads for the configured time (`extra`: more driver options)."""
         c = self.cfg
         return self.dmio("rand", label, "--dev", dev, "--rw", "read", "--bs", bs, "--qd", qd,
-                         "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra)
+                         "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra, env=env)
 
     def fio(self, label, files, rw, bs, qd, span, secs=None, warmup=None, number_ios=None,
-            valgrind=None, numjobs=None):
-        """fio, io_uring engine, O_DIRECT, random offsets without a random map."""
+            valgrind=None, ioengine="io_uring", numjobs=1, no_uring=False):
+        """fio, O_DIRECT, random offsets without a random map; its io_uring engine
+        unless `ioengine` says otherwise (`numjobs` threads, reported as one group);
+        `no_uring`: under the seccomp filter that refuses io_uring (bench/no-uring.c)."""
         out = os.path.join(self.tmp, "fio.json")
-        cmd = ["fio", "--name=bench", "--filename=" + ":".join(files), "--ioengine=io_uring",
+        cmd = ["fio", "--name=bench", "--filename=" + ":".join(files), f"--ioengine={ioengine}",
                "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", "--norandommap",
                "--randrepeat=0", f"--size={span * len(files)}", "--lat_percentiles=1",
                "--output-format=json+", f"--output={out}"]
         if len(files) > 1:
             cmd.append("--file_service_type=roundrobin")
-        if numjobs:
+        if numjobs and numjobs > 1:
             # One result for all jobs (jobs[0] then sums their IOPS).
             cmd += [f"--numjobs={numjobs}", "--group_reporting", "--thread"]
         if number_ios:
@@ -54,6 +56,8 @@ class Runner:
         else:
             cmd += ["--time_based", f"--runtime={int(secs * 1000)}ms",
                     f"--ramp_time={int(warmup * 1000)}ms"]
+        if no_uring:
+            cmd = [os.path.join(os.path.dirname(self.driver), "no-uring")] + cmd
         if valgrind:
             cmd = valgrind + cmd
         else:

@@ -211,9 +211,10 @@ struct dm_io_client *make_client(unsigned devices, unsigned min_ios, unsigned ma
 {
 	struct dm_io_client *cl = NULL;
 	int rc = dm_io_client_create(devices, min_ios, max_size, &cl);
-	/* No skip for a kernel that refuses io_uring: by default the client
-	 * falls back to the thread pool, and with DMIO_ENGINE=uring (make
-	 * test-c) the refusal is meant to fail the suite. */
+	/* No skip for a kernel that refuses io_uring or AIO: by default the
+	 * client falls back to AIO or the thread pool, and with
+	 * DMIO_ENGINE=uring or aio (make test-c, test-c-aio) the refusal is
+	 * meant to fail the suite. */
 	CHECK(rc == 0 && cl, "dm_io_client_create(%u, %u, %u) returned %d", devices, min_ios,
 	      max_size, rc);
 	return cl;

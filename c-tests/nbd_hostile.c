@@ -12,6 +12,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -184,10 +185,24 @@ static void serve(int fd)
 		case M_UNKNOWN_COOKIE:
 			simple(fd, 0x67446698, 0, cookie ^ 0x5a5a, disk + off, len);
 			break;
-		case M_SECOND_REPLY:
-			simple(fd, 0x67446698, 0, cookie, disk + off, len);
-			simple(fd, 0x67446698, 0, cookie, disk + off, len);
+		case M_SECOND_REPLY: {
+			/* Both replies in one write: they arrive together, so the
+			 * client sees the duplicate before the first reply's
+			 * region can end (an io_uring RECV completes with the
+			 * first bytes that arrive, unlike a poll(2) loop that
+			 * happened to read later). */
+			size_t one = 16 + len;
+			unsigned char *two = malloc(2 * one);
+			for (int k = 0; k < 2; k++) {
+				put32(two + k * one, 0x67446698);
+				put32(two + k * one + 4, 0);
+				put64(two + k * one + 8, cookie);
+				memcpy(two + k * one + 16, disk + off, len);
+			}
+			wr(fd, two, 2 * one);
+			free(two);
 			break;
+		}
 		case M_SECOND_REPLY_IDLE:
 			simple(fd, 0x67446698, 0, cookie, disk + off, len);
 			usleep(100 * 1000);

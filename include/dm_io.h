@@ -149,9 +149,17 @@
 #define DM_IO_ENGINE_URING 1
 
 /**
- * `dm_io_stats.engine`: the thread-pool engine (io_uring refused).
+ * `dm_io_stats.engine`: the thread-pool engine (io_uring and Linux AIO
+ * refused, or `DMIO_ENGINE=threads`).
  */
 #define DM_IO_ENGINE_THREADS 2
+
+/**
+ * `dm_io_stats.engine`: the Linux native AIO engine (io_uring refused,
+ * as by the default seccomp profiles of Docker and Kubernetes, or
+ * `DMIO_ENGINE=aio`).
+ */
+#define DM_IO_ENGINE_AIO 3
 
 /**
  * The state of a region, as given to notify.
@@ -386,7 +394,8 @@ struct dm_io_stats {
    */
   uint64_t memory_waits;
   /**
-   * `DM_IO_ENGINE_URING` or `DM_IO_ENGINE_THREADS`.
+   * The engine running this client's IO: `DM_IO_ENGINE_URING`,
+   * `DM_IO_ENGINE_AIO` or `DM_IO_ENGINE_THREADS`.
    */
   unsigned int engine;
   unsigned int reserved;
@@ -427,9 +436,11 @@ extern "C" {
  *
  * Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
  * `-ENOMEM` (private memory larger than RAM, not mappable, or not there
- * to fault in), or, only when `DMIO_ENGINE=uring` forces io_uring, the
- * errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
- * kernel refuses it (by default the thread-pool engine is used instead).
+ * to fault in), or, only when `DMIO_ENGINE` forces one engine, the errno
+ * with which the kernel refuses it: `io_uring_setup`'s for
+ * `DMIO_ENGINE=uring`, `io_setup`'s for `DMIO_ENGINE=aio` (`-EPERM`,
+ * `-ENOSYS`, `-ENOMEM`, `-EAGAIN` past `fs.aio-max-nr`). By default the
+ * client uses io_uring, else Linux native AIO, else a thread pool.
  *
  * # Safety
  * `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.
@@ -624,6 +635,11 @@ int dm_io_client_set_hedge(struct dm_io_client *cl, unsigned int delay_ms);
  * the server marks read-only) or `-EOPNOTSUPP` (`DM_IO_FLUSH`/`DM_IO_FUA`
  * the server does not offer). Every byte the server sends is received
  * into library memory; a cancelled read's reply is read and dropped.
+ * With the io_uring engine the connections are driven by io_uring socket
+ * operations on the rings of the completion threads (no thread per
+ * connection; a short-lived one reconnects after an outage); with the
+ * thread-pool engine, or `DMIO_NBD_DRIVER=thread`, each connection has
+ * an IO thread.
  *
  * # Safety
  * `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,

@@ -6,7 +6,7 @@ need=()
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 for p in gcc g++ make pkg-config valgrind clang libclang-rt-14-dev fuse3 libfuse3-dev util-linux fio liburing-dev python3 \
-	nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev qemu-utils e2fsprogs nbd-server; do
+	nbdkit nbdkit-plugin-dev libnbd-bin libnbd-dev qemu-utils e2fsprogs nbd-server dpkg-dev; do
 	have_pkg "$p" || need+=("$p")
 done
 if [ ${#need[@]} -eq 0 ]; then

@@ -306,7 +306,7 @@ int main(void)
 	       (unsigned long long)ds.cancelled, (unsigned long long)ds.errors,
 	       (unsigned long long)ds.private_bytes_high_water / 1024,
 	       (unsigned long long)ds.private_bytes_bound / 1024,
-	       ds.engine == DM_IO_ENGINE_URING ? "io_uring" : "threads");
+	       ds.engine == DM_IO_ENGINE_URING ? "io_uring" : ds.engine == DM_IO_ENGINE_AIO ? "aio" : "threads");
 	unlink(a);
 	unlink(b);
 	rmdir(dir);

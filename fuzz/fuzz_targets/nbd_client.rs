@@ -136,7 +136,9 @@ fn jobs(mut info: ExportInfo, input: &[u8], split: usize) {
         }
     }
     c.fail_all(libc::EPROTO, &mut |t: Tok, _| back[t.id] += 1);
-    assert!(back.iter().all(|&n| n == 1), "tokens given back {back:?} times");
+    assert!(
+        back.iter().all(|&n| n == 1),
+        "tokens given back {back:?} times"
+    );
     assert_eq!(c.jobs(), 0);
 }
-

@@ -57,8 +57,10 @@ class Engine(enum.IntEnum):
     """Not reported (should not happen)."""
     URING = ffi.DM_IO_ENGINE_URING
     """The io_uring reactor."""
+    AIO = ffi.DM_IO_ENGINE_AIO
+    """The Linux native AIO reactor (the kernel refused io_uring)."""
     THREADS = ffi.DM_IO_ENGINE_THREADS
-    """The thread-pool engine (the kernel refused io_uring)."""
+    """The thread-pool engine (the kernel refused io_uring and AIO)."""
 
 
 class Region(NamedTuple):

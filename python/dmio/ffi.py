@@ -97,6 +97,8 @@ DM_IO_BDEV_BUFFERED = 2
 DM_IO_ENGINE_URING = 1
 #: ``dm_io_stats.engine``: the thread-pool engine.
 DM_IO_ENGINE_THREADS = 2
+#: ``dm_io_stats.engine``: the Linux native AIO engine.
+DM_IO_ENGINE_AIO = 3
 
 # enum dm_io_state
 DM_IO_OK = 0

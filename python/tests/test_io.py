@@ -251,7 +251,7 @@ def test_stats(open_device) -> None:
     with dmio.Client(2, 4, 64 * 1024) as cl:
         st0 = cl.stats()
         assert st0.requests == 0 and st0.private_bytes_bound == 2 * 4 * 64 * 1024
-        assert st0.engine in (dmio.Engine.URING, dmio.Engine.THREADS)
+        assert st0.engine in (dmio.Engine.URING, dmio.Engine.AIO, dmio.Engine.THREADS)
         cl.io(Op.WRITE, [(slow, 0, 8)], b"s" * 4096, timeout_ms=20).result(WAIT)  # TIMEOUT, late OK
         with pytest.raises(dmio.Error):
             cl.read(bad, 0, 8)

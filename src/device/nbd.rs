@@ -7,14 +7,28 @@
 //!
 //! - An operation the engine would start on a local device (after its
 //!   fault rules, [`crate::engine::sched`]) is handed to [`Remote::start`]
-//!   instead. Its request goes into the connection's output and is sent at
-//!   once without blocking; what the socket does not take is sent by the
-//!   connection's IO thread when the socket can take it.
-//! - The IO thread receives every byte the server sends into its own
-//!   buffer (library memory), feeds it to the protocol, and completes the
-//!   operations it ends. A read's data is copied into the operation's
-//!   private memory, never into the caller's (unless the caller lent its
-//!   memory with `DM_IO_ZERO_COPY`, which lasts until the op completes).
+//!   instead. Its request goes into the connection's output.
+//! - Who moves the bytes (the connection's driver) is settled by its first
+//!   operation. With the io_uring engine, the connection is attached to the
+//!   ring of a completion thread ([`crate::engine::socket`]): the ring of
+//!   the thread that starts the operation, or the completion ring of the
+//!   reactor that admits it. That ring keeps a RECV outstanding on the
+//!   socket and SENDs the output, batched with its other submissions: at
+//!   queue depth 1, a reply's completion, its notify and the next request's
+//!   SEND happen on that one thread. A request encoded on another thread
+//!   kicks the ring. No thread per connection, except a short-lived one
+//!   that reconnects after an outage.
+//! - Otherwise (the thread-pool engine, no second ring, or
+//!   `DMIO_NBD_DRIVER=thread`) the connection has an IO thread: the request
+//!   is sent at once without blocking on the submitting thread, and what
+//!   the socket does not take is sent by the IO thread, which also
+//!   receives, sleeping in poll(2) while idle.
+//! - Either way every byte the server sends is received into the
+//!   connection's own buffer (library memory) and fed to the protocol,
+//!   which completes the operations it ends. A read's data is copied into
+//!   the operation's private memory, never into the caller's (unless the
+//!   caller lent its memory with `DM_IO_ZERO_COPY`, which lasts until the
+//!   op completes).
 //! - An operation keeps its private memory until its reply has been read
 //!   off the wire, or until the connection is gone: a timed-out or
 //!   cancelled region's reply is still read (the stream stays in sync) and
@@ -24,15 +38,12 @@
 //! an errno and starting a reconnect in the background (with backoff):
 //! the connection breaks (`ECONNRESET`, or the socket's errno); the server
 //! breaks the protocol (`EPROTO`); the server is silent for `silence=MS`
-//! while requests are outstanding (`ETIMEDOUT`). While the connection is
-//! down, an operation ends at once with `ENOTCONN`. Reconnecting needs the
-//! same export size.
-//!
-//! One IO thread per connection, sleeping in poll(2) while idle. (The
-//! NBD-device issue asks for the engines to drive the sockets themselves,
-//! io_uring socket operations included; this is the first step.)
+//! while requests are outstanding (`ETIMEDOUT`; on a ring, a timer on that
+//! ring). While the connection is down, an operation ends at once with
+//! `ENOTCONN`. Reconnecting needs the same export size.
 
-use crate::engine::{IoOp, OpKind};
+use crate::engine::socket::{self, RingSocket, SocketHome};
+use crate::engine::{IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crate::nbd::conn::{Conn, Job, JobBuf, JobKind};
 use crate::nbd::handshake::{ExportInfo, Handshake};
@@ -42,8 +53,8 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// Longest wait between two reconnect attempts.
@@ -93,13 +104,28 @@ impl JobBuf for OpTok {
 /// An open connection.
 struct Live {
     conn: Conn<OpTok>,
-    sock: OwnedFd,
+    /// Shared with the ring that drives the connection (if one does),
+    /// which keeps it open until its last entry on it is reaped.
+    sock: Arc<OwnedFd>,
     /// When bytes last came in, or when the first outstanding request was
     /// queued: the silence limit counts from the later of the two.
     last_rx: Instant,
-    /// Set by a thread that found the socket broken while sending; the IO
-    /// thread (the only one that closes sockets) ends the connection.
+    /// IO thread driver: set by a thread that found the socket broken while
+    /// sending; the IO thread (the only one that ends connections there)
+    /// ends the connection.
     broken: Option<i32>,
+    /// Ring driver: the connection as attached to the ring.
+    ring: Option<Arc<RingConn>>,
+}
+
+/// Who moves a link's bytes; settled by its first operation.
+enum Driver {
+    Unset,
+    /// The link's IO thread ([`Link::run`]), which also reconnects.
+    Thread,
+    /// A completion thread's ring ([`RingConn`]); a short-lived thread
+    /// reconnects.
+    Ring(SocketHome),
 }
 
 struct State {
@@ -107,6 +133,9 @@ struct State {
     closed: bool,
     /// Why the connection is down (for messages), 0 while up.
     down: i32,
+    driver: Driver,
+    /// Ring driver: a reconnecting thread runs.
+    reconnecting: bool,
 }
 
 /// One NBD export, as the device behind a `struct block_device`: one
@@ -117,14 +146,14 @@ pub struct Remote {
     next: AtomicUsize,
 }
 
-/// One connection to the export, with its IO thread.
+/// One connection to the export.
 struct Link {
     uri: NbdUri,
     /// The URI as given, for messages.
     name: String,
     info: ExportInfo,
     state: Mutex<State>,
-    /// Wakes the IO thread (an eventfd).
+    /// Wakes the IO thread, or a reconnecting thread's backoff (an eventfd).
     wake: OwnedFd,
 }
 
@@ -146,7 +175,8 @@ pub struct Opened {
 
 impl Remote {
     /// Connects and does the handshake, within the URI's connect timeout
-    /// (per connection), then starts each connection's IO thread.
+    /// (per connection). The connections get their driver when their first
+    /// operation starts.
     pub fn open(text: &str) -> Result<Opened> {
         let uri = uri::parse(text).map_err(|e| Error::new(e.errno, e.message))?;
         let (sock, info, leftover) = connect(&uri, text)?;
@@ -157,7 +187,7 @@ impl Remote {
                 format!("{text}: the server's minimum block size {block} is above 4096"),
             ));
         }
-        let mut links = vec![Link::spawn(&uri, text, info, sock, &leftover)?];
+        let mut links = vec![Link::new(&uri, text, info, sock, &leftover)?];
         if info.flags & TF_CAN_MULTI_CONN != 0 {
             for _ in 1..uri.connections {
                 let (sock, more, leftover) = connect(&uri, text)?;
@@ -167,7 +197,7 @@ impl Remote {
                         format!("{text}: a second connection saw another export size"),
                     ));
                 }
-                links.push(Link::spawn(&uri, text, more, sock, &leftover)?);
+                links.push(Link::new(&uri, text, more, sock, &leftover)?);
             }
         }
         Ok(Opened {
@@ -197,8 +227,10 @@ impl Remote {
         self.links[i].start(op);
     }
 
-    /// Stops the IO threads (the device is closed: no op can be in flight,
-    /// each holds the device).
+    /// Ends the connections: IO threads stop, ring-driven sockets are shut
+    /// down (the ring lets them go once their entries are reaped), a
+    /// reconnecting thread gives up. Waits for none of it. (The device is
+    /// closed: no op can be in flight, each holds the device.)
     pub fn close(&self) {
         for l in &self.links {
             l.close();
@@ -213,8 +245,8 @@ impl Drop for Remote {
 }
 
 impl Link {
-    /// A live connection and its IO thread.
-    fn spawn(
+    /// A live connection, not driven yet.
+    fn new(
         uri: &NbdUri,
         name: &str,
         info: ExportInfo,
@@ -236,17 +268,22 @@ impl Link {
                 live: None,
                 closed: false,
                 down: 0,
+                driver: Driver::Unset,
+                reconnecting: false,
             }),
             wake,
         });
         let mut done = Vec::new();
-        link.go_live(sock, info, leftover, &mut done);
+        match link.go_live(sock, info, leftover, &mut done) {
+            GoLive::Thread => {}
+            _ => {
+                return Err(Error::new(
+                    libc::EPROTO,
+                    format!("{name}: the server sent garbage after the handshake"),
+                ))
+            }
+        }
         debug_assert!(done.is_empty());
-        let l = Arc::clone(&link);
-        std::thread::Builder::new()
-            .name("dmio-nbd".into())
-            .spawn(move || l.run())
-            .map_err(|e| Error::from_io("spawn NBD IO thread", &e))?;
         Ok(link)
     }
 
@@ -261,11 +298,20 @@ impl Link {
     }
 
     fn close(&self) {
-        self.lock().closed = true;
+        let mut done = Vec::new();
+        {
+            let mut st = self.lock();
+            st.closed = true;
+            // The IO thread ends its own connection; otherwise here.
+            if !matches!(st.driver, Driver::Thread) {
+                Self::drop_live(&mut st, libc::ESHUTDOWN, &mut done);
+            }
+        }
+        complete(done);
         self.poke();
     }
 
-    fn start(&self, op: IoOp) {
+    fn start(self: &Arc<Self>, op: IoOp) {
         let job = Job {
             kind: match op.kind {
                 OpKind::Read => JobKind::Read,
@@ -277,23 +323,64 @@ impl Link {
             fua: op.fua,
             pre_flush: op.pre_flush && op.kind == OpKind::Write,
         };
+        let mut attach = None;
+        let mut spawn = false;
+        let mut kick = None;
+        let mut arm = None;
+        let mut poke = false;
         let refused = {
             let mut st = self.lock();
             let closed = st.closed;
+            if matches!(st.driver, Driver::Unset) && st.live.is_some() && !closed {
+                // The first operation: the ring of this thread (or of the
+                // reactor this is) drives the connection from now on, or
+                // else an IO thread.
+                match socket::home() {
+                    Some(h) => {
+                        let l = st.live.as_mut().expect("checked");
+                        let rc = RingConn::new(self, &l.sock);
+                        l.ring = Some(Arc::clone(&rc));
+                        attach = Some((h.clone(), rc));
+                        st.driver = Driver::Ring(h);
+                    }
+                    None => {
+                        st.driver = Driver::Thread;
+                        spawn = true;
+                    }
+                }
+            }
+            let home = match &st.driver {
+                Driver::Ring(h) => Some(h.clone()),
+                _ => None,
+            };
             match st.live.as_mut() {
                 Some(l) if l.broken.is_none() && !closed => {
                     // The first outstanding request starts the silence
-                    // clock, which the IO thread must arm.
+                    // clock, which the driver must arm.
                     let first = l.conn.jobs() == 0;
                     if first {
                         l.last_rx = Instant::now();
                     }
+                    // Ring driver: output that was not empty is already
+                    // known to the ring (a kick is queued, or a SEND is in
+                    // flight and the ring takes the rest when it ends).
+                    let idle_out = l.conn.output().is_empty();
                     match l.conn.submit(job, OpTok(op)) {
                         Ok(()) => {
-                            let waiting = send_some(l);
-                            drop(st);
-                            if waiting || (first && self.uri.silence_ms > 0) {
-                                self.poke();
+                            let silence = self.uri.silence_ms > 0;
+                            match (home, &l.ring) {
+                                (Some(h), Some(rc)) => {
+                                    if first && silence && !rc.armed.swap(true, Ordering::SeqCst) {
+                                        arm = Some((h.clone(), Arc::clone(rc), l.last_rx));
+                                    }
+                                    if attach.is_none() && idle_out {
+                                        kick = Some((h, Arc::clone(rc)));
+                                    }
+                                }
+                                _ => {
+                                    let waiting = send_some(l);
+                                    poke = waiting || (first && silence);
+                                }
                             }
                             None
                         }
@@ -310,32 +397,97 @@ impl Link {
                 )),
             }
         };
+        if let Some((h, rc)) = attach {
+            if !h.attach(rc) {
+                self.ring_refused();
+            }
+        }
+        if let Some((h, rc)) = kick {
+            h.kick(rc);
+        }
+        if let Some((h, rc, from)) = arm {
+            let at = from + rc.silence;
+            let weak: Weak<RingConn> = Arc::downgrade(&rc);
+            if !h.arm(at, weak) {
+                rc.armed.store(false, Ordering::SeqCst);
+            }
+        }
+        if spawn {
+            self.spawn_thread();
+        }
+        if poke {
+            self.poke();
+        }
         if let Some((op, res)) = refused {
             op.complete(res);
         }
     }
 
+    /// Starts the IO thread; without one the connection ends (its ops
+    /// fail, later ones end `ENOTCONN`).
+    fn spawn_thread(self: &Arc<Self>) {
+        let l = Arc::clone(self);
+        if let Err(e) = std::thread::Builder::new()
+            .name("dmio-nbd".into())
+            .spawn(move || l.run())
+        {
+            eprintln!("libdmio: {}: no NBD IO thread: {e}", self.name);
+            let mut done = Vec::new();
+            Self::drop_live(&mut self.lock(), libc::EAGAIN, &mut done);
+            complete(done);
+        }
+    }
+
+    /// The home ring is closed (its client is gone): an IO thread drives
+    /// the connection from now on.
+    fn ring_refused(self: &Arc<Self>) {
+        {
+            let mut st = self.lock();
+            st.driver = Driver::Thread;
+            st.reconnecting = false;
+            if let Some(l) = st.live.as_mut() {
+                l.ring = None;
+            }
+        }
+        self.spawn_thread();
+    }
+
     /// Installs a new connection (after a handshake).
     fn go_live(
-        &self,
+        self: &Arc<Self>,
         sock: OwnedFd,
         info: ExportInfo,
         leftover: &[u8],
         done: &mut Vec<(IoOp, i32)>,
-    ) {
+    ) -> GoLive {
         let mut conn = Conn::new(info);
         let ok = leftover.is_empty()
             || conn
                 .feed(leftover, &mut |t: OpTok, r| done.push((t.0, r)))
                 .is_ok();
+        let sock = Arc::new(sock);
         let mut st = self.lock();
+        st.reconnecting = false;
+        if st.closed {
+            return GoLive::Closed;
+        }
+        let ring = match &st.driver {
+            Driver::Ring(h) if ok => Some((h.clone(), RingConn::new(self, &sock))),
+            Driver::Ring(_) | Driver::Unset if !ok => return GoLive::Garbage,
+            _ => None,
+        };
         st.down = 0;
         st.live = Some(Live {
             conn,
             sock,
             last_rx: Instant::now(),
             broken: (!ok).then_some(libc::EPROTO),
+            ring: ring.as_ref().map(|r| Arc::clone(&r.1)),
         });
+        match ring {
+            Some((h, rc)) => GoLive::Ring(h, rc),
+            None => GoLive::Thread,
+        }
     }
 
     /// Ends the connection: every op on it ends with `-errno`.
@@ -343,10 +495,47 @@ impl Link {
         if let Some(mut l) = st.live.take() {
             l.conn
                 .fail_all(errno, &mut |t: OpTok, r| done.push((t.0, r)));
-            // SAFETY: shutdown on our own socket; close follows at drop.
+            // SAFETY: shutdown on our own socket (open: `l` holds it); close
+            // follows when the last holder (this, or a ring) drops it.
             unsafe { libc::shutdown(l.sock.as_raw_fd(), libc::SHUT_RDWR) };
         }
         st.down = errno;
+    }
+
+    /// Ring driver: the connection was lost. `true` when a reconnecting
+    /// thread must start (the caller starts it, outside the lock).
+    fn lost(&self, st: &mut State) -> bool {
+        if st.closed || st.reconnecting || !matches!(st.driver, Driver::Ring(_)) {
+            return false;
+        }
+        st.reconnecting = true;
+        true
+    }
+
+    /// Ring driver: a thread that reconnects with backoff, attaches the new
+    /// connection to the ring, and ends (or ends when the device is closed).
+    fn spawn_reconnect(self: &Arc<Self>) {
+        let l = Arc::clone(self);
+        let r = std::thread::Builder::new()
+            .name("dmio-nbd-reconnect".into())
+            .spawn(move || {
+                let mut backoff = BACKOFF_MIN;
+                loop {
+                    if l.lock().closed {
+                        l.lock().reconnecting = false;
+                        return;
+                    }
+                    if l.reconnect() {
+                        return;
+                    }
+                    l.wait_wake(Some(backoff));
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            });
+        if let Err(e) = r {
+            eprintln!("libdmio: {}: cannot start reconnecting: {e}", self.name);
+            self.lock().reconnecting = false;
+        }
     }
 
     /// The connection's IO thread.
@@ -488,19 +677,257 @@ impl Link {
     }
 
     /// One reconnect attempt; `true` when the connection is back.
-    fn reconnect(&self) -> bool {
+    fn reconnect(self: &Arc<Self>) -> bool {
         match connect(&self.uri, &self.name) {
             Ok((sock, info, leftover)) if info.size == self.info.size => {
                 let mut done = Vec::new();
-                self.go_live(sock, info, &leftover, &mut done);
-                let closed = self.lock().closed;
+                let r = self.go_live(sock, info, &leftover, &mut done);
                 complete(done);
-                if closed {
-                    self.poke();
+                match r {
+                    GoLive::Ring(h, rc) => {
+                        if !h.attach(rc) {
+                            self.ring_refused();
+                        }
+                        true
+                    }
+                    GoLive::Thread | GoLive::Closed => true,
+                    GoLive::Garbage => false,
                 }
-                true
             }
             _ => false,
+        }
+    }
+}
+
+/// What [`Link::go_live`] did.
+enum GoLive {
+    /// Live; the IO thread drives it (or no driver yet).
+    Thread,
+    /// Live; to be attached to this ring.
+    Ring(SocketHome, Arc<RingConn>),
+    /// The device is closed: the connection was dropped.
+    Closed,
+    /// The server sent bytes after the handshake that make no sense.
+    Garbage,
+}
+
+/// A connection as a completion thread's ring drives it: the ring keeps a
+/// RECV outstanding into `recv` and SENDs what `take_send` gives
+/// ([`RingSocket`]); its silence timer runs on that ring too. The ring
+/// holds it (and so its buffers and its socket) until its last entry is
+/// reaped, also after the link dropped the connection.
+struct RingConn {
+    link: Weak<Link>,
+    sock: Arc<OwnedFd>,
+    /// The receive buffer: `RECV_BUF` bytes from `Box::into_raw`, freed at drop.
+    recv: *mut u8,
+    /// The bytes of the SEND in flight (taken from the protocol's output),
+    /// and how many of them went already.
+    send: Mutex<(Vec<u8>, usize)>,
+    /// The silence timer is armed (changed under the link's lock).
+    armed: AtomicBool,
+    silence: Duration,
+}
+
+// SAFETY: `recv` is memory this struct owns; it is written only by the
+// kernel while a RECV is in flight, and read only by `on_recv` on the
+// ring's thread after that RECV's completion (the ring never has two
+// RECVs of one socket in flight). Everything else is Send + Sync.
+unsafe impl Send for RingConn {}
+// SAFETY: as for Send.
+unsafe impl Sync for RingConn {}
+
+impl RingConn {
+    fn new(link: &Arc<Link>, sock: &Arc<OwnedFd>) -> Arc<RingConn> {
+        let buf = vec![0u8; RECV_BUF].into_boxed_slice();
+        Arc::new(RingConn {
+            link: Arc::downgrade(link),
+            sock: Arc::clone(sock),
+            recv: Box::into_raw(buf) as *mut u8,
+            send: Mutex::new((Vec::new(), 0)),
+            armed: AtomicBool::new(false),
+            silence: Duration::from_millis(link.uri.silence_ms as u64),
+        })
+    }
+
+    /// This is the link's live connection.
+    fn mine(&self, st: &State) -> bool {
+        st.live
+            .as_ref()
+            .and_then(|l| l.ring.as_ref())
+            .is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), self))
+    }
+
+    /// Ends the connection (if still the live one) with `errno`, and
+    /// starts reconnecting.
+    fn fail(&self, link: &Arc<Link>, errno: i32) {
+        let mut done = Vec::new();
+        let spawn = {
+            let mut st = link.lock();
+            if !self.mine(&st) {
+                return;
+            }
+            Link::drop_live(&mut st, errno, &mut done);
+            link.lost(&mut st)
+        };
+        complete(done);
+        if spawn {
+            link.spawn_reconnect();
+        }
+    }
+}
+
+impl Drop for RingConn {
+    fn drop(&mut self) {
+        // SAFETY: `recv` came from `Box::into_raw` of a boxed slice of
+        // `RECV_BUF` bytes, freed only here; no RECV is in flight (the ring
+        // held an `Arc` of this until the last one's completion).
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.recv, RECV_BUF,
+            )))
+        };
+    }
+}
+
+impl RingSocket for RingConn {
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    fn recv_buf(&self) -> (*mut u8, usize) {
+        (self.recv, RECV_BUF)
+    }
+
+    fn on_recv(&self, res: i32) -> bool {
+        let Some(link) = self.link.upgrade() else {
+            return false;
+        };
+        let mut done = Vec::new();
+        let (keep, spawn) = {
+            let mut st = link.lock();
+            if !self.mine(&st) {
+                return false;
+            }
+            if res == -libc::EINTR || res == -libc::EAGAIN || res == -libc::ENOBUFS {
+                return true;
+            }
+            let l = st.live.as_mut().expect("mine");
+            let errno = if res > 0 {
+                l.last_rx = Instant::now();
+                // SAFETY: the kernel filled the first `res` bytes of the
+                // buffer (`RECV_BUF` long, `res` is at most that) and is
+                // done with it: this is that RECV's completion.
+                let bytes = unsafe { std::slice::from_raw_parts(self.recv, res as usize) };
+                match l.conn.feed(bytes, &mut |t: OpTok, r| done.push((t.0, r))) {
+                    Ok(()) => 0,
+                    Err(_) => libc::EPROTO,
+                }
+            } else if res == 0 {
+                libc::ECONNRESET
+            } else {
+                -res
+            };
+            if errno == 0 {
+                (true, false)
+            } else {
+                Link::drop_live(&mut st, errno, &mut done);
+                (false, link.lost(&mut st))
+            }
+        };
+        complete(done);
+        if spawn {
+            link.spawn_reconnect();
+        }
+        keep
+    }
+
+    fn take_send(&self) -> Option<(*const u8, usize)> {
+        let mut s = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        if s.1 < s.0.len() {
+            let rest = &s.0[s.1..];
+            return Some((rest.as_ptr(), rest.len()));
+        }
+        let link = self.link.upgrade()?;
+        let mut st = link.lock();
+        if !self.mine(&st) {
+            return None;
+        }
+        let l = st.live.as_mut().expect("mine");
+        if l.conn.output().is_empty() {
+            return None;
+        }
+        l.conn.take_output(&mut s.0);
+        s.1 = 0;
+        Some((s.0.as_ptr(), s.0.len()))
+    }
+
+    fn on_sent(&self, res: i32) {
+        if res == -libc::EINTR || res == -libc::EAGAIN {
+            // The same bytes go again.
+            return;
+        }
+        {
+            let mut s = self.send.lock().unwrap_or_else(|p| p.into_inner());
+            if res >= 0 {
+                s.1 += res as usize;
+            }
+            if res < 0 || s.1 >= s.0.len() {
+                s.0.clear();
+                s.1 = 0;
+            }
+        }
+        if res < 0 {
+            if let Some(link) = self.link.upgrade() {
+                self.fail(&link, -res);
+            }
+        }
+    }
+
+    fn detach(&self) {
+        if let Some(link) = self.link.upgrade() {
+            self.fail(&link, libc::ECONNRESET);
+        }
+    }
+}
+
+impl Timer for RingConn {
+    /// The silence limit: the server has not sent a byte for `silence`
+    /// while requests were outstanding.
+    fn on_timer(self: Arc<Self>, now: Instant) {
+        let Some(link) = self.link.upgrade() else {
+            return;
+        };
+        let mut done = Vec::new();
+        let (spawn, rearm) = {
+            let mut st = link.lock();
+            let busy = self.mine(&st) && st.live.as_ref().is_some_and(|l| l.conn.jobs() > 0);
+            if !busy {
+                self.armed.store(false, Ordering::SeqCst);
+                return;
+            }
+            let due = st.live.as_ref().expect("mine").last_rx + self.silence;
+            if now < due {
+                let home = match &st.driver {
+                    Driver::Ring(h) => Some((h.clone(), due)),
+                    _ => None,
+                };
+                (false, home)
+            } else {
+                Link::drop_live(&mut st, libc::ETIMEDOUT, &mut done);
+                self.armed.store(false, Ordering::SeqCst);
+                (link.lost(&mut st), None)
+            }
+        };
+        complete(done);
+        if let Some((h, at)) = rearm {
+            let weak: Weak<RingConn> = Arc::downgrade(&self);
+            if !h.arm(at, weak) {
+                self.armed.store(false, Ordering::SeqCst);
+            }
+        }
+        if spawn {
+            link.spawn_reconnect();
         }
     }
 }

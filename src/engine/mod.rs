@@ -10,8 +10,10 @@
 //! (`slot`) from submission until `complete`, so the memory outlives any
 //! caller that cancelled or any client that was destroyed meanwhile.
 
+pub mod aio;
 pub mod local;
 pub mod sched;
+pub mod socket;
 pub mod threads;
 pub mod uring;
 pub mod wake;
@@ -139,24 +141,33 @@ impl IoOp {
 pub enum EngineKind {
     #[default]
     Uring,
+    /// Linux native AIO, where io_uring is refused.
+    Aio,
     Threads,
     Manual,
 }
 
-/// Picks the engine from `DMIO_ENGINE`: unset or `auto` tries io_uring
-/// and falls back to threads when the kernel refuses it; `uring` fails
+/// Picks the engine from `DMIO_ENGINE`: unset or `auto` tries io_uring,
+/// then Linux native AIO, then the thread pool, each when the kernel
+/// refuses the one before; `uring` and `aio` fail with the kernel's errno
 /// instead of falling back; `threads` forces the thread pool.
 pub fn choose(ring_entries: u32, workers: usize) -> crate::error::Result<Arc<dyn Engine>> {
     let want = std::env::var("DMIO_ENGINE").unwrap_or_default();
     match want.as_str() {
-        "" | "auto" => match uring::UringEngine::new(ring_entries) {
-            Ok(e) => Ok(e),
-            Err(_) => Ok(threads::ThreadsEngine::new(workers)?),
-        },
+        "" | "auto" => {
+            if let Ok(e) = uring::UringEngine::new(ring_entries) {
+                return Ok(e);
+            }
+            if let Ok(e) = aio::AioEngine::new(ring_entries, workers) {
+                return Ok(e);
+            }
+            Ok(threads::ThreadsEngine::new(workers)?)
+        }
         "uring" => Ok(uring::UringEngine::new(ring_entries)?),
+        "aio" => Ok(aio::AioEngine::new(ring_entries, workers)?),
         "threads" => Ok(threads::ThreadsEngine::new(workers)?),
         other => Err(crate::einval!(
-            "DMIO_ENGINE={other}: use auto, uring or threads"
+            "DMIO_ENGINE={other}: use auto, uring, aio or threads"
         )),
     }
 }
@@ -172,6 +183,8 @@ enum Ring {
     Parked(Arc<wake::Parker>),
     /// Its own io_uring ring ([`local`]).
     Uring(local::LocalRing),
+    /// Its own AIO context ([`aio`]'s `local.rs`).
+    Aio(aio::LocalAio),
 }
 
 impl CompletionRing {
@@ -184,11 +197,16 @@ impl CompletionRing {
         CompletionRing(Ring::Uring(ring))
     }
 
+    fn aio(ring: aio::LocalAio) -> CompletionRing {
+        CompletionRing(Ring::Aio(ring))
+    }
+
     /// How other threads wake the thread when they queue work for it.
     pub fn waker(&self) -> Arc<dyn Wake> {
         match &self.0 {
             Ring::Parked(p) => p.clone(),
             Ring::Uring(r) => r.waker(),
+            Ring::Aio(r) => r.waker(),
         }
     }
 
@@ -196,8 +214,10 @@ impl CompletionRing {
     /// `more()` callbacks wait (see `local::submit_queued`).
     #[inline]
     pub fn after_callback(&self, more: &dyn Fn() -> bool) {
-        if let Ring::Uring(_) = &self.0 {
-            local::submit_queued(more);
+        match &self.0 {
+            Ring::Parked(_) => {}
+            Ring::Uring(_) => local::submit_queued(more),
+            Ring::Aio(_) => aio::local::submit_queued(more),
         }
     }
 
@@ -208,13 +228,18 @@ impl CompletionRing {
         match &self.0 {
             Ring::Parked(p) => p.park(pending, max),
             Ring::Uring(_) => local::turn(pending, max),
+            Ring::Aio(_) => aio::local::turn(pending, max),
         }
     }
 
     /// Whether IO runs in this ring: a thread that waits on it (for
     /// private memory, or for zero-copy IO to end) must keep turning it.
     pub fn runs_io(&self) -> bool {
-        matches!(self.0, Ring::Uring(_)) && local::active()
+        match self.0 {
+            Ring::Parked(_) => false,
+            Ring::Uring(_) => local::active(),
+            Ring::Aio(_) => aio::local::active(),
+        }
     }
 
     /// A wait step for a thread that [`Self::runs_io`]: drives the ring
@@ -226,8 +251,10 @@ impl CompletionRing {
     /// The client is gone: new ops go elsewhere, deadlines are forgotten
     /// (every request is final); ops still running stay until [`Self::idle`].
     pub fn close(&self) {
-        if let Ring::Uring(_) = &self.0 {
-            local::close();
+        match &self.0 {
+            Ring::Parked(_) => {}
+            Ring::Uring(_) => local::close(),
+            Ring::Aio(_) => aio::local::close(),
         }
     }
 
@@ -236,12 +263,13 @@ impl CompletionRing {
         match &self.0 {
             Ring::Parked(_) => true,
             Ring::Uring(_) => local::idle(),
+            Ring::Aio(_) => aio::local::idle(),
         }
     }
 }
 
-/// An IO engine: the io_uring reactor, the thread pool, or (for tests) a
-/// hand-driven one.
+/// An IO engine: the io_uring reactor, the AIO reactor, the thread pool,
+/// or (for tests) a hand-driven one.
 pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
     /// Starts the ops; never waits for IO. Ops that cannot be started end

@@ -44,7 +44,7 @@ impl<T> Ord for Timed<T> {
 
 /// An op that may start now: an NBD device's goes to its connection
 /// ([`crate::device::nbd`]), any other back to the engine, for the kernel.
-fn to_kernel(op: IoOp) -> Option<IoOp> {
+pub(crate) fn to_kernel(op: IoOp) -> Option<IoOp> {
     if op.dev.remote().is_none() {
         return Some(op);
     }

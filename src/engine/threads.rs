@@ -1,11 +1,15 @@
-//! The thread-pool engine, for where io_uring is refused (seccomp profiles
-//! of containers, `kernel.io_uring_disabled`, old kernels).
+//! The thread-pool engine, for where io_uring and Linux AIO are refused
+//! (gVisor, seccomp profiles that refuse both, `DMIO_ENGINE=threads`), and
+//! for the AIO engine's buffered devices.
 //!
-//! A dispatcher thread owns the [`Sched`] (deadlines, delayed and held ops)
-//! exactly as the io_uring reactor does; ready ops go to a bounded set of
-//! worker threads doing blocking `pread`/`pwritev2`. A worker stuck in the
-//! kernel keeps its op, and so the op's private memory, until the call
-//! returns; after `shutdown` the dispatcher stays until every op is done.
+//! Workers doing blocking `pread`/`pwritev2` take ops from one shared
+//! queue. An op on a device without fault rules goes there straight from
+//! the submitting thread: caller → worker is the only hand-off before the
+//! IO. A dispatcher thread owns the [`Sched`] (deadlines, and the ops that
+//! fault rules delay or hold) exactly as the io_uring reactor does; ops of
+//! a device with fault rules go through it to be admitted. A worker stuck
+//! in the kernel keeps its op, and so the op's private memory, until the
+//! call returns.
 //!
 //! One engine may serve many clients (a shard of the shared engine): the
 //! workers are theirs together. A worker is started whenever the ops
@@ -18,38 +22,139 @@ use super::sched::Sched;
 use super::{Engine, EngineKind, IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Weak};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 enum Msg {
     Ops(Vec<IoOp>),
     Deadline(Instant, Weak<dyn Timer>),
-    Done,
-    /// A worker ended (idle).
-    Exit,
     Shutdown,
 }
 
-/// A worker with nothing to do for this long ends.
-const IDLE_EXIT: Duration = Duration::from_secs(5);
-
 pub struct ThreadsEngine {
     tx: Sender<Msg>,
+    pool: Arc<Workers>,
+}
+
+/// The workers and their queue.
+struct Workers {
+    queue: Arc<Queue>,
+    max_workers: usize,
+}
+
+/// A worker with nothing to do for this long ends (an engine shared by many
+/// clients keeps no idle threads for long after a burst).
+const IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// The ops waiting for a worker. A plain lock and condition variable: an
+/// idle worker sleeps until an op is queued for it (no spinning, which
+/// with dozens of idle workers on a few CPUs takes the CPU the IO needs).
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    /// Ops handed to the workers and not yet done.
+    inflight: AtomicUsize,
+    /// Worker threads running; one that ends idle takes itself off under
+    /// the state lock, after seeing no op queued.
+    workers: AtomicUsize,
+}
+
+struct QueueState {
+    ops: VecDeque<IoOp>,
+    /// `false` after shutdown: the workers end once `ops` is empty.
+    open: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().open = false;
+        self.ready.notify_all();
+    }
+}
+
+impl Workers {
+    /// Hands `ops` to the workers, starting one more whenever the ops
+    /// handed over and not yet done outnumber them: an op never waits in
+    /// the queue behind one stuck in the kernel while the pool has room.
+    /// (A count of idle workers cannot tell: a worker about to take an op
+    /// already queued still counts as idle, so the next op would queue
+    /// behind it.)
+    fn dispatch(&self, ops: impl IntoIterator<Item = IoOp>) {
+        let q = &self.queue;
+        let mut st = q.lock();
+        if !st.open {
+            drop(st);
+            // Ending an op may submit more (a hedged read): not under the lock.
+            for op in ops {
+                op.complete(-libc::ESHUTDOWN);
+            }
+            return;
+        }
+        let before = st.ops.len();
+        st.ops.extend(ops);
+        let n = st.ops.len() - before;
+        drop(st);
+        q.inflight.fetch_add(n, Ordering::SeqCst);
+        self.grow();
+        for _ in 0..n {
+            q.ready.notify_one();
+        }
+    }
+
+    /// Starts workers while the ops handed over and not yet done outnumber
+    /// them (up to the most allowed); threads racing here each take one
+    /// step of the count.
+    fn grow(&self) {
+        loop {
+            let w = self.queue.workers.load(Ordering::SeqCst);
+            if self.queue.inflight.load(Ordering::SeqCst) <= w || w >= self.max_workers {
+                return;
+            }
+            if self
+                .queue
+                .workers
+                .compare_exchange(w, w + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            let q = Arc::clone(&self.queue);
+            let spawned = std::thread::Builder::new()
+                .name("dmio-io".into())
+                .spawn(move || worker(&q));
+            if spawned.is_err() {
+                self.queue.workers.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
 }
 
 impl ThreadsEngine {
     /// Starts the dispatcher; workers (at most `max_workers`) start on demand.
     pub fn new(max_workers: usize) -> Result<Arc<ThreadsEngine>> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (wtx, wrx) = crossbeam_channel::unbounded();
+        let pool = Arc::new(Workers {
+            queue: Arc::new(Queue {
+                state: Mutex::new(QueueState {
+                    ops: VecDeque::new(),
+                    open: true,
+                }),
+                ready: Condvar::new(),
+                inflight: AtomicUsize::new(0),
+                workers: AtomicUsize::new(0),
+            }),
+            max_workers: max_workers.max(1),
+        });
         let d = Dispatcher {
             rx,
-            tx: tx.clone(),
-            work: wtx,
-            work_rx: wrx,
-            workers: 0,
-            max_workers: max_workers.max(1),
-            inflight: 0,
+            pool: Arc::clone(&pool),
             sched: Sched::default(),
             shutting: false,
         };
@@ -57,7 +162,16 @@ impl ThreadsEngine {
             .name("dmio-dispatch".into())
             .spawn(move || d.run())
             .map_err(|e| Error::from_io("spawn dispatcher", &e))?;
-        Ok(Arc::new(ThreadsEngine { tx }))
+        Ok(Arc::new(ThreadsEngine { tx, pool }))
+    }
+}
+
+impl ThreadsEngine {
+    /// Starts ops that fault rules already admitted elsewhere (the AIO
+    /// engine's ops that would block in the kernel): straight to the
+    /// workers, never admitted twice.
+    pub(crate) fn start_admitted(&self, ops: Vec<IoOp>) {
+        self.pool.dispatch(ops);
     }
 }
 
@@ -70,13 +184,41 @@ impl Engine for ThreadsEngine {
         if ops.is_empty() {
             return;
         }
-        if let Err(e) = self.tx.send(Msg::Ops(std::mem::take(ops))) {
-            if let Msg::Ops(ops) = e.into_inner() {
-                for op in ops {
-                    op.complete(-libc::ESHUTDOWN);
+        // An NBD device's op without fault rules goes to its connection
+        // from here (as `Sched` would send it).
+        if ops
+            .iter()
+            .any(|op| op.dev.remote().is_some() && !op.dev.faults.is_active())
+        {
+            let all = std::mem::take(ops);
+            ops.extend(all.into_iter().filter_map(|op| {
+                if op.dev.faults.is_active() {
+                    Some(op)
+                } else {
+                    super::sched::to_kernel(op)
                 }
+            }));
+            if ops.is_empty() {
+                return;
             }
         }
+        // Fault rules are the dispatcher's (its Sched may delay or hold
+        // the op); everything else goes to the workers from here.
+        if ops.iter().any(|op| op.dev.faults.is_active()) {
+            let (faulty, plain): (Vec<IoOp>, Vec<IoOp>) = std::mem::take(ops)
+                .into_iter()
+                .partition(|op| op.dev.faults.is_active());
+            self.pool.dispatch(plain);
+            if let Err(e) = self.tx.send(Msg::Ops(faulty)) {
+                if let Msg::Ops(ops) = e.into_inner() {
+                    for op in ops {
+                        op.complete(-libc::ESHUTDOWN);
+                    }
+                }
+            }
+            return;
+        }
+        self.pool.dispatch(ops.drain(..));
     }
 
     fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
@@ -90,12 +232,7 @@ impl Engine for ThreadsEngine {
 
 struct Dispatcher {
     rx: Receiver<Msg>,
-    tx: Sender<Msg>,
-    work: Sender<IoOp>,
-    work_rx: Receiver<IoOp>,
-    workers: usize,
-    max_workers: usize,
-    inflight: usize,
+    pool: Arc<Workers>,
     sched: Sched,
     shutting: bool,
 }
@@ -106,10 +243,13 @@ impl Dispatcher {
         loop {
             let now = Instant::now();
             self.sched.expire(now, &mut ready);
-            for op in ready.drain(..) {
-                self.dispatch(op);
+            if !ready.is_empty() {
+                self.pool.dispatch(ready.drain(..));
             }
-            if self.shutting && self.inflight == 0 && self.sched.parked() == 0 {
+            if self.shutting && self.sched.parked() == 0 {
+                // Every op is with the workers: they end when the queue
+                // is closed and empty.
+                self.pool.queue.close();
                 return;
             }
             let msg = match self.sched.next_wakeup(now) {
@@ -138,75 +278,47 @@ impl Dispatcher {
             Msg::Ops(ops) => {
                 for op in ops {
                     if let Some(op) = self.sched.admit(op) {
-                        self.dispatch(op);
+                        self.pool.dispatch([op]);
                     }
                 }
             }
             Msg::Deadline(at, req) => self.sched.arm(at, req),
-            Msg::Done => self.inflight -= 1,
-            Msg::Exit => {
-                self.workers -= 1;
-                // An op handed over as that worker left waits for a worker.
-                if self.inflight > self.workers {
-                    self.spawn_worker();
-                }
-            }
             Msg::Shutdown => {
                 self.shutting = true;
                 self.sched.clear_deadlines();
             }
         }
     }
-
-    /// Hands `op` to the workers, starting one more when the ops handed
-    /// over and not yet done outnumber them: an op never waits in the
-    /// queue behind one stuck in the kernel while the pool has room. (A
-    /// count of idle workers cannot tell: a worker about to take an op
-    /// already queued still counts as idle, so the next op would queue
-    /// behind it.)
-    fn dispatch(&mut self, op: IoOp) {
-        self.inflight += 1;
-        if self.inflight > self.workers {
-            self.spawn_worker();
-        }
-        if let Err(e) = self.work.send(op) {
-            self.inflight -= 1;
-            e.into_inner().complete(-libc::EIO);
-        }
-    }
 }
 
-impl Dispatcher {
-    fn spawn_worker(&mut self) {
-        if self.workers >= self.max_workers {
-            return;
-        }
-        let rx = self.work_rx.clone();
-        let done = self.tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("dmio-io".into())
-            .spawn(move || worker(rx, done));
-        if spawned.is_ok() {
-            self.workers += 1;
-        }
-    }
-}
-
-fn worker(rx: Receiver<IoOp>, done: Sender<Msg>) {
+fn worker(q: &Queue) {
     loop {
-        let op = match rx.recv_timeout(IDLE_EXIT) {
-            Ok(op) => op,
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = done.send(Msg::Exit);
-                return;
+        let op = {
+            let mut st = q.lock();
+            loop {
+                if let Some(op) = st.ops.pop_front() {
+                    break op;
+                }
+                if !st.open {
+                    q.workers.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+                let (g, t) = q
+                    .ready
+                    .wait_timeout(st, IDLE_EXIT)
+                    .unwrap_or_else(|e| e.into_inner());
+                st = g;
+                if t.timed_out() && st.ops.is_empty() {
+                    // Under the lock: an op queued from now on sees one
+                    // worker less and starts another if it must.
+                    q.workers.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         };
         let res = perform(&op);
         op.complete(res);
-        if done.send(Msg::Done).is_err() {
-            return;
-        }
+        q.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -96,9 +96,11 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 ///
 /// Returns 0, or `-EINVAL` (a zero or out-of-range argument, `cl` NULL),
 /// `-ENOMEM` (private memory larger than RAM, not mappable, or not there
-/// to fault in), or, only when `DMIO_ENGINE=uring` forces io_uring, the
-/// errno of `io_uring_setup` (`-EPERM`, `-ENOSYS`, `-ENOMEM`) when the
-/// kernel refuses it (by default the thread-pool engine is used instead).
+/// to fault in), or, only when `DMIO_ENGINE` forces one engine, the errno
+/// with which the kernel refuses it: `io_uring_setup`'s for
+/// `DMIO_ENGINE=uring`, `io_setup`'s for `DMIO_ENGINE=aio` (`-EPERM`,
+/// `-ENOSYS`, `-ENOMEM`, `-EAGAIN` past `fs.aio-max-nr`). By default the
+/// client uses io_uring, else Linux native AIO, else a thread pool.
 ///
 /// # Safety
 /// `cl`, if not NULL, points to writable memory for a `struct dm_io_client *`.
@@ -415,6 +417,7 @@ pub unsafe extern "C" fn dm_io_client_stats(
             memory_waits: s.memory_waits,
             engine: match s.engine {
                 crate::engine::EngineKind::Uring => DM_IO_ENGINE_URING,
+                crate::engine::EngineKind::Aio => DM_IO_ENGINE_AIO,
                 crate::engine::EngineKind::Threads => DM_IO_ENGINE_THREADS,
                 crate::engine::EngineKind::Manual => 0,
             },
@@ -486,6 +489,11 @@ pub extern "C" fn dm_io_client_set_hedge(cl: *mut dm_io_client, delay_ms: c_uint
 /// the server marks read-only) or `-EOPNOTSUPP` (`DM_IO_FLUSH`/`DM_IO_FUA`
 /// the server does not offer). Every byte the server sends is received
 /// into library memory; a cancelled read's reply is read and dropped.
+/// With the io_uring engine the connections are driven by io_uring socket
+/// operations on the rings of the completion threads (no thread per
+/// connection; a short-lived one reconnects after an outage); with the
+/// thread-pool engine, or `DMIO_NBD_DRIVER=thread`, each connection has
+/// an IO thread.
 ///
 /// # Safety
 /// `path`, if not NULL, is a NUL-terminated string; `bdev`, if not NULL,

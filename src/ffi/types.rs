@@ -192,8 +192,13 @@ const _: () = {
 
 /// `dm_io_stats.engine`: the io_uring reactor.
 pub const DM_IO_ENGINE_URING: c_uint = 1;
-/// `dm_io_stats.engine`: the thread-pool engine (io_uring refused).
+/// `dm_io_stats.engine`: the thread-pool engine (io_uring and Linux AIO
+/// refused, or `DMIO_ENGINE=threads`).
 pub const DM_IO_ENGINE_THREADS: c_uint = 2;
+/// `dm_io_stats.engine`: the Linux native AIO engine (io_uring refused,
+/// as by the default seccomp profiles of Docker and Kubernetes, or
+/// `DMIO_ENGINE=aio`).
+pub const DM_IO_ENGINE_AIO: c_uint = 3;
 
 /// A client's counters, filled by `dm_io_client_stats`. New fields are only
 /// ever added at the end.
@@ -225,7 +230,8 @@ pub struct dm_io_stats {
     pub private_bytes_bound: u64,
     /// How many times `dm_io` had to wait for private memory.
     pub memory_waits: u64,
-    /// `DM_IO_ENGINE_URING` or `DM_IO_ENGINE_THREADS`.
+    /// The engine running this client's IO: `DM_IO_ENGINE_URING`,
+    /// `DM_IO_ENGINE_AIO` or `DM_IO_ENGINE_THREADS`.
     pub engine: c_uint,
     pub reserved: c_uint,
     /// Regions of `DM_IO_READ_ANY` reads started after the first (hedges

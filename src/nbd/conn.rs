@@ -118,6 +118,19 @@ impl<T: JobBuf> Conn<T> {
         }
     }
 
+    /// Moves all of [`Conn::output`] into `into` (emptied first; without
+    /// copying when nothing of the output was sent yet), as if sent.
+    pub fn take_output(&mut self, into: &mut Vec<u8>) {
+        into.clear();
+        if self.out_at == 0 {
+            std::mem::swap(&mut self.out, into);
+        } else {
+            into.extend_from_slice(&self.out[self.out_at..]);
+            self.out.clear();
+            self.out_at = 0;
+        }
+    }
+
     /// Queues a job. Refused at once (the token comes back with an errno)
     /// when the export does not allow it: `EROFS`, `EOPNOTSUPP` (flush or
     /// FUA not offered), `EINVAL` (past the end, or not a multiple of the

@@ -131,6 +131,9 @@ struct Inner {
     regions: Small<Region>,
     live: usize,
     queue: VecDeque<Event>,
+    /// A SYNC wait on a completion thread that turns its ring meanwhile
+    /// ([`Request::wait_sync`]): woken with the condition variable.
+    waiter: Option<Arc<dyn crate::engine::Wake>>,
     deadline: Option<Instant>,
     deadline_fired: bool,
     /// Hedged reads: regions not started yet, in order, each with the
@@ -222,6 +225,7 @@ impl Request {
                 regions,
                 live: n,
                 queue: VecDeque::new(),
+                waiter: None,
                 deadline: None,
                 deadline_fired: false,
                 standby: Standby(None),
@@ -289,6 +293,9 @@ impl Request {
                 g.queue.push_back(ev);
             }
             self.cv.notify_all();
+            if let Some(w) = &g.waiter {
+                w.wake();
+            }
             if let Some(w) = self.ring_wake.get() {
                 w.wake();
             }

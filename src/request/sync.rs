@@ -25,8 +25,18 @@ impl Request {
     /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
     /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
     pub fn wait_sync(self: &Arc<Self>) -> i32 {
-        let ring = self.ring_wake.get().is_some();
+        // On a completion thread whose ring runs IO (a notify callback
+        // calling `dm_io` with `DM_IO_SYNC`), the request's IO may depend on
+        // that ring: the NBD connections it drives receive only while it
+        // turns. So wait by turning it, woken by the request's events.
+        let ring = crate::completion::ring_running_io();
+        // Elsewhere, the request's IO may run in the caller's own ring
+        // (`DMIO_SYNC_RING=1`): wait there.
+        let own = self.ring_wake.get().is_some();
         let mut g = self.lock();
+        if let Some(r) = &ring {
+            g.waiter = Some(r.waker());
+        }
         loop {
             if let Some(ev) = g.queue.pop_front() {
                 drop(g);
@@ -37,21 +47,25 @@ impl Request {
             if g.live == 0 {
                 break;
             }
-            if ring {
-                // The IO runs in this thread's ring: wait there.
-                drop(g);
-                crate::engine::uring::caller::turn(
-                    &|| {
-                        let g = self.lock();
-                        g.live == 0 || !g.queue.is_empty()
-                    },
-                    None,
-                );
-                g = self.lock();
-                continue;
+            let ready = || {
+                let g = self.lock();
+                g.live == 0 || !g.queue.is_empty()
+            };
+            match &ring {
+                Some(r) => {
+                    drop(g);
+                    r.turn(&ready, None);
+                    g = self.lock();
+                }
+                None if own => {
+                    drop(g);
+                    crate::engine::uring::caller::turn(&ready, None);
+                    g = self.lock();
+                }
+                None => g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
             }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
+        g.waiter = None;
         let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
         drop(g);
         self.owner.request_delivered(self);

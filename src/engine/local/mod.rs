@@ -54,6 +54,8 @@ pub(super) struct Remote {
     /// Timers or memory wait in `timers`, `memory` (read without the lock).
     queued: AtomicBool,
     waker: Arc<Waker>,
+    /// Sockets attached to the ring or kicked ([`super::socket`]).
+    pub(super) kicks: Arc<super::socket::Kicks>,
 }
 
 /// A thread handing over timers wakes the ring's thread at least once per
@@ -93,6 +95,13 @@ impl Remote {
         super::wake::wake_or_defer(&wake);
     }
 
+    /// Wakes the ring's thread if it sleeps (now, or at the end of the
+    /// current batch of deferred wake-ups).
+    pub(super) fn wake(&self) {
+        let wake: Arc<dyn Wake> = self.waker.clone();
+        super::wake::wake_or_defer(&wake);
+    }
+
     fn queued(&self) -> bool {
         self.queued.load(Ordering::SeqCst)
     }
@@ -110,6 +119,7 @@ impl Remote {
     }
 
     fn close(&self) {
+        self.kicks.close();
         *self.timers.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.queued.store(false, Ordering::SeqCst);
     }
@@ -308,6 +318,7 @@ pub(super) fn install(
         memory: Mutex::new(Vec::new()),
         queued: AtomicBool::new(false),
         waker,
+        kicks: core.kicks(),
     });
     HERE.with(|l| {
         *l.ring.borrow_mut() = Some(core);
@@ -369,6 +380,37 @@ pub(super) fn offer_timer(engine: u64, at: Instant, timer: &Weak<dyn Timer>) -> 
     })
 }
 
+thread_local! {
+    /// On a reactor thread: its engine's completion ring, once that exists.
+    static REACTOR_HOME: RefCell<Option<Arc<std::sync::OnceLock<Arc<Remote>>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Called by a reactor thread at its start: where the sockets of the ops it
+/// admits go ([`home`]).
+pub(super) fn set_reactor_home(r: Arc<std::sync::OnceLock<Arc<Remote>>>) {
+    REACTOR_HOME.with(|h| *h.borrow_mut() = Some(r));
+}
+
+/// The ring a socket first used on this thread is attached to
+/// ([`super::socket::home`]): this thread's own ring, else the completion
+/// ring of the reactor this thread is.
+pub(super) fn home() -> Option<Arc<Remote>> {
+    let mine = HERE.with(|l| {
+        if l.owner.get() == 0 {
+            return None;
+        }
+        l.remote.try_borrow().ok().and_then(|r| r.clone())
+    });
+    mine.or_else(|| {
+        REACTOR_HOME.with(|h| {
+            h.try_borrow()
+                .ok()
+                .and_then(|h| h.as_ref().and_then(|o| o.get().cloned()))
+        })
+    })
+}
+
 /// Whether the calling thread has a local ring (not closed).
 pub(super) fn active() -> bool {
     HERE.with(|l| l.owner.get() != 0)
@@ -426,7 +468,10 @@ pub(super) fn close() {
         }
         l.flush();
         l.owner.set(0);
-        l.with_core(|c| c.clear_deadlines());
+        l.with_core(|c| {
+            c.clear_deadlines();
+            c.detach_sockets();
+        });
     })
 }
 

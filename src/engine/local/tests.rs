@@ -168,3 +168,88 @@ fn timers_armed_here_or_handed_over_fire_on_the_ring() {
     assert!(!offer_timer(E, due, &weak(&here)));
     assert!(idle());
 }
+
+/// A socket for the ring: records what it receives, sends `out` once.
+struct Echo {
+    fd: std::os::fd::OwnedFd,
+    buf: std::cell::UnsafeCell<[u8; 64]>,
+    got: Mutex<Vec<u8>>,
+    out: Mutex<Option<Vec<u8>>>,
+    sending: Mutex<Vec<u8>>,
+    sent: std::sync::atomic::AtomicUsize,
+    ended: AtomicBool,
+}
+
+// SAFETY: `buf` is written by the kernel while the one RECV is in flight
+// and read by `on_recv` after its completion, both on the test's thread.
+unsafe impl Sync for Echo {}
+
+impl crate::engine::socket::RingSocket for Echo {
+    fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+    fn recv_buf(&self) -> (*mut u8, usize) {
+        (self.buf.get() as *mut u8, 64)
+    }
+    fn on_recv(&self, res: i32) -> bool {
+        if res <= 0 {
+            self.ended.store(true, Ordering::SeqCst);
+            return false;
+        }
+        // SAFETY: the kernel filled `res` bytes (at most 64) and is done.
+        let b = unsafe { std::slice::from_raw_parts(self.buf.get() as *const u8, res as usize) };
+        self.got.lock().unwrap().extend_from_slice(b);
+        true
+    }
+    fn take_send(&self) -> Option<(*const u8, usize)> {
+        let mut s = self.sending.lock().unwrap();
+        *s = self.out.lock().unwrap().take()?;
+        Some((s.as_ptr(), s.len()))
+    }
+    fn on_sent(&self, res: i32) {
+        self.sent.fetch_add(res.max(0) as usize, Ordering::SeqCst);
+    }
+    fn detach(&self) {
+        // SAFETY: shutdown on our own socket.
+        unsafe { libc::shutdown(self.fd(), libc::SHUT_RDWR) };
+    }
+}
+
+#[test]
+fn an_attached_socket_receives_sends_when_kicked_and_leaves_after_its_end() {
+    use crate::engine::socket::{RingSocket, SocketHome};
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    let Some((_ring, remote)) = ring() else {
+        return;
+    };
+    let (mine, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = Arc::new(Echo {
+        fd: OwnedFd::from(mine),
+        buf: std::cell::UnsafeCell::new([0; 64]),
+        got: Mutex::new(Vec::new()),
+        out: Mutex::new(None),
+        sending: Mutex::new(Vec::new()),
+        sent: Default::default(),
+        ended: AtomicBool::new(false),
+    });
+    let home = SocketHome(Arc::clone(&remote));
+    assert!(home.attach(echo.clone() as Arc<dyn RingSocket>));
+    peer.write_all(b"ping").unwrap();
+    turn_until(|| echo.got.lock().unwrap().as_slice() == b"ping");
+    assert!(!idle(), "an attached socket keeps the ring busy");
+    // New output, from another thread: the kick wakes the ring.
+    *echo.out.lock().unwrap() = Some(b"pong".to_vec());
+    let (h, e) = (home.clone(), echo.clone());
+    std::thread::spawn(move || h.kick(e as Arc<dyn RingSocket>))
+        .join()
+        .unwrap();
+    turn_until(|| echo.sent.load(Ordering::SeqCst) == 4);
+    let mut b = [0u8; 4];
+    peer.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"pong");
+    // The connection ends: the RECV ends, the socket leaves the ring.
+    echo.detach();
+    turn_until(|| echo.ended.load(Ordering::SeqCst) && idle());
+    assert_eq!(Arc::strong_count(&echo), 1, "the ring let the socket go");
+}

@@ -19,11 +19,12 @@ pub mod caller;
 mod fixed;
 mod poll;
 mod ring;
+mod sock;
 #[cfg(test)]
 mod tests;
 mod waker;
 
-pub(super) use waker::Waker;
+pub(super) use waker::{instant_key, new_eventfd, Waker};
 
 use super::sched::Sched;
 use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};
@@ -58,7 +59,9 @@ pub struct UringEngine {
     memory: std::sync::Mutex<Vec<(usize, usize)>>,
     /// The completion thread's ring, for the timers of asynchronous
     /// requests ([`super::local::Remote`]).
-    remote: std::sync::OnceLock<Arc<super::local::Remote>>,
+    /// Shared with the reactor thread, which attaches the sockets of the
+    /// ops it admits there ([`super::socket`]).
+    remote: Arc<std::sync::OnceLock<Arc<super::local::Remote>>>,
 }
 
 static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -71,6 +74,8 @@ impl UringEngine {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let w = Arc::clone(&waker);
+        let remote = Arc::new(std::sync::OnceLock::new());
+        let home = Arc::clone(&remote);
         // The ring is created on the reactor thread itself: with
         // IORING_SETUP_SINGLE_ISSUER the creating task is the only one
         // allowed to submit.
@@ -85,6 +90,7 @@ impl UringEngine {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
+                super::local::set_reactor_home(home);
                 Reactor {
                     core,
                     rx,
@@ -100,7 +106,7 @@ impl UringEngine {
                 id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
                 entries,
                 memory: std::sync::Mutex::new(Vec::new()),
-                remote: std::sync::OnceLock::new(),
+                remote,
             })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
@@ -225,6 +231,12 @@ pub(super) struct Core {
     chunks: Vec<u64>,
     /// With [`poll::poll_wait`]: the eventfd the ring signals on completions.
     cq_efd: Option<OwnedFd>,
+    /// Sockets other threads attach or kick ([`super::socket`]).
+    kicks: Arc<super::socket::Kicks>,
+    /// The attached sockets, by index (their entries' `user_data`, [`sock`]).
+    socks: Vec<Option<sock::SockSlot>>,
+    /// Scratch for taking kicks.
+    kicked: Vec<(Arc<dyn super::socket::RingSocket>, bool)>,
 }
 
 /// The reactor thread: a [`Core`] fed through the engine's channel.

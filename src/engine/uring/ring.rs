@@ -142,6 +142,9 @@ impl Core {
             pool_free: Vec::new(),
             chunks: Vec::new(),
             cq_efd: None,
+            kicks: crate::engine::socket::Kicks::new(),
+            socks: Vec::new(),
+            kicked: Vec::new(),
         };
         // A table with room for the private memory and every arena chunk,
         // filled as they are used. Without it (kernels before 5.19) the
@@ -217,7 +220,10 @@ impl Core {
 
     /// No op in the kernel, queued or parked.
     pub(in crate::engine) fn idle(&self) -> bool {
-        self.inflight == 0 && self.backlog.is_empty() && self.sched.parked() == 0
+        self.inflight == 0
+            && self.backlog.is_empty()
+            && self.sched.parked() == 0
+            && self.no_sockets()
     }
 
     fn arm_wake(&mut self) {
@@ -232,6 +238,7 @@ impl Core {
     }
 
     pub(in crate::engine) fn push_backlog(&mut self) {
+        self.take_kicks();
         while self.inflight < self.cap && !self.backlog.is_empty() {
             // One view of the submission queue for the whole batch (each
             // view reads the kernel's head and publishes our tail).
@@ -320,7 +327,7 @@ impl Core {
         pending: &dyn Fn() -> bool,
         max: Option<std::time::Duration>,
     ) {
-        let runnable = !self.backlog.is_empty() && self.inflight < self.cap;
+        let runnable = (!self.backlog.is_empty() && self.inflight < self.cap) || self.kicked();
         if runnable || pending() {
             let _ = self.ring.submit();
             return;
@@ -343,7 +350,7 @@ impl Core {
             .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
         self.waker.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if pending() {
+        if pending() || self.kicked() {
             self.waker.sleeping.store(false, Ordering::SeqCst);
             let _ = self.ring.submit();
             return;
@@ -397,6 +404,10 @@ impl Core {
                     )
                 };
                 self.arm_wake();
+                continue;
+            }
+            if ud & (super::sock::SOCK_BIT | FLUSH_BIT) == super::sock::SOCK_BIT {
+                self.sock_cqe(ud, res);
                 continue;
             }
             let idx = (ud & !FLUSH_BIT) as usize;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// A close-on-exec eventfd with `flags` added.
-pub(super) fn new_eventfd(flags: libc::c_int) -> Result<OwnedFd> {
+pub(in crate::engine) fn new_eventfd(flags: libc::c_int) -> Result<OwnedFd> {
     // SAFETY: plain eventfd creation; result checked.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | flags) };
     if fd < 0 {
@@ -21,16 +21,16 @@ pub(super) fn new_eventfd(flags: libc::c_int) -> Result<OwnedFd> {
 
 /// Wakes the reactor when (and only when) it is about to sleep.
 pub(in crate::engine) struct Waker {
-    pub(super) efd: OwnedFd,
-    pub(super) sleeping: AtomicBool,
+    pub(in crate::engine) efd: OwnedFd,
+    pub(in crate::engine) sleeping: AtomicBool,
     /// Until when the thread sleeps when nothing wakes it ([`instant_key`];
     /// `u64::MAX`: no timer), published before `sleeping`.
-    pub(super) until: AtomicU64,
+    pub(in crate::engine) until: AtomicU64,
 }
 
 /// `at` as nanoseconds since a fixed instant of this process, to be
 /// compared through an atomic.
-pub(super) fn instant_key(at: Instant) -> u64 {
+pub(in crate::engine) fn instant_key(at: Instant) -> u64 {
     static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)

@@ -1,0 +1,435 @@
+//! The AIO reactor's core: ops turned into iocbs and submitted in batches,
+//! the slab of ops in the kernel keyed by `aio_data`, the backlog (ops
+//! waiting for room in the context), the wait on one eventfd, and reaping
+//! completions.
+//!
+//! Each op in the kernel has one owner, its slab entry, from the moment its
+//! iocb is built until `io_getevents` returns its event; an op the kernel
+//! did not take goes back to the front of the backlog. A `DM_IO_FLUSH`
+//! write runs in two steps (AIO has no links): an `IOCB_CMD_FDSYNC` first,
+//! then, once that has succeeded, the write, in the same slab entry's op.
+
+use super::blocking::Blocking;
+use super::sys::{
+    Context, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_PREAD, IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
+};
+use crate::engine::sched::Sched;
+use crate::engine::uring::{instant_key, Waker};
+use crate::engine::{IoOp, OpKind, Timer};
+use crate::memory::lib_pages;
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Iocbs per `io_submit` at most.
+const BATCH: usize = 64;
+/// Events taken per `io_getevents`.
+const EVENTS: usize = 256;
+/// How long to wait before trying again when the kernel refuses iocbs
+/// (`EAGAIN`) with none of ours in flight, so no completion will come.
+const RETRY: Duration = Duration::from_millis(1);
+/// Reads and writes of block devices up to this size carry `RWF_NOWAIT`.
+/// Larger ones need more than one bio, which the kernel always refuses
+/// under `RWF_NOWAIT` (`__blkdev_direct_IO`), so they are submitted
+/// without it.
+const NOWAIT_MAX: u32 = 1 << 20;
+
+/// One AIO context and the ops in it, owned by the reactor thread.
+pub(super) struct Core {
+    ctx: Context,
+    /// Wake-ups and completions (`IOCB_FLAG_RESFD`) arrive on its eventfd.
+    pub(super) waker: Arc<Waker>,
+    /// Ops in the kernel, keyed by their iocb's `aio_data`.
+    pub(super) slab: Vec<Option<IoOp>>,
+    pub(super) free: Vec<usize>,
+    pub(super) inflight: usize,
+    cap: usize,
+    backlog: VecDeque<IoOp>,
+    /// The kernel refused iocbs (`EAGAIN`): none is submitted until a
+    /// completion makes room (or [`RETRY`] passes with none in flight).
+    full: bool,
+    sched: Sched,
+    ready: Vec<IoOp>,
+    iocbs: Vec<Iocb>,
+    events: Vec<IoEvent>,
+    /// Where ops go that the kernel would start only by blocking: with it,
+    /// reads and writes of block devices carry `RWF_NOWAIT` ([`Core::nowait`]),
+    /// so that a full device queue (a hung device) never stalls this thread
+    /// inside `io_submit`.
+    blocking: Option<Arc<Blocking>>,
+    /// Tests: regular files too (ext4 refuses `RWF_NOWAIT` writes into a
+    /// hole, which exercises the hand-over without a block device).
+    #[cfg(test)]
+    pub(super) nowait_files: bool,
+    /// Ops for `blocking`, handed over after the batch that found them.
+    punted: Vec<IoOp>,
+}
+
+/// The iocb of `op`'s next step, with `aio_data` `idx`: an fdatasync for a
+/// flush or before a `DM_IO_FLUSH` write, else the read or write (FUA as
+/// `RWF_DSYNC`, and `RWF_NOWAIT` when `nowait`). Every completion is
+/// signalled on `resfd`.
+fn iocb(op: &IoOp, idx: usize, resfd: u32, nowait: bool) -> Iocb {
+    let mut cb = Iocb {
+        aio_data: idx as u64,
+        aio_fildes: op.dev.fd() as u32,
+        aio_flags: IOCB_FLAG_RESFD,
+        aio_resfd: resfd,
+        ..Iocb::default()
+    };
+    if op.kind == OpKind::Flush || op.pre_flush {
+        cb.aio_lio_opcode = IOCB_CMD_FDSYNC;
+        return cb;
+    }
+    cb.aio_lio_opcode = if op.kind == OpKind::Read {
+        IOCB_CMD_PREAD
+    } else {
+        IOCB_CMD_PWRITE
+    };
+    cb.aio_buf = op.buf() as u64;
+    cb.aio_nbytes = op.len as u64;
+    cb.aio_offset = op.offset as i64;
+    if op.fua {
+        cb.aio_rw_flags |= libc::RWF_DSYNC;
+    }
+    if nowait {
+        cb.aio_rw_flags |= libc::RWF_NOWAIT;
+    }
+    cb
+}
+
+/// Whether `op`'s next step is a read or write (not an fdatasync).
+fn is_data(op: &IoOp) -> bool {
+    op.kind != OpKind::Flush && !op.pre_flush
+}
+
+impl Core {
+    /// A core for `ctx`, signalled through `waker`'s eventfd (which must be
+    /// non-blocking).
+    pub(super) fn new(ctx: Context, waker: Arc<Waker>) -> Core {
+        let cap = ctx.nr.max(1) as usize;
+        Core {
+            ctx,
+            waker,
+            slab: Vec::new(),
+            free: Vec::new(),
+            inflight: 0,
+            cap,
+            backlog: VecDeque::new(),
+            full: false,
+            sched: Sched::default(),
+            ready: Vec::new(),
+            iocbs: Vec::with_capacity(BATCH),
+            events: vec![IoEvent::default(); EVENTS],
+            blocking: None,
+            punted: Vec::new(),
+            #[cfg(test)]
+            nowait_files: false,
+        }
+    }
+
+    /// Reads and writes then carry `RWF_NOWAIT`, and those the kernel will
+    /// not start without blocking run on `blocking`'s threads instead.
+    pub(super) fn with_blocking(mut self, blocking: Arc<Blocking>) -> Core {
+        self.blocking = Some(blocking);
+        self
+    }
+
+    /// Whether `op`'s next step is submitted with `RWF_NOWAIT` (decided the
+    /// same way when its event comes back). Only on block devices: there
+    /// the kernel refuses only when the device's queue is full, while a
+    /// file system refuses far more (every write into a hole of an ext4
+    /// file), and each refusal costs a hand-over to a thread.
+    fn nowait(&self, op: &IoOp) -> bool {
+        #[cfg(test)]
+        let files = self.nowait_files;
+        #[cfg(not(test))]
+        let files = false;
+        self.blocking.is_some()
+            && is_data(op)
+            && op.len <= NOWAIT_MAX
+            && (files || op.dev.is_block_device())
+    }
+
+    /// Hands the ops the kernel would not start without blocking to the
+    /// thread pool.
+    fn punt(&mut self) {
+        if self.punted.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.punted);
+        match &self.blocking {
+            Some(b) => b.run_admitted(ops),
+            None => ops.into_iter().for_each(|op| op.complete(-libc::EAGAIN)),
+        }
+    }
+
+    /// Takes new ops: fault rules first, then the backlog.
+    pub(super) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
+        for op in ops {
+            if let Some(op) = self.sched.admit(op) {
+                self.backlog.push_back(op);
+            }
+        }
+    }
+
+    pub(super) fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
+        self.sched.arm(at, timer);
+    }
+
+    pub(super) fn clear_deadlines(&mut self) {
+        self.sched.clear_deadlines();
+    }
+
+    /// No op in the kernel, queued or parked.
+    pub(super) fn idle(&self) -> bool {
+        self.inflight == 0 && self.backlog.is_empty() && self.sched.parked() == 0
+    }
+
+    /// [`Core::pump`], reading the clock only when a timer, delayed or
+    /// held op needs it.
+    pub(super) fn pump_lazy(&mut self) {
+        if self.sched.needs_clock() {
+            self.pump(Instant::now());
+        } else {
+            self.submit_backlog();
+        }
+    }
+
+    /// Ops in the kernel, and ops queued not yet submitted.
+    pub(super) fn depth(&self) -> (usize, usize) {
+        (self.inflight, self.backlog.len())
+    }
+
+    /// Fires due timers and submits ready ops.
+    pub(super) fn pump(&mut self, now: Instant) {
+        if self.sched.needs_clock() {
+            self.sched.expire(now, &mut self.ready);
+            if !self.ready.is_empty() {
+                self.backlog.extend(self.ready.drain(..));
+            }
+        }
+        self.submit_backlog();
+    }
+
+    fn runnable(&self) -> bool {
+        !self.backlog.is_empty() && self.inflight < self.cap && !self.full
+    }
+
+    /// Puts `op` in a free slab entry (its owner until its event is
+    /// reaped or the kernel refuses it) and returns the entry.
+    fn own(&mut self, op: IoOp) -> usize {
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            self.slab.len() - 1
+        });
+        self.slab[idx] = Some(op);
+        self.inflight += 1;
+        idx
+    }
+
+    /// Takes the op of entry `idx` out of the slab.
+    fn disown(&mut self, idx: usize) -> Option<IoOp> {
+        let op = self.slab.get_mut(idx)?.take()?;
+        self.free.push(idx);
+        self.inflight -= 1;
+        Some(op)
+    }
+
+    /// Submits the backlog in batches of up to [`BATCH`] iocbs, as far as
+    /// the context has room.
+    pub(super) fn submit_backlog(&mut self) {
+        let resfd = self.waker.efd.as_raw_fd() as u32;
+        while self.runnable() {
+            let mut iocbs = std::mem::take(&mut self.iocbs);
+            iocbs.clear();
+            while iocbs.len() < BATCH && self.inflight < self.cap {
+                let Some(op) = self.backlog.pop_front() else {
+                    break;
+                };
+                // Library pages (only the io_uring engine picks them, see
+                // `Client::in_library_pages`): AIO cannot register them, so
+                // such a read runs as a plain read if the request lets it.
+                if let Some(c) = op.lib_chunk {
+                    lib_pages::refuse(c);
+                    if op.sink.detached() || !op.sink.demote(op.region) {
+                        op.complete(-libc::ECANCELED);
+                        continue;
+                    }
+                }
+                let nowait = self.nowait(&op);
+                let idx = self.own(op);
+                let op = self.slab[idx].as_ref().expect("just owned");
+                iocbs.push(iocb(op, idx, resfd, nowait));
+            }
+            let n = iocbs.len();
+            let mut ptrs = [std::ptr::null_mut::<Iocb>(); BATCH];
+            for (p, cb) in ptrs.iter_mut().zip(iocbs.iter_mut()) {
+                *p = cb;
+            }
+            let mut done = 0;
+            while done < n {
+                // SAFETY: `ptrs[done..n]` point into `iocbs`, alive across
+                // the call. Each iocb's `aio_buf` points into the private
+                // slot of an op that its slab entry owns until the event for
+                // that `aio_data` is reaped in `reap` (or taken back below if
+                // the kernel refuses the iocb), or for a zero-copy op into
+                // the caller's memory, lent until the region is final, which
+                // is never before that op completes; each fd is kept open by
+                // its op's `Arc<Device>`.
+                let r = unsafe { self.ctx.submit(&mut ptrs[done..n]) };
+                match r {
+                    Ok(0) | Err(libc::EAGAIN) => {
+                        self.full = true;
+                        break;
+                    }
+                    Ok(k) => done += k,
+                    // The first iocb left is refused: its op ends with the
+                    // errno (or, when the file cannot do `RWF_NOWAIT`, runs
+                    // on the thread pool), the rest go on.
+                    Err(e) => {
+                        if let Some(op) = self.disown(iocbs[done].aio_data as usize) {
+                            if e == libc::EOPNOTSUPP && self.nowait(&op) {
+                                self.punted.push(op);
+                            } else {
+                                op.complete(-e);
+                            }
+                        }
+                        done += 1;
+                    }
+                }
+            }
+            // What the kernel did not take goes back, in order.
+            for cb in iocbs[done..n].iter().rev() {
+                if let Some(op) = self.disown(cb.aio_data as usize) {
+                    self.backlog.push_front(op);
+                }
+            }
+            self.iocbs = iocbs;
+        }
+        self.punt();
+    }
+
+    /// Unless there is work already (`pending()`, checked after announcing
+    /// the sleep so a waker cannot be missed), sleeps until a completion or
+    /// a wake-up is signalled on the eventfd, the next timer, or `max`.
+    pub(super) fn wait(
+        &mut self,
+        now: Option<Instant>,
+        pending: &dyn Fn() -> bool,
+        max: Option<Duration>,
+    ) {
+        if self.runnable() || pending() {
+            return;
+        }
+        let mut max = max;
+        if self.full && self.inflight == 0 {
+            // Refused with nothing of ours in the kernel: no completion will
+            // make room, so look again soon.
+            self.full = false;
+            max = Some(max.map_or(RETRY, |m| m.min(RETRY)));
+        }
+        let mut at = None;
+        if self.sched.needs_clock() || max.is_some() {
+            let now = now.unwrap_or_else(Instant::now);
+            at = self.sched.next_wakeup(now);
+            if let Some(m) = max {
+                let limit = now + m;
+                at = Some(at.map_or(limit, |a| a.min(limit)));
+            }
+        }
+        // The wake-up time, then the flag, then one more look: a thread that
+        // publishes work and then reads these either sees us asleep (and
+        // until when), or we see its work.
+        self.waker
+            .until
+            .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
+        self.waker.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if pending() {
+            self.waker.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        let ts = at.map(|at| {
+            let d = at.saturating_duration_since(Instant::now());
+            libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            }
+        });
+        let mut pfd = libc::pollfd {
+            fd: self.waker.efd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: one valid pollfd, an optional valid timespec, no signal mask.
+        let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+        self.waker.sleeping.store(false, Ordering::SeqCst);
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                eprintln!("libdmio: waiting for AIO completions failed: {e}");
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+
+    /// Resets the eventfd; whether anything was signalled since the last
+    /// reset (a completion or a wake-up).
+    fn take_signal(&mut self) -> bool {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into our own u64 from our non-blocking eventfd.
+        let r = unsafe {
+            libc::read(
+                self.waker.efd.as_raw_fd(),
+                &mut count as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+        r == 8
+    }
+
+    /// Completes the ops whose events have arrived. The eventfd is reset
+    /// first: the kernel posts an event before it signals it, so an event
+    /// not reaped here signals again and ends the next wait at once.
+    pub(super) fn reap(&mut self) {
+        // Nothing signalled since the last reset: every event posted
+        // before then was reaped after it.
+        if !self.take_signal() || self.inflight == 0 {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.events);
+        loop {
+            let n = self.ctx.reap(&mut events);
+            for ev in &events[..n] {
+                let Some(mut op) = self.disown(ev.data as usize) else {
+                    continue;
+                };
+                self.full = false;
+                let res = ev.res.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                if res == -libc::EAGAIN && self.nowait(&op) {
+                    // It would have blocked (a full device queue, a write
+                    // that must allocate): a thread does it.
+                    self.punted.push(op);
+                } else if op.kind == OpKind::Write && op.pre_flush && res >= 0 {
+                    // The fdatasync before a `DM_IO_FLUSH` write is done:
+                    // now the write.
+                    op.pre_flush = false;
+                    self.backlog.push_front(op);
+                } else {
+                    op.complete(res);
+                }
+            }
+            if n < events.len() {
+                break;
+            }
+        }
+        self.events = events;
+        self.punt();
+    }
+}
