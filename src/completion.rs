@@ -45,6 +45,11 @@ thread_local! {
     static RING: RefCell<Option<Rc<CompletionRing>>> = const { RefCell::new(None) };
 }
 
+/// Whether the calling thread is a completion thread (of any client).
+pub fn on_completion_thread() -> bool {
+    HERE.with(|h| h.get() != 0)
+}
+
 /// On a completion thread whose ring runs IO ([`CompletionRing::runs_io`]):
 /// that ring, for a notify callback that must wait on IO which may be in it
 /// (for private memory, or for zero-copy IO to end at destroy) and so keep

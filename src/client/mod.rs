@@ -275,6 +275,16 @@ impl Client {
         self.counters
             .regions
             .fetch_add(nreg as u64, Ordering::Relaxed);
+        // SYNC: its ops and timers may run in the caller's own ring while
+        // `_ring` lives (set up before the deadline is armed).
+        let _ring = if s.mode.sync {
+            self.engine.sync_on_caller_ring().map(|(g, w)| {
+                req.wait_in_ring(w);
+                g
+            })
+        } else {
+            None
+        };
         if let Some(t) = s.timeout {
             if let Some(at) = Instant::now().checked_add(t) {
                 req.arm_deadline(at);
@@ -329,10 +339,14 @@ impl Client {
         // CANCELLED only when the kernel ends it, and those notifications
         // too are delivered before destroy returns. On the completion
         // thread the IO may be in its own ring, which must keep turning.
+        // Likewise a destroy from the notify of a SYNC request whose IO
+        // runs in this thread's own ring.
         let ring = crate::completion::ring_running_io();
+        let own = crate::engine::uring::caller::runs_io();
         for r in reqs.iter().filter(|r| r.cancels_pending()) {
             r.wait_final(&mut || match &ring {
                 Some(ring) => ring.drive_briefly(),
+                None if own => crate::engine::uring::caller::drive_briefly(),
                 None => std::thread::sleep(Duration::from_millis(1)),
             });
         }

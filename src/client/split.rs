@@ -96,9 +96,16 @@ impl Client {
         crate::engine::wake::flush_deferred_wakes();
         // On the completion thread, the ops holding the memory may be in
         // its own ring: keep reaping that while waiting.
+        // Likewise in a SYNC call whose IO runs in the caller's own ring.
         let ring = crate::completion::ring_running_io();
-        let mut drive = || ring.iter().for_each(|r| r.drive_briefly());
-        let by = if ring.is_some() {
+        let own = crate::engine::uring::caller::runs_io();
+        let mut drive = || {
+            ring.iter().for_each(|r| r.drive_briefly());
+            if own {
+                crate::engine::uring::caller::drive_briefly();
+            }
+        };
+        let by = if ring.is_some() || own {
             WaitBy::Poll(&mut drive)
         } else {
             WaitBy::Sleep

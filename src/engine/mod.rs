@@ -288,11 +288,15 @@ pub trait Engine: Send + Sync {
     /// ring; armed on any other thread it is handed over
     /// ([`Engine::hand_to_completion_ring`]). A SYNC request's timer (its
     /// notify runs in the `dm_io` caller, which may be that very thread,
-    /// blocked), or any timer when there is no such ring, runs on the
-    /// engine's own thread ([`Engine::arm_on_engine_thread`]).
+    /// blocked) runs in the caller's own ring while the caller waits there
+    /// ([`Engine::arm_on_caller_ring`]), else, like any timer when there is
+    /// no such ring, on the engine's own thread ([`Engine::arm_on_engine_thread`]).
     fn arm_timer(&self, at: Instant, timer: Weak<dyn Timer>, sync: bool) {
         // A request already gone needs no timer.
         if timer.strong_count() == 0 {
+            return;
+        }
+        if sync && self.arm_on_caller_ring(at, &timer) {
             return;
         }
         if !sync {
@@ -306,6 +310,18 @@ pub trait Engine: Send + Sync {
             }
         }
         self.arm_on_engine_thread(at, timer);
+    }
+    /// A SYNC request about to start on the calling thread: with the
+    /// io_uring engine, outside completion threads, its IO and timers run
+    /// in the caller's own ring ([`uring::caller`]) while the returned
+    /// guard lives, and the waker wakes that ring. `None`: the reactor.
+    fn sync_on_caller_ring(&self) -> Option<(uring::caller::Guard, Arc<dyn Wake>)> {
+        None
+    }
+    /// Keeps a SYNC request's timer in the calling thread's ring while it
+    /// waits there ([`Engine::sync_on_caller_ring`]); `false` otherwise.
+    fn arm_on_caller_ring(&self, _at: Instant, _timer: &Weak<dyn Timer>) -> bool {
+        false
     }
     /// Names this engine's completion ring ([`local`]), if it has one.
     fn ring_id(&self) -> Option<u64> {

@@ -210,6 +210,15 @@ impl Sched {
         self.delayed.len() + self.held.len()
     }
 
+    /// Takes every op parked here (delayed or held) out, to end them
+    /// without starting them (their requests are final).
+    pub fn take_parked(&mut self) -> Vec<IoOp> {
+        self.held_devs.clear();
+        let mut ops: Vec<IoOp> = self.held.drain(..).map(|(_, op)| op).collect();
+        ops.extend(self.delayed.drain().map(|t| t.0.item));
+        ops
+    }
+
     /// Forgets deadlines (at shutdown every request is final).
     pub fn clear_deadlines(&mut self) {
         self.deadlines.clear();

@@ -176,6 +176,9 @@ pub struct Request {
     owner: Arc<dyn RequestOwner>,
     inner: Mutex<Inner>,
     cv: Condvar,
+    /// A SYNC request whose IO runs in the caller's own ring: wakes that
+    /// ring when another thread ends a region or queues an event.
+    ring_wake: std::sync::OnceLock<Arc<dyn crate::engine::Wake>>,
     /// Regions not yet final, readable without the lock.
     live_now: AtomicUsize,
     /// Final events not yet delivered by the completion thread.
@@ -232,6 +235,7 @@ impl Request {
                 detached_ops: 0,
             }),
             cv: Condvar::new(),
+            ring_wake: std::sync::OnceLock::new(),
             live_now: AtomicUsize::new(n),
             undelivered: AtomicUsize::new(n),
             detached: AtomicBool::new(false),
@@ -290,6 +294,9 @@ impl Request {
             }
             self.cv.notify_all();
             if let Some(w) = &g.waiter {
+                w.wake();
+            }
+            if let Some(w) = self.ring_wake.get() {
                 w.wake();
             }
         } else {

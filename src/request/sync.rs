@@ -5,6 +5,12 @@ use super::{Request, State};
 use std::sync::Arc;
 
 impl Request {
+    /// This SYNC request's IO runs in the caller's own ring, woken by `w`
+    /// ([`crate::engine::uring::caller`]); set before it starts.
+    pub fn wait_in_ring(&self, w: Arc<dyn crate::engine::Wake>) {
+        let _ = self.ring_wake.set(w);
+    }
+
     /// Waits until every region is final, calling `step` (which sleeps a
     /// little, or drives the caller's own ring) between looks (zero-copy
     /// destroy).
@@ -24,6 +30,9 @@ impl Request {
         // that ring: the NBD connections it drives receive only while it
         // turns. So wait by turning it, woken by the request's events.
         let ring = crate::completion::ring_running_io();
+        // Elsewhere, the request's IO may run in the caller's own ring
+        // (`DMIO_SYNC_RING=1`): wait there.
+        let own = self.ring_wake.get().is_some();
         let mut g = self.lock();
         if let Some(r) = &ring {
             g.waiter = Some(r.waker());
@@ -38,16 +47,19 @@ impl Request {
             if g.live == 0 {
                 break;
             }
+            let ready = || {
+                let g = self.lock();
+                g.live == 0 || !g.queue.is_empty()
+            };
             match &ring {
                 Some(r) => {
                     drop(g);
-                    r.turn(
-                        &|| {
-                            let g = self.lock();
-                            g.live == 0 || !g.queue.is_empty()
-                        },
-                        None,
-                    );
+                    r.turn(&ready, None);
+                    g = self.lock();
+                }
+                None if own => {
+                    drop(g);
+                    crate::engine::uring::caller::turn(&ready, None);
                     g = self.lock();
                 }
                 None => g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),

@@ -12,8 +12,10 @@
 //! The files: `ring.rs` (the ring core: entries, slab, backlog, wait,
 //! reap), `fixed.rs` (fixed buffers: private memory and library-page
 //! chunks), `waker.rs` (the eventfd wake-up), `poll.rs` (waiting in ppoll(2)
-//! for tools that cannot wait inside `io_uring_enter`).
+//! for tools that cannot wait inside `io_uring_enter`), `caller.rs` (the
+//! ring of a thread that runs its own `DM_IO_SYNC` IO).
 
+pub mod caller;
 mod fixed;
 mod poll;
 mod ring;
@@ -133,6 +135,10 @@ impl Engine for UringEngine {
     }
 
     fn submit(&self, ops: &mut Vec<IoOp>) {
+        caller::offer(ops);
+        if ops.is_empty() {
+            return;
+        }
         super::local::offer(self.id, ops);
         if !ops.is_empty() {
             self.send(Msg::Ops(std::mem::take(ops)));
@@ -141,6 +147,14 @@ impl Engine for UringEngine {
 
     fn ring_id(&self) -> Option<u64> {
         Some(self.id)
+    }
+
+    fn sync_on_caller_ring(&self) -> Option<(caller::Guard, Arc<dyn super::Wake>)> {
+        caller::enter()
+    }
+
+    fn arm_on_caller_ring(&self, at: Instant, timer: &Weak<dyn Timer>) -> bool {
+        caller::offer_timer(at, timer)
     }
 
     fn hand_to_completion_ring(&self, at: Instant, timer: &Weak<dyn Timer>) -> bool {

@@ -120,7 +120,11 @@ impl Cqes {
 impl Core {
     /// A ring on the calling thread, woken through `waker`.
     pub(in crate::engine) fn new(entries: u32, waker: Arc<Waker>) -> Result<Core> {
-        let ring = build_ring(entries)?;
+        Core::with_ring(build_ring(entries)?, waker)
+    }
+
+    /// A core around `ring` (built by the caller), woken through `waker`.
+    pub(super) fn with_ring(ring: IoUring, waker: Arc<Waker>) -> Result<Core> {
         let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
         let mut core = Core {
             ring,
