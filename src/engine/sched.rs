@@ -182,6 +182,24 @@ impl Sched {
         }
     }
 
+    /// Until when a thread that owns this Sched may sleep: its next timer,
+    /// or `max` from now if sooner (`None`: no limit). The clock is read
+    /// (unless `now` gives it) only when a timer or `max` needs it.
+    pub fn sleep_until(&self, now: Option<Instant>, max: Option<Duration>) -> Option<Instant> {
+        if !self.needs_clock() && max.is_none() {
+            return None;
+        }
+        let now = now.unwrap_or_else(Instant::now);
+        let at = self.next_wakeup(now);
+        match max {
+            Some(m) => {
+                let limit = now + m;
+                Some(at.map_or(limit, |a| a.min(limit)))
+            }
+            None => at,
+        }
+    }
+
     /// When the engine must look again, if ever. Deadlines are looked at
     /// no sooner than [`DEADLINE_GRAIN`] after they last fired.
     pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {

@@ -14,12 +14,12 @@ use super::sys::{
     Context, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_PREAD, IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
 };
 use crate::engine::sched::Sched;
-use crate::engine::uring::{instant_key, Waker};
+use crate::engine::uring::{ppoll_until, Waker};
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::memory::lib_pages;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -331,51 +331,15 @@ impl Core {
             self.full = false;
             max = Some(max.map_or(RETRY, |m| m.min(RETRY)));
         }
-        let mut at = None;
-        if self.sched.needs_clock() || max.is_some() {
-            let now = now.unwrap_or_else(Instant::now);
-            at = self.sched.next_wakeup(now);
-            if let Some(m) = max {
-                let limit = now + m;
-                at = Some(at.map_or(limit, |a| a.min(limit)));
-            }
-        }
-        // The wake-up time, then the flag, then one more look: a thread that
-        // publishes work and then reads these either sees us asleep (and
-        // until when), or we see its work.
-        self.waker
-            .until
-            .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
-        self.waker.sleeping.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if pending() {
-            self.waker.sleeping.store(false, Ordering::SeqCst);
+        let at = self.sched.sleep_until(now, max);
+        if !self.waker.announce_sleep(at, pending) {
             return;
         }
-        let ts = at.map(|at| {
-            let d = at.saturating_duration_since(Instant::now());
-            libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            }
-        });
-        let mut pfd = libc::pollfd {
-            fd: self.waker.efd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let tsp = ts
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: one valid pollfd, an optional valid timespec, no signal mask.
-        let r = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+        let r = ppoll_until(self.waker.efd.as_raw_fd(), at);
         self.waker.sleeping.store(false, Ordering::SeqCst);
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                eprintln!("libdmio: waiting for AIO completions failed: {e}");
-                std::thread::sleep(RETRY);
-            }
+        if let Err(e) = r {
+            eprintln!("libdmio: waiting for AIO completions failed: {e}");
+            std::thread::sleep(RETRY);
         }
     }
 

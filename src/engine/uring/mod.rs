@@ -24,7 +24,8 @@ mod sock;
 mod tests;
 mod waker;
 
-pub(super) use waker::{instant_key, new_eventfd, Waker};
+pub(super) use poll::ppoll_until;
+pub(super) use waker::{new_eventfd, Waker};
 
 use super::sched::Sched;
 use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};

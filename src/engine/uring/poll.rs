@@ -2,7 +2,7 @@
 //! inside `io_uring_enter` (see [`poll_wait`]).
 
 use io_uring::IoUring;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 /// `DMIO_URING_WAIT=poll`: threads wait in poll(2) on an eventfd that the
@@ -32,6 +32,13 @@ pub(super) fn poll_for_completion(
     if !ring.completion().is_empty() {
         return Ok(());
     }
+    ppoll_until(efd.as_raw_fd(), at)
+}
+
+/// Sleeps in ppoll(2) until `fd` is readable or `at` passes (`None`: no
+/// limit). An interrupted sleep (EINTR) is not an error: the caller looks
+/// at its work and comes back.
+pub(in crate::engine) fn ppoll_until(fd: RawFd, at: Option<Instant>) -> std::io::Result<()> {
     let ts = at.map(|at| {
         let d = at.saturating_duration_since(Instant::now());
         libc::timespec {
@@ -40,7 +47,7 @@ pub(super) fn poll_for_completion(
         }
     });
     let mut pfd = libc::pollfd {
-        fd: efd.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };

@@ -4,7 +4,7 @@
 
 use super::fixed::Buf;
 use super::poll::{poll_for_completion, poll_wait};
-use super::waker::{instant_key, new_eventfd, Waker};
+use super::waker::{new_eventfd, Waker};
 use super::{Core, Slot};
 use crate::engine::sched::Sched;
 use crate::engine::{IoOp, OpKind, Timer};
@@ -13,7 +13,7 @@ use crate::memory::{lib_pages, pages};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -333,25 +333,11 @@ impl Core {
             return;
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
-        let mut at = None;
-        if self.sched.needs_clock() || max.is_some() {
-            let now = now.unwrap_or_else(Instant::now);
-            at = self.sched.next_wakeup(now);
-            if let Some(m) = max {
-                let limit = now + m;
-                at = Some(at.map_or(limit, |a| a.min(limit)));
-            }
-        }
-        // The wake-up time, then the flag, then one more look: a thread
-        // that publishes work and then reads these either sees us asleep
-        // (and until when), or we see its work.
-        self.waker
-            .until
-            .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
-        self.waker.sleeping.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if pending() || self.kicked() {
-            self.waker.sleeping.store(false, Ordering::SeqCst);
+        let at = self.sched.sleep_until(now, max);
+        if !self
+            .waker
+            .announce_sleep(at, &|| pending() || self.kicked())
+        {
             let _ = self.ring.submit();
             return;
         }

@@ -30,7 +30,7 @@ pub(in crate::engine) struct Waker {
 
 /// `at` as nanoseconds since a fixed instant of this process, to be
 /// compared through an atomic.
-pub(in crate::engine) fn instant_key(at: Instant) -> u64 {
+fn instant_key(at: Instant) -> u64 {
     static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)
@@ -43,6 +43,27 @@ impl Waker {
             sleeping: AtomicBool::new(false),
             until: AtomicU64::new(u64::MAX),
         }))
+    }
+
+    /// Announces that the owning thread is about to sleep until `at`
+    /// (`None`: until woken): the wake-up time, then the flag, then one
+    /// more look at `pending()`. A thread that publishes work and then
+    /// reads these either sees the sleeper (and until when), or the sleeper
+    /// sees its work. `false` (and the flag taken back) when there is work.
+    pub(in crate::engine) fn announce_sleep(
+        &self,
+        at: Option<Instant>,
+        pending: &dyn Fn() -> bool,
+    ) -> bool {
+        self.until
+            .store(at.map_or(u64::MAX, instant_key), Ordering::SeqCst);
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if pending() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Whether the thread, were it to sleep now, would sleep past `at`
