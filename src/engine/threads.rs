@@ -317,8 +317,11 @@ fn worker(q: &Queue) {
             }
         };
         let res = perform(&op);
-        op.complete(res);
+        // Done before it is completed: a caller woken by the completion
+        // (a SYNC request) that submits again must not count this op as
+        // still waiting and start a worker for nothing.
         q.inflight.fetch_sub(1, Ordering::SeqCst);
+        op.complete(res);
     }
 }
 
