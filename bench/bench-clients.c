@@ -12,8 +12,19 @@
  *            a deadline of MS: their reads get TIMEOUT and are resubmitted
  *            (the held ones keep their memory, so those clients get a pool
  *            for 4096 reads); the result says how late the TIMEOUTs came
- *            and the IOPS of the other N - K. */
+ *            and the IOPS of the other N - K. With --hung-fuse they read
+ *            a really hung device instead: a loop device over the hangfs
+ *            FUSE daemon holding every read (c-tests/fixtures/hungdev.h),
+ *            so the reads are stuck inside the kernel. At the end the hold
+ *            is released and the device torn down; if the driver dies
+ *            first, hungdev's atexit handler (exit, die) or its watcher
+ *            process (a signal) does that, so the held IO ends and the
+ *            exit, which waits for the process's io_uring IO, returns.
+ *            After the run the other clients' reads are given 2 s to end:
+ *            any still in flight then are stalled (stalled_reads,
+ *            stalled_clients; destroy cancels them). */
 #include "dmio-bench.h"
+#include "hungdev.h"
 
 #include <dirent.h>
 
@@ -77,7 +88,9 @@ int mode_clients(void)
 struct mclient {
 	struct dm_io_client *cl;
 	struct block_device *dev;
+	uint64_t blocks; /* of dev, in opt.bs */
 	int hung;
+	atomic_int chains; /* reads in flight (a healthy client's) */
 	atomic_uint_fast64_t done;
 	uint64_t rng;
 	pthread_mutex_t lock; /* the hung clients' timeout histogram */
@@ -91,9 +104,9 @@ struct mslot {
 
 static struct {
 	uint64_t blocks;
-	atomic_int measuring, stop;
+	atomic_int measuring, stop, destroying;
 	atomic_int inflight;
-	atomic_uint_fast64_t errors, submit_errors, timeouts, early;
+	atomic_uint_fast64_t errors, submit_errors, timeouts, early, stalled_cancelled;
 	struct hist late;
 	pthread_mutex_t late_lock;
 } M;
@@ -103,7 +116,7 @@ static void multi_notify(struct dm_io_region_state *st, void *ctx);
 static int multi_submit(struct mslot *s)
 {
 	struct mclient *c = s->c;
-	uint64_t blk = rnd(&c->rng) % M.blocks;
+	uint64_t blk = rnd(&c->rng) % c->blocks;
 	struct dm_io_region reg = { c->dev, blk * (opt.bs / 512), opt.bs / 512 };
 	struct dm_io_control ctl = {
 		.memory = { .type = DM_IO_VM, .ptr.vma = s->buf },
@@ -136,7 +149,11 @@ static void multi_notify(struct dm_io_region_state *st, void *ctx)
 			}
 		}
 	} else {
-		if (st->state != DM_IO_OK)
+		/* A read that never ended (stalled behind the hung device's IO
+		 * in the kernel) is cancelled at destroy: counted apart. */
+		if (st->state == DM_IO_CANCELLED && atomic_load(&M.destroying))
+			atomic_fetch_add_explicit(&M.stalled_cancelled, 1, memory_order_relaxed);
+		else if (st->state != DM_IO_OK)
 			atomic_fetch_add_explicit(&M.errors, 1, memory_order_relaxed);
 		if (atomic_load_explicit(&M.measuring, memory_order_relaxed))
 			atomic_fetch_add_explicit(&c->done, 1, memory_order_relaxed);
@@ -153,7 +170,11 @@ static void multi_notify(struct dm_io_region_state *st, void *ctx)
 			return;
 		atomic_fetch_add_explicit(&M.submit_errors, 1, memory_order_relaxed);
 	}
-	atomic_fetch_sub_explicit(&M.inflight, 1, memory_order_release);
+	/* A healthy client's chain of reads ends (a hung one's is not waited for). */
+	if (!c->hung) {
+		atomic_fetch_sub_explicit(&c->chains, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&M.inflight, 1, memory_order_release);
+	}
 }
 
 int mode_multi(void)
@@ -164,11 +185,28 @@ int mode_multi(void)
 		die("multi: one --dev");
 	if (hung && !opt.timeout_ms)
 		die("multi: --hung needs --timeout");
+	if (hung > n)
+		die("multi: --hung %u of %" PRIu64 " clients", hung, n);
+	if (opt.hung_fuse && !hung)
+		die("multi: --hung-fuse needs --hung");
 	struct block_device *good, *held = NULL;
+	struct hungdev *fuse = NULL;
 	CHECK_RC(dm_io_bdev_open(opt.dev[0], 0, &good));
-	if (hung)
-		CHECK_RC(dm_io_bdev_open_faulty(opt.dev[0], "hang", &held));
 	M.blocks = nblocks(&good, 1);
+	uint64_t held_blocks = M.blocks;
+	if (opt.hung_fuse) {
+		/* 8 MiB of hangfs memory; every read of it is held. */
+		fuse = hungdev_up(8 << 20);
+		if (!fuse)
+			die("multi --hung-fuse: no hung loop+FUSE device: %s", hungdev_skip_reason());
+		int rc = hungdev_ctl(fuse, "hold read all");
+		if (rc)
+			die("multi --hung-fuse: hangfs refused 'hold read all': %s", strerror(-rc));
+		CHECK_RC(dm_io_bdev_open(hungdev_path(fuse), 0, &held));
+		held_blocks = dm_io_bdev_sectors(held) * 512 / opt.bs;
+	} else if (hung) {
+		CHECK_RC(dm_io_bdev_open_faulty(opt.dev[0], "hang", &held));
+	}
 	hist_init(&M.late);
 	pthread_mutex_init(&M.late_lock, NULL);
 	struct mclient *cs = xalloc(sizeof *cs * n);
@@ -177,17 +215,20 @@ int mode_multi(void)
 	for (uint64_t i = 0; i < n; i++) {
 		cs[i].hung = i < hung;
 		cs[i].dev = cs[i].hung ? held : good;
+		cs[i].blocks = cs[i].hung ? held_blocks : M.blocks;
 		cs[i].rng = opt.seed + 0x9E3779B97F4A7C15ull * (i + 1);
 		CHECK_RC(dm_io_client_create(1, cs[i].hung ? 4096 : opt.qd, opt.bs, &cs[i].cl));
 	}
 	double create_s = (double)(now_ns() - tc) / 1e9;
 	int threads;
-	atomic_store(&M.inflight, (int)(n * opt.qd));
+	atomic_store(&M.inflight, (int)((n - hung) * opt.qd));
 	for (uint64_t i = 0; i < n; i++)
 		for (unsigned q = 0; q < opt.qd; q++) {
 			struct mslot *s = xalloc(sizeof *s);
 			s->c = &cs[i];
 			s->buf = xalloc(opt.bs);
+			if (!cs[i].hung)
+				atomic_fetch_add(&cs[i].chains, 1);
 			CHECK_RC(multi_submit(s));
 		}
 	sleep_ns((uint64_t)(opt.warmup * 1e9));
@@ -200,11 +241,25 @@ int mode_multi(void)
 	uint64_t t1 = now_ns();
 	cpu_seconds(&u1, &s1);
 	threads = threads_now();
+	/* How much of the hung clients' IO is stuck in the kernel now: held
+	 * in the FUSE daemon, and in flight in the loop device's queue. */
+	int fuse_held = fuse ? hungdev_held(fuse) : 0;
+	int loop_inflight = fuse ? hungdev_inflight(fuse) : 0;
 	atomic_store(&M.stop, 1);
-	/* The healthy clients' reads end by themselves; the held ones at destroy. */
-	uint64_t wait_end = now_ns() + 10000000000ull;
-	while (atomic_load(&M.inflight) > (int)(hung * opt.qd) && now_ns() < wait_end)
+	/* The healthy clients' reads end by themselves, within milliseconds;
+	 * the held ones end at destroy. A healthy read still in flight after
+	 * 2 s is stalled (behind the hung device's IO in the kernel): it and
+	 * its client are counted, and destroy cancels it. */
+	uint64_t wait_end = now_ns() + 2000000000ull;
+	while (atomic_load(&M.inflight) > 0 && now_ns() < wait_end)
 		sleep_ns(1000000);
+	int stalled_reads = atomic_load(&M.inflight), stalled_clients = 0;
+	for (uint64_t i = hung; i < n; i++)
+		stalled_clients += atomic_load(&cs[i].chains) > 0;
+	if (stalled_reads)
+		fprintf(stderr, "dmio-bench: multi: %d reads of %d other clients did not end in 2 s after the run\n",
+			stalled_reads, stalled_clients);
+	atomic_store(&M.destroying, 1);
 	double secs = (double)(t1 - t0) / 1e9;
 	uint64_t total = 0, lo = UINT64_MAX, hi = 0;
 	for (uint64_t i = hung; i < n; i++) {
@@ -217,9 +272,34 @@ int mode_multi(void)
 	for (uint64_t i = 0; i < n; i++)
 		dm_io_client_destroy(cs[i].cl);
 	double destroy_s = (double)(now_ns() - td) / 1e9;
+	/* The hold ends: the kernel completes the stuck reads (into the
+	 * library's private memory, which destroy left to them); bounded. */
+	double drain_s = 0;
+	int drained = 1;
+	if (fuse) {
+		uint64_t tr = now_ns();
+		int rc = hungdev_ctl(fuse, "release");
+		if (rc)
+			fprintf(stderr, "dmio-bench: hangfs refused 'release': %s\n", strerror(-rc));
+		while (hungdev_inflight(fuse) > 0 && now_ns() - tr < 10000000000ull)
+			sleep_ns(1000000);
+		drained = hungdev_inflight(fuse) == 0;
+		drain_s = (double)(now_ns() - tr) / 1e9;
+		if (!drained)
+			fprintf(stderr, "dmio-bench: %d reads still in flight on %s 10 s after the release\n",
+				hungdev_inflight(fuse), hungdev_path(fuse));
+	}
 	jheader();
 	jint("clients", n);
 	jint("hung", hung);
+	jstr("hung_device", !hung ? "none" : fuse ? "loop+FUSE" : "fault rule");
+	if (fuse) {
+		jstr("hung_path", hungdev_path(fuse));
+		jint("fuse_held", (uint64_t)(fuse_held > 0 ? fuse_held : 0));
+		jint("loop_inflight", (uint64_t)(loop_inflight > 0 ? loop_inflight : 0));
+		jnum("release_drain_s", drain_s);
+		jint("drained", (uint64_t)drained);
+	}
 	jint("qd", opt.qd);
 	jint("bs", opt.bs);
 	jnum("secs", secs);
@@ -235,13 +315,30 @@ int mode_multi(void)
 	jnum("us_per_request", total ? (u1 - u0 + s1 - s0) / (double)total * 1e6 : 0);
 	jclose();
 	jint("errors", atomic_load(&M.errors));
+	jint("stalled_reads", (uint64_t)stalled_reads);
+	jint("stalled_clients", (uint64_t)stalled_clients);
+	jint("stalled_cancelled", atomic_load(&M.stalled_cancelled));
 	jint("submit_errors", atomic_load(&M.submit_errors));
 	jint("timeouts", atomic_load(&M.timeouts));
 	jint("early_timeouts", atomic_load(&M.early));
 	jhist("timeout_late_ns", &M.late);
 	jclose();
 	printf("\n");
-	if (held)
+	int bad = atomic_load(&M.errors) || atomic_load(&M.early);
+	if (bad)
+		fprintf(stderr, "dmio-bench: multi: %" PRIuFAST64 " reads of the other clients failed, %" PRIuFAST64
+			" TIMEOUTs came before their deadline\n", atomic_load(&M.errors), atomic_load(&M.early));
+	if (fuse) {
+		/* Nothing stuck in the kernel would not be the case measured. */
+		if (loop_inflight <= 0) {
+			fprintf(stderr, "dmio-bench: no read was stuck on %s (held %d, in flight %d)\n",
+				hungdev_path(fuse), fuse_held, loop_inflight);
+			bad = 1;
+		}
+		dm_io_bdev_close(held);
+		hungdev_down(fuse);
+	} else if (held) {
 		dm_io_bdev_set_faults(held, "");
-	return atomic_load(&M.errors) || atomic_load(&M.early) ? 1 : 0;
+	}
+	return bad ? 1 : 0;
 }

@@ -83,7 +83,9 @@ void usage(void)
 		"  memory   --dev A --dev B --qd Q --n N [--span B]\n"
 		"  memcpy   --bs B\n"
 		"  clients  --n N --qd Q --bs B   (N clients created and destroyed: threads, RSS, time)\n"
-		"  multi    --dev P --n N --qd Q --bs B --secs S [--warmup W] [--hung K --timeout MS]\n");
+		"  multi    --dev P --n N --qd Q --bs B --secs S [--warmup W] [--hung K --timeout MS [--hung-fuse]]\n"
+		"           (--hung-fuse: the K clients read a loop device over a FUSE daemon that holds every\n"
+		"           read, c-tests/fixtures/hungdev.h, instead of P through a fault rule; needs root)\n");
 	exit(2);
 }
 
@@ -100,7 +102,7 @@ void parse(int argc, char **argv)
 		{ "healthy", no_argument, 0, 'H' },	{ "plain", no_argument, 0, 'P' },
 		{ "label", required_argument, 0, 'l' }, { "seed", required_argument, 0, 'e' },
 		{ "zero-copy", no_argument, 0, 'Z' },	{ "pages", no_argument, 0, 'G' },
-		{ "hung", required_argument, 0, 'k' },
+		{ "hung", required_argument, 0, 'k' },	{ "hung-fuse", no_argument, 0, 'F' },
 		{ "refuse-uring", no_argument, 0, 'U' },
 		{ 0, 0, 0, 0 },
 	};
@@ -137,6 +139,7 @@ void parse(int argc, char **argv)
 		case 'l': opt.label = optarg; break;
 		case 'e': opt.seed = strtoull(optarg, NULL, 0); break;
 		case 'k': opt.hung = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'F': opt.hung_fuse = 1; break;
 		default: usage();
 		}
 	}

@@ -38,6 +38,8 @@ TARGETS = {
     "cpu": 1.5,         # case 7: <= 1.5x fio instructions per IO
     "aio": 0.90,        # case 9: io_uring refused, AIO engine >= 0.90x fio libaio
     "threads": 0.85,    # case 9: thread-pool engine >= 0.85x fio psync, 32 threads
+    "hung_clients": 0.90,  # case 8: the others beside a hung client >= 0.90x of none hung
+    "hung_late_p99_ms": 2.0,  # case 8: ... and the hung client's TIMEOUTs late by p99 <= 2 ms, none early
 }
 
 

@@ -127,6 +127,7 @@ struct bench_opt {
 	uint64_t n;     /* timeouts/mirror/memory: requests */
 	unsigned timeout_ms, spread_ms, hedge_ms;
 	unsigned hung; /* multi: clients whose reads are held */
+	int hung_fuse; /* multi: ... by a really hung loop+FUSE device, not a fault rule */
 	const char *faults;
 	int wait_all, healthy, plain, zero_copy, pages;
 	int refuse_uring; /* --refuse-uring: io_uring_setup fails (seccomp), as in containers */

@@ -105,9 +105,10 @@ class Runner:
         clear_status()
         log(f"  [{self.runs:3d}] case {case} {label:<34} {tool:<8} {summary}  ({time.time() - t0:.1f} s)")
 
-    def pair(self, case, label, run_dmio, run_fio, metric, rounds=None, names=("libdmio", "fio")):
+    def pair(self, case, label, run_dmio, run_fio, metric, rounds=None, names=("libdmio", "fio"), keep_all=False):
         """ABBA: libdmio, fio, fio, libdmio (per round pair); returns both lists.
-        `names`: what the two sides are called in the progress lines."""
+        `names`: what the two sides are called in the progress lines. `keep_all`: also
+        every run's whole result (libdmio_all, fio_all), not only the first's."""
         rounds = rounds or self.cfg["rounds"]
         order = ["d", "f"] if rounds == 1 else ["d", "f", "f", "d"] * (rounds // 2)
         res = {"d": [], "f": []}
@@ -125,7 +126,8 @@ class Runner:
         return {"libdmio": d, "fio": f, "ratio": d / f if f else 0,
                 "libdmio_runs": [metric(r) for r in res["d"]], "fio_runs": [metric(r) for r in res["f"]],
                 "libdmio_spread": spread(res["d"]), "fio_spread": spread(res["f"]),
-                "libdmio_detail": res["d"][0], "fio_detail": res["f"][0]}
+                "libdmio_detail": res["d"][0], "fio_detail": res["f"][0],
+                **({"libdmio_all": res["d"], "fio_all": res["f"]} if keep_all else {})}
 
     def ref(self, label, devs, bs, qd, copy, rw="read", independent=False):
         """The bare io_uring loop (uring-ref.c): reads with or without one copy
