@@ -31,7 +31,7 @@
 //! nothing, and a client destroy waits for none of it.
 //!
 //! Not used: on a completion thread (its SYNC calls block a ring that has
-//! other work; they keep the reactor), unless `DMIO_SYNC_RING=1`, when the
+//! other work; they keep the reactor), with `DMIO_SYNC_RING=0`, when the
 //! kernel refuses another ring, and in a forked child's inherited ring.
 
 use super::{Core, Waker};
@@ -156,12 +156,11 @@ thread_local! {
     };
 }
 
-/// `DMIO_SYNC_RING=1` turns the caller's ring on; off by default until it
-/// has run through every suite (SYNC IO then goes to the reactor, as with
-/// other engines).
+/// The caller's ring is on by default; `DMIO_SYNC_RING=0` turns it off
+/// (SYNC IO then goes to the reactor, as with the other engines).
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DMIO_SYNC_RING").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("DMIO_SYNC_RING").map_or(true, |v| v != "0"))
 }
 
 /// While alive, the calling thread's SYNC ops and timers go to its ring.
