@@ -20,11 +20,14 @@
 //! without the thread entering it, and another thread may reap it (below).
 //!
 //! Ownership: every op in this ring owns its private memory until its CQE
-//! is reaped. When the thread's SYNC call returns, the only ops left
-//! belong to final requests: those parked by a fault rule (never started)
-//! complete at once as cancelled; if some are still in the kernel (a
-//! cancelled or abandoned region's IO on a stuck device) the thread gives
-//! the whole ring away to the orphan reaper ([`orphan`]: a thread started
+//! is reaped. When the thread's SYNC call returns, the ops left belong to
+//! final regions, or to regions that timed out and still run (a write with
+//! `DM_IO_RETURN_ON_TIMEOUT`, which returns at its deadline). Those parked
+//! by a fault rule (never started) for a final region complete at once as
+//! cancelled; if some are still in the kernel (a cancelled or abandoned
+//! region's IO on a stuck device, a write that timed out), or parked for a
+//! region that still runs, the thread gives the whole ring away to the
+//! orphan reaper ([`orphan`]: a thread started
 //! only then, which reaps such rings until they are idle, frees their
 //! private memory and closes them, then ends) and makes a new ring at its
 //! next SYNC call. So a thread that never calls again, or exits, loses
@@ -71,7 +74,7 @@ impl Drop for Here {
             std::mem::forget(core);
             return;
         }
-        for op in core.sched.take_parked() {
+        for op in take_unneeded(&mut core) {
             op.complete(-libc::ECANCELED);
         }
         core.clear_deadlines();
@@ -79,6 +82,14 @@ impl Drop for Here {
             orphan(core);
         }
     }
+}
+
+/// The ops parked by fault rules that may end unstarted: their regions are
+/// final. Those of a region still running after its SYNC call returned
+/// (`DM_IO_RETURN_ON_TIMEOUT`) stay parked, on their schedule.
+fn take_unneeded(core: &mut Core) -> Vec<IoOp> {
+    core.sched
+        .take_parked_unless(|op| op.sink.keep_parked(op.region))
 }
 
 /// Rings given away with ops still in the kernel, and whether the reaper
@@ -222,11 +233,12 @@ impl Here {
         };
         let Some(c) = g.as_mut() else { return };
         c.clear_deadlines();
-        let parked = c.sched.take_parked();
-        let left = !c.idle() || !parked.is_empty();
-        let gone = if left && c.inflight > 0 {
-            // IO still in the kernel: the ring goes to the reaper, the
-            // thread makes a new one at its next SYNC call.
+        let parked = take_unneeded(c);
+        let gone = if !c.idle() && (c.inflight > 0 || c.sched.parked() > 0) {
+            // IO still in the kernel, or ops of a region still running
+            // (`DM_IO_RETURN_ON_TIMEOUT`) parked by fault rules: the ring
+            // goes to the reaper, which runs them on; the thread makes a
+            // new one at its next SYNC call.
             *self.waker.borrow_mut() = None;
             g.take()
         } else {
