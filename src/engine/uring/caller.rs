@@ -69,7 +69,7 @@ impl Drop for Here {
         let Some(mut core) = self.ring.get_mut().take() else {
             return;
         };
-        if self.pid.get() != std::process::id() {
+        if self.pid.get() != pid() {
             // A forked child's copy of its parent's ring: not ours.
             std::mem::forget(core);
             return;
@@ -179,6 +179,32 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("DMIO_SYNC_RING").map_or(true, |v| v != "0"))
 }
 
+/// The process id, read once and again in a forked child, not with a
+/// system call per SYNC call (glibc does not cache `getpid`).
+fn pid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        // In the child: the next call reads the child's id.
+        PID.store(0, Ordering::Relaxed);
+    }
+    HOOK.call_once(|| {
+        // SAFETY: registers a child handler that only stores to an atomic
+        // (async-signal-safe); it is never unregistered, and the library
+        // is never unloaded (`-z nodelete`).
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
 /// While alive, the calling thread's SYNC ops and timers go to its ring.
 pub struct Guard {
     _here: std::marker::PhantomData<*const ()>,
@@ -199,7 +225,7 @@ impl Drop for Guard {
 impl Here {
     /// The ring, made on first use; `None` if the kernel refuses it.
     fn ensure(&self) -> Option<Arc<Waker>> {
-        let pid = std::process::id();
+        let pid = pid();
         if self.pid.get() != pid {
             if let Some(old) = self.ring.borrow_mut().take() {
                 // Inherited across fork: the parent's ring, not ours.
