@@ -299,12 +299,19 @@ impl Request {
             if self.notify.is_some() {
                 g.queue.push_back(ev);
             }
-            self.cv.notify_all();
-            if let Some(w) = &g.waiter {
-                w.wake();
-            }
-            if let Some(w) = self.ring_wake.get() {
-                w.wake();
+            // The waiter sleeps on the condition variable only when it
+            // turns no ring (`wait_sync`); std's notify is a system call
+            // even with no one waiting, so only then.
+            match (&g.waiter, self.ring_wake.get()) {
+                (None, None) => self.cv.notify_all(),
+                (waiter, own) => {
+                    if let Some(w) = waiter {
+                        w.wake();
+                    }
+                    if let Some(w) = own {
+                        w.wake();
+                    }
+                }
             }
         } else {
             self.owner.deliver_async(ev);
