@@ -242,7 +242,12 @@ impl Here {
         }
         let made = Waker::new().ok().and_then(|w| {
             let ring = build_plain(ENTRIES)?;
-            Core::with_ring(ring, Arc::clone(&w)).ok().map(|c| (w, c))
+            Core::with_ring(ring, Arc::clone(&w)).ok().map(|mut c| {
+                // The caller waits for its IO: memory file systems' ops
+                // run here, not on an io-wq thread (`Core::run_inline`).
+                c.inline_mem = true;
+                (w, c)
+            })
         });
         let Some((waker, core)) = made else {
             self.refused.set(true);
