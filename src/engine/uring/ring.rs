@@ -405,7 +405,11 @@ impl Core {
     ) {
         let runnable = (!self.backlog.is_empty() && self.inflight < self.cap) || self.kicked();
         if runnable || pending() {
-            let _ = self.ring.submit();
+            // No system call when nothing is queued (a SYNC caller whose
+            // op ran inline, `Core::run_inline`, finds its request done).
+            if !self.ring.submission().is_empty() {
+                let _ = self.ring.submit();
+            }
             return;
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
