@@ -30,7 +30,11 @@
  * functions of asynchronous requests run on the client's completion thread,
  * one at a time per client (never on a reactor thread, never inside
  * dm_io()); for DM_IO_SYNC requests they run inside dm_io(), in the
- * caller's thread.
+ * caller's thread (a SYNC write with DM_IO_RETURN_ON_TIMEOUT returns at
+ * its deadline: the final notifications of regions that timed out come
+ * later from the completion thread). With io_uring a SYNC request's IO
+ * runs on a small ring of the calling thread's own (DMIO_SYNC_RING=0:
+ * on the reactor), except on a completion thread.
  * With io_uring, asynchronous IO that a notify function submits runs on a
  * ring of the completion thread itself, whose completions are processed
  * between callbacks (so resubmitting from notify never crosses threads):
