@@ -75,7 +75,7 @@ static void m_overflow(struct call *k) { k->r[0].sector = UINT64_MAX - 1; }
 static void m_count_overflow(struct call *k) { k->r[0].count = UINT64_MAX / 256; }
 static void m_unaligned(struct call *k) { k->r[0].sector = 1; }
 static void m_rw_bits(struct call *k) { k->c.rw |= 0x1000; }
-static void m_flags_bits(struct call *k) { k->c.flags = 4; }
+static void m_flags_bits(struct call *k) { k->c.flags = 8; }
 static void m_flush_read(struct call *k) { k->c.rw = DM_IO_READ | DM_IO_SYNC | DM_IO_FLUSH; }
 static void m_fua_read(struct call *k) { k->c.rw = DM_IO_READ | DM_IO_SYNC | DM_IO_FUA; }
 static void m_mem_type(struct call *k) { k->c.memory.type = 7; }
@@ -127,7 +127,7 @@ static const struct {
 	{ "sector + count overflows", m_overflow, -EINVAL },
 	{ "count * 512 overflows", m_count_overflow, -EINVAL },
 	{ "unknown rw bits (0x1000)", m_rw_bits, -EINVAL },
-	{ "unknown flags bits (4)", m_flags_bits, -EINVAL },
+	{ "unknown flags bits (8)", m_flags_bits, -EINVAL },
 	{ "FLUSH on a read", m_flush_read, -EINVAL },
 	{ "FUA on a read", m_fua_read, -EINVAL },
 	{ "unknown memory type 7", m_mem_type, -EINVAL },

@@ -30,7 +30,11 @@
  * functions of asynchronous requests run on the client's completion thread,
  * one at a time per client (never on a reactor thread, never inside
  * dm_io()); for DM_IO_SYNC requests they run inside dm_io(), in the
- * caller's thread.
+ * caller's thread (a SYNC write with DM_IO_RETURN_ON_TIMEOUT returns at
+ * its deadline: the final notifications of regions that timed out come
+ * later from the completion thread). With io_uring a SYNC request's IO
+ * runs on a small ring of the calling thread's own (DMIO_SYNC_RING=0:
+ * on the reactor), except on a completion thread.
  * With io_uring, asynchronous IO that a notify function submits runs on a
  * ring of the completion thread itself, whose completions are processed
  * between callbacks (so resubmitting from notify never crosses threads):
@@ -132,6 +136,17 @@
  * aligned as O_DIRECT needs on the device; not with `DM_IO_READ_ANY`.
  */
 #define DM_IO_ZERO_COPY 2
+
+/**
+ * `flags`, with `DM_IO_SYNC` on a write: `dm_io` returns as soon as every
+ * region has had its first notification: its final state, or
+ * `DM_IO_TIMEOUT` at the deadline. A region that timed out goes on as in
+ * an asynchronous request: its final notification comes later from the
+ * client's completion thread, so `notify` and `context` must stay valid
+ * until then; `memory` is read during the call only (the data is in
+ * private memory before any IO starts). Not with `DM_IO_ZERO_COPY`.
+ */
+#define DM_IO_RETURN_ON_TIMEOUT 4
 
 /**
  * `dm_io_bdev_open` flag: open read-only (writes fail with -EBADF).
@@ -508,12 +523,19 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * `hdl`, if not NULL, receives a referenced handle (written only on
  * success) that the caller releases with `dm_io_handle_put`.
  *
+ * A SYNC write with `DM_IO_RETURN_ON_TIMEOUT` in `ctrl->flags` returns
+ * once every region has had its first notification (final, or TIMEOUT at
+ * the deadline); the final notification of a region that timed out comes
+ * later from the completion thread, as for an asynchronous request.
+ *
  * Returns 0 when an asynchronous request was started. A SYNC request
  * returns 0 when every region ended OK (for `DM_IO_READ_ANY`, when one
  * region ended OK and delivered the data); otherwise the `error_code` of the
  * first region that ended ERROR, else of the first CANCELLED region
  * (`-ETIMEDOUT` for its deadline, which without notify cancels
- * automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy).
+ * automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy),
+ * else (`DM_IO_RETURN_ON_TIMEOUT`, a region still running after its
+ * TIMEOUT) `-ETIMEDOUT`.
  * Errors before anything starts: `-EINVAL` (NULL `ctrl`/`regions`, unknown
  * client or device, `num_regions` 0 or above the client's `devices`, a
  * read with more than one region without `DM_IO_READ_ANY`; a region with
@@ -524,7 +546,8 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * above `max_size`; an unknown memory type, memory that is NULL or shorter
  * than the largest region, a page that is not from `dm_io_page_alloc`; no
  * notify without `DM_IO_SYNC`; `DM_IO_ZERO_COPY` memory not contiguous per
- * piece or not aligned, or with `DM_IO_READ_ANY`), `-EBADF` (write to a
+ * piece or not aligned, or with `DM_IO_READ_ANY`; `DM_IO_RETURN_ON_TIMEOUT`
+ * without `DM_IO_SYNC`, on a read or with `DM_IO_ZERO_COPY`), `-EBADF` (write to a
  * device opened read-only), `-ESHUTDOWN` (client being destroyed).
  *
  * How the library does this (threads, rings, private memory, library
@@ -537,7 +560,9 @@ void dm_io_client_destroy(struct dm_io_client *cl);
  * `ptr.vma`, or a readable bio_vec array or page list that far) and stays
  * valid, neither freed nor reused, until each region's final notification
  * (for `DM_IO_SYNC`, until `dm_io` returns). `ctrl->notify`, if not NULL,
- * may be called with `ctrl->context` on the threads named above. `hdl`,
+ * may be called with `ctrl->context` on the threads named above (with
+ * `DM_IO_RETURN_ON_TIMEOUT`, after `dm_io` returned too, until each
+ * region's final notification). `hdl`,
  * if not NULL, points to writable memory for a `struct dm_io_handle *`.
  */
 int dm_io(struct dm_io_control *ctrl,

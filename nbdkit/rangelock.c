@@ -12,8 +12,11 @@ static int overlaps(const struct rangelock *rl, uint64_t a, uint64_t b)
 void rangelock_lock(struct rangelock *rl, struct rangelock_entry *e, uint64_t a, uint64_t b)
 {
 	pthread_mutex_lock(&rl->lock);
-	while (overlaps(rl, a, b))
+	while (overlaps(rl, a, b)) {
+		rl->nwait++;
 		pthread_cond_wait(&rl->cond, &rl->lock);
+		rl->nwait--;
+	}
 	e->a = a;
 	e->b = b;
 	e->next = rl->held;
@@ -29,6 +32,7 @@ void rangelock_unlock(struct rangelock *rl, struct rangelock_entry *e)
 			*p = e->next;
 			break;
 		}
-	pthread_cond_broadcast(&rl->cond);
+	if (rl->nwait)
+		pthread_cond_broadcast(&rl->cond);
 	pthread_mutex_unlock(&rl->lock);
 }

@@ -22,9 +22,10 @@ struct rangelock {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct rangelock_entry *held;
+	unsigned nwait; /* threads waiting on cond: an unlock wakes them only if any */
 };
 
-#define RANGELOCK_INIT { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL }
+#define RANGELOCK_INIT { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0 }
 
 /* Waits until no held range overlaps [a, b), then holds it in `e` (the
  * caller's storage, until rangelock_unlock). */

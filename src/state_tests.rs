@@ -110,6 +110,7 @@ const READ: Mode = Mode {
     read_any: false,
     zero_copy: false,
     lib_pages: false,
+    return_on_timeout: false,
 };
 const WRITE: Mode = Mode {
     write: true,
@@ -118,6 +119,7 @@ const WRITE: Mode = Mode {
     read_any: false,
     zero_copy: false,
     lib_pages: false,
+    return_on_timeout: false,
 };
 
 #[test]

@@ -153,17 +153,20 @@ out:
 }
 
 /* One timed write of `data` to `n` leg regions for chunk `c` (user writes
- * and resync copies alike); dm_io's result. */
+ * and resync copies alike); dm_io's result. `sync`: DM_IO_SYNC with
+ * DM_IO_RETURN_ON_TIMEOUT, returning when every leg is final or timed out
+ * (see issue_chunk in mirror_write.c). */
 int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
-			unsigned n)
+			unsigned n, int sync)
 {
 	struct dm_io_control ctrl = {
 		.memory = { .type = DM_IO_VM, .ptr.vma = data },
-		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0),
+		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0) | (sync ? DM_IO_SYNC : 0),
 		.notify = write_notify,
 		.context = c,
 		.client = m->cl,
 		.timeout = m->cfg.write_timeout_ms,
+		.flags = sync ? DM_IO_RETURN_ON_TIMEOUT : 0,
 	};
 	return dm_io(&ctrl, n, regs, NULL);
 }

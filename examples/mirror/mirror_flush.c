@@ -106,17 +106,25 @@ int mirror_flush(struct mirror *m)
 	pthread_mutex_unlock(&m->lock);
 	int rc = 0;
 	if (f->nio) {
+		/* In this thread (SYNC), returning when every leg is final or
+		 * timed out; a late leg is notified later from the completion
+		 * thread (DM_IO_RETURN_ON_TIMEOUT). */
 		struct dm_io_control ctrl = {
 			.memory = { .type = DM_IO_VM, .ptr.vma = NULL },
-			.rw = DM_IO_WRITE | DM_IO_FLUSH,
+			.rw = DM_IO_WRITE | DM_IO_FLUSH | DM_IO_SYNC,
 			.notify = flush_notify,
 			.context = f,
 			.client = m->cl,
 			.timeout = m->cfg.write_timeout_ms,
+			.flags = DM_IO_RETURN_ON_TIMEOUT,
 		};
 		rc = dm_io(&ctrl, f->nio, regs, NULL);
 	}
 	pthread_mutex_lock(&m->lock);
+	/* Started, every leg was notified before dm_io returned (its result
+	 * then says how they ended; the write rule below decides). */
+	if (rc && f->undecided < f->nio)
+		rc = 0;
 	if (rc) {
 		f->nfinal = f->nio;
 		f->undecided = 0;

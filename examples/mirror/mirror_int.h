@@ -97,7 +97,7 @@ struct chunk {
 	uint64_t need_seq;         /* log seq that must be committed before the ack */
 	unsigned src;              /* resync: source leg */
 	int fua;                   /* written with DM_IO_FUA */
-	void *data;
+	void *data;                /* our copy (asynchronous writes, resync), freed with the chunk */
 	pthread_cond_t *wake;      /* the owner's condition variable, signalled on each notify */
 };
 
@@ -276,7 +276,7 @@ int mirror_log_load(struct mirror *m);
 void mirror_chunk_link(struct mirror *m, struct chunk *c);
 void mirror_chunk_put(struct mirror *m, struct chunk *c);
 int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
-			unsigned n);
+			unsigned n, int sync);
 
 /* mirror_resync.c */
 void *mirror_daemon_main(void *arg);

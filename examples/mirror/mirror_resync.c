@@ -130,7 +130,7 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	pthread_mutex_unlock(&m->lock);
 
 	struct dm_io_region dst = { l->bdev, off / 512, len / 512 };
-	rc = mirror_submit_write(m, c, data, &dst, 1);
+	rc = mirror_submit_write(m, c, data, &dst, 1, 0);
 
 	pthread_mutex_lock(&m->lock);
 	if (rc) {

@@ -9,20 +9,31 @@
 /* ---- writes ---------------------------------------------------------------- */
 
 /* Builds and issues the write of one region piece to every eligible leg.
- * Returns the chunk (owned by the caller until chunk released) or NULL. */
+ * Returns the chunk (owned by the caller until chunk released) or NULL.
+ *
+ * `sync` (a write of one piece): the calling thread does the IO itself, a
+ * SYNC dm_io with DM_IO_RETURN_ON_TIMEOUT. It returns when every leg is
+ * final or has timed out (the deadline), with every notification so far
+ * delivered in this thread; a leg that timed out is notified again later
+ * from the completion thread, as with an asynchronous write. The data is
+ * in libdmio's private memory before any leg starts and dm_io never reads
+ * `buf` after it returns, so no copy of ours is needed.
+ * Otherwise (a piece of a write over several regions, issued together with
+ * the others) an asynchronous dm_io, from a copy of ours: dm_io needs the
+ * memory until each region is final, and a late region outlives the
+ * caller's buffer. */
 static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len,
-				 int fua, double t0, pthread_cond_t *wake)
+				 int fua, double t0, pthread_cond_t *wake, int sync)
 {
 	struct chunk *c = calloc(1, sizeof(*c));
-	void *data = malloc(len);
-	if (!c || !data) {
+	void *data = sync ? NULL : malloc(len);
+	if (!c || (!sync && !data)) {
 		free(c);
 		free(data);
 		return NULL;
 	}
-	/* Our own copy: dm_io needs the memory until each region is final,
-	 * and a late region outlives the caller's buffer. */
-	memcpy(data, buf, len);
+	if (!sync)
+		memcpy(data, buf, len);
 	c->m = m;
 	c->owner = 1;
 	c->region = r;
@@ -80,7 +91,17 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	if (!c->nio)
 		return c;
 
-	int rc = mirror_submit_write(m, c, data, regs, c->nio);
+	int rc = mirror_submit_write(m, c, sync ? (void *)buf : data, regs, c->nio, sync);
+	if (rc && sync) {
+		/* A SYNC dm_io that started notified every leg before it
+		 * returned (its result then says how they ended; the quorum
+		 * rule decides): nothing started only if none was notified. */
+		pthread_mutex_lock(&m->lock);
+		int started = c->undecided < c->nio;
+		pthread_mutex_unlock(&m->lock);
+		if (started)
+			rc = 0;
+	}
 	if (rc) {
 		/* Nothing started: the legs missed this write. */
 		pthread_mutex_lock(&m->lock);
@@ -206,13 +227,14 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 
 	struct chunk *cs[MAX_WRITE_REGIONS];
 	unsigned n = 0;
+	int sync = r0 == r1; /* one piece: SYNC, in this thread (issue_chunk) */
 	const unsigned char *p = buf;
 	uint64_t pos = off, end = off + len;
 	while (pos < end) {
 		uint64_t r = pos / m->region_size;
 		uint64_t rend = (r + 1) * (uint64_t)m->region_size;
 		size_t piece = (size_t)((rend < end ? rend : end) - pos);
-		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0, &wcv);
+		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0, &wcv, sync);
 		if (!c) {
 			rc = -ENOMEM;
 			break;

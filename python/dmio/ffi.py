@@ -89,6 +89,7 @@ DM_IO_READ_ANY = 128
 #: ``flags``: at the deadline, unfinished regions end CANCELLED instead of TIMEOUT.
 DM_IO_CANCEL_ON_TIMEOUT = 1
 DM_IO_ZERO_COPY = 2
+DM_IO_RETURN_ON_TIMEOUT = 4
 #: ``dm_io_bdev_open`` flag: open read-only.
 DM_IO_BDEV_RDONLY = 1
 #: ``dm_io_bdev_open`` flag: use the page cache instead of O_DIRECT.

@@ -87,6 +87,11 @@ impl Client {
                 ));
             }
         }
+        if s.mode.return_on_timeout && (!s.mode.sync || !s.mode.write || s.mode.zero_copy) {
+            return Err(crate::einval!(
+                "DM_IO_RETURN_ON_TIMEOUT applies to SYNC writes without DM_IO_ZERO_COPY"
+            ));
+        }
         if !s.mode.sync && s.notify.is_none() {
             return Err(crate::einval!(
                 "an asynchronous request needs a notify function"

@@ -33,7 +33,24 @@ pub struct Device {
     direct: bool,
     read_only: bool,
     block_dev: bool,
+    /// A regular file on a memory file system (tmpfs, ramfs; O_DIRECT or not):
+    /// see [`Device::in_memory`].
+    mem_fs: bool,
     pub faults: faults::FaultTable,
+}
+
+/// Whether `fd` is on a memory file system (tmpfs, ramfs).
+fn on_memory_fs(fd: RawFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: a zeroed statfs is a valid value for the kernel to fill.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor and `sf` a valid out-pointer.
+    if unsafe { libc::fstatfs(fd, &mut sf) } != 0 {
+        return false;
+    }
+    let t = sf.f_type as i64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -195,6 +212,7 @@ impl Device {
             direct,
             read_only,
             block_dev,
+            mem_fs: kind == libc::S_IFREG && on_memory_fs(raw),
             faults: faults::FaultTable::default(),
         })
     }
@@ -214,6 +232,7 @@ impl Device {
             direct: true,
             read_only: flags & OPEN_RDONLY != 0,
             block_dev: false,
+            mem_fs: false,
             faults: faults::FaultTable::default(),
         })
     }
@@ -247,6 +266,14 @@ impl Device {
     }
     pub fn is_block_device(&self) -> bool {
         self.block_dev
+    }
+    /// A file on tmpfs or ramfs: its IO is a copy to or from the
+    /// page cache and never waits for a device. io_uring cannot start it
+    /// without blocking (no `FMODE_NOWAIT`), so it punts every such op to
+    /// an io-wq thread; a thread that waits for the op anyway (a SYNC
+    /// caller) may as well make the system call itself.
+    pub fn in_memory(&self) -> bool {
+        self.mem_fs
     }
 }
 

@@ -58,6 +58,12 @@ pub trait OpSink: Send + Sync {
     /// Library pages: the engine runs an op of `region` as a plain read (it
     /// could not register the chunk). `false` when the op must not start.
     fn demote(&self, region: u32) -> bool;
+    /// Whether an op of `region` parked by fault rules must stay parked
+    /// when the SYNC call that submitted it returns (its region still
+    /// runs: `DM_IO_RETURN_ON_TIMEOUT`); `false`: it may end unstarted.
+    fn keep_parked(&self, _region: u32) -> bool {
+        false
+    }
 }
 
 /// A timer an engine keeps for a request (its deadline, or the next region

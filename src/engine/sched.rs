@@ -237,6 +237,33 @@ impl Sched {
         ops
     }
 
+    /// Takes out the parked ops for which `keep` is false (to end them
+    /// unstarted); the others stay parked, on their schedule.
+    pub fn take_parked_unless(&mut self, keep: impl Fn(&IoOp) -> bool) -> Vec<IoOp> {
+        if self.parked() == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let held = std::mem::take(&mut self.held);
+        self.held_devs.clear();
+        for (g, op) in held {
+            if keep(&op) {
+                self.hold(g, op);
+            } else {
+                out.push(op);
+            }
+        }
+        let delayed = std::mem::take(&mut self.delayed);
+        for t in delayed.into_vec() {
+            if keep(&t.0.item) {
+                self.delayed.push(t);
+            } else {
+                out.push(t.0.item);
+            }
+        }
+        out
+    }
+
     /// Forgets deadlines (at shutdown every request is final).
     pub fn clear_deadlines(&mut self) {
         self.deadlines.clear();

@@ -187,12 +187,19 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// `hdl`, if not NULL, receives a referenced handle (written only on
 /// success) that the caller releases with `dm_io_handle_put`.
 ///
+/// A SYNC write with `DM_IO_RETURN_ON_TIMEOUT` in `ctrl->flags` returns
+/// once every region has had its first notification (final, or TIMEOUT at
+/// the deadline); the final notification of a region that timed out comes
+/// later from the completion thread, as for an asynchronous request.
+///
 /// Returns 0 when an asynchronous request was started. A SYNC request
 /// returns 0 when every region ended OK (for `DM_IO_READ_ANY`, when one
 /// region ended OK and delivered the data); otherwise the `error_code` of the
 /// first region that ended ERROR, else of the first CANCELLED region
 /// (`-ETIMEDOUT` for its deadline, which without notify cancels
-/// automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy).
+/// automatically, `-ECANCELED` for a cancel call, `-ESHUTDOWN` for destroy),
+/// else (`DM_IO_RETURN_ON_TIMEOUT`, a region still running after its
+/// TIMEOUT) `-ETIMEDOUT`.
 /// Errors before anything starts: `-EINVAL` (NULL `ctrl`/`regions`, unknown
 /// client or device, `num_regions` 0 or above the client's `devices`, a
 /// read with more than one region without `DM_IO_READ_ANY`; a region with
@@ -203,7 +210,8 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// above `max_size`; an unknown memory type, memory that is NULL or shorter
 /// than the largest region, a page that is not from `dm_io_page_alloc`; no
 /// notify without `DM_IO_SYNC`; `DM_IO_ZERO_COPY` memory not contiguous per
-/// piece or not aligned, or with `DM_IO_READ_ANY`), `-EBADF` (write to a
+/// piece or not aligned, or with `DM_IO_READ_ANY`; `DM_IO_RETURN_ON_TIMEOUT`
+/// without `DM_IO_SYNC`, on a read or with `DM_IO_ZERO_COPY`), `-EBADF` (write to a
 /// device opened read-only), `-ESHUTDOWN` (client being destroyed).
 ///
 /// How the library does this (threads, rings, private memory, library
@@ -216,7 +224,9 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// `ptr.vma`, or a readable bio_vec array or page list that far) and stays
 /// valid, neither freed nor reused, until each region's final notification
 /// (for `DM_IO_SYNC`, until `dm_io` returns). `ctrl->notify`, if not NULL,
-/// may be called with `ctrl->context` on the threads named above. `hdl`,
+/// may be called with `ctrl->context` on the threads named above (with
+/// `DM_IO_RETURN_ON_TIMEOUT`, after `dm_io` returned too, until each
+/// region's final notification). `hdl`,
 /// if not NULL, points to writable memory for a `struct dm_io_handle *`.
 #[no_mangle]
 pub unsafe extern "C" fn dm_io(
@@ -250,7 +260,8 @@ pub unsafe extern "C" fn dm_io(
                 ctrl.rw & !RW_KNOWN
             ));
         }
-        const FLAGS_KNOWN: c_uint = DM_IO_CANCEL_ON_TIMEOUT | DM_IO_ZERO_COPY;
+        const FLAGS_KNOWN: c_uint =
+            DM_IO_CANCEL_ON_TIMEOUT | DM_IO_ZERO_COPY | DM_IO_RETURN_ON_TIMEOUT;
         if ctrl.flags & !FLAGS_KNOWN != 0 {
             return Err(crate::einval!(
                 "unknown bits {:#x} in flags",
@@ -287,6 +298,7 @@ pub unsafe extern "C" fn dm_io(
                 cancel_on_timeout: ctrl.flags & DM_IO_CANCEL_ON_TIMEOUT != 0,
                 read_any: ctrl.rw & DM_IO_READ_ANY != 0,
                 zero_copy: ctrl.flags & DM_IO_ZERO_COPY != 0,
+                return_on_timeout: ctrl.flags & DM_IO_RETURN_ON_TIMEOUT != 0,
                 // Decided by the client from the memory.
                 lib_pages: false,
             },

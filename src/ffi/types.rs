@@ -70,6 +70,15 @@ pub const DM_IO_CANCEL_ON_TIMEOUT: c_uint = 1;
 /// aligned as O_DIRECT needs on the device; not with `DM_IO_READ_ANY`.
 pub const DM_IO_ZERO_COPY: c_uint = 2;
 
+/// `flags`, with `DM_IO_SYNC` on a write: `dm_io` returns as soon as every
+/// region has had its first notification: its final state, or
+/// `DM_IO_TIMEOUT` at the deadline. A region that timed out goes on as in
+/// an asynchronous request: its final notification comes later from the
+/// client's completion thread, so `notify` and `context` must stay valid
+/// until then; `memory` is read during the call only (the data is in
+/// private memory before any IO starts). Not with `DM_IO_ZERO_COPY`.
+pub const DM_IO_RETURN_ON_TIMEOUT: c_uint = 4;
+
 /// `dm_io_bdev_open` flag: open read-only (writes fail with -EBADF).
 pub const DM_IO_BDEV_RDONLY: c_uint = 1;
 /// `dm_io_bdev_open` flag: use the page cache instead of O_DIRECT.

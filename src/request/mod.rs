@@ -145,6 +145,9 @@ struct Inner {
     /// Library pages: ops that were running when a cancel detached the
     /// pages and have not completed yet (told to the owner).
     detached_ops: u32,
+    /// `DM_IO_RETURN_ON_TIMEOUT`: the SYNC call returned with regions
+    /// still running; their events go to the completion thread.
+    returned: bool,
 }
 
 /// How the request behaves.
@@ -162,6 +165,9 @@ pub struct Mode {
     /// memory): a cancel detaches the pages from the caller
     /// ([`crate::memory::lib_pages::detach`]) and the region ends at once.
     pub lib_pages: bool,
+    /// `DM_IO_RETURN_ON_TIMEOUT` (SYNC writes): the SYNC wait ends once
+    /// every region is final or timed out; the rest is asynchronous.
+    pub return_on_timeout: bool,
 }
 
 /// One `dm_io` call.
@@ -233,6 +239,7 @@ impl Request {
                 hedge_every: None,
                 winner: None,
                 detached_ops: 0,
+                returned: false,
             }),
             cv: Condvar::new(),
             ring_wake: std::sync::OnceLock::new(),
@@ -288,16 +295,23 @@ impl Request {
             state,
             error,
         };
-        if self.mode.sync {
+        if self.mode.sync && !g.returned {
             if self.notify.is_some() {
                 g.queue.push_back(ev);
             }
-            self.cv.notify_all();
-            if let Some(w) = &g.waiter {
-                w.wake();
-            }
-            if let Some(w) = self.ring_wake.get() {
-                w.wake();
+            // The waiter sleeps on the condition variable only when it
+            // turns no ring (`wait_sync`); std's notify is a system call
+            // even with no one waiting, so only then.
+            match (&g.waiter, self.ring_wake.get()) {
+                (None, None) => self.cv.notify_all(),
+                (waiter, own) => {
+                    if let Some(w) = waiter {
+                        w.wake();
+                    }
+                    if let Some(w) = own {
+                        w.wake();
+                    }
+                }
             }
         } else {
             self.owner.deliver_async(ev);
@@ -353,6 +367,12 @@ impl OpSink for Request {
     /// Library pages: returns `false` when the pages are already detached
     /// or the region is final (the op must not start); otherwise a cancel
     /// of the region now waits for its IO.
+    /// `DM_IO_RETURN_ON_TIMEOUT`: an op of a region still running after
+    /// its SYNC call returned keeps its schedule (fault rules) where it is.
+    fn keep_parked(&self, region: u32) -> bool {
+        self.mode.return_on_timeout && self.lock().regions[region as usize].fin.is_none()
+    }
+
     fn demote(&self, region: u32) -> bool {
         let i = region as usize;
         let mut g = self.lock();

@@ -23,7 +23,11 @@ impl Request {
     /// Waits (in the `dm_io` caller's thread) until every region is final,
     /// calling notify for each event here, and returns the summary: 0 when
     /// every region is OK, else the first ERROR's code, else `-ETIMEDOUT`,
-    /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region.
+    /// `-ECANCELED` or `-ESHUTDOWN` for the first cancelled region. With
+    /// `DM_IO_RETURN_ON_TIMEOUT` it returns once every region is final or
+    /// has delivered its TIMEOUT (`-ETIMEDOUT` when one still runs and no
+    /// region failed); the request's later events go to the completion
+    /// thread, like an asynchronous request's.
     pub fn wait_sync(self: &Arc<Self>) -> i32 {
         // On a completion thread whose ring runs IO (a notify callback
         // calling `dm_io` with `DM_IO_SYNC`), the request's IO may depend on
@@ -31,8 +35,18 @@ impl Request {
         // turns. So wait by turning it, woken by the request's events.
         let ring = crate::completion::ring_running_io();
         // Elsewhere, the request's IO may run in the caller's own ring
-        // (`DMIO_SYNC_RING=1`): wait there.
+        // (the default with io_uring): wait there.
         let own = self.ring_wake.get().is_some();
+        let early = self.mode.return_on_timeout;
+        // Every region final, or (`early`) each one final or timed out
+        // with its TIMEOUT delivered (the queue is empty).
+        let done = |g: &super::Inner| {
+            g.live == 0
+                || (early
+                    && g.queue.is_empty()
+                    && g.regions.iter().all(|r| r.fin.is_some() || r.timed_out))
+        };
+        let mut delivered = 0;
         let mut g = self.lock();
         if let Some(r) = &ring {
             g.waiter = Some(r.waker());
@@ -41,15 +55,16 @@ impl Request {
             if let Some(ev) = g.queue.pop_front() {
                 drop(g);
                 ev.deliver();
+                delivered += usize::from(ev.is_final());
                 g = self.lock();
                 continue;
             }
-            if g.live == 0 {
+            if done(&g) {
                 break;
             }
             let ready = || {
                 let g = self.lock();
-                g.live == 0 || !g.queue.is_empty()
+                done(&g) || !g.queue.is_empty()
             };
             match &ring {
                 Some(r) => {
@@ -66,7 +81,20 @@ impl Request {
             }
         }
         g.waiter = None;
+        let running = g.live;
         let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
+        if running > 0 {
+            // The rest is asynchronous: later events go to the completion
+            // thread, which counts the final ones it delivers; the library's
+            // handle reference goes with the last.
+            g.returned = true;
+            drop(g);
+            for _ in 0..delivered {
+                self.final_delivered();
+            }
+            let s = summarize(&finals);
+            return if s == 0 { -libc::ETIMEDOUT } else { s };
+        }
         drop(g);
         self.owner.request_delivered(self);
         if self.mode.read_any && finals.iter().any(|(s, _)| *s == State::Ok) {

@@ -20,18 +20,21 @@
 //! without the thread entering it, and another thread may reap it (below).
 //!
 //! Ownership: every op in this ring owns its private memory until its CQE
-//! is reaped. When the thread's SYNC call returns, the only ops left
-//! belong to final requests: those parked by a fault rule (never started)
-//! complete at once as cancelled; if some are still in the kernel (a
-//! cancelled or abandoned region's IO on a stuck device) the thread gives
-//! the whole ring away to the orphan reaper ([`orphan`]: a thread started
+//! is reaped. When the thread's SYNC call returns, the ops left belong to
+//! final regions, or to regions that timed out and still run (a write with
+//! `DM_IO_RETURN_ON_TIMEOUT`, which returns at its deadline). Those parked
+//! by a fault rule (never started) for a final region complete at once as
+//! cancelled; if some are still in the kernel (a cancelled or abandoned
+//! region's IO on a stuck device, a write that timed out), or parked for a
+//! region that still runs, the thread gives the whole ring away to the
+//! orphan reaper ([`orphan`]: a thread started
 //! only then, which reaps such rings until they are idle, frees their
 //! private memory and closes them, then ends) and makes a new ring at its
 //! next SYNC call. So a thread that never calls again, or exits, loses
 //! nothing, and a client destroy waits for none of it.
 //!
 //! Not used: on a completion thread (its SYNC calls block a ring that has
-//! other work; they keep the reactor), unless `DMIO_SYNC_RING=1`, when the
+//! other work; they keep the reactor), with `DMIO_SYNC_RING=0`, when the
 //! kernel refuses another ring, and in a forked child's inherited ring.
 
 use super::{Core, Waker};
@@ -66,12 +69,12 @@ impl Drop for Here {
         let Some(mut core) = self.ring.get_mut().take() else {
             return;
         };
-        if self.pid.get() != std::process::id() {
+        if self.pid.get() != pid() {
             // A forked child's copy of its parent's ring: not ours.
             std::mem::forget(core);
             return;
         }
-        for op in core.sched.take_parked() {
+        for op in take_unneeded(&mut core) {
             op.complete(-libc::ECANCELED);
         }
         core.clear_deadlines();
@@ -79,6 +82,14 @@ impl Drop for Here {
             orphan(core);
         }
     }
+}
+
+/// The ops parked by fault rules that may end unstarted: their regions are
+/// final. Those of a region still running after its SYNC call returned
+/// (`DM_IO_RETURN_ON_TIMEOUT`) stay parked, on their schedule.
+fn take_unneeded(core: &mut Core) -> Vec<IoOp> {
+    core.sched
+        .take_parked_unless(|op| op.sink.keep_parked(op.region))
 }
 
 /// Rings given away with ops still in the kernel, and whether the reaper
@@ -127,7 +138,12 @@ fn reap_orphans() {
         for Orphan(c) in rings.iter_mut() {
             c.reap();
             c.pump_lazy();
-            c.submit_now();
+            // Enter the ring only when there is something to start (ops
+            // parked by fault rules and released): a ring that only
+            // waits for the kernel costs no system call per turn.
+            if c.depth().1 > 0 {
+                c.submit_now();
+            }
         }
         rings.retain(|o| !o.0.idle());
         let mut g = ORPHANS.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,12 +172,37 @@ thread_local! {
     };
 }
 
-/// `DMIO_SYNC_RING=1` turns the caller's ring on; off by default until it
-/// has run through every suite (SYNC IO then goes to the reactor, as with
-/// other engines).
+/// The caller's ring is on by default; `DMIO_SYNC_RING=0` turns it off
+/// (SYNC IO then goes to the reactor, as with the other engines).
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DMIO_SYNC_RING").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("DMIO_SYNC_RING").map_or(true, |v| v != "0"))
+}
+
+/// The process id, read once and again in a forked child, not with a
+/// system call per SYNC call (glibc does not cache `getpid`).
+fn pid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        // In the child: the next call reads the child's id.
+        PID.store(0, Ordering::Relaxed);
+    }
+    HOOK.call_once(|| {
+        // SAFETY: registers a child handler that only stores to an atomic
+        // (async-signal-safe); it is never unregistered, and the library
+        // is never unloaded (`-z nodelete`).
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let p = std::process::id();
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
 }
 
 /// While alive, the calling thread's SYNC ops and timers go to its ring.
@@ -184,7 +225,7 @@ impl Drop for Guard {
 impl Here {
     /// The ring, made on first use; `None` if the kernel refuses it.
     fn ensure(&self) -> Option<Arc<Waker>> {
-        let pid = std::process::id();
+        let pid = pid();
         if self.pid.get() != pid {
             if let Some(old) = self.ring.borrow_mut().take() {
                 // Inherited across fork: the parent's ring, not ours.
@@ -201,7 +242,12 @@ impl Here {
         }
         let made = Waker::new().ok().and_then(|w| {
             let ring = build_plain(ENTRIES)?;
-            Core::with_ring(ring, Arc::clone(&w)).ok().map(|c| (w, c))
+            Core::with_ring(ring, Arc::clone(&w)).ok().map(|mut c| {
+                // The caller waits for its IO: memory file systems' ops
+                // run here, not on an io-wq thread (`Core::run_inline`).
+                c.inline_mem = true;
+                (w, c)
+            })
         });
         let Some((waker, core)) = made else {
             self.refused.set(true);
@@ -223,11 +269,12 @@ impl Here {
         };
         let Some(c) = g.as_mut() else { return };
         c.clear_deadlines();
-        let parked = c.sched.take_parked();
-        let left = !c.idle() || !parked.is_empty();
-        let gone = if left && c.inflight > 0 {
-            // IO still in the kernel: the ring goes to the reaper, the
-            // thread makes a new one at its next SYNC call.
+        let parked = take_unneeded(c);
+        let gone = if !c.idle() && (c.inflight > 0 || c.sched.parked() > 0) {
+            // IO still in the kernel, or ops of a region still running
+            // (`DM_IO_RETURN_ON_TIMEOUT`) parked by fault rules: the ring
+            // goes to the reaper, which runs them on; the thread makes a
+            // new one at its next SYNC call.
             *self.waker.borrow_mut() = None;
             g.take()
         } else {

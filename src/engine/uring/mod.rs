@@ -238,6 +238,9 @@ pub(super) struct Core {
     socks: Vec<Option<sock::SockSlot>>,
     /// Scratch for taking kicks.
     kicked: Vec<(Arc<dyn super::socket::RingSocket>, bool)>,
+    /// A SYNC caller's ring ([`caller`]): ops on memory file systems run
+    /// as system calls on this thread instead (`Core::run_inline`).
+    inline_mem: bool,
 }
 
 /// The reactor thread: a [`Core`] fed through the engine's channel.

@@ -58,6 +58,56 @@ fn entries(op: &IoOp, ud: u64, reg: Buf) -> (Option<squeue::Entry>, squeue::Entr
     (flush, data)
 }
 
+/// Runs `op` (on a memory file system) as system calls on this thread:
+/// its result as a CQE would carry it (a failed linked flush's error wins).
+fn run_op_inline(op: &IoOp) -> i32 {
+    fn ret(r: isize) -> i32 {
+        if r < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            r as i32
+        }
+    }
+    let fd = op.dev.fd();
+    let datasync = || {
+        // SAFETY: fdatasync on a descriptor kept open by the op's Arc<Device>.
+        ret(unsafe { libc::fdatasync(fd) } as isize)
+    };
+    if op.kind == OpKind::Flush {
+        return datasync();
+    }
+    if op.pre_flush && op.kind == OpKind::Write {
+        let r = datasync();
+        if r < 0 {
+            return r;
+        }
+    }
+    let iov = libc::iovec {
+        iov_base: op.buf().cast(),
+        iov_len: op.len as usize,
+    };
+    loop {
+        let r = if op.kind == OpKind::Write {
+            let flags = if op.fua { libc::RWF_DSYNC } else { 0 };
+            // SAFETY: `iov` names `op.len` bytes of the op's buffer (its
+            // private slot, which the op owns, or caller memory lent until
+            // the region is final, which is not before this op completes);
+            // the fd stays open because the op holds `Arc<Device>`.
+            unsafe { libc::pwritev2(fd, &iov, 1, op.offset as i64, flags) }
+        } else {
+            // SAFETY: as for the write; the buffer is writable memory the
+            // op owns (or lent, as above) for `op.len` bytes.
+            unsafe { libc::preadv2(fd, &iov, 1, op.offset as i64, 0) }
+        };
+        let r = ret(r);
+        if r != -libc::EINTR {
+            return r;
+        }
+    }
+}
+
 /// A ring for one reactor thread: completions are processed only when the
 /// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
 /// on kernels that have it (6.1+); a plain ring elsewhere.
@@ -145,6 +195,7 @@ impl Core {
             kicks: crate::engine::socket::Kicks::new(),
             socks: Vec::new(),
             kicked: Vec::new(),
+            inline_mem: false,
         };
         // A table with room for the private memory and every arena chunk,
         // filled as they are used. Without it (kernels before 5.19) the
@@ -237,7 +288,32 @@ impl Core {
         }
     }
 
+    /// A SYNC caller's ring: the ops of buffered files on memory file
+    /// systems ([`crate::device::Device::in_memory`]) run here, as system
+    /// calls, after their fault rules (they were admitted), instead of
+    /// going through the ring to an io-wq thread: the caller waits for
+    /// them anyway, and the thread hand-off costs more than the copy.
+    /// Their order relative to each other is kept.
+    fn run_inline(&mut self) {
+        let inline = |op: &IoOp| op.dev.in_memory() && op.lib_chunk.is_none();
+        if !self.backlog.iter().any(inline) {
+            return;
+        }
+        for _ in 0..self.backlog.len() {
+            let op = self.backlog.pop_front().expect("counted");
+            if inline(&op) {
+                let res = run_op_inline(&op);
+                op.complete(res);
+            } else {
+                self.backlog.push_back(op);
+            }
+        }
+    }
+
     pub(in crate::engine) fn push_backlog(&mut self) {
+        if self.inline_mem {
+            self.run_inline();
+        }
         self.take_kicks();
         while self.inflight < self.cap && !self.backlog.is_empty() {
             // One view of the submission queue for the whole batch (each
@@ -329,7 +405,11 @@ impl Core {
     ) {
         let runnable = (!self.backlog.is_empty() && self.inflight < self.cap) || self.kicked();
         if runnable || pending() {
-            let _ = self.ring.submit();
+            // No system call when nothing is queued (a SYNC caller whose
+            // op ran inline, `Core::run_inline`, finds its request done).
+            if !self.ring.submission().is_empty() {
+                let _ = self.ring.submit();
+            }
             return;
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
