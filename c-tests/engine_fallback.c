@@ -97,13 +97,14 @@ static void check_io(struct dm_io_client *cl, unsigned seed)
 	const char *pa = make_file(na, 1 << 20), *pb = make_file(nb, 1 << 20);
 	struct block_device *a, *b;
 	CHECK_OK(dm_io_bdev_open(pa, 0, &a));
-	CHECK_OK(dm_io_bdev_open_faulty(pb, "delay write=300ms", &b));
+	CHECK_OK(dm_io_bdev_open_faulty(pb, "delay write=1000ms", &b));
 	fill_pattern(data, BYTES, seed);
 	struct dm_io_region r[2] = { { a, 16, BYTES / 512 }, { b, 16, BYTES / 512 } };
 	struct tracker t;
 	tracker_init(&t, 2);
 	struct dm_io_control c = make_ctrl(cl, DM_IO_WRITE, vm_mem(data, 0), tracker_notify, &t);
-	c.timeout = 50;
+	/* Long enough for the fast leg under valgrind on a loaded machine. */
+	c.timeout = 300;
 	CHECK_OK(dm_io(&c, 2, r, NULL));
 	CHECK(tracker_wait(&t, 5000), "write did not finish");
 	tracker_check(&t);
