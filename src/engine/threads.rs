@@ -56,7 +56,7 @@ const IDLE_EXIT: Duration = Duration::from_secs(5);
 /// CPU at each look (`sched_yield`), so it takes only a CPU nothing else
 /// wants: with dozens of workers on a few CPUs, a busy spin would take
 /// the CPU the IO needs (measured: 30 % fewer IOPS with a 50 us busy spin,
-/// 10 % more with this; `bench/HISTORY.md`).
+/// 13 % more with this; `bench/HISTORY.md`).
 pub(crate) const SPIN: Duration = Duration::from_micros(20);
 
 /// At most this many workers watch the queue at once: half the CPUs, at
