@@ -71,10 +71,14 @@ pub fn shards_wanted() -> usize {
     {
         return n;
     }
+    cpu_count().min(MAX_SHARDS)
+}
+
+/// The CPUs the process may use.
+pub fn cpu_count() -> usize {
     // Asked once: it reads the cgroup's CPU quota from /proc and /sys.
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    (*CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
-        .min(MAX_SHARDS)
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Whether `DMIO_ISOLATE` asks for threads of the client's own.

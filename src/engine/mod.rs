@@ -199,6 +199,12 @@ impl CompletionRing {
         CompletionRing(Ring::Parked(wake::Parker::here()))
     }
 
+    /// Parked, watching for work for `spin` before each sleep
+    /// ([`wake::Parker::spinning`]).
+    pub fn parked_spinning(spin: Duration) -> CompletionRing {
+        CompletionRing(Ring::Parked(wake::Parker::spinning(spin)))
+    }
+
     fn uring(ring: local::LocalRing) -> CompletionRing {
         CompletionRing(Ring::Uring(ring))
     }

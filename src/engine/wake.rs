@@ -32,14 +32,24 @@ fn same(a: &Arc<dyn Wake>, b: &Arc<dyn Wake>) -> bool {
 pub struct Parker {
     thread: std::thread::Thread,
     sleeping: AtomicBool,
+    /// How long [`Parker::park`] watches `pending()` before it sleeps.
+    spin: Duration,
 }
 
 impl Parker {
     /// A parker for the calling thread.
     pub fn here() -> Arc<Parker> {
+        Parker::spinning(Duration::ZERO)
+    }
+
+    /// A parker for the calling thread that watches for work for `spin`
+    /// before each sleep ([`spin_until`]): work that comes meanwhile costs
+    /// its producer no wake-up and this thread no context switch.
+    pub fn spinning(spin: Duration) -> Arc<Parker> {
         Arc::new(Parker {
             thread: std::thread::current(),
             sleeping: AtomicBool::new(false),
+            spin,
         })
     }
 
@@ -47,6 +57,9 @@ impl Parker {
     /// `pending()` says there is work (checked after announcing the sleep,
     /// so a wake-up cannot be missed). May return early.
     pub fn park(&self, pending: &dyn Fn() -> bool, max: Option<Duration>) {
+        if !self.spin.is_zero() && spin_until(pending, self.spin.min(max.unwrap_or(self.spin))) {
+            return;
+        }
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if !pending() {
@@ -58,6 +71,22 @@ impl Parker {
             }
         }
         self.sleeping.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Watches `pending()` for at most `d`, yielding the CPU between looks
+/// (so that it takes only a CPU no other thread wants); `true` when it
+/// said there is work.
+pub fn spin_until(pending: &dyn Fn() -> bool, d: Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if pending() {
+            return true;
+        }
+        std::thread::yield_now();
+        if start.elapsed() >= d {
+            return false;
+        }
     }
 }
 
@@ -238,6 +267,30 @@ mod parker_tests {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "woken, not timed out"
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_spinning_parker_sees_work_that_comes_while_it_watches() {
+        let p = Parker::spinning(Duration::from_secs(5));
+        let flag = Arc::new(AtomicBool::new(false));
+        let f2 = Arc::clone(&flag);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            // No wake(): the watching parker must see it by itself.
+            f2.store(true, Ordering::SeqCst);
+        });
+        let t0 = Instant::now();
+        p.park(
+            &|| flag.load(Ordering::SeqCst),
+            Some(Duration::from_secs(10)),
+        );
+        assert!(flag.load(Ordering::SeqCst), "returned before the work came");
+        assert!(t0.elapsed() < Duration::from_secs(4), "seen while watching");
+        assert!(
+            !p.sleeping.load(Ordering::SeqCst),
+            "it never announced a sleep"
         );
         t.join().unwrap();
     }
