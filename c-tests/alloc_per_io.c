@@ -30,7 +30,9 @@
 #include <errno.h>
 #include <malloc.h>
 #include <semaphore.h>
+#include <execinfo.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Most allocations per IO (VM memory, library pages), and the one-off
  * allowance per counted run (a reused buffer growing once, a channel block
@@ -49,6 +51,9 @@ static const int max_threads[CASES] = { 1, 1, 2, 2, 2 };
 
 static atomic_long n_alloc, n_free;
 static atomic_int counting;
+/* ALLOC_PER_IO_TRACE=k: the stacks of the first k counted allocations of
+ * each case go to stderr (addresses: addr2line -f -i -C -e libdmio.so). */
+static atomic_int trace_left;
 
 #ifndef __SANITIZE_ADDRESS__
 extern void *__libc_malloc(size_t);
@@ -56,13 +61,8 @@ extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void __libc_free(void *);
 extern void *__libc_memalign(size_t, size_t);
-
-#include <execinfo.h>
-#include <unistd.h>
-/* ALLOC_PER_IO_TRACE=k: the stacks of the first k counted allocations of
- * each case go to stderr (addresses: addr2line -f -i -C -e libdmio.so). */
-static atomic_int trace_left;
 static _Thread_local int in_trace;
+
 
 static inline void count_alloc(void)
 {

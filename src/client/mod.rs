@@ -264,9 +264,11 @@ impl Client {
         // The handle table is also the live set ([`handle::live_of`]).
         // Registered first, then `closed` checked: a destroy that sets
         // `closed` and then scans the table either finds this request or
-        // is seen here (both SeqCst, ordered by the table's lock).
+        // is seen here (the table is lock-free: a SeqCst fence on each
+        // side orders the store before the load).
         let token = handle::register(Arc::clone(&req), s.want_handle as u32);
         req.set_handle(token);
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.closed.load(Ordering::SeqCst) {
             handle::discard(token);
             return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
@@ -330,6 +332,7 @@ impl Client {
     /// blocking callback of another client on that thread delays).
     pub fn destroy(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         let reqs = handle::live_of(self.id);
         self.pool.close();
         for r in &reqs {
