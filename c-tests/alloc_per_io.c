@@ -40,13 +40,13 @@
 enum { CASES = 5 };
 /* io_uring and Linux AIO engines (the thread pool's own row below). */
 static const int max_ring[CASES] = {
-	3, /* (a) app thread, VM */
+	1, /* (a) app thread, VM */
 	1, /* (b) notify, VM */
-	3, /* (c) SYNC, VM */
-	4, /* (a) app thread, pages */
-	2, /* (b) notify, pages */
+	1, /* (c) SYNC, VM */
+	1, /* (a) app thread, pages */
+	1, /* (b) notify, pages */
 };
-static const int max_threads[CASES] = { 1, 1, 2, 2, 2 };
+static const int max_threads[CASES] = { 1, 1, 1, 1, 1 };
 #define ALLOWANCE(n) ((n) / 16 + 16)
 
 static atomic_long n_alloc, n_free;

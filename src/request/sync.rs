@@ -66,7 +66,9 @@ impl Request {
             }
         }
         g.waiter = None;
-        let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
+        // One region: inline, no allocation.
+        let finals: crate::small::Small<(State, i32)> =
+            g.regions.iter().filter_map(|r| r.fin).collect();
         drop(g);
         self.owner.request_delivered(self);
         if self.mode.read_any && finals.iter().any(|(s, _)| *s == State::Ok) {
