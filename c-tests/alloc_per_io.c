@@ -16,8 +16,8 @@
  * then counts from one marker to the next over N reads: allocations (every
  * call that returns new memory, realloc included) and frees, all threads.
  *
- * Fails when a case allocates more per IO than its bound (ALLOC_MAX_*; a
- * small allowance covers one-off growth of a reused buffer). Counts, not
+ * Fails when a case allocates more per IO than its bound (max_ring,
+ * max_threads below). Counts, not
  * timing: the result does not depend on the machine's speed.
  *
  * Under AddressSanitizer the interposer is left out (ASan owns malloc), and
@@ -34,20 +34,24 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Most allocations per IO (VM memory, library pages), and the one-off
- * allowance per counted run (a reused buffer growing once, a channel block
- * every 31 messages). */
+/* Most allocations per IO, each case. Issue 22's targets are at most 1 from
+ * an application thread and none from notify; today a request reuses a
+ * finished one of its client, so what is left is the channels' blocks (one
+ * allocation per 31 messages: an op to the reactor, an event to the
+ * completion thread), 0.03 to 0.07 per IO. 0.1 leaves room for that and
+ * fails if one allocation per IO comes back. A one-off allowance covers a
+ * buffer growing once. */
+#define ALLOWANCE 16
 enum { CASES = 5 };
-/* io_uring and Linux AIO engines (the thread pool's own row below). */
-static const int max_ring[CASES] = {
-	1, /* (a) app thread, VM */
-	1, /* (b) notify, VM */
-	1, /* (c) SYNC, VM */
-	1, /* (a) app thread, pages */
-	1, /* (b) notify, pages */
+/* io_uring and Linux AIO engines, and the thread pool. */
+static const double max_ring[CASES] = {
+	0.1, /* (a) app thread, VM */
+	0.1, /* (b) notify, VM */
+	0.1, /* (c) SYNC, VM */
+	0.1, /* (a) app thread, pages */
+	0.1, /* (b) notify, pages */
 };
-static const int max_threads[CASES] = { 1, 1, 1, 1, 1 };
-#define ALLOWANCE(n) ((n) / 16 + 16)
+static const double max_threads[CASES] = { 0.1, 0.1, 0.1, 0.1, 0.1 };
 
 static atomic_long n_alloc, n_free;
 static atomic_int counting;
@@ -248,10 +252,11 @@ static int counting_works(void)
 struct result {
 	const char *name;
 	double allocs, frees;
-	int bound;
+	double bound;
+	int over;
 };
 
-static struct result measure(const char *name, enum kind k, int bound)
+static struct result measure(const char *name, enum kind k, double bound)
 {
 	run_reads(k, 200); /* warm-up: threads, rings, per-thread state */
 	/* The last notify posted the semaphore from inside the callback; let
@@ -266,12 +271,11 @@ static struct result measure(const char *name, enum kind k, int bound)
 	sleep_ms(20);
 	atomic_store(&counting, 0);
 	struct result r = { name, (double)atomic_load(&n_alloc) / n_ios,
-			    (double)atomic_load(&n_free) / n_ios, bound };
-	long limit = (long)bound * n_ios + ALLOWANCE(n_ios);
-	printf("%-44s %6.3f allocations, %6.3f frees per IO (%ld reads; bound %d)\n", name,
+			    (double)atomic_load(&n_free) / n_ios, bound, 0 };
+	double limit = bound * n_ios + ALLOWANCE;
+	printf("%-44s %6.3f allocations, %6.3f frees per IO (%ld reads; bound %.2f)\n", name,
 	       r.allocs, r.frees, n_ios, bound);
-	if (atomic_load(&n_alloc) > limit)
-		r.bound = -1; /* over */
+	r.over = atomic_load(&n_alloc) > limit;
 	return r;
 }
 
@@ -300,7 +304,7 @@ int main(void)
 		       "malloc): running the IO paths without checking counts\n");
 	struct dm_io_stats st;
 	CHECK_OK(dm_io_client_stats(cl, &st, sizeof st));
-	const int *max = st.engine == DM_IO_ENGINE_THREADS ? max_threads : max_ring;
+	const double *max = st.engine == DM_IO_ENGINE_THREADS ? max_threads : max_ring;
 	printf("engine %s\n", st.engine == DM_IO_ENGINE_URING ? "io_uring" :
 			      st.engine == DM_IO_ENGINE_AIO ? "aio" : "threads");
 	struct result res[CASES];
@@ -322,7 +326,7 @@ int main(void)
 		return 0;
 	int bad = 0;
 	for (int i = 0; i < n; i++)
-		if (res[i].bound < 0) {
+		if (res[i].over) {
 			fprintf(stderr, "%s: more allocations per IO than its bound\n", res[i].name);
 			bad = 1;
 		}

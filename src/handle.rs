@@ -109,7 +109,7 @@ mod tests {
         fn observe(&self, _: State, _: bool) {}
         fn deliver_async(&self, _: Event) {}
         fn request_final(&self, _: &Request) {}
-        fn request_delivered(&self, _: &Request) {}
+        fn request_delivered(&self, _: &Arc<Request>) {}
         fn start_regions(&self, _: &Arc<Request>, _: Vec<(u32, SlotRef)>, _: bool) {}
         fn arm_timer(&self, _: Instant, _: &Arc<Request>) {}
     }

@@ -95,6 +95,22 @@ pub struct Client {
     /// in the kernel ([`RequestOwner::detached_ops`]).
     detached: std::sync::atomic::AtomicI64,
     pub counters: Counters,
+    /// Finished requests kept for reuse ([`Request::renew`]), so `dm_io`
+    /// allocates nothing per IO once they cycle. Per client (its lock is
+    /// no other client's), at most [`SPARE_MAX`], emptied at destroy.
+    spare: std::sync::Mutex<Spare>,
+}
+
+/// Finished requests kept per client: enough for a notify chain or a few
+/// application threads to find one that is free, few enough to cost
+/// nothing worth counting (their memory stays with the client).
+const SPARE_MAX: usize = 16;
+
+struct Spare {
+    list: std::collections::VecDeque<Arc<Request>>,
+    /// Set at destroy: nothing is kept any more (a kept request holds the
+    /// client: the list is a reference cycle until emptied).
+    closed: bool,
 }
 
 /// One `dm_io` call, decoded.
@@ -191,6 +207,10 @@ impl Client {
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             detached: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
+            spare: std::sync::Mutex::new(Spare {
+                list: std::collections::VecDeque::with_capacity(SPARE_MAX),
+                closed: false,
+            }),
         })
     }
 
@@ -252,7 +272,8 @@ impl Client {
         let slot = self.pool.slot_size() as u64;
         let nreg = s.regions.len();
         let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
-        let req = Request::new(
+        let req = Request::renew(
+            self.spare(),
             self.id,
             s.mode,
             s.regions,
@@ -307,6 +328,38 @@ impl Client {
         })
     }
 
+    fn spare_lock(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest kept request if nothing references it any more (else it
+    /// goes to the back: a timer or a caller's handle still holds it).
+    fn spare(&self) -> Option<Arc<Request>> {
+        let mut s = self.spare_lock();
+        let mut r = s.list.pop_front()?;
+        if Arc::get_mut(&mut r).is_some() {
+            return Some(r);
+        }
+        s.list.push_back(r);
+        None
+    }
+
+    /// Keeps a finished request for reuse (see [`Client::spare`]).
+    fn keep(&self, req: &Arc<Request>) {
+        let mut s = self.spare_lock();
+        // Under the lock: a device closed meanwhile is seen here, or its
+        // close empties the list after this ([`Client::forget_spares`]).
+        if !s.closed && s.list.len() < SPARE_MAX && req.reusable() {
+            s.list.push_back(Arc::clone(req));
+        }
+    }
+
+    /// Drops the kept requests (a device was closed: they may name it).
+    pub fn forget_spares(&self) {
+        let list = std::mem::take(&mut self.spare_lock().list);
+        drop(list); // outside the lock
+    }
+
     /// `dm_io_cancel_by_handle`: cancels the request's live regions.
     pub fn cancel_request(&self, req: &Arc<Request>) -> Result<usize> {
         if req.client_id != self.id {
@@ -353,6 +406,14 @@ impl Client {
                 None => std::thread::sleep(Duration::from_millis(1)),
             });
         }
+        // Kept requests hold the client: the cycle ends here, and no
+        // request is kept after this.
+        let kept = {
+            let mut s = self.spare_lock();
+            s.closed = true;
+            std::mem::take(&mut s.list)
+        };
+        drop(kept);
         match &self.shard {
             Some(shard) => {
                 self.engine.unregister_memory(self.pool.region());
@@ -403,8 +464,9 @@ impl RequestOwner for Client {
         self.pool.kick();
     }
 
-    fn request_delivered(&self, req: &Request) {
+    fn request_delivered(&self, req: &Arc<Request>) {
         handle::release_lib(req.handle());
+        self.keep(req);
     }
 
     fn start_regions(&self, req: &Arc<Request>, regions: Vec<(u32, SlotRef)>, hedge: bool) {

@@ -34,6 +34,9 @@ pub struct Device {
     read_only: bool,
     block_dev: bool,
     pub faults: faults::FaultTable,
+    /// `dm_io_bdev_close` was called: a finished request naming this
+    /// device is not kept for reuse (it would keep the file open).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -71,6 +74,16 @@ fn file_dio_align(fd: RawFd) -> Option<u32> {
 }
 
 impl Device {
+    /// Marks the C handle closed (see [`Device::is_closed`]).
+    pub fn mark_closed(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether `dm_io_bdev_close` was called on this device.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Opens `path`: O_DIRECT unless `OPEN_BUFFERED`, or when the file
     /// system refuses O_DIRECT (tmpfs), in which case it falls back to
     /// buffered IO and [`Device::direct`] says so.
@@ -196,6 +209,7 @@ impl Device {
             read_only,
             block_dev,
             faults: faults::FaultTable::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -215,6 +229,7 @@ impl Device {
             read_only: flags & OPEN_RDONLY != 0,
             block_dev: false,
             faults: faults::FaultTable::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
