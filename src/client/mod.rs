@@ -348,16 +348,16 @@ impl Client {
     fn keep(&self, req: &Arc<Request>) {
         let mut s = self.spare_lock();
         // Under the lock: a device closed meanwhile is seen here, or its
-        // close empties the list after this ([`Client::forget_spares`]).
+        // close empties the list after this ([`Client::take_spares`]).
         if !s.closed && s.list.len() < SPARE_MAX && req.reusable() {
             s.list.push_back(Arc::clone(req));
         }
     }
 
-    /// Drops the kept requests (a device was closed: they may name it).
-    pub fn forget_spares(&self) {
-        let list = std::mem::take(&mut self.spare_lock().list);
-        drop(list); // outside the lock
+    /// Takes the kept requests out (a device was closed: they may name
+    /// it); the caller drops them, outside any lock or table lookup.
+    pub fn take_spares(&self) -> std::collections::VecDeque<Arc<Request>> {
+        std::mem::take(&mut self.spare_lock().list)
     }
 
     /// `dm_io_cancel_by_handle`: cancels the request's live regions.
