@@ -47,7 +47,10 @@ enum { CASES = 7 };
 static const double max_ring[CASES] = {
 	0.1, /* (a) app thread, VM */
 	0.1, /* (b) notify, VM */
-	0.1, /* (c) SYNC, VM */
+	/* SYNC on the caller's own ring (DMIO_SYNC_RING=1; the default on main
+	 * since this test was written) holds the ring's waker, and such a
+	 * request is not kept for reuse: 1 per IO there, 0.03 otherwise. */
+	1.1, /* (c) SYNC, VM */
 	0.1, /* (a) app thread, pages */
 	0.1, /* (b) notify, pages */
 	/* With a deadline (5 s, never reached), the request is kept alive by its
@@ -57,7 +60,7 @@ static const double max_ring[CASES] = {
 	1.2, /* (a) app thread, VM, deadline */
 	1.2, /* (b) notify, VM, deadline */
 };
-static const double max_threads[CASES] = { 0.1, 0.1, 0.1, 0.1, 0.1, 1.2, 1.2 };
+static const double max_threads[CASES] = { 0.1, 0.1, 1.1, 0.1, 0.1, 1.2, 1.2 };
 
 static atomic_long n_alloc, n_free;
 static atomic_int counting;
