@@ -7,22 +7,27 @@
 
 use crate::registry::Registry;
 use crate::request::Request;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 struct Entry {
     req: Arc<Request>,
-    user_refs: u32,
-    lib_ref: bool,
+    /// The caller's references << 1 | the library's (bit 0). The one who
+    /// brings it to 0 removes the entry; at 0 no reference can be added.
+    refs: AtomicU64,
 }
 
+/// Lock-free for lookups, inserts and removes ([`Registry`]).
 static HANDLES: Registry<Entry> = Registry::new();
+
+const LIB: u64 = 1;
+const USER: u64 = 2;
 
 /// Registers a new request with the library's reference and `user_refs`.
 pub fn register(req: Arc<Request>, user_refs: u32) -> usize {
     HANDLES.insert(Entry {
         req,
-        user_refs,
-        lib_ref: true,
+        refs: AtomicU64::new((user_refs as u64 * USER) | LIB),
     })
 }
 
@@ -45,32 +50,44 @@ pub fn live_of(client_id: u64) -> Vec<Arc<Request>> {
     out
 }
 
+/// Applies `f` to the entry's reference word (compare-and-swap; `f`
+/// returns `None` to leave it) and returns the new value.
+fn change(e: &Entry, f: impl Fn(u64) -> Option<u64>) -> Option<u64> {
+    e.refs
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, &f)
+        .ok()
+        .and_then(f)
+}
+
 /// Adds a caller reference. `None` for a dead or unknown handle.
 pub fn get(token: usize) -> Option<()> {
-    HANDLES.with(token, |e| e.user_refs += 1)
+    HANDLES
+        .with(token, |e| change(e, |r| (r != 0).then_some(r + USER)))
+        .flatten()
+        .map(|_| ())
 }
 
 /// Drops a caller reference: `Some(true)` while the caller holds more,
 /// `Some(false)` when that was its last one, `None` when the caller held
 /// none (unknown handle, or more puts than gets).
 pub fn put(token: usize) -> Option<bool> {
-    HANDLES
-        .update(token, |e| {
-            if e.user_refs == 0 {
-                return (false, None);
-            }
-            e.user_refs -= 1;
-            (e.user_refs == 0 && !e.lib_ref, Some(e.user_refs > 0))
-        })
-        .flatten()
+    let left = HANDLES
+        .with(token, |e| change(e, |r| (r >= USER).then(|| r - USER)))
+        .flatten()?;
+    if left == 0 {
+        HANDLES.remove(token);
+    }
+    Some(left >= USER)
 }
 
 /// Drops the library's reference (after the last final notification).
 pub fn release_lib(token: usize) {
-    HANDLES.update(token, |e| {
-        e.lib_ref = false;
-        (e.user_refs == 0, ())
-    });
+    let left = HANDLES
+        .with(token, |e| change(e, |r| (r & LIB != 0).then_some(r & !LIB)))
+        .flatten();
+    if left == Some(0) {
+        HANDLES.remove(token);
+    }
 }
 
 /// Drops a handle that never reached the caller (submission refused).
@@ -92,7 +109,7 @@ mod tests {
         fn observe(&self, _: State, _: bool) {}
         fn deliver_async(&self, _: Event) {}
         fn request_final(&self, _: &Request) {}
-        fn request_delivered(&self, _: &Request) {}
+        fn request_delivered(&self, _: &Arc<Request>) {}
         fn start_regions(&self, _: &Arc<Request>, _: Vec<(u32, SlotRef)>, _: bool) {}
         fn arm_timer(&self, _: Instant, _: &Arc<Request>) {}
     }

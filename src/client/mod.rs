@@ -95,6 +95,22 @@ pub struct Client {
     /// in the kernel ([`RequestOwner::detached_ops`]).
     detached: std::sync::atomic::AtomicI64,
     pub counters: Counters,
+    /// Finished requests kept for reuse ([`Request::renew`]), so `dm_io`
+    /// allocates nothing per IO once they cycle. Per client (its lock is
+    /// no other client's), at most [`SPARE_MAX`], emptied at destroy.
+    spare: std::sync::Mutex<Spare>,
+}
+
+/// Finished requests kept per client: enough for a notify chain or a few
+/// application threads to find one that is free, few enough to cost
+/// nothing worth counting (their memory stays with the client).
+const SPARE_MAX: usize = 16;
+
+struct Spare {
+    list: std::collections::VecDeque<Arc<Request>>,
+    /// Set at destroy: nothing is kept any more (a kept request holds the
+    /// client: the list is a reference cycle until emptied).
+    closed: bool,
 }
 
 /// One `dm_io` call, decoded.
@@ -191,6 +207,10 @@ impl Client {
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             detached: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
+            spare: std::sync::Mutex::new(Spare {
+                list: std::collections::VecDeque::with_capacity(SPARE_MAX),
+                closed: false,
+            }),
         })
     }
 
@@ -252,7 +272,8 @@ impl Client {
         let slot = self.pool.slot_size() as u64;
         let nreg = s.regions.len();
         let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
-        let req = Request::new(
+        let req = Request::renew(
+            self.spare(),
             self.id,
             s.mode,
             s.regions,
@@ -264,9 +285,11 @@ impl Client {
         // The handle table is also the live set ([`handle::live_of`]).
         // Registered first, then `closed` checked: a destroy that sets
         // `closed` and then scans the table either finds this request or
-        // is seen here (both SeqCst, ordered by the table's lock).
+        // is seen here (the table is lock-free: a SeqCst fence on each
+        // side orders the store before the load).
         let token = handle::register(Arc::clone(&req), s.want_handle as u32);
         req.set_handle(token);
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.closed.load(Ordering::SeqCst) {
             handle::discard(token);
             return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
@@ -305,6 +328,38 @@ impl Client {
         })
     }
 
+    fn spare_lock(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest kept request if nothing references it any more (else it
+    /// goes to the back: a timer or a caller's handle still holds it).
+    fn spare(&self) -> Option<Arc<Request>> {
+        let mut s = self.spare_lock();
+        let mut r = s.list.pop_front()?;
+        if Arc::get_mut(&mut r).is_some() {
+            return Some(r);
+        }
+        s.list.push_back(r);
+        None
+    }
+
+    /// Keeps a finished request for reuse (see [`Client::spare`]).
+    fn keep(&self, req: &Arc<Request>) {
+        let mut s = self.spare_lock();
+        // Under the lock: a device closed meanwhile is seen here, or its
+        // close empties the list after this ([`Client::take_spares`]).
+        if !s.closed && s.list.len() < SPARE_MAX && req.reusable() {
+            s.list.push_back(Arc::clone(req));
+        }
+    }
+
+    /// Takes the kept requests out (a device was closed: they may name
+    /// it); the caller drops them, outside any lock or table lookup.
+    pub fn take_spares(&self) -> std::collections::VecDeque<Arc<Request>> {
+        std::mem::take(&mut self.spare_lock().list)
+    }
+
     /// `dm_io_cancel_by_handle`: cancels the request's live regions.
     pub fn cancel_request(&self, req: &Arc<Request>) -> Result<usize> {
         if req.client_id != self.id {
@@ -330,6 +385,7 @@ impl Client {
     /// blocking callback of another client on that thread delays).
     pub fn destroy(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         let reqs = handle::live_of(self.id);
         self.pool.close();
         for r in &reqs {
@@ -350,6 +406,14 @@ impl Client {
                 None => std::thread::sleep(Duration::from_millis(1)),
             });
         }
+        // Kept requests hold the client: the cycle ends here, and no
+        // request is kept after this.
+        let kept = {
+            let mut s = self.spare_lock();
+            s.closed = true;
+            std::mem::take(&mut s.list)
+        };
+        drop(kept);
         match &self.shard {
             Some(shard) => {
                 self.engine.unregister_memory(self.pool.region());
@@ -400,8 +464,9 @@ impl RequestOwner for Client {
         self.pool.kick();
     }
 
-    fn request_delivered(&self, req: &Request) {
+    fn request_delivered(&self, req: &Arc<Request>) {
         handle::release_lib(req.handle());
+        self.keep(req);
     }
 
     fn start_regions(&self, req: &Arc<Request>, regions: Vec<(u32, SlotRef)>, hedge: bool) {

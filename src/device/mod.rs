@@ -37,6 +37,9 @@ pub struct Device {
     /// see [`Device::in_memory`].
     mem_fs: bool,
     pub faults: faults::FaultTable,
+    /// `dm_io_bdev_close` was called: a finished request naming this
+    /// device is not kept for reuse (it would keep the file open).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `fd` is on a memory file system (tmpfs, ramfs).
@@ -88,6 +91,16 @@ fn file_dio_align(fd: RawFd) -> Option<u32> {
 }
 
 impl Device {
+    /// Marks the C handle closed (see [`Device::is_closed`]).
+    pub fn mark_closed(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether `dm_io_bdev_close` was called on this device.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Opens `path`: O_DIRECT unless `OPEN_BUFFERED`, or when the file
     /// system refuses O_DIRECT (tmpfs), in which case it falls back to
     /// buffered IO and [`Device::direct`] says so.
@@ -214,6 +227,7 @@ impl Device {
             block_dev,
             mem_fs: kind == libc::S_IFREG && on_memory_fs(raw),
             faults: faults::FaultTable::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -234,6 +248,7 @@ impl Device {
             block_dev: false,
             mem_fs: false,
             faults: faults::FaultTable::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -18,9 +18,23 @@ pub trait Wake: Send + Sync {
     fn wake(&self);
 }
 
+/// Whom to wake at the end of the current batch; `active` outside a
+/// batch is false. The vector keeps its capacity from batch to batch, so a
+/// batch allocates nothing once the thread has seen its usual number of
+/// distinct wakers.
+struct Deferred {
+    active: bool,
+    list: Vec<Arc<dyn Wake>>,
+}
+
 thread_local! {
     /// Inside [`with_deferred_wakes`]: whom to wake when it ends.
-    static DEFERRED: RefCell<Option<Vec<Arc<dyn Wake>>>> = const { RefCell::new(None) };
+    static DEFERRED: RefCell<Deferred> = const {
+        RefCell::new(Deferred {
+            active: false,
+            list: Vec::new(),
+        })
+    };
 }
 
 fn same(a: &Arc<dyn Wake>, b: &Arc<dyn Wake>) -> bool {
@@ -102,14 +116,15 @@ impl Wake for Parker {
 
 /// Wakes `w` now, or at the end of the current [`with_deferred_wakes`].
 pub fn wake_or_defer(w: &Arc<dyn Wake>) {
-    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-        Some(list) => {
-            if !list.iter().any(|x| same(x, w)) {
-                list.push(Arc::clone(w));
-            }
-            true
+    let deferred = DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if !d.active {
+            return false;
         }
-        None => false,
+        if !d.list.iter().any(|x| same(x, w)) {
+            d.list.push(Arc::clone(w));
+        }
+        true
     });
     if !deferred {
         w.wake();
@@ -119,27 +134,31 @@ pub fn wake_or_defer(w: &Arc<dyn Wake>) {
 /// Makes the wake-ups deferred so far in this batch; the batch goes on.
 /// Call before blocking on anything another thread must do.
 pub fn flush_deferred_wakes() {
-    let list = DEFERRED.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
-    for w in list.into_iter().flatten() {
+    // Taken out while waking (a wake may defer again), put back after for
+    // its capacity unless a nested batch made a new one meanwhile.
+    let mut list = DEFERRED.with(|d| std::mem::take(&mut d.borrow_mut().list));
+    if list.capacity() == 0 {
+        return;
+    }
+    for w in list.drain(..) {
         w.wake();
     }
+    DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.list.capacity() == 0 {
+            d.list = list;
+        }
+    });
 }
 
 /// Runs `f` with wake-ups deferred to its end (nested calls join the
 /// outer batch).
 pub fn with_deferred_wakes<R>(f: impl FnOnce() -> R) -> R {
-    let outer = DEFERRED.with(|d| {
-        let mut d = d.borrow_mut();
-        let outer = d.is_some();
-        if !outer {
-            *d = Some(Vec::new());
-        }
-        outer
-    });
+    let outer = DEFERRED.with(|d| std::mem::replace(&mut d.borrow_mut().active, true));
     let r = f();
     if !outer {
         flush_deferred_wakes();
-        DEFERRED.with(|d| *d.borrow_mut() = None);
+        DEFERRED.with(|d| d.borrow_mut().active = false);
     }
     r
 }

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::memory::caller::{CallerMemory, CallerPtr, Segment};
 use crate::memory::pages::LivePages;
 use crate::memory::PAGE_SIZE;
+use crate::small::Small;
 
 /// Resolves `need` bytes of `mem` (after `mem.offset`).
 ///
@@ -38,7 +39,7 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
         skip: offset,
         have: 0,
         need,
-        segs: Vec::new(),
+        segs: Small::default(),
     };
     if t == dm_io_mem_type::DM_IO_BVEC as i32 {
         // SAFETY: reading the union member the type names.
@@ -109,7 +110,8 @@ struct Walk {
     skip: usize,
     have: usize,
     need: usize,
-    segs: Vec<Segment>,
+    /// One segment (the usual case: contiguous pages) stays inline.
+    segs: Small<Segment>,
 }
 
 impl Walk {

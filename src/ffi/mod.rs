@@ -604,10 +604,16 @@ pub unsafe extern "C" fn dm_io_bdev_set_faults(
 #[no_mangle]
 pub extern "C" fn dm_io_bdev_close(bdev: *mut block_device) {
     guard::boundary("dm_io_bdev_close", || {
-        DEVICES
+        let dev = DEVICES
             .remove(bdev as usize)
-            .map(|_| ())
-            .ok_or_else(|| crate::einval!("not an open block_device"))
+            .ok_or_else(|| crate::einval!("not an open block_device"))?;
+        // Finished requests kept for reuse may name it: dropped, so the
+        // file closes when its last IO ends, as before they were kept.
+        dev.mark_closed();
+        let mut kept = Vec::new();
+        CLIENTS.for_each(|c| kept.push(c.take_spares()));
+        drop(kept); // may close the file: not inside the table's lookup
+        Ok(())
     })
 }
 

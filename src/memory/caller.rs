@@ -79,12 +79,11 @@ pub struct CallerMemory {
 impl CallerMemory {
     /// Builds the buffer from segments. The caller (the FFI layer) promises
     /// that every segment is memory the C caller lent us for this request.
-    pub fn from_segments(segs: Vec<Segment>) -> Self {
+    /// One segment costs no allocation.
+    pub fn from_segments(segs: impl Into<Small<Segment>>) -> Self {
+        let segs = segs.into();
         let total = segs.iter().map(|s| s.len).sum();
-        CallerMemory {
-            segs: segs.into(),
-            total,
-        }
+        CallerMemory { segs, total }
     }
 
     /// One contiguous range (no allocation).

@@ -90,7 +90,7 @@ pub trait RequestOwner: Send + Sync {
     /// Every region is final: the request leaves the client's live set.
     fn request_final(&self, req: &Request);
     /// Every final event has been delivered: the library's handle reference goes.
-    fn request_delivered(&self, req: &Request);
+    fn request_delivered(&self, req: &Arc<Request>);
     /// An event given to [`RequestOwner::deliver_async`] was delivered
     /// (its notify call returned).
     fn event_delivered(&self) {}
@@ -205,6 +205,56 @@ impl Request {
         notify: Option<Notify>,
         owner: Arc<dyn RequestOwner>,
     ) -> Arc<Request> {
+        Arc::new(Request::build(
+            client_id, mode, specs, ops, mem, notify, owner,
+        ))
+    }
+
+    /// [`Request::new`] into `spare`, a finished request of the same
+    /// client that nothing else references any more (its allocation is
+    /// reused: no allocation per IO), or a new one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn renew(
+        spare: Option<Arc<Request>>,
+        client_id: u64,
+        mode: Mode,
+        specs: Small<RegionSpec>,
+        ops: impl Fn(&RegionSpec) -> u32,
+        mem: CallerMemory,
+        notify: Option<Notify>,
+        owner: Arc<dyn RequestOwner>,
+    ) -> Arc<Request> {
+        match spare {
+            Some(mut r) => match Arc::get_mut(&mut r) {
+                Some(slot) => {
+                    *slot = Request::build(client_id, mode, specs, ops, mem, notify, owner);
+                    r
+                }
+                None => Request::new(client_id, mode, specs, ops, mem, notify, owner),
+            },
+            None => Request::new(client_id, mode, specs, ops, mem, notify, owner),
+        }
+    }
+
+    /// Whether a finished request may be kept for [`Request::renew`]: it
+    /// holds nothing that must go when its last user lets go (a closed
+    /// device's file, the waker of a caller's own ring, a hedged read's
+    /// private memory).
+    pub fn reusable(&self) -> bool {
+        !self.mode.read_any
+            && self.ring_wake.get().is_none()
+            && !self.specs.iter().any(|s| s.dev.is_closed())
+    }
+
+    fn build(
+        client_id: u64,
+        mode: Mode,
+        specs: Small<RegionSpec>,
+        ops: impl Fn(&RegionSpec) -> u32,
+        mem: CallerMemory,
+        notify: Option<Notify>,
+        owner: Arc<dyn RequestOwner>,
+    ) -> Request {
         let n = specs.len();
         let region = |spec: &RegionSpec| Region {
             outstanding: ops(spec),
@@ -219,7 +269,7 @@ impl Request {
             Small::One(spec) => Small::One(region(spec)),
             Small::Many(v) => v.iter().map(region).collect(),
         };
-        Arc::new(Request {
+        Request {
             client_id,
             mode,
             specs,
@@ -246,7 +296,7 @@ impl Request {
             live_now: AtomicUsize::new(n),
             undelivered: AtomicUsize::new(n),
             detached: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Whether every region is final (lock-free; for memory waiters).
@@ -339,7 +389,7 @@ impl Request {
     }
 
     /// The completion thread delivered a final event of this request.
-    pub fn final_delivered(&self) {
+    pub fn final_delivered(self: &Arc<Self>) {
         if self.undelivered.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.owner.request_delivered(self);
         }

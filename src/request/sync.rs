@@ -82,7 +82,9 @@ impl Request {
         }
         g.waiter = None;
         let running = g.live;
-        let finals: Vec<(State, i32)> = g.regions.iter().filter_map(|r| r.fin).collect();
+        // One region: inline, no allocation.
+        let finals: crate::small::Small<(State, i32)> =
+            g.regions.iter().filter_map(|r| r.fin).collect();
         if running > 0 {
             // The rest is asynchronous: later events go to the completion
             // thread, which counts the final ones it delivers; the library's

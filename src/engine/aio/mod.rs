@@ -44,6 +44,9 @@ use std::time::Instant;
 const MAX_EVENTS: u32 = 4096;
 
 enum Msg {
+    /// One op, the usual case: sent by value, so the caller's op vector
+    /// keeps its capacity (no allocation per IO).
+    One(IoOp),
     Ops(Vec<IoOp>),
     Deadline(Instant, Weak<dyn Timer>),
     Shutdown,
@@ -113,13 +116,15 @@ impl AioEngine {
             Ok(()) => super::wake::wake_or_defer(&self.waker),
             // The reactor is gone (it only stops after shutdown or a bug):
             // nothing can start the ops, so they fail here.
-            Err(e) => {
-                if let Msg::Ops(ops) = e.into_inner() {
+            Err(e) => match e.into_inner() {
+                Msg::One(op) => op.complete(-libc::ESHUTDOWN),
+                Msg::Ops(ops) => {
                     for op in ops {
                         op.complete(-libc::ESHUTDOWN);
                     }
                 }
-            }
+                _ => {}
+            },
         }
     }
 }
@@ -133,7 +138,10 @@ impl Engine for AioEngine {
         self.blocking.take(ops);
         local::offer(self.id, ops);
         if !ops.is_empty() {
-            self.send(Msg::Ops(std::mem::take(ops)));
+            self.send(match ops.len() {
+                1 => Msg::One(ops.pop().expect("one op")),
+                _ => Msg::Ops(std::mem::take(ops)),
+            });
         }
     }
 
@@ -183,6 +191,7 @@ impl Reactor {
 
     fn take(&mut self, m: Msg) {
         match m {
+            Msg::One(op) => self.core.admit(std::iter::once(op)),
             Msg::Ops(ops) => self.core.admit(ops),
             Msg::Deadline(at, req) => self.core.arm(at, req),
             Msg::Shutdown => {

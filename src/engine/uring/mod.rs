@@ -40,6 +40,9 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 enum Msg {
+    /// One op, the usual case: sent by value, so the caller's op vector
+    /// keeps its capacity (no allocation per IO).
+    One(IoOp),
     Ops(Vec<IoOp>),
     Register((usize, usize)),
     Unregister((usize, usize)),
@@ -119,13 +122,15 @@ impl UringEngine {
             Ok(()) => super::wake::wake_or_defer(&self.waker),
             // The reactor is gone (it only stops after shutdown or a bug):
             // nothing can start the ops, so they fail here.
-            Err(e) => {
-                if let Msg::Ops(ops) = e.into_inner() {
+            Err(e) => match e.into_inner() {
+                Msg::One(op) => op.complete(-libc::ESHUTDOWN),
+                Msg::Ops(ops) => {
                     for op in ops {
                         op.complete(-libc::ESHUTDOWN);
                     }
                 }
-            }
+                _ => {}
+            },
         }
     }
 }
@@ -142,7 +147,10 @@ impl Engine for UringEngine {
         }
         super::local::offer(self.id, ops);
         if !ops.is_empty() {
-            self.send(Msg::Ops(std::mem::take(ops)));
+            self.send(match ops.len() {
+                1 => Msg::One(ops.pop().expect("one op")),
+                _ => Msg::Ops(std::mem::take(ops)),
+            });
         }
     }
 
@@ -271,6 +279,7 @@ impl Reactor {
 
     fn take(&mut self, m: Msg) {
         match m {
+            Msg::One(op) => self.core.admit(std::iter::once(op)),
             Msg::Ops(ops) => self.core.admit(ops),
             Msg::Register(region) => self.core.register(region),
             Msg::Unregister(region) => self.core.unregister(region),
