@@ -14,7 +14,10 @@
  * end OK within 5 s (30 s instrumented); A's reads get their TIMEOUT, and
  * after the release all of them end OK, once. Runs on every engine (the
  * thread pool and AIO have their own ways to starve: workers or a
- * submitter blocked on the hung device). The reads are every other block,
+ * submitter blocked on the hung device: a third client also reads 2 MiB of
+ * it at once, which AIO cannot submit with RWF_NOWAIT and whose io_submit
+ * then waited for a tag, stalling the AIO reactor). The reads are every
+ * other block,
  * so that the block layer cannot merge them into fewer requests. */
 #include "helpers.h"
 #include "hungdev.h"
@@ -27,14 +30,17 @@
 #include <unistd.h>
 
 #define NHUNG 48
+#define NSTUCK (NHUNG + 1) /* and one BIG read */
 #define NOK 64
 #define BS 4096u
 #define TIMEOUT_MS 200
 #define DEPTH "4"
+#define BIG (2u << 20) /* past the 1 MiB the AIO engine submits with RWF_NOWAIT */
 
 static atomic_int hung_timeouts, hung_finals, hung_oks, ok_finals, ok_oks;
 static unsigned char hbufs[NHUNG][BS] __attribute__((aligned(4096)));
 static unsigned char obufs[NOK][BS] __attribute__((aligned(4096)));
+static unsigned char bigbuf[BIG] __attribute__((aligned(4096)));
 static char healthy_loop[64], shm_file[128];
 
 static void hung_notify(struct dm_io_region_state *st, void *ctx)
@@ -135,6 +141,7 @@ int main(void)
 
 	struct dm_io_client *a = make_client(1, NHUNG, BS);
 	struct dm_io_client *b = make_client(1, NOK, BS);
+	struct dm_io_client *c3 = make_client(1, 1, BIG);
 	struct block_device *stuck, *healthy;
 	CHECK_OK(dm_io_bdev_open(hungdev_path(h), 0, &stuck));
 	CHECK_OK(dm_io_bdev_open(healthy_loop, 0, &healthy));
@@ -143,6 +150,12 @@ int main(void)
 	for (int i = 0; i < NHUNG; i++) {
 		struct dm_io_region r = { stuck, (uint64_t)i * 2 * (BS / 512), BS / 512 };
 		struct dm_io_control c = make_ctrl(a, DM_IO_READ, vm_mem(hbufs[i], 0), hung_notify, NULL);
+		c.timeout = TIMEOUT_MS;
+		CHECK_OK(dm_io(&c, 1, &r, NULL));
+	}
+	{
+		struct dm_io_region r = { stuck, (4u << 20) / 512, BIG / 512 };
+		struct dm_io_control c = make_ctrl(c3, DM_IO_READ, vm_mem(bigbuf, 0), hung_notify, NULL);
 		c.timeout = TIMEOUT_MS;
 		CHECK_OK(dm_io(&c, 1, &r, NULL));
 	}
@@ -163,24 +176,25 @@ int main(void)
 	fprintf(stderr, "healthy reads: %d of %d ended in %.0f ms (hung device: %d held in FUSE, "
 		"%d in flight)\n", atomic_load(&ok_finals), NOK, took, held, hungdev_inflight(h));
 	CHECK(all, "only %d of %d reads of the healthy device ended within %d ms, behind %d reads "
-	      "stuck on the hung device", atomic_load(&ok_finals), NOK, bound, NHUNG);
+	      "stuck on the hung device", atomic_load(&ok_finals), NOK, bound, NSTUCK);
 	CHECK(atomic_load(&ok_oks) == NOK, "%d of %d healthy reads ended OK", atomic_load(&ok_oks), NOK);
 
-	CHECK(wait_count(&hung_timeouts, NHUNG, bound), "%d of %d stuck reads got TIMEOUT",
-	      atomic_load(&hung_timeouts), NHUNG);
+	CHECK(wait_count(&hung_timeouts, NSTUCK, bound), "%d of %d stuck reads got TIMEOUT",
+	      atomic_load(&hung_timeouts), NSTUCK);
 	CHECK(atomic_load(&hung_finals) == 0, "%d stuck reads ended while held", atomic_load(&hung_finals));
 	CHECK_OK(hungdev_ctl(h, "release"));
-	CHECK(wait_count(&hung_finals, NHUNG, 20000), "%d of %d stuck reads ended after release",
-	      atomic_load(&hung_finals), NHUNG);
+	CHECK(wait_count(&hung_finals, NSTUCK, 20000), "%d of %d stuck reads ended after release",
+	      atomic_load(&hung_finals), NSTUCK);
 	sleep_ms(50);
-	CHECK(atomic_load(&hung_finals) == NHUNG && atomic_load(&hung_oks) == NHUNG &&
-		      atomic_load(&hung_timeouts) == NHUNG,
+	CHECK(atomic_load(&hung_finals) == NSTUCK && atomic_load(&hung_oks) == NSTUCK &&
+		      atomic_load(&hung_timeouts) == NSTUCK,
 	      "stuck reads: finals %d (OK %d), timeouts %d", atomic_load(&hung_finals),
 	      atomic_load(&hung_oks), atomic_load(&hung_timeouts));
 	CHECK(atomic_load(&ok_finals) == NOK, "healthy finals %d", atomic_load(&ok_finals));
 
 	dm_io_client_destroy(a);
 	dm_io_client_destroy(b);
+	dm_io_client_destroy(c3);
 	dm_io_bdev_close(stuck);
 	dm_io_bdev_close(healthy);
 	hungdev_down(h);
