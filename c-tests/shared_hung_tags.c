@@ -42,6 +42,7 @@ static unsigned char hbufs[NHUNG][BS] __attribute__((aligned(4096)));
 static unsigned char obufs[NOK][BS] __attribute__((aligned(4096)));
 static unsigned char bigbuf[BIG] __attribute__((aligned(4096)));
 static char healthy_loop[64], shm_file[128];
+static void restore_depths_at_exit(void);
 
 static void hung_notify(struct dm_io_region_state *st, void *ctx)
 {
@@ -73,19 +74,67 @@ static int wait_count(atomic_int *c, int want, int ms)
 	return atomic_load(c) >= want;
 }
 
-/* Writes `val` to /sys/block/<name of dev>/queue/nr_requests. */
-static int set_depth(const char *dev, const char *val)
+/* Writes `val` to /sys/block/<name of dev>/queue/nr_requests; the old
+ * value goes to old (if not NULL). */
+static int write_depth(const char *dev, const char *val, char *old, size_t oldlen)
 {
 	char p[128];
 	const char *name = strrchr(dev, '/');
 	snprintf(p, sizeof p, "/sys/block/%s/queue/nr_requests", name ? name + 1 : dev);
-	int fd = open(p, O_WRONLY | O_CLOEXEC);
+	int fd = open(p, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	ssize_t w = write(fd, val, strlen(val));
+	if (old) {
+		ssize_t r = read(fd, old, oldlen - 1);
+		old[r > 0 ? r : 0] = 0;
+		old[strcspn(old, "\n")] = 0;
+	}
+	ssize_t w = pwrite(fd, val, strlen(val), 0);
 	int err = w < 0 ? -errno : 0;
 	close(fd);
 	return err;
+}
+
+/* Loop devices are reused: the queue depth set here must not outlive the
+ * test (other tests and benchmarks would get it with the device). */
+static struct {
+	char dev[64];
+	char old[16];
+} depths[2];
+static int ndepths;
+static struct hungdev *hung;
+
+static int set_depth(const char *dev, const char *val)
+{
+	if (ndepths == 0)
+		atexit(restore_depths_at_exit);
+	int i = ndepths;
+	snprintf(depths[i].dev, sizeof depths[i].dev, "%s", dev);
+	int err = write_depth(dev, val, depths[i].old, sizeof depths[i].old);
+	if (err == 0 && depths[i].old[0])
+		ndepths++;
+	return err;
+}
+
+/* Puts the old depths back. Changing it waits until the device's queue
+ * is idle, so held IO is released first. */
+static void restore_depths(void)
+{
+	if (hung && ndepths) {
+		hungdev_ctl(hung, "release");
+		double end = now_ms() + 10000;
+		while (hungdev_inflight(hung) > 0 && now_ms() < end)
+			sleep_ms(5);
+	}
+	for (int i = 0; i < ndepths; i++)
+		if (write_depth(depths[i].dev, depths[i].old, NULL, 0) != 0)
+			fprintf(stderr, "cannot restore nr_requests %s of %s\n", depths[i].old, depths[i].dev);
+	ndepths = 0;
+}
+
+static void restore_depths_at_exit(void)
+{
+	restore_depths();
 }
 
 static void healthy_down(void)
@@ -134,6 +183,7 @@ int main(void)
 	if (!h)
 		skip(hungdev_skip_reason());
 	healthy_up();
+	hung = h;
 	CHECK(set_depth(hungdev_path(h), DEPTH) == 0, "cannot set nr_requests of %s", hungdev_path(h));
 	CHECK(set_depth(healthy_loop, DEPTH) == 0, "cannot set nr_requests of %s", healthy_loop);
 	int instrumented = getenv("DMIO_TEST_INSTRUMENTED") != NULL;
@@ -197,6 +247,8 @@ int main(void)
 	dm_io_client_destroy(c3);
 	dm_io_bdev_close(stuck);
 	dm_io_bdev_close(healthy);
+	restore_depths();
+	hung = NULL;
 	hungdev_down(h);
 	healthy_down();
 	return 0;
