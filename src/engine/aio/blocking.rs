@@ -6,7 +6,9 @@
 //! them), so each op is admitted once. Ops the kernel refused to start
 //! without blocking (`RWF_NOWAIT`: a full device queue, a write that must
 //! allocate) come here after the AIO core admitted them, and start at once
-//! ([`Blocking::run_admitted`]).
+//! ([`Blocking::run_admitted`]). So do reads and writes of block devices too
+//! large for `RWF_NOWAIT` ([`Blocking::wants`]): `io_submit` must never
+//! wait for a tag of a device.
 
 use crate::engine::threads::ThreadsEngine;
 use crate::engine::{Engine, IoOp, OpKind};
@@ -35,10 +37,20 @@ impl Blocking {
         }
     }
 
-    /// Whether `op` must run here rather than through AIO.
+    /// Whether `op` must run here rather than through AIO. On a block
+    /// device that includes reads and writes too large for `RWF_NOWAIT`
+    /// (past [`super::ring::NOWAIT_MAX`]): without it `io_submit` waits for
+    /// a free tag of the device, and on a hung device whose tags are all
+    /// held it would wait for good, stalling the reactor and every other
+    /// client's IO and timers with it. (Flushes need no such care: the
+    /// kernel runs an AIO fdatasync on a workqueue, never in `io_submit`.)
     #[inline]
     pub(super) fn wants(&self, op: &IoOp) -> bool {
-        !op.dev.direct() || (self.flushes && (op.kind == OpKind::Flush || op.pre_flush))
+        !op.dev.direct()
+            || (self.flushes && (op.kind == OpKind::Flush || op.pre_flush))
+            || (op.dev.is_block_device()
+                && op.kind != OpKind::Flush
+                && op.len > super::ring::NOWAIT_MAX)
     }
 
     /// Moves the ops that must run here out of `ops` and starts them.

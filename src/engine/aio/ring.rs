@@ -32,9 +32,10 @@ const EVENTS: usize = 256;
 const RETRY: Duration = Duration::from_millis(1);
 /// Reads and writes of block devices up to this size carry `RWF_NOWAIT`.
 /// Larger ones need more than one bio, which the kernel always refuses
-/// under `RWF_NOWAIT` (`__blkdev_direct_IO`), so they are submitted
-/// without it.
-const NOWAIT_MAX: u32 = 1 << 20;
+/// under `RWF_NOWAIT` (`__blkdev_direct_IO`), so they run on the thread
+/// pool ([`super::blocking::Blocking::wants`]): without it `io_submit`
+/// would wait for a free tag of the device.
+pub(super) const NOWAIT_MAX: u32 = 1 << 20;
 
 /// One AIO context and the ops in it, owned by the reactor thread.
 pub(super) struct Core {

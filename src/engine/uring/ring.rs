@@ -128,6 +128,42 @@ fn build_ring(entries: u32) -> Result<IoUring> {
         .map_err(|e| Error::from_io("io_uring_setup", &e))
 }
 
+/// Lets the calling thread's io-wq run as many bounded workers as the ring
+/// has ops in flight (`cap`), so that no punted op ever waits for a worker.
+///
+/// io_uring issues block IO without blocking; when the device has no free
+/// tag (all its `nr_requests` in use), the op gets `EAGAIN` and is handed to
+/// io-wq, whose worker then blocks in `blk_mq_get_tag` until a tag frees
+/// up. By default a thread's io-wq runs at most min(SQ entries, 4 x CPUs)
+/// bounded workers for all its rings' files: once that many wait for the
+/// tags of a hung device, every other device's punted ops queue behind them
+/// for good (bench case 8 with the hung loop+FUSE device, c-tests
+/// `shared_hung_tags`). With the limit at `cap`, each punted op gets a
+/// worker of its own: a stuck op costs a kernel thread (an `iou-wrk-*`
+/// thread of this process, as a thread-pool worker would), never another
+/// op's progress. The kernel caps the number at `RLIMIT_NPROC`; before
+/// Linux 5.15 (no `IORING_REGISTER_IOWQ_MAX_WORKERS`) the default stays.
+/// The limit belongs to the thread (it applies to the io-wq of the thread
+/// that submits), set here by the ring's owner thread.
+fn raise_iowq_workers(ring: &IoUring, cap: usize) {
+    let bounded = u32::try_from(cap).unwrap_or(u32::MAX);
+    // [bounded, unbounded]; a 0 reads the current limit without changing
+    // it. Never lower it: on a SYNC caller's thread the application may
+    // have raised it for rings of its own.
+    let mut now = [0, 0];
+    // A kernel without it keeps its default: nothing else to do.
+    if ring
+        .submitter()
+        .register_iowq_max_workers(&mut now)
+        .is_err()
+        || now[0] >= bounded
+    {
+        return;
+    }
+    let mut max = [bounded, 0];
+    let _ = ring.submitter().register_iowq_max_workers(&mut max);
+}
+
 /// The CQEs an op in the slab still waits for, and what came so far.
 pub(super) struct Cqes {
     /// Still to come (2 when a flush is linked before the op).
@@ -176,6 +212,7 @@ impl Core {
     /// A core around `ring` (built by the caller), woken through `waker`.
     pub(super) fn with_ring(ring: IoUring, waker: Arc<Waker>) -> Result<Core> {
         let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
+        raise_iowq_workers(&ring, cap);
         let mut core = Core {
             ring,
             waker,

@@ -302,3 +302,39 @@ fn pools_of_many_clients_each_get_a_buffer_and_give_it_back() {
         );
     }
 }
+
+/// The ring's owner thread may run an io-wq worker per op in flight, not
+/// the kernel's default min(SQ entries, 4 x CPUs): ops handed to io-wq on a
+/// full device queue never wait behind workers stuck on a hung device
+/// (c-tests `shared_hung_tags` shows the stall itself).
+#[test]
+fn the_owner_threads_io_wq_may_run_a_worker_per_op_in_flight() {
+    let Some(mut core) = core() else { return };
+    // One op, so that this thread has its io_uring context and io-wq.
+    let dev = TempDev::new("iowq");
+    let pool = Pool::new(1, 4096).unwrap();
+    core.register(pool.region());
+    let sink = Arc::new(Recorder::default());
+    let slot = pool.try_acquire().expect("a free slot");
+    core.admit(vec![op(OpKind::Read, &dev, &sink, 0, 0, 512, Some(slot))]);
+    run(&mut core, &sink, 1);
+    // [0, 0] changes nothing and reads the limits back.
+    let mut max = [0u32; 2];
+    if let Err(e) = core.ring.submitter().register_iowq_max_workers(&mut max) {
+        eprintln!("skipped: IORING_REGISTER_IOWQ_MAX_WORKERS refused here ({e})");
+        return;
+    }
+    let mut nproc = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) };
+    assert_eq!(rc, 0);
+    let want = (core.cap as u64).min(nproc.rlim_cur) as u32;
+    assert_eq!(
+        max[0], want,
+        "bounded io-wq workers (ring cap {})",
+        core.cap
+    );
+}

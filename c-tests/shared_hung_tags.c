@@ -1,0 +1,255 @@
+/* shared_hung_tags: reads stuck on a REALLY hung block device whose tags
+ * are all held must not stall another client's reads of a healthy block
+ * device on the same engine threads (issue 19; bench case 8 with the hung
+ * loop+FUSE device saw 31 of 63 other clients stall for good).
+ *
+ * One shard (DMIO_THREADS=1), two clients. Client A reads the hung loop
+ * device (hangfs holding every read) with more reads than its queue depth
+ * (nr_requests lowered to 4): with io_uring the reads past the 4 tags got
+ * EAGAIN from the non-blocking issue and were handed to the ring's io-wq,
+ * whose bounded workers (4 x CPUs) then all blocked waiting for a tag.
+ * Client B then reads a healthy loop device (direct IO over a /dev/shm
+ * file, nr_requests 4 too, so its reads past 4 also get EAGAIN): they were
+ * queued behind those workers and never ran. Every one of B's reads must
+ * end OK within 5 s (30 s instrumented); A's reads get their TIMEOUT, and
+ * after the release all of them end OK, once. Runs on every engine (the
+ * thread pool and AIO have their own ways to starve: workers or a
+ * submitter blocked on the hung device: a third client also reads 2 MiB of
+ * it at once, which AIO cannot submit with RWF_NOWAIT and whose io_submit
+ * then waited for a tag, stalling the AIO reactor). The reads are every
+ * other block,
+ * so that the block layer cannot merge them into fewer requests. */
+#include "helpers.h"
+#include "hungdev.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define NHUNG 48
+#define NSTUCK (NHUNG + 1) /* and one BIG read */
+#define NOK 64
+#define BS 4096u
+#define TIMEOUT_MS 200
+#define DEPTH "4"
+#define BIG (2u << 20) /* past the 1 MiB the AIO engine submits with RWF_NOWAIT */
+
+static atomic_int hung_timeouts, hung_finals, hung_oks, ok_finals, ok_oks;
+static unsigned char hbufs[NHUNG][BS] __attribute__((aligned(4096)));
+static unsigned char obufs[NOK][BS] __attribute__((aligned(4096)));
+static unsigned char bigbuf[BIG] __attribute__((aligned(4096)));
+static char healthy_loop[64], shm_file[128];
+static void restore_depths_at_exit(void);
+
+static void hung_notify(struct dm_io_region_state *st, void *ctx)
+{
+	(void)ctx;
+	if (st->state == DM_IO_TIMEOUT) {
+		atomic_fetch_add(&hung_timeouts, 1);
+		return;
+	}
+	atomic_fetch_add(&hung_finals, 1);
+	if (st->state == DM_IO_OK)
+		atomic_fetch_add(&hung_oks, 1);
+}
+
+static void ok_notify(struct dm_io_region_state *st, void *ctx)
+{
+	(void)ctx;
+	if (st->state == DM_IO_TIMEOUT)
+		return;
+	atomic_fetch_add(&ok_finals, 1);
+	if (st->state == DM_IO_OK)
+		atomic_fetch_add(&ok_oks, 1);
+}
+
+static int wait_count(atomic_int *c, int want, int ms)
+{
+	double end = now_ms() + ms;
+	while (atomic_load(c) < want && now_ms() < end)
+		sleep_ms(2);
+	return atomic_load(c) >= want;
+}
+
+/* Writes `val` to /sys/block/<name of dev>/queue/nr_requests; the old
+ * value goes to old (if not NULL). */
+static int write_depth(const char *dev, const char *val, char *old, size_t oldlen)
+{
+	char p[128];
+	const char *name = strrchr(dev, '/');
+	snprintf(p, sizeof p, "/sys/block/%s/queue/nr_requests", name ? name + 1 : dev);
+	int fd = open(p, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (old) {
+		ssize_t r = read(fd, old, oldlen - 1);
+		old[r > 0 ? r : 0] = 0;
+		old[strcspn(old, "\n")] = 0;
+	}
+	ssize_t w = pwrite(fd, val, strlen(val), 0);
+	int err = w < 0 ? -errno : 0;
+	close(fd);
+	return err;
+}
+
+/* Loop devices are reused: the queue depth set here must not outlive the
+ * test (other tests and benchmarks would get it with the device). */
+static struct {
+	char dev[64];
+	char old[16];
+} depths[2];
+static int ndepths;
+static struct hungdev *hung;
+
+static int set_depth(const char *dev, const char *val)
+{
+	if (ndepths == 0)
+		atexit(restore_depths_at_exit);
+	int i = ndepths;
+	snprintf(depths[i].dev, sizeof depths[i].dev, "%s", dev);
+	int err = write_depth(dev, val, depths[i].old, sizeof depths[i].old);
+	if (err == 0 && depths[i].old[0])
+		ndepths++;
+	return err;
+}
+
+/* Puts the old depths back. Changing it waits until the device's queue
+ * is idle, so held IO is released first. */
+static void restore_depths(void)
+{
+	if (hung && ndepths) {
+		hungdev_ctl(hung, "release");
+		double end = now_ms() + 10000;
+		while (hungdev_inflight(hung) > 0 && now_ms() < end)
+			sleep_ms(5);
+	}
+	for (int i = 0; i < ndepths; i++)
+		if (write_depth(depths[i].dev, depths[i].old, NULL, 0) != 0)
+			fprintf(stderr, "cannot restore nr_requests %s of %s\n", depths[i].old, depths[i].dev);
+	ndepths = 0;
+}
+
+static void restore_depths_at_exit(void)
+{
+	restore_depths();
+}
+
+static void healthy_down(void)
+{
+	char cmd[256];
+	if (healthy_loop[0]) {
+		snprintf(cmd, sizeof cmd, "losetup -d %s 2>/dev/null", healthy_loop);
+		if (system(cmd) != 0)
+			fprintf(stderr, "losetup -d %s failed\n", healthy_loop);
+		healthy_loop[0] = 0;
+	}
+	if (shm_file[0]) {
+		unlink(shm_file);
+		shm_file[0] = 0;
+	}
+}
+
+/* A loop device with direct IO over a 4 MiB /dev/shm file. */
+static void healthy_up(void)
+{
+	snprintf(shm_file, sizeof shm_file, "/dev/shm/dmio-hungtags-%d", (int)getpid());
+	int fd = open(shm_file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	CHECK(fd >= 0, "cannot create %s: %s", shm_file, strerror(errno));
+	CHECK(ftruncate(fd, 4 << 20) == 0, "ftruncate %s", shm_file);
+	close(fd);
+	atexit(healthy_down);
+	char cmd[256];
+	snprintf(cmd, sizeof cmd, "losetup --direct-io=on --find --show %s 2>/dev/null", shm_file);
+	FILE *p = popen(cmd, "r");
+	CHECK(p, "popen losetup");
+	if (!fgets(healthy_loop, sizeof healthy_loop, p))
+		healthy_loop[0] = 0;
+	int rc = pclose(p);
+	healthy_loop[strcspn(healthy_loop, "\n")] = 0;
+	if (rc != 0 || !healthy_loop[0]) {
+		healthy_loop[0] = 0;
+		skip("losetup of a /dev/shm file failed");
+	}
+}
+
+int main(void)
+{
+	/* One shard: both clients on the same reactor and completion thread. */
+	setenv("DMIO_THREADS", "1", 1);
+	struct hungdev *h = hungdev_up(8u << 20);
+	if (!h)
+		skip(hungdev_skip_reason());
+	healthy_up();
+	hung = h;
+	CHECK(set_depth(hungdev_path(h), DEPTH) == 0, "cannot set nr_requests of %s", hungdev_path(h));
+	CHECK(set_depth(healthy_loop, DEPTH) == 0, "cannot set nr_requests of %s", healthy_loop);
+	int instrumented = getenv("DMIO_TEST_INSTRUMENTED") != NULL;
+	int bound = instrumented ? 30000 : 5000;
+
+	struct dm_io_client *a = make_client(1, NHUNG, BS);
+	struct dm_io_client *b = make_client(1, NOK, BS);
+	struct dm_io_client *c3 = make_client(1, 1, BIG);
+	struct block_device *stuck, *healthy;
+	CHECK_OK(dm_io_bdev_open(hungdev_path(h), 0, &stuck));
+	CHECK_OK(dm_io_bdev_open(healthy_loop, 0, &healthy));
+	CHECK_OK(hungdev_ctl(h, "hold read all"));
+
+	for (int i = 0; i < NHUNG; i++) {
+		struct dm_io_region r = { stuck, (uint64_t)i * 2 * (BS / 512), BS / 512 };
+		struct dm_io_control c = make_ctrl(a, DM_IO_READ, vm_mem(hbufs[i], 0), hung_notify, NULL);
+		c.timeout = TIMEOUT_MS;
+		CHECK_OK(dm_io(&c, 1, &r, NULL));
+	}
+	{
+		struct dm_io_region r = { stuck, (4u << 20) / 512, BIG / 512 };
+		struct dm_io_control c = make_ctrl(c3, DM_IO_READ, vm_mem(bigbuf, 0), hung_notify, NULL);
+		c.timeout = TIMEOUT_MS;
+		CHECK_OK(dm_io(&c, 1, &r, NULL));
+	}
+	/* The hung device's tags are all held, and whatever waits for one
+	 * (io-wq workers, pool workers, an AIO submitter) has had time to. */
+	CHECK(hungdev_wait_held_min(h, 1, bound), "no read reached hangfs");
+	sleep_ms(300);
+	int held = hungdev_held(h);
+
+	double t0 = now_ms();
+	for (int i = 0; i < NOK; i++) {
+		struct dm_io_region r = { healthy, (uint64_t)i * 2 * (BS / 512), BS / 512 };
+		struct dm_io_control c = make_ctrl(b, DM_IO_READ, vm_mem(obufs[i], 0), ok_notify, NULL);
+		CHECK_OK(dm_io(&c, 1, &r, NULL));
+	}
+	int all = wait_count(&ok_finals, NOK, bound);
+	double took = now_ms() - t0;
+	fprintf(stderr, "healthy reads: %d of %d ended in %.0f ms (hung device: %d held in FUSE, "
+		"%d in flight)\n", atomic_load(&ok_finals), NOK, took, held, hungdev_inflight(h));
+	CHECK(all, "only %d of %d reads of the healthy device ended within %d ms, behind %d reads "
+	      "stuck on the hung device", atomic_load(&ok_finals), NOK, bound, NSTUCK);
+	CHECK(atomic_load(&ok_oks) == NOK, "%d of %d healthy reads ended OK", atomic_load(&ok_oks), NOK);
+
+	CHECK(wait_count(&hung_timeouts, NSTUCK, bound), "%d of %d stuck reads got TIMEOUT",
+	      atomic_load(&hung_timeouts), NSTUCK);
+	CHECK(atomic_load(&hung_finals) == 0, "%d stuck reads ended while held", atomic_load(&hung_finals));
+	CHECK_OK(hungdev_ctl(h, "release"));
+	CHECK(wait_count(&hung_finals, NSTUCK, 20000), "%d of %d stuck reads ended after release",
+	      atomic_load(&hung_finals), NSTUCK);
+	sleep_ms(50);
+	CHECK(atomic_load(&hung_finals) == NSTUCK && atomic_load(&hung_oks) == NSTUCK &&
+		      atomic_load(&hung_timeouts) == NSTUCK,
+	      "stuck reads: finals %d (OK %d), timeouts %d", atomic_load(&hung_finals),
+	      atomic_load(&hung_oks), atomic_load(&hung_timeouts));
+	CHECK(atomic_load(&ok_finals) == NOK, "healthy finals %d", atomic_load(&ok_finals));
+
+	dm_io_client_destroy(a);
+	dm_io_client_destroy(b);
+	dm_io_client_destroy(c3);
+	dm_io_bdev_close(stuck);
+	dm_io_bdev_close(healthy);
+	restore_depths();
+	hung = NULL;
+	hungdev_down(h);
+	healthy_down();
+	return 0;
+}
