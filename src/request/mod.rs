@@ -224,16 +224,14 @@ impl Request {
         notify: Option<Notify>,
         owner: Arc<dyn RequestOwner>,
     ) -> Arc<Request> {
-        match spare {
-            Some(mut r) => match Arc::get_mut(&mut r) {
-                Some(slot) => {
-                    *slot = Request::build(client_id, mode, specs, ops, mem, notify, owner);
-                    r
-                }
-                None => Request::new(client_id, mode, specs, ops, mem, notify, owner),
-            },
-            None => Request::new(client_id, mode, specs, ops, mem, notify, owner),
+        let req = Request::build(client_id, mode, specs, ops, mem, notify, owner);
+        if let Some(mut r) = spare {
+            if let Some(slot) = Arc::get_mut(&mut r) {
+                *slot = req;
+                return r;
+            }
         }
+        Arc::new(req)
     }
 
     /// Whether a finished request may be kept for [`Request::renew`]: it
