@@ -271,7 +271,6 @@ impl Client {
         s.mode.lib_pages = self.in_library_pages(&s);
         let slot = self.pool.slot_size() as u64;
         let nreg = s.regions.len();
-        let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
         let req = Request::renew(
             self.spare(),
             self.id,
@@ -280,7 +279,7 @@ impl Client {
             |r| (r.count * 512).div_ceil(slot).max(1) as u32,
             s.mem,
             s.notify,
-            owner,
+            || Arc::clone(self) as Arc<dyn RequestOwner>,
         );
         // The handle table is also the live set ([`handle::live_of`]).
         // Registered first, then `closed` checked: a destroy that sets
