@@ -365,6 +365,29 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     })
 }
 
+/// [`offer`] of one op: `None` when taken (an asynchronous op on the
+/// completion thread of `engine`), else the op back.
+pub(super) fn offer_one(engine: u64, op: IoOp) -> Option<IoOp> {
+    if op.sync {
+        return Some(op);
+    }
+    HERE.with(|l| {
+        if l.owner.get() != engine {
+            return Some(op);
+        }
+        l.offered.set(true);
+        let mut op = Some(op);
+        l.with_core(|c| {
+            c.admit(op.take());
+            c.push_backlog();
+        });
+        if let Some(op) = op {
+            l.inbox.borrow_mut().ops.push(op);
+        }
+        None
+    })
+}
+
 /// Keeps the timer of an asynchronous request when the calling thread's
 /// ring belongs to `engine`; `false`: someone else keeps it.
 pub(super) fn offer_timer(engine: u64, at: Instant, timer: &Weak<dyn Timer>) -> bool {

@@ -154,6 +154,15 @@ impl Engine for UringEngine {
         }
     }
 
+    /// One op with no vector: the caller's ring (SYNC), the completion
+    /// thread's ring (asynchronous, on that thread), or the reactor.
+    fn submit_one(&self, op: IoOp) -> Option<IoOp> {
+        let op = if op.sync { caller::offer_one(op)? } else { op };
+        let op = super::local::offer_one(self.id, op)?;
+        self.send(Msg::One(op));
+        None
+    }
+
     fn ring_id(&self) -> Option<u64> {
         Some(self.id)
     }
