@@ -377,10 +377,7 @@ pub(super) fn offer_one(engine: u64, op: IoOp) -> Option<IoOp> {
         }
         l.offered.set(true);
         let mut op = Some(op);
-        l.with_core(|c| {
-            c.admit(op.take());
-            c.push_backlog();
-        });
+        l.with_core(|c| c.admit_one(op.take().expect("not taken yet")));
         if let Some(op) = op {
             l.inbox.borrow_mut().ops.push(op);
         }
