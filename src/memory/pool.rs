@@ -308,11 +308,17 @@ impl Pool {
     /// closed), which the SeqCst fence orders before the look at the
     /// count. Takes the lock so that a sleeper between its last look and
     /// its sleep cannot miss the wake-up.
+    #[inline]
     fn wake_sleepers(&self, all: bool) {
         fence(Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) == 0 {
-            return;
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.notify_sleepers(all);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn notify_sleepers(&self, all: bool) {
         let _g = self.lock();
         if all {
             self.cv.notify_all();
@@ -323,6 +329,7 @@ impl Pool {
 
     /// Wakes every waiter to look at its `abandon` condition again
     /// (lock-free when none sleeps).
+    #[inline]
     pub fn kick(&self) {
         self.wake_sleepers(true);
     }
