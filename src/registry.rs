@@ -166,7 +166,8 @@ impl<T> Registry<T> {
         }
     }
 
-    fn pop_free(&self) -> Option<u32> {
+    /// Pops a free slot: its index and the slot.
+    fn pop_free(&self) -> Option<(u32, &Slot<T>)> {
         let mut head = self.free.load(Ordering::Acquire);
         loop {
             let top = head as u32;
@@ -175,13 +176,14 @@ impl<T> Registry<T> {
             }
             // The slot may be popped and pushed again meanwhile: then the
             // tag has changed and the exchange below fails.
-            let next = self.slot(top as usize - 1)?.next.load(Ordering::Relaxed);
+            let slot = self.slot(top as usize - 1)?;
+            let next = slot.next.load(Ordering::Relaxed);
             let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
             match self
                 .free
                 .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
             {
-                Ok(_) => return Some(top - 1),
+                Ok(_) => return Some((top - 1, slot)),
                 Err(h) => head = h,
             }
         }
@@ -189,8 +191,13 @@ impl<T> Registry<T> {
 
     /// Stores `val` and returns its token (never 0).
     pub fn insert(&self, val: T) -> usize {
-        let idx = self.pop_free().unwrap_or_else(|| self.fresh());
-        let slot = self.slot(idx as usize).expect("a slot just taken exists");
+        let (idx, slot) = self.pop_free().unwrap_or_else(|| {
+            let idx = self.fresh();
+            (
+                idx,
+                self.slot(idx as usize).expect("a slot just made exists"),
+            )
+        });
         // SAFETY: the slot is ours alone: popped from the free stack or a
         // fresh index, and not live, so no lookup reads its value.
         unsafe { (*slot.val.get()).write(val) };
