@@ -251,13 +251,13 @@ impl<T> Registry<T> {
     /// returns `true` (one slot lookup for both): for a caller that holds
     /// a reference of its own which keeps the object in the table until it
     /// lets go (a request handle's library reference, [`crate::handle`]),
-    /// and whose `f` says whether that was the last reference. `None` when
-    /// the token names no live object (a broken promise; nothing is read
-    /// then), else what `f` returned.
+    /// and whose `f` says whether that was the last reference. Returns the
+    /// object when it was removed; `None` when it stays, or when the token
+    /// names no live object (a broken promise; nothing is read then).
     ///
     /// # Safety
     /// Nothing may remove the object named by `token` while `f` runs.
-    pub unsafe fn release_held(&self, token: usize, f: impl FnOnce(&T) -> bool) -> Option<bool> {
+    pub unsafe fn release_held(&self, token: usize, f: impl FnOnce(&T) -> bool) -> Option<T> {
         let (idx, gen) = unpack(token)?;
         let slot = self.slot(idx)?;
         let s = slot.state.load(Ordering::Acquire);
@@ -267,11 +267,10 @@ impl<T> Registry<T> {
         // SAFETY: live with our generation (the Acquire load pairs with the
         // insert's Release store), and not removed while `f` runs (the
         // caller's promise).
-        let last = f(unsafe { (*slot.val.get()).assume_init_ref() });
-        if last {
-            drop(self.remove_slot(idx, gen, slot));
+        if f(unsafe { (*slot.val.get()).assume_init_ref() }) {
+            return self.remove_slot(idx, gen, slot);
         }
-        Some(last)
+        None
     }
 
     /// Removes and returns the object named by `token`. Waits only for

@@ -344,13 +344,17 @@ impl Client {
     }
 
     /// Keeps a finished request for reuse (see [`Client::spare`]).
-    fn keep(&self, req: &Arc<Request>) {
+    fn keep(&self, req: Arc<Request>) {
         let mut s = self.spare_lock();
         // Under the lock: a device closed meanwhile is seen here, or its
         // close empties the list after this ([`Client::take_spares`]).
         if !s.closed && s.list.len() < SPARE_MAX && req.reusable() {
-            s.list.push_back(Arc::clone(req));
+            s.list.push_back(req);
+            return;
         }
+        drop(s);
+        // Not kept: dropped outside the lock.
+        drop(req);
     }
 
     /// Takes the kept requests out (a device was closed: they may name
@@ -464,8 +468,10 @@ impl RequestOwner for Client {
     }
 
     fn request_delivered(&self, req: &Arc<Request>) {
-        handle::release_lib(req.handle());
-        self.keep(req);
+        // The handle entry's reference, when the entry went, is the one
+        // kept (no count update); else another is taken.
+        let own = handle::release_lib(req.handle()).unwrap_or_else(|| Arc::clone(req));
+        self.keep(own);
     }
 
     fn start_regions(&self, req: &Arc<Request>, regions: Vec<(u32, SlotRef)>, hedge: bool) {
