@@ -317,8 +317,14 @@ fn serve_while_waiting() {
 }
 
 fn deliver(ev: Event) {
-    let client = ev.req.client_id;
-    HERE.with(|h| h.delivering.borrow_mut().push(client));
+    HERE.with(|h| deliver_in(h, ev));
+}
+
+/// [`deliver`] with this thread's [`Here`] at hand. The borrows of its
+/// cells are not held across the callback, which may deliver from inside.
+#[inline]
+fn deliver_in(h: &Here, ev: Event) {
+    h.delivering.borrow_mut().push(ev.req.client_id);
     let r = catch_unwind(AssertUnwindSafe(|| {
         ev.deliver();
         if ev.is_final() {
@@ -326,7 +332,7 @@ fn deliver(ev: Event) {
         }
         ev.req.event_delivered();
     }));
-    HERE.with(|h| h.delivering.borrow_mut().pop());
+    h.delivering.borrow_mut().pop();
     if r.is_err() {
         eprintln!("libdmio: internal error while delivering a notification");
     }
@@ -334,36 +340,46 @@ fn deliver(ev: Event) {
 
 /// Delivers everything queued now, with the wake-ups its callbacks cause
 /// deferred to the end; `true` once `Stop` was seen (everything queued
-/// before it delivered).
+/// before it delivered). The thread-local is looked up once per batch.
 fn deliver_queued(rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
-    crate::engine::wake::with_deferred_wakes(|| {
-        // The local queue first: see `CompletionThread::push`.
-        let next = || pop_local().or_else(|| rx.try_recv().ok());
-        while let Some(m) = next() {
-            match m {
-                Msg::Ev(ev) => {
-                    deliver(ev);
-                    ring.after_callback(&|| undelivered(rx));
-                }
-                Msg::Barrier(_, tx) => {
-                    let _ = tx.send(());
-                }
-                Msg::Stop => {
-                    while let Some(m) = next() {
-                        match m {
-                            Msg::Ev(ev) => deliver(ev),
-                            Msg::Barrier(_, tx) => {
-                                let _ = tx.send(());
-                            }
-                            Msg::Stop => {}
+    crate::engine::wake::with_deferred_wakes(|| HERE.with(|h| deliver_batch(h, rx, ring)))
+}
+
+fn deliver_batch(h: &Here, rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
+    // The local queue first: see `CompletionThread::push`.
+    let next = || {
+        let local = h
+            .local
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut q| q.pop_front());
+        local.or_else(|| rx.try_recv().ok())
+    };
+    let more = || h.local.try_borrow().map_or(false, |q| !q.is_empty()) || !rx.is_empty();
+    while let Some(m) = next() {
+        match m {
+            Msg::Ev(ev) => {
+                deliver_in(h, ev);
+                ring.after_callback(&more);
+            }
+            Msg::Barrier(_, tx) => {
+                let _ = tx.send(());
+            }
+            Msg::Stop => {
+                while let Some(m) = next() {
+                    match m {
+                        Msg::Ev(ev) => deliver_in(h, ev),
+                        Msg::Barrier(_, tx) => {
+                            let _ = tx.send(());
                         }
+                        Msg::Stop => {}
                     }
-                    return true;
                 }
+                return true;
             }
         }
-        false
-    })
+    }
+    false
 }
 
 /// The loop: deliver everything queued as one batch (starting the IO that
