@@ -77,10 +77,6 @@ pub fn ring_running_io() -> Option<Rc<CompletionRing>> {
     })
 }
 
-fn pop_local() -> Option<Msg> {
-    HERE.with(|h| h.local.try_borrow_mut().ok()?.pop_front())
-}
-
 fn local_empty() -> bool {
     HERE.with(|h| h.local.try_borrow().map_or(true, |q| q.is_empty()))
 }
