@@ -130,7 +130,12 @@ impl Client {
         // The usual read: one region in one slot, one op, no vector.
         let first = bytes(0);
         if n == 1 && !req.mode.write && first > 0 && first <= slot_size {
-            let slot = match self.slot(req, &mut Vec::new()) {
+            // No vector unless it must wait (an empty one still costs its drop).
+            let got = match self.pool.try_acquire() {
+                Some(s) => Ok(Some(s)),
+                None => self.wait_for_slot(req, &mut Vec::new()),
+            };
+            let slot = match got {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(_) => {
