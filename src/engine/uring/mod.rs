@@ -241,6 +241,9 @@ pub(super) struct Core {
     /// Clients' private memory registered as fixed buffers (start, end,
     /// buffer), sorted by start ([`fixed`]).
     fixed: Vec<(usize, usize, u16)>,
+    /// The entry of `fixed` the last op found (`Core::admit_one`), until
+    /// `fixed` changes.
+    last_fixed: Option<(usize, usize, u16)>,
     /// Pool buffers not in use (empty without a sparse table).
     pool_free: Vec<u16>,
     /// Per arena chunk: the generation registered as its fixed buffer,

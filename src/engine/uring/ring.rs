@@ -226,6 +226,7 @@ impl Core {
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             fixed: Vec::new(),
+            last_fixed: None,
             pool_free: Vec::new(),
             chunks: Vec::new(),
             cq_efd: None,
@@ -281,7 +282,19 @@ impl Core {
             && !op.dev.faults.is_active()
             && op.dev.remote().is_none()
         {
-            if let Some(reg) = Core::buf_of(&self.chunks, &self.fixed, &op) {
+            // The registered buffer: the one the last op was in, or looked up.
+            let b = op.buf() as usize;
+            let reg = match self.last_fixed {
+                Some((lo, hi, n)) if b >= lo && b + op.len as usize <= hi => Some(Buf::Fixed(n)),
+                _ => {
+                    let reg = Core::buf_of(&self.chunks, &self.fixed, &op);
+                    if let Some(Buf::Fixed(n)) = reg {
+                        self.last_fixed = self.fixed.iter().copied().find(|f| f.2 == n);
+                    }
+                    reg
+                }
+            };
+            if let Some(reg) = reg {
                 let mut sq = self.ring.submission();
                 if !sq.is_full() {
                     let idx = self.free.pop().unwrap_or_else(|| {
