@@ -351,7 +351,7 @@ fn deliver_batch(h: &Here, rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
             .and_then(|mut q| q.pop_front());
         local.or_else(|| rx.try_recv().ok())
     };
-    let more = || h.local.try_borrow().map_or(false, |q| !q.is_empty()) || !rx.is_empty();
+    let more = || h.local.try_borrow().is_ok_and(|q| !q.is_empty()) || !rx.is_empty();
     while let Some(m) = next() {
         match m {
             Msg::Ev(ev) => {
