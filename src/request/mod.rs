@@ -281,7 +281,9 @@ impl Request {
             }
         }
         g.live = n;
-        g.queue.clear();
+        if !g.queue.is_empty() {
+            g.queue.clear();
+        }
         g.waiter = None;
         g.deadline = None;
         g.deadline_fired = false;
