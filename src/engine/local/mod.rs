@@ -376,10 +376,10 @@ pub(super) fn offer_one(engine: u64, op: IoOp) -> Option<IoOp> {
             return Some(op);
         }
         l.offered.set(true);
-        let mut op = Some(op);
-        l.with_core(|c| c.admit_one(op.take().expect("not taken yet")));
-        if let Some(op) = op {
-            l.inbox.borrow_mut().ops.push(op);
+        // As `with_core`, without wrapping the op to get it back.
+        match l.ring.try_borrow_mut() {
+            Ok(mut g) if g.is_some() => g.as_mut().expect("checked").admit_one(op),
+            _ => l.inbox.borrow_mut().ops.push(op),
         }
         None
     })
