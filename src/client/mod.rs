@@ -107,7 +107,8 @@ pub struct Client {
     pub counters: Counters,
     /// Finished requests kept for reuse ([`Request::renew`]), so `dm_io`
     /// allocates nothing per IO once they cycle. Per client (its lock is
-    /// no other client's), at most [`SPARE_MAX`], emptied at destroy.
+    /// no other client's), at most [`SPARE_MAX`] (and one more in
+    /// `last_kept`), emptied at destroy.
     spare: std::sync::Mutex<Spare>,
     /// The last request kept, in front of `spare` (from `Arc::into_raw`;
     /// null when empty): a notify chain keeps one request and takes it back
