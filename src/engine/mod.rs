@@ -228,7 +228,7 @@ impl CompletionRing {
     pub fn after_callback(&self, more: &dyn Fn() -> bool) {
         match &self.0 {
             Ring::Parked(_) => {}
-            Ring::Uring(_) => local::submit_queued(more),
+            Ring::Uring(r) => r.submit_queued(more),
             Ring::Aio(_) => aio::local::submit_queued(more),
         }
     }
