@@ -43,7 +43,8 @@ pub enum WaitBy<'a> {
 /// Taking and freeing a slot is lock-free: freed slots are on a Treiber
 /// stack (`free`, `next`), and slots never used yet are taken from `fresh`
 /// only when that stack is empty, so `fresh` is also the most slots ever
-/// in use at once (the high-water mark). The lock and condition variable
+/// in use at once (the high-water mark; a slot freed while another thread
+/// found the stack empty may count once more). The lock and condition variable
 /// serve only threads that sleep for a slot (`sleepers`, read without the
 /// lock by whoever frees a slot or kicks).
 pub struct Pool {
@@ -168,7 +169,7 @@ impl Pool {
             .count() as u32
     }
 
-    /// The most slots in use at once so far.
+    /// The most slots in use at once so far (see [`Pool`]).
     pub fn high_water(&self) -> u64 {
         self.fresh.load(Ordering::Relaxed) as u64
     }
