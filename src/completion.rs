@@ -27,18 +27,31 @@ use std::thread::JoinHandle;
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
-thread_local! {
+/// A completion thread's per-IO state: one thread-local, so that each
+/// step below looks it up once (in a shared library each look-up is a
+/// call to `__tls_get_addr`).
+struct Here {
     /// On a completion thread: its key (0 elsewhere).
-    static HERE: Cell<u64> = const { Cell::new(0) };
+    key: Cell<u64>,
     /// Events emitted on the completion thread itself (by IO its ring
     /// completed, by callbacks) while its channel was empty: no channel
     /// and no wake-up for them. Delivered before the channel, so the
     /// order in which events were emitted is kept (see [`CompletionThread::push`]).
-    static LOCAL: RefCell<VecDeque<Msg>> = const { RefCell::new(VecDeque::new()) };
+    local: RefCell<VecDeque<Msg>>,
     /// On a completion thread: the clients whose notify runs now (a
     /// callback may call destroy, which may deliver another client's
     /// events from inside it).
-    static DELIVERING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    delivering: RefCell<Vec<u64>>,
+}
+
+thread_local! {
+    static HERE: Here = const {
+        Here {
+            key: Cell::new(0),
+            local: RefCell::new(VecDeque::new()),
+            delivering: RefCell::new(Vec::new()),
+        }
+    };
     /// On a completion thread: its channel's receiver.
     static RX: RefCell<Option<Receiver<Msg>>> = const { RefCell::new(None) };
     /// On a completion thread: the ring it sleeps in.
@@ -47,7 +60,7 @@ thread_local! {
 
 /// Whether the calling thread is a completion thread (of any client).
 pub fn on_completion_thread() -> bool {
-    HERE.with(|h| h.get() != 0)
+    HERE.with(|h| h.key.get() != 0)
 }
 
 /// On a completion thread whose ring runs IO ([`CompletionRing::runs_io`]):
@@ -64,12 +77,8 @@ pub fn ring_running_io() -> Option<Rc<CompletionRing>> {
     })
 }
 
-fn pop_local() -> Option<Msg> {
-    LOCAL.with(|q| q.try_borrow_mut().ok()?.pop_front())
-}
-
 fn local_empty() -> bool {
-    LOCAL.with(|q| q.try_borrow().map_or(true, |q| q.is_empty()))
+    HERE.with(|h| h.local.try_borrow().map_or(true, |q| q.is_empty()))
 }
 
 /// Whether an event waits to be delivered (local queue or channel).
@@ -87,7 +96,7 @@ enum Msg {
 
 pub struct CompletionThread {
     tx: Sender<Msg>,
-    /// Names this thread in [`HERE`].
+    /// Names this thread in [`HERE`] (`Here::key`).
     key: u64,
     join: Mutex<Option<JoinHandle<()>>>,
     /// Wakes the thread from its ring (`None`: the thread died at start).
@@ -106,7 +115,7 @@ impl CompletionThread {
         let h = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                HERE.with(|h| h.set(key));
+                HERE.with(|h| h.key.set(key));
                 let ring = Rc::new(engine.completion_ring());
                 drop(engine);
                 let _ = ready_tx.send(ring.waker());
@@ -139,20 +148,20 @@ impl CompletionThread {
     /// events are emitted under its request's lock, so "emitted before"
     /// is well defined across threads.)
     pub fn push(&self, ev: Event) {
-        let mut ev = ev;
-        if self.is_current() && self.tx.is_empty() {
-            let kept = LOCAL.with(|q| match q.try_borrow_mut() {
+        // One thread-local look-up: is this the thread, and its queue.
+        let kept = HERE.with(|h| {
+            if h.key.get() != self.key || !self.tx.is_empty() {
+                return Some(ev);
+            }
+            match h.local.try_borrow_mut() {
                 Ok(mut q) => {
                     q.push_back(Msg::Ev(ev));
                     None
                 }
                 Err(_) => Some(ev),
-            });
-            match kept {
-                None => return,
-                Some(e) => ev = e,
             }
-        }
+        });
+        let Some(ev) = kept else { return };
         // After `stop` no request of the client can produce events (all are
         // final), so a failed send drops nothing that is owed.
         let _ = self.tx.send(Msg::Ev(ev));
@@ -167,7 +176,7 @@ impl CompletionThread {
 
     /// Whether the calling thread is this completion thread (inside notify).
     pub fn is_current(&self) -> bool {
-        HERE.with(|h| h.get()) == self.key
+        HERE.with(|h| h.key.get()) == self.key
     }
 
     /// Returns once every event of client `client` queued so far was
@@ -187,7 +196,7 @@ impl CompletionThread {
                 // Called from another thread's notify, our wake-up may be
                 // deferred to the end of that batch: not while we wait.
                 crate::engine::wake::flush_deferred_wakes();
-                if HERE.with(|h| h.get()) == 0 {
+                if HERE.with(|h| h.key.get()) == 0 {
                     let _ = rx.recv();
                     return;
                 }
@@ -203,19 +212,19 @@ impl CompletionThread {
             }
             return;
         }
-        if DELIVERING.with(|d| d.borrow().contains(&client)) {
+        if HERE.with(|h| h.delivering.borrow().contains(&client)) {
             return;
         }
         // Everything queued, in order, into the local queue (always
         // delivered before the channel), then this client's events out of it.
-        LOCAL.with(|q| {
-            if let Ok(mut q) = q.try_borrow_mut() {
+        HERE.with(|h| {
+            if let Ok(mut q) = h.local.try_borrow_mut() {
                 q.extend(rx_drain());
             }
         });
         loop {
-            let ev = LOCAL.with(|q| {
-                let mut q = q.try_borrow_mut().ok()?;
+            let ev = HERE.with(|h| {
+                let mut q = h.local.try_borrow_mut().ok()?;
                 let at = q
                     .iter()
                     .position(|m| matches!(m, Msg::Ev(e) if e.req.client_id == client))?;
@@ -271,15 +280,15 @@ fn rx_drain() -> Vec<Msg> {
 /// is running here stay queued, in order (a destroy of one of them waits
 /// for its callback to return, as always).
 fn serve_while_waiting() {
-    LOCAL.with(|q| {
-        if let Ok(mut q) = q.try_borrow_mut() {
+    HERE.with(|h| {
+        if let Ok(mut q) = h.local.try_borrow_mut() {
             q.extend(rx_drain());
         }
     });
     loop {
-        let next = LOCAL.with(|q| {
-            let mut q = q.try_borrow_mut().ok()?;
-            let busy = DELIVERING.with(|d| d.borrow().clone());
+        let next = HERE.with(|h| {
+            let mut q = h.local.try_borrow_mut().ok()?;
+            let busy = h.delivering.borrow().clone();
             // The first event or barrier of a client whose notify is not
             // running (its earlier events were delivered before it); nothing
             // past a Stop (a thread of one client ending).
@@ -304,8 +313,14 @@ fn serve_while_waiting() {
 }
 
 fn deliver(ev: Event) {
-    let client = ev.req.client_id;
-    DELIVERING.with(|d| d.borrow_mut().push(client));
+    HERE.with(|h| deliver_in(h, ev));
+}
+
+/// [`deliver`] with this thread's [`Here`] at hand. The borrows of its
+/// cells are not held across the callback, which may deliver from inside.
+#[inline]
+fn deliver_in(h: &Here, ev: Event) {
+    h.delivering.borrow_mut().push(ev.req.client_id);
     let r = catch_unwind(AssertUnwindSafe(|| {
         ev.deliver();
         if ev.is_final() {
@@ -313,7 +328,7 @@ fn deliver(ev: Event) {
         }
         ev.req.event_delivered();
     }));
-    DELIVERING.with(|d| d.borrow_mut().pop());
+    h.delivering.borrow_mut().pop();
     if r.is_err() {
         eprintln!("libdmio: internal error while delivering a notification");
     }
@@ -321,36 +336,46 @@ fn deliver(ev: Event) {
 
 /// Delivers everything queued now, with the wake-ups its callbacks cause
 /// deferred to the end; `true` once `Stop` was seen (everything queued
-/// before it delivered).
+/// before it delivered). The thread-local is looked up once per batch.
 fn deliver_queued(rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
-    crate::engine::wake::with_deferred_wakes(|| {
-        // The local queue first: see `CompletionThread::push`.
-        let next = || pop_local().or_else(|| rx.try_recv().ok());
-        while let Some(m) = next() {
-            match m {
-                Msg::Ev(ev) => {
-                    deliver(ev);
-                    ring.after_callback(&|| undelivered(rx));
-                }
-                Msg::Barrier(_, tx) => {
-                    let _ = tx.send(());
-                }
-                Msg::Stop => {
-                    while let Some(m) = next() {
-                        match m {
-                            Msg::Ev(ev) => deliver(ev),
-                            Msg::Barrier(_, tx) => {
-                                let _ = tx.send(());
-                            }
-                            Msg::Stop => {}
+    crate::engine::wake::with_deferred_wakes(|| HERE.with(|h| deliver_batch(h, rx, ring)))
+}
+
+fn deliver_batch(h: &Here, rx: &Receiver<Msg>, ring: &CompletionRing) -> bool {
+    // The local queue first: see `CompletionThread::push`.
+    let next = || {
+        let local = h
+            .local
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut q| q.pop_front());
+        local.or_else(|| rx.try_recv().ok())
+    };
+    let more = || h.local.try_borrow().is_ok_and(|q| !q.is_empty()) || !rx.is_empty();
+    while let Some(m) = next() {
+        match m {
+            Msg::Ev(ev) => {
+                deliver_in(h, ev);
+                ring.after_callback(&more);
+            }
+            Msg::Barrier(_, tx) => {
+                let _ = tx.send(());
+            }
+            Msg::Stop => {
+                while let Some(m) = next() {
+                    match m {
+                        Msg::Ev(ev) => deliver_in(h, ev),
+                        Msg::Barrier(_, tx) => {
+                            let _ = tx.send(());
                         }
+                        Msg::Stop => {}
                     }
-                    return true;
                 }
+                return true;
             }
         }
-        false
-    })
+    }
+    false
 }
 
 /// The loop: deliver everything queued as one batch (starting the IO that

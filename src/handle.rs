@@ -81,13 +81,18 @@ pub fn put(token: usize) -> Option<bool> {
 }
 
 /// Drops the library's reference (after the last final notification).
-pub fn release_lib(token: usize) {
-    let left = HANDLES
-        .with(token, |e| change(e, |r| (r & LIB != 0).then_some(r & !LIB)))
-        .flatten();
-    if left == Some(0) {
-        HANDLES.remove(token);
-    }
+/// The reference itself keeps the entry in the table until it goes, so it
+/// is read without a reader reference: one atomic update, and the remove
+/// when that was the last reference. Returns the entry's request when the
+/// entry went (the caller held no reference), so that the caller may keep
+/// it without another reference count update.
+pub fn release_lib(token: usize) -> Option<Arc<Request>> {
+    // SAFETY: the entry is removed only by whoever takes its reference word
+    // to 0 (`put`, this function) or by `discard` before the token left
+    // the library; the library's reference, dropped only here, keeps it
+    // above 0 until the `fetch_and` below.
+    unsafe { HANDLES.release_held(token, |e| e.refs.fetch_and(!LIB, Ordering::AcqRel) == LIB) }
+        .map(|e| e.req)
 }
 
 /// Drops a handle that never reached the caller (submission refused).

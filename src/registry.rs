@@ -18,6 +18,11 @@
 //! - A remove clears the live bit (one remover wins; later lookups fail),
 //!   waits for the readers inside their short lookups to leave, takes the
 //!   value out, bumps the generation and pushes the slot on a free stack.
+//!   With no reader inside (the usual case) the live bit and the
+//!   generation change in one compare-and-swap.
+//! - [`Registry::release_held`] reads a value with no atomic write (and
+//!   removes it if asked), for a caller whose own reference keeps the
+//!   object from being removed.
 //! - An insert pops a free slot (or takes a fresh index), writes the value
 //!   and only then publishes the live bit with the slot's generation.
 //!
@@ -145,8 +150,8 @@ impl<T> Registry<T> {
         idx
     }
 
-    fn push_free(&self, idx: u32) {
-        let slot = self.slot(idx as usize).expect("a freed slot exists");
+    /// Pushes slot `idx` (`slot`) on the free stack.
+    fn push_free(&self, idx: u32, slot: &Slot<T>) {
         let mut head = self.free.load(Ordering::Relaxed);
         loop {
             slot.next.store(head as u32, Ordering::Relaxed);
@@ -161,7 +166,8 @@ impl<T> Registry<T> {
         }
     }
 
-    fn pop_free(&self) -> Option<u32> {
+    /// Pops a free slot: its index and the slot.
+    fn pop_free(&self) -> Option<(u32, &Slot<T>)> {
         let mut head = self.free.load(Ordering::Acquire);
         loop {
             let top = head as u32;
@@ -170,13 +176,14 @@ impl<T> Registry<T> {
             }
             // The slot may be popped and pushed again meanwhile: then the
             // tag has changed and the exchange below fails.
-            let next = self.slot(top as usize - 1)?.next.load(Ordering::Relaxed);
+            let slot = self.slot(top as usize - 1)?;
+            let next = slot.next.load(Ordering::Relaxed);
             let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
             match self
                 .free
                 .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
             {
-                Ok(_) => return Some(top - 1),
+                Ok(_) => return Some((top - 1, slot)),
                 Err(h) => head = h,
             }
         }
@@ -184,8 +191,13 @@ impl<T> Registry<T> {
 
     /// Stores `val` and returns its token (never 0).
     pub fn insert(&self, val: T) -> usize {
-        let idx = self.pop_free().unwrap_or_else(|| self.fresh());
-        let slot = self.slot(idx as usize).expect("a slot just taken exists");
+        let (idx, slot) = self.pop_free().unwrap_or_else(|| {
+            let idx = self.fresh();
+            (
+                idx,
+                self.slot(idx as usize).expect("a slot just made exists"),
+            )
+        });
         // SAFETY: the slot is ours alone: popped from the free stack or a
         // fresh index, and not live, so no lookup reads its value.
         unsafe { (*slot.val.get()).write(val) };
@@ -234,15 +246,70 @@ impl<T> Registry<T> {
         Some(f(unsafe { (*slot.val.get()).assume_init_ref() }))
     }
 
+    /// Runs `f` on the live object named by `token` without taking a
+    /// reader reference (no atomic write), and removes the object when `f`
+    /// returns `true` (one slot lookup for both): for a caller that holds
+    /// a reference of its own which keeps the object in the table until it
+    /// lets go (a request handle's library reference, [`crate::handle`]),
+    /// and whose `f` says whether that was the last reference. Returns the
+    /// object when it was removed; `None` when it stays, or when the token
+    /// names no live object (a broken promise; nothing is read then).
+    ///
+    /// # Safety
+    /// Nothing may remove the object named by `token` while `f` runs.
+    pub unsafe fn release_held(&self, token: usize, f: impl FnOnce(&T) -> bool) -> Option<T> {
+        let (idx, gen) = unpack(token)?;
+        let slot = self.slot(idx)?;
+        let s = slot.state.load(Ordering::Acquire);
+        if (s >> 32) as u32 != gen || s & LIVE == 0 {
+            return None;
+        }
+        // SAFETY: live with our generation (the Acquire load pairs with the
+        // insert's Release store), and not removed while `f` runs (the
+        // caller's promise).
+        if f(unsafe { (*slot.val.get()).assume_init_ref() }) {
+            return self.remove_slot(idx, gen, slot);
+        }
+        None
+    }
+
     /// Removes and returns the object named by `token`. Waits only for
     /// lookups of that object already running (each a few instructions).
     pub fn remove(&self, token: usize) -> Option<T> {
         let (idx, gen) = unpack(token)?;
         let slot = self.slot(idx)?;
+        self.remove_slot(idx, gen, slot)
+    }
+
+    /// [`Registry::remove`] of slot `idx` (`slot`), generation `gen`.
+    fn remove_slot(&self, idx: usize, gen: u32, slot: &Slot<T>) -> Option<T> {
         let mut s = slot.state.load(Ordering::Acquire);
         loop {
             if (s >> 32) as u32 != gen || s & LIVE == 0 {
                 return None;
+            }
+            if s & READERS == 0 {
+                // No lookup inside: the slot goes from live to free (next
+                // generation) in one exchange; no reader can enter after it.
+                match slot.state.compare_exchange_weak(
+                    s,
+                    next_gen(s),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: we took the slot from live to free with
+                        // no reader inside (Acquire pairs with the readers'
+                        // Release): the value is ours to move out, once.
+                        let v = unsafe { (*slot.val.get()).assume_init_read() };
+                        self.push_free(idx as u32, slot);
+                        return Some(v);
+                    }
+                    Err(x) => {
+                        s = x;
+                        continue;
+                    }
+                }
             }
             match slot.state.compare_exchange_weak(
                 s,
@@ -268,7 +335,7 @@ impl<T> Registry<T> {
         // ours to move out, once.
         let v = unsafe { (*slot.val.get()).assume_init_read() };
         slot.state.store(next_gen(s), Ordering::Release);
-        self.push_free(idx as u32);
+        self.push_free(idx as u32, slot);
         Some(v)
     }
 

@@ -19,14 +19,17 @@ impl<T> Default for Small<T> {
 impl<T> Small<T> {
     /// Appends `x`: the first element stays inline, a second moves both to a `Vec`.
     pub fn push(&mut self, x: T) {
-        *self = match std::mem::take(self) {
-            Small::Many(v) if v.is_empty() => Small::One(x),
-            Small::Many(mut v) => {
-                v.push(x);
-                Small::Many(v)
+        match self {
+            // The first element (most lists): written in place.
+            Small::Many(v) if v.is_empty() => *self = Small::One(x),
+            Small::Many(v) => v.push(x),
+            Small::One(_) => {
+                let Small::One(first) = std::mem::take(self) else {
+                    unreachable!("matched One")
+                };
+                *self = Small::Many(vec![first, x]);
             }
-            Small::One(first) => Small::Many(vec![first, x]),
-        };
+        }
     }
 }
 

@@ -123,7 +123,13 @@ impl Client {
                 ));
             }
             let lbs_sectors = (r.dev.logical_block_size() / 512) as u64;
-            if r.sector % lbs_sectors != 0 || r.count % lbs_sectors != 0 {
+            // Block sizes are powers of two: a mask, not two divisions.
+            let misaligned = if lbs_sectors.is_power_of_two() {
+                (r.sector | r.count) & (lbs_sectors - 1) != 0
+            } else {
+                r.sector % lbs_sectors != 0 || r.count % lbs_sectors != 0
+            };
+            if misaligned {
                 return Err(crate::einval!(
                     "region {i}: sector {} / count {} not aligned to the device's {}-byte blocks",
                     r.sector,

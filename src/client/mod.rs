@@ -36,6 +36,16 @@ pub(crate) const MAX_SIZE_LIMIT: u32 = 1 << 30;
 
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
+/// Devices closed so far ([`device_closed`]): a request kept while one
+/// closes may name it ([`Client::keep`]).
+static DEVICE_CLOSES: AtomicU64 = AtomicU64::new(0);
+
+/// A device handle was closed (after [`Device::mark_closed`], before the
+/// clients' [`Client::take_spares`]).
+pub fn device_closed() {
+    DEVICE_CLOSES.fetch_add(1, Ordering::SeqCst);
+}
+
 /// Per-client counters (cheap atomics).
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -97,8 +107,14 @@ pub struct Client {
     pub counters: Counters,
     /// Finished requests kept for reuse ([`Request::renew`]), so `dm_io`
     /// allocates nothing per IO once they cycle. Per client (its lock is
-    /// no other client's), at most [`SPARE_MAX`], emptied at destroy.
+    /// no other client's), at most [`SPARE_MAX`] (and one more in
+    /// `last_kept`), emptied at destroy.
     spare: std::sync::Mutex<Spare>,
+    /// The last request kept, in front of `spare` (from `Arc::into_raw`;
+    /// null when empty): a notify chain keeps one request and takes it back
+    /// in the next callback without the lock. Taken by swapping it out, so
+    /// exactly one holder ever turns it back into an `Arc`.
+    last_kept: std::sync::atomic::AtomicPtr<Request>,
 }
 
 /// Finished requests kept per client: enough for a notify chain or a few
@@ -207,6 +223,7 @@ impl Client {
             hedge_ms: std::sync::atomic::AtomicU32::new(0),
             detached: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
+            last_kept: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
             spare: std::sync::Mutex::new(Spare {
                 list: std::collections::VecDeque::with_capacity(SPARE_MAX),
                 closed: false,
@@ -271,7 +288,6 @@ impl Client {
         s.mode.lib_pages = self.in_library_pages(&s);
         let slot = self.pool.slot_size() as u64;
         let nreg = s.regions.len();
-        let owner: Arc<dyn RequestOwner> = Arc::clone(self) as Arc<dyn RequestOwner>;
         let req = Request::renew(
             self.spare(),
             self.id,
@@ -280,7 +296,7 @@ impl Client {
             |r| (r.count * 512).div_ceil(slot).max(1) as u32,
             s.mem,
             s.notify,
-            owner,
+            || Arc::clone(self) as Arc<dyn RequestOwner>,
         );
         // The handle table is also the live set ([`handle::live_of`]).
         // Registered first, then `closed` checked: a destroy that sets
@@ -332,9 +348,25 @@ impl Client {
         self.spare.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The oldest kept request if nothing references it any more (else it
-    /// goes to the back: a timer or a caller's handle still holds it).
+    /// Takes the request in [`Client::last_kept`] out (`None`: empty).
+    fn take_last_kept(&self) -> Option<Arc<Request>> {
+        let p = self.last_kept.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: a non-null pointer there came from `Arc::into_raw` in
+        // `keep`, and the swap took it out: this is its only holder.
+        (!p.is_null()).then(|| unsafe { Arc::from_raw(p) })
+    }
+
+    /// A kept request if nothing references it any more: the last one
+    /// kept (no lock), else the oldest on the list (else it goes to the
+    /// back: a timer or a caller's handle still holds it).
     fn spare(&self) -> Option<Arc<Request>> {
+        if let Some(mut r) = self.take_last_kept() {
+            if Arc::get_mut(&mut r).is_some() {
+                return Some(r);
+            }
+            self.keep_locked(r);
+            return None;
+        }
         let mut s = self.spare_lock();
         let mut r = s.list.pop_front()?;
         if Arc::get_mut(&mut r).is_some() {
@@ -344,20 +376,53 @@ impl Client {
         None
     }
 
-    /// Keeps a finished request for reuse (see [`Client::spare`]).
-    fn keep(&self, req: &Arc<Request>) {
+    /// Keeps a finished request for reuse (see [`Client::spare`]): in
+    /// [`Client::last_kept`] when that is empty (no lock), else on the list.
+    fn keep(&self, req: Arc<Request>) {
+        let closes = DEVICE_CLOSES.load(Ordering::SeqCst);
+        if !req.reusable() || self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let p = Arc::into_raw(req) as *mut Request;
+        if self
+            .last_kept
+            .compare_exchange(std::ptr::null_mut(), p, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            // SAFETY: the exchange failed: `p` is still ours, from
+            // `Arc::into_raw` above.
+            return self.keep_locked(unsafe { Arc::from_raw(p) });
+        }
+        // Published: another thread may take it now, so it is not read
+        // again here. A destroy (`closed`) or a device close (which counts
+        // `DEVICE_CLOSES`) after the looks above empties `last_kept` after
+        // this store, or is seen here (SeqCst on both sides): then whatever
+        // `last_kept` holds goes (it is only a cache).
+        if self.closed.load(Ordering::SeqCst) || DEVICE_CLOSES.load(Ordering::SeqCst) != closes {
+            drop(self.take_last_kept());
+        }
+    }
+
+    /// [`Client::keep`] on the list, under its lock.
+    fn keep_locked(&self, req: Arc<Request>) {
         let mut s = self.spare_lock();
         // Under the lock: a device closed meanwhile is seen here, or its
         // close empties the list after this ([`Client::take_spares`]).
         if !s.closed && s.list.len() < SPARE_MAX && req.reusable() {
-            s.list.push_back(Arc::clone(req));
+            s.list.push_back(req);
+            return;
         }
+        drop(s);
+        // Not kept: dropped outside the lock.
+        drop(req);
     }
 
     /// Takes the kept requests out (a device was closed: they may name
     /// it); the caller drops them, outside any lock or table lookup.
     pub fn take_spares(&self) -> std::collections::VecDeque<Arc<Request>> {
-        std::mem::take(&mut self.spare_lock().list)
+        let mut all = std::mem::take(&mut self.spare_lock().list);
+        all.extend(self.take_last_kept());
+        all
     }
 
     /// `dm_io_cancel_by_handle`: cancels the request's live regions.
@@ -414,6 +479,9 @@ impl Client {
             std::mem::take(&mut s.list)
         };
         drop(kept);
+        // `closed` was set first (SeqCst): a `keep` that stores after
+        // this swap sees it and takes its request back out.
+        drop(self.take_last_kept());
         match &self.shard {
             Some(shard) => {
                 self.engine.unregister_memory(self.pool.region());
@@ -433,6 +501,14 @@ impl Client {
     /// Whether the caller runs inside one of this client's notify calls.
     pub fn in_notify(&self) -> bool {
         self.completion.is_current()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A kept request holds its client, so one is never left here once
+        // the client goes (destroy empties it); this only makes sure.
+        drop(self.take_last_kept());
     }
 }
 
@@ -465,8 +541,10 @@ impl RequestOwner for Client {
     }
 
     fn request_delivered(&self, req: &Arc<Request>) {
-        handle::release_lib(req.handle());
-        self.keep(req);
+        // The handle entry's reference, when the entry went, is the one
+        // kept (no count update); else another is taken.
+        let own = handle::release_lib(req.handle()).unwrap_or_else(|| Arc::clone(req));
+        self.keep(own);
     }
 
     fn start_regions(&self, req: &Arc<Request>, regions: Vec<(u32, SlotRef)>, hedge: bool) {

@@ -123,11 +123,42 @@ impl Client {
         }
         let n = req.num_regions();
         let bytes = |i: usize| req.spec(i).count * 512;
-        let mut batch = take_batch();
         let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
             slot,
             ..region_op(req, i, kind, off, len, flush, fua)
         };
+        // The usual read: one region in one slot, one op, no vector.
+        let first = bytes(0);
+        if n == 1 && !req.mode.write && first > 0 && first <= slot_size {
+            // No vector unless it must wait (an empty one still costs its drop).
+            let got = match self.pool.try_acquire() {
+                Some(s) => Ok(Some(s)),
+                None => self.wait_for_slot(req, &mut Vec::new()),
+            };
+            let slot = match got {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(_) => {
+                    req.cancel_where(CancelReason::Shutdown, |_| true);
+                    return;
+                }
+            };
+            // Is the region still live (a wait for memory may have seen it end)?
+            if req.all_final() {
+                return;
+            }
+            if let Some(op) = self
+                .engine
+                .submit_one(op(OpKind::Read, 0, 0, first, Some(slot)))
+            {
+                let mut batch = take_batch();
+                batch.push(op);
+                self.engine.submit(&mut batch);
+                keep_batch(batch);
+            }
+            return;
+        }
+        let mut batch = take_batch();
         for i in 0..n {
             if bytes(i) == 0 {
                 batch.push(op(OpKind::Flush, i, 0, 0, None));

@@ -228,7 +228,7 @@ impl CompletionRing {
     pub fn after_callback(&self, more: &dyn Fn() -> bool) {
         match &self.0 {
             Ring::Parked(_) => {}
-            Ring::Uring(_) => local::submit_queued(more),
+            Ring::Uring(r) => r.submit_queued(more),
             Ring::Aio(_) => aio::local::submit_queued(more),
         }
     }
@@ -288,6 +288,12 @@ pub trait Engine: Send + Sync {
     /// through `complete` with a negative errno.
     /// Takes every op out of `ops` (which the caller may reuse).
     fn submit(&self, ops: &mut Vec<IoOp>);
+    /// Starts one op (the usual read: one region in one slot) when the
+    /// engine has a path for it that needs no vector: `None` then;
+    /// otherwise the op comes back, for [`Engine::submit`].
+    fn submit_one(&self, op: IoOp) -> Option<IoOp> {
+        Some(op)
+    }
     /// Calls [`Timer::on_timer`] at `at` if the timer's request is still
     /// alive (its deadline, or the next region of a hedged read); `sync`:
     /// the request is `DM_IO_SYNC`.

@@ -610,6 +610,7 @@ pub extern "C" fn dm_io_bdev_close(bdev: *mut block_device) {
         // Finished requests kept for reuse may name it: dropped, so the
         // file closes when its last IO ends, as before they were kept.
         dev.mark_closed();
+        crate::client::device_closed();
         let mut kept = Vec::new();
         CLIENTS.for_each(|c| kept.push(c.take_spares()));
         drop(kept); // may close the file: not inside the table's lookup

@@ -41,34 +41,53 @@ mod x86 {
         _mm_storeu_si128,
     };
 
-    /// 128 bytes per turn (four 32-byte loads, then four stores), then the
-    /// tail with `copy_nonoverlapping`.
+    /// Copies 32 bytes × the number of names given: every load first, then
+    /// every store (the values stay in registers; an array here would be
+    /// turned back into a `memcpy` call by the compiler).
+    macro_rules! block {
+        ($dst:expr, $src:expr, $($r:ident $j:literal)+) => {{
+            let s = $src as *const __m256i;
+            let d = $dst as *mut __m256i;
+            $(let $r = _mm256_loadu_si256(s.add($j));)+
+            $(_mm256_storeu_si256(d.add($j), $r);)+
+        }};
+    }
+
+    /// 512 bytes per turn (sixteen 32-byte loads, then sixteen stores: a
+    /// 4 KiB copy is 8 turns, about 290 instructions, where 128 bytes per
+    /// turn took about 420), then 256 and 128 bytes once each if that much
+    /// is left, then the tail with `copy_nonoverlapping` (not called when
+    /// nothing is left).
     ///
     /// # Safety
     /// As for [`super::copy`], and the CPU must have AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn copy_avx2(dst: *mut u8, src: *const u8, n: usize) {
         let mut i = 0;
-        while i + 128 <= n {
-            // SAFETY: `i + 128 <= n`, so the four 32-byte loads lie in
-            // `src..src+n` and the stores in `dst..dst+n` (caller's
-            // contract); unaligned loads and stores need no alignment.
+        while i + 512 <= n {
+            // SAFETY: `i + 512 <= n`: both 512-byte ranges lie in the
+            // caller's ranges.
             unsafe {
-                let s = src.add(i) as *const __m256i;
-                let d = dst.add(i) as *mut __m256i;
-                let a = _mm256_loadu_si256(s);
-                let b = _mm256_loadu_si256(s.add(1));
-                let c = _mm256_loadu_si256(s.add(2));
-                let e = _mm256_loadu_si256(s.add(3));
-                _mm256_storeu_si256(d, a);
-                _mm256_storeu_si256(d.add(1), b);
-                _mm256_storeu_si256(d.add(2), c);
-                _mm256_storeu_si256(d.add(3), e);
-            }
+                block!(dst.add(i), src.add(i),
+                    r0 0 r1 1 r2 2 r3 3 r4 4 r5 5 r6 6 r7 7
+                    r8 8 r9 9 r10 10 r11 11 r12 12 r13 13 r14 14 r15 15)
+            };
+            i += 512;
+        }
+        if i + 256 <= n {
+            // SAFETY: `i + 256 <= n`, as above.
+            unsafe { block!(dst.add(i), src.add(i), r0 0 r1 1 r2 2 r3 3 r4 4 r5 5 r6 6 r7 7) };
+            i += 256;
+        }
+        if i + 128 <= n {
+            // SAFETY: `i + 128 <= n`, as above.
+            unsafe { block!(dst.add(i), src.add(i), r0 0 r1 1 r2 2 r3 3) };
             i += 128;
         }
-        // SAFETY: `i <= n`: the rest lies in both ranges.
-        unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i) }
+        if i < n {
+            // SAFETY: `i < n`: the rest lies in both ranges.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i) }
+        }
     }
 
     /// The same with 16-byte SSE2 loads and stores (every x86_64 CPU).
@@ -107,7 +126,9 @@ mod tests {
     #[test]
     fn copies_exactly_at_every_length_and_offset() {
         let src: Vec<u8> = (0..9000u32).map(|i| (i * 7 + 3) as u8).collect();
-        for n in (0..300).chain(1000..1200).chain([4096, 4097, 8191, 8192]) {
+        for n in (0..300).chain(1000..1200).chain([
+            1280, 1408, 1536, 1664, 1792, 1920, 4096, 4097, 4224, 4736, 8191, 8192,
+        ]) {
             for (so, doff) in [(0, 0), (1, 3), (5, 0), (0, 17)] {
                 let mut dst = vec![0xEEu8; n + 64];
                 // SAFETY: `src[so..so+n]` and `dst[doff..doff+n]` are in

@@ -13,7 +13,7 @@
 //! Acquiring waits when every slot is in use: memory is bounded, never grown.
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Pools up to this size are faulted in when the client is created
@@ -24,12 +24,9 @@ pub(crate) const PREFAULT_MAX: usize = 64 << 20;
 /// `MADV_POPULATE_WRITE` (Linux 5.14), not in every libc crate version.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
 
-struct State {
-    free: Vec<u32>,
-    closed: bool,
-    /// Threads sleeping in `acquire_unless`.
-    waiters: usize,
-}
+/// Free stack head: tag << 32 | (slot index + 1), 0 in the low half when
+/// empty; the tag changes on every push and pop (no ABA).
+const EMPTY: u64 = 0;
 
 /// How a thread waits for a free slot.
 pub enum WaitBy<'a> {
@@ -42,25 +39,44 @@ pub enum WaitBy<'a> {
 }
 
 /// A fixed set of equal, page-aligned slots of private memory.
+///
+/// Taking and freeing a slot is lock-free: freed slots are on a Treiber
+/// stack (`free`, `next`), and slots never used yet are taken from `fresh`
+/// only when that stack is empty, so `fresh` is also the most slots ever
+/// in use at once (the high-water mark; a slot freed while another thread
+/// found the stack empty may count once more). The lock and condition variable
+/// serve only threads that sleep for a slot (`sleepers`, read without the
+/// lock by whoever frees a slot or kicks).
 pub struct Pool {
     base: *mut u8,
     map_len: usize,
     slot_size: usize,
     nslots: u32,
-    state: Mutex<State>,
+    /// Free stack of slots used before (see [`EMPTY`]).
+    free: AtomicU64,
+    /// Per slot: the next index + 1 on the free stack (0: none).
+    next: Box<[AtomicU32]>,
+    /// Slots taken at least once (`0..fresh`); never decreases.
+    fresh: AtomicU32,
+    closed: AtomicBool,
+    /// Threads sleeping for a slot in `acquire_unless` (read without the
+    /// lock by whoever frees a slot or kicks).
+    sleepers: AtomicUsize,
+    /// Only for sleepers: the free stack takes no lock.
+    state: Mutex<()>,
     cv: Condvar,
-    high_water: AtomicU64,
     waits: AtomicU64,
-    /// References to each slot in use (a write's legs share one).
+    /// References to each slot in use (a write's legs share one); 0 for
+    /// a free slot.
     refs: Box<[AtomicU32]>,
 }
 
 // SAFETY: `base` is a private mapping owned by the pool; slots are handed
-// out exclusively through `SlotRef` (one slot to one holder at a time), and
-// the free list is behind a mutex.
+// out exclusively through `SlotRef` (one slot to one holder at a time): a
+// slot is popped from the free stack, or taken fresh, by one thread only.
 unsafe impl Send for Pool {}
 // SAFETY: as above: shared access only reads immutable fields or goes
-// through the mutex and atomics.
+// through the atomics (and the sleepers' mutex).
 unsafe impl Sync for Pool {}
 
 impl Pool {
@@ -109,19 +125,19 @@ impl Pool {
             map_len,
             slot_size,
             nslots,
-            state: Mutex::new(State {
-                free: (0..nslots).rev().collect(),
-                closed: false,
-                waiters: 0,
-            }),
+            free: AtomicU64::new(EMPTY),
+            next: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
+            fresh: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            state: Mutex::new(()),
             cv: Condvar::new(),
-            high_water: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             refs: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, ()> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -143,13 +159,19 @@ impl Pool {
         self.map_len as u64
     }
 
-    /// Slots in use now.
+    /// Slots in use now (each read atomically; not one instant's count
+    /// while slots are taken and freed meanwhile).
     pub fn in_use(&self) -> u32 {
-        self.nslots - self.lock().free.len() as u32
+        let n = self.fresh.load(Ordering::Acquire) as usize;
+        self.refs[..n]
+            .iter()
+            .filter(|r| r.load(Ordering::Relaxed) != 0)
+            .count() as u32
     }
 
+    /// The most slots in use at once so far (see [`Pool`]).
     pub fn high_water(&self) -> u64 {
-        self.high_water.load(Ordering::Relaxed)
+        self.fresh.load(Ordering::Relaxed) as u64
     }
 
     /// How many acquisitions had to wait for a free slot.
@@ -157,10 +179,58 @@ impl Pool {
         self.waits.load(Ordering::Relaxed)
     }
 
-    fn take(self: &Arc<Self>, st: &mut State) -> Option<SlotRef> {
-        let idx = st.free.pop()?;
-        let used = (self.nslots as usize - st.free.len()) as u64;
-        self.high_water.fetch_max(used, Ordering::Relaxed);
+    /// Pops a slot from the free stack, or takes one never used.
+    fn pop(&self) -> Option<u32> {
+        let mut head = self.free.load(Ordering::Acquire);
+        loop {
+            let top = head as u32;
+            if top == 0 {
+                break;
+            }
+            // The slot may be popped and pushed again meanwhile: then the
+            // tag has changed and the exchange below fails.
+            let next = self.next[top as usize - 1].load(Ordering::Relaxed);
+            let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(top - 1),
+                Err(h) => head = h,
+            }
+        }
+        // Nothing freed to reuse: a slot never used, if any is left.
+        let mut n = self.fresh.load(Ordering::Relaxed);
+        while n < self.nslots {
+            match self
+                .fresh
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(n),
+                Err(x) => n = x,
+            }
+        }
+        None
+    }
+
+    /// Pushes slot `idx` on the free stack.
+    fn push(&self, idx: u32) {
+        let mut head = self.free.load(Ordering::Relaxed);
+        loop {
+            self.next[idx as usize].store(head as u32, Ordering::Relaxed);
+            let new = ((head >> 32).wrapping_add(1) << 32) | (idx as u64 + 1);
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    fn take(self: &Arc<Self>) -> Option<SlotRef> {
+        let idx = self.pop()?;
         self.refs[idx as usize].store(1, Ordering::Relaxed);
         Some(SlotRef {
             pool: Arc::clone(self),
@@ -168,13 +238,12 @@ impl Pool {
         })
     }
 
-    /// Takes a free slot without waiting.
+    /// Takes a free slot without waiting (lock-free).
     pub fn try_acquire(self: &Arc<Self>) -> Option<SlotRef> {
-        let mut st = self.lock();
-        if st.closed {
+        if self.closed.load(Ordering::Acquire) {
             return None;
         }
-        self.take(&mut st)
+        self.take()
     }
 
     /// Takes a free slot, waiting for one while all are in use.
@@ -196,10 +265,10 @@ impl Pool {
         let mut st = self.lock();
         let mut waited = false;
         loop {
-            if st.closed {
+            if self.closed.load(Ordering::SeqCst) {
                 return Err(Error::new(libc::ESHUTDOWN, "client is being destroyed"));
             }
-            if let Some(s) = self.take(&mut st) {
+            if let Some(s) = self.take() {
                 return Ok(Some(s));
             }
             if abandon() {
@@ -211,9 +280,20 @@ impl Pool {
             }
             match &mut by {
                 WaitBy::Sleep => {
-                    st.waiters += 1;
-                    st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
-                    st.waiters -= 1;
+                    // Announced, then looked again (under the lock, which
+                    // a waker takes before it notifies): a slot freed, a
+                    // kick or a close after the look above wakes us, or is
+                    // seen by the look here (SeqCst fences on both sides).
+                    self.sleepers.fetch_add(1, Ordering::SeqCst);
+                    fence(Ordering::SeqCst);
+                    let ready = self.closed.load(Ordering::SeqCst)
+                        || self.free.load(Ordering::SeqCst) as u32 != 0
+                        || self.fresh.load(Ordering::SeqCst) < self.nslots
+                        || abandon();
+                    if !ready {
+                        st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                    self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 }
                 WaitBy::Poll(poll) => {
                     drop(st);
@@ -224,27 +304,47 @@ impl Pool {
         }
     }
 
-    /// Wakes every waiter to look at its `abandon` condition again. Takes
-    /// the lock so that a waiter between its check and its sleep cannot
-    /// miss the wake-up.
-    pub fn kick(&self) {
-        if self.lock().waiters > 0 {
-            self.cv.notify_all();
+    /// Wakes the sleepers (`all`, or one) if there are any: after the
+    /// change they wait for (a slot freed, a request final, the pool
+    /// closed), which the SeqCst fence orders before the look at the
+    /// count. Takes the lock so that a sleeper between its last look and
+    /// its sleep cannot miss the wake-up.
+    #[inline]
+    fn wake_sleepers(&self, all: bool) {
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.notify_sleepers(all);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn notify_sleepers(&self, all: bool) {
+        let _g = self.lock();
+        if all {
+            self.cv.notify_all();
+        } else {
+            self.cv.notify_one();
+        }
+    }
+
+    /// Wakes every waiter to look at its `abandon` condition again
+    /// (lock-free when none sleeps).
+    #[inline]
+    pub fn kick(&self) {
+        self.wake_sleepers(true);
     }
 
     /// Wakes every waiter and refuses further acquisitions.
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.closed.store(true, Ordering::SeqCst);
+        let _g = self.lock();
         self.cv.notify_all();
     }
 
     fn release(&self, idx: u32) {
-        let mut st = self.lock();
-        st.free.push(idx);
-        if st.waiters > 0 {
-            self.cv.notify_one();
-        }
+        self.push(idx);
+        self.wake_sleepers(false);
     }
 }
 
@@ -384,6 +484,51 @@ mod tests {
         p.close();
         assert_eq!(t.join().unwrap().unwrap_err().errno, libc::ESHUTDOWN);
         drop(held);
+    }
+
+    /// More threads than slots, taking (sleeping when none is free) and
+    /// freeing: a slot is never held twice at once, no wake-up is lost
+    /// (the run ends), and every slot is free at the end.
+    #[test]
+    fn lock_free_slots_under_contention() {
+        use std::sync::atomic::AtomicBool;
+        let p = Pool::new(3, 4096).unwrap();
+        let held: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(false)).collect());
+        let threads: Vec<_> = (0..6u8)
+            .map(|t| {
+                let (p, held) = (Arc::clone(&p), Arc::clone(&held));
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let s = if i % 2 == 0 {
+                            p.acquire().unwrap()
+                        } else {
+                            match p.try_acquire() {
+                                Some(s) => s,
+                                None => continue,
+                            }
+                        };
+                        let idx = (s.as_ptr() as usize - p.region().0) / 4096;
+                        assert!(
+                            !held[idx].swap(true, Ordering::SeqCst),
+                            "slot {idx} held twice"
+                        );
+                        s.bytes_mut(1)[0] = t;
+                        assert_eq!(s.bytes(1)[0], t);
+                        held[idx].store(false, Ordering::SeqCst);
+                        drop(s);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(p.in_use(), 0);
+        assert!((1..=3).contains(&p.high_water()));
+        let all: Vec<_> = (0..3).map(|_| p.try_acquire().unwrap()).collect();
+        assert!(p.try_acquire().is_none(), "three slots, no more");
+        assert_eq!(p.high_water(), 3);
+        drop(all);
     }
 
     #[test]

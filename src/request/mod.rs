@@ -127,6 +127,20 @@ struct Region {
     fin: Option<(State, i32)>,
 }
 
+impl Region {
+    /// A running region of `outstanding` operations.
+    fn new(outstanding: u32) -> Region {
+        Region {
+            outstanding,
+            error: 0,
+            timed_out: false,
+            cancel_pending: 0,
+            plain: false,
+            fin: None,
+        }
+    }
+}
+
 struct Inner {
     regions: Small<Region>,
     live: usize,
@@ -212,7 +226,10 @@ impl Request {
 
     /// [`Request::new`] into `spare`, a finished request of the same
     /// client that nothing else references any more (its allocation is
-    /// reused: no allocation per IO), or a new one.
+    /// reused: no allocation per IO), or a new one. A spare is reset in
+    /// place: only the fields that change are written (its owner, client
+    /// and condition variable stay), with no atomic operation; `owner` is
+    /// called only for a new request.
     #[allow(clippy::too_many_arguments)]
     pub fn renew(
         spare: Option<Arc<Request>>,
@@ -222,16 +239,69 @@ impl Request {
         ops: impl Fn(&RegionSpec) -> u32,
         mem: CallerMemory,
         notify: Option<Notify>,
-        owner: Arc<dyn RequestOwner>,
+        owner: impl FnOnce() -> Arc<dyn RequestOwner>,
     ) -> Arc<Request> {
-        let req = Request::build(client_id, mode, specs, ops, mem, notify, owner);
         if let Some(mut r) = spare {
             if let Some(slot) = Arc::get_mut(&mut r) {
-                *slot = req;
-                return r;
+                if slot.client_id == client_id {
+                    slot.reset(mode, specs, ops, mem, notify);
+                    return r;
+                }
             }
         }
-        Arc::new(req)
+        Arc::new(Request::build(
+            client_id,
+            mode,
+            specs,
+            ops,
+            mem,
+            notify,
+            owner(),
+        ))
+    }
+
+    /// Makes a finished request, referenced by nothing else, what
+    /// [`Request::build`] would build for the same client.
+    fn reset(
+        &mut self,
+        mode: Mode,
+        specs: Small<RegionSpec>,
+        ops: impl Fn(&RegionSpec) -> u32,
+        mem: CallerMemory,
+        notify: Option<Notify>,
+    ) {
+        let n = specs.len();
+        let g = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        match (&specs, &mut g.regions) {
+            // One region (most requests): rewritten in place.
+            (Small::One(spec), Small::One(r)) => *r = Region::new(ops(spec)),
+            (Small::One(spec), regions) => *regions = Small::One(Region::new(ops(spec))),
+            (Small::Many(v), regions) => {
+                *regions = v.iter().map(|spec| Region::new(ops(spec))).collect()
+            }
+        }
+        g.live = n;
+        if !g.queue.is_empty() {
+            g.queue.clear();
+        }
+        g.waiter = None;
+        g.deadline = None;
+        g.deadline_fired = false;
+        g.standby = Standby(None);
+        g.hedge_at = None;
+        g.hedge_every = None;
+        g.winner = None;
+        g.detached_ops = 0;
+        g.returned = false;
+        self.mode = mode;
+        self.specs = specs;
+        *self.handle.get_mut() = 0;
+        self.notify = notify;
+        self.mem = mem;
+        self.ring_wake.take();
+        *self.live_now.get_mut() = n;
+        *self.undelivered.get_mut() = n;
+        *self.detached.get_mut() = false;
     }
 
     /// Whether a finished request may be kept for [`Request::renew`]: it
@@ -254,14 +324,7 @@ impl Request {
         owner: Arc<dyn RequestOwner>,
     ) -> Request {
         let n = specs.len();
-        let region = |spec: &RegionSpec| Region {
-            outstanding: ops(spec),
-            error: 0,
-            timed_out: false,
-            cancel_pending: 0,
-            plain: false,
-            fin: None,
-        };
+        let region = |spec: &RegionSpec| Region::new(ops(spec));
         // One region (most requests): built in place, no iterator.
         let regions = match &specs {
             Small::One(spec) => Small::One(region(spec)),

@@ -282,12 +282,25 @@ impl Local {
 /// lives in this thread's thread-local.
 pub(super) struct LocalRing {
     waker: Arc<dyn Wake>,
-    _here: std::marker::PhantomData<*const ()>,
+    /// This thread's [`HERE`], so that the step after each callback
+    /// ([`LocalRing::submit_queued`]) needs no thread-local look-up. It
+    /// also makes the type neither `Send` nor `Sync`.
+    here: *const Local,
 }
 
 impl LocalRing {
     pub(super) fn waker(&self) -> Arc<dyn Wake> {
         Arc::clone(&self.waker)
+    }
+
+    /// [`submit_queued`] on this ring's thread.
+    #[inline]
+    pub(super) fn submit_queued(&self, more: &dyn Fn() -> bool) {
+        // SAFETY: `here` is the thread-local of the thread that made this
+        // ring, and the ring never leaves that thread (not `Send`); it is
+        // dropped before that thread's thread-locals are (its `Drop` uses
+        // `HERE` itself), so the pointer is valid whenever `self` is.
+        submit_queued_in(unsafe { &*self.here }, more)
     }
 }
 
@@ -320,15 +333,13 @@ pub(super) fn install(
         waker,
         kicks: core.kicks(),
     });
-    HERE.with(|l| {
+    let here = HERE.with(|l| {
         *l.ring.borrow_mut() = Some(core);
         *l.remote.borrow_mut() = Some(Arc::clone(&remote));
         l.owner.set(engine);
+        l as *const Local
     });
-    let ring = LocalRing {
-        waker: wake,
-        _here: std::marker::PhantomData,
-    };
+    let ring = LocalRing { waker: wake, here };
     Some((ring, remote))
 }
 
@@ -362,6 +373,26 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
         if !direct {
             l.inbox.borrow_mut().ops.append(mine);
         }
+    })
+}
+
+/// [`offer`] of one op: `None` when taken (an asynchronous op on the
+/// completion thread of `engine`), else the op back.
+pub(super) fn offer_one(engine: u64, op: IoOp) -> Option<IoOp> {
+    if op.sync {
+        return Some(op);
+    }
+    HERE.with(|l| {
+        if l.owner.get() != engine {
+            return Some(op);
+        }
+        l.offered.set(true);
+        // As `with_core`, without wrapping the op to get it back.
+        match l.ring.try_borrow_mut() {
+            Ok(mut g) if g.is_some() => g.as_mut().expect("checked").admit_one(op),
+            _ => l.inbox.borrow_mut().ops.push(op),
+        }
+        None
     })
 }
 
@@ -429,25 +460,29 @@ const GROUP: usize = 8;
 /// more callbacks are waiting (`more()`, asked only when the callback
 /// started IO; see [`EAGER_BELOW`]). Otherwise the thread's next wait
 /// submits it in the same system call.
+#[cfg(test)]
 pub(super) fn submit_queued(more: &dyn Fn() -> bool) {
-    HERE.with(|l| {
-        // Most callbacks of a burst (TIMEOUTs, say) start no IO: one check.
-        if !l.offered.replace(false) {
-            return;
+    HERE.with(|l| submit_queued_in(l, more))
+}
+
+/// [`submit_queued`] with the thread's [`Local`] at hand.
+fn submit_queued_in(l: &Local, more: &dyn Fn() -> bool) {
+    // Most callbacks of a burst (TIMEOUTs, say) start no IO: one check.
+    if !l.offered.replace(false) {
+        return;
+    }
+    if !l.inbox_empty() {
+        l.flush();
+    }
+    if !more() {
+        return;
+    }
+    l.with_core(|c| {
+        let (in_kernel, queued) = c.depth();
+        if queued > 0 && (in_kernel < EAGER_BELOW || queued >= GROUP) {
+            c.submit_now();
         }
-        if !l.inbox_empty() {
-            l.flush();
-        }
-        if !more() {
-            return;
-        }
-        l.with_core(|c| {
-            let (in_kernel, queued) = c.depth();
-            if queued > 0 && (in_kernel < EAGER_BELOW || queued >= GROUP) {
-                c.submit_now();
-            }
-        });
-    })
+    });
 }
 
 /// No op queued, in the kernel or parked by a fault rule.

@@ -350,8 +350,12 @@ fn active(h: &Here) -> bool {
 /// Takes the SYNC ops out of `ops` while the calling thread is in a SYNC
 /// call on its ring.
 pub(super) fn offer(ops: &mut Vec<IoOp>) {
+    // Asynchronous ops (most) never go here: no thread-local look-up.
+    if !ops.iter().all(|o| o.sync) {
+        return;
+    }
     let _ = HERE.try_with(|h| {
-        if !active(h) || !ops.iter().all(|o| o.sync) {
+        if !active(h) {
             return;
         }
         match h.ring.try_borrow_mut() {
@@ -359,6 +363,22 @@ pub(super) fn offer(ops: &mut Vec<IoOp>) {
             _ => h.inbox_ops.borrow_mut().append(ops),
         }
     });
+}
+
+/// [`offer`] of one op: `None` when taken, else the op back.
+pub(super) fn offer_one(op: IoOp) -> Option<IoOp> {
+    let mut op = Some(op);
+    let _ = HERE.try_with(|h| {
+        if !active(h) || !op.as_ref().is_some_and(|o| o.sync) {
+            return;
+        }
+        let o = op.take().expect("checked");
+        match h.ring.try_borrow_mut() {
+            Ok(mut g) if g.is_some() => g.as_mut().expect("checked").admit(std::iter::once(o)),
+            _ => h.inbox_ops.borrow_mut().push(o),
+        }
+    });
+    op
 }
 
 /// Keeps a SYNC request's timer in the calling thread's ring while it is

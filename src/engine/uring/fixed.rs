@@ -99,6 +99,7 @@ impl Core {
         if done.is_ok() {
             let at = self.fixed.partition_point(|f| f.0 < start);
             self.fixed.insert(at, (start, start + len, idx));
+            self.last_fixed = None;
         } else if sparse {
             self.pool_free.push(idx);
         }
@@ -115,6 +116,7 @@ impl Core {
             return;
         };
         let (_, _, idx) = self.fixed.remove(at);
+        self.last_fixed = None;
         let _ = self.ring.submit();
         if !self.ring.submission().is_empty() {
             return;

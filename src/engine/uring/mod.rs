@@ -154,6 +154,15 @@ impl Engine for UringEngine {
         }
     }
 
+    /// One op with no vector: the caller's ring (SYNC), the completion
+    /// thread's ring (asynchronous, on that thread), or the reactor.
+    fn submit_one(&self, op: IoOp) -> Option<IoOp> {
+        let op = if op.sync { caller::offer_one(op)? } else { op };
+        let op = super::local::offer_one(self.id, op)?;
+        self.send(Msg::One(op));
+        None
+    }
+
     fn ring_id(&self) -> Option<u64> {
         Some(self.id)
     }
@@ -232,6 +241,9 @@ pub(super) struct Core {
     /// Clients' private memory registered as fixed buffers (start, end,
     /// buffer), sorted by start ([`fixed`]).
     fixed: Vec<(usize, usize, u16)>,
+    /// The entry of `fixed` the last op found (`Core::admit_one`), until
+    /// `fixed` changes.
+    last_fixed: Option<(usize, usize, u16)>,
     /// Pool buffers not in use (empty without a sparse table).
     pool_free: Vec<u16>,
     /// Per arena chunk: the generation registered as its fixed buffer,

@@ -226,6 +226,7 @@ impl Core {
             cqes: Vec::with_capacity(256),
             ready: Vec::new(),
             fixed: Vec::new(),
+            last_fixed: None,
             pool_free: Vec::new(),
             chunks: Vec::new(),
             cq_efd: None,
@@ -265,6 +266,61 @@ impl Core {
                 self.backlog.push_back(op);
             }
         }
+    }
+
+    /// One new op, then [`Core::push_backlog`]. The usual op (nothing
+    /// queued before it, no fault rule, no remote device, no library
+    /// pages, no linked flush, room in the ring) goes straight into the
+    /// submission queue and the slab, as `push_backlog` would put it
+    /// there, without passing through the backlog.
+    pub(in crate::engine) fn admit_one(&mut self, op: IoOp) {
+        if self.backlog.is_empty()
+            && !self.inline_mem
+            && self.inflight < self.cap
+            && op.lib_chunk.is_none()
+            && !(op.pre_flush && op.kind == OpKind::Write)
+            && !op.dev.faults.is_active()
+            && op.dev.remote().is_none()
+        {
+            // The registered buffer: the one the last op was in, or looked up.
+            let b = op.buf() as usize;
+            let reg = match self.last_fixed {
+                Some((lo, hi, n)) if b >= lo && b + op.len as usize <= hi => Some(Buf::Fixed(n)),
+                _ => {
+                    let reg = Core::buf_of(&self.chunks, &self.fixed, &op);
+                    if let Some(Buf::Fixed(n)) = reg {
+                        self.last_fixed = self.fixed.iter().copied().find(|f| f.2 == n);
+                    }
+                    reg
+                }
+            };
+            if let Some(reg) = reg {
+                let mut sq = self.ring.submission();
+                if !sq.is_full() {
+                    let idx = self.free.pop().unwrap_or_else(|| {
+                        self.slab.push(None);
+                        self.slab.len() - 1
+                    });
+                    let (_, data) = entries(&op, idx as u64, reg);
+                    // SAFETY: as in `push_backlog`: the buffer is the op's
+                    // private slot or caller memory lent until the region
+                    // is final, owned by the slab entry below until this
+                    // entry's CQE is reaped; the fd is kept open by the
+                    // op's `Arc<Device>`.
+                    unsafe { sq.push(&data) }.expect("room checked above");
+                    drop(sq);
+                    self.slab[idx] = Some(Slot {
+                        op,
+                        cqes: Cqes::new(false),
+                    });
+                    self.inflight += 1;
+                    self.take_kicks();
+                    return;
+                }
+            }
+        }
+        self.admit(std::iter::once(op));
+        self.push_backlog();
     }
 
     pub(in crate::engine) fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {

@@ -32,9 +32,14 @@ impl Core {
     /// Sockets attached or kicked from anywhere (cheap when none).
     #[inline]
     pub(super) fn take_kicks(&mut self) {
-        if !self.kicks.pending.load(Ordering::Relaxed) {
-            return;
+        if self.kicks.pending.load(Ordering::Relaxed) {
+            self.take_kicks_now();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_kicks_now(&mut self) {
         let mut list = std::mem::take(&mut self.kicked);
         let closed = self.kicks.take(&mut list);
         for (s, attach) in list.drain(..) {
