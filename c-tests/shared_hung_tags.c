@@ -18,10 +18,16 @@
  * it at once, which AIO cannot submit with RWF_NOWAIT and whose io_submit
  * then waited for a tag, stalling the AIO reactor). The reads are every
  * other block,
- * so that the block layer cannot merge them into fewer requests. */
+ * so that the block layer cannot merge them into fewer requests.
+ *
+ * With io_uring the library keeps each disk's ops in the kernel within its
+ * queue depth (the rest wait in the library, src/device/slots.rs), so the
+ * stuck reads past the 4 tags never reach io-wq: the process must not
+ * have an `iou-wrk` thread per stuck read (45 before the cap). */
 #include "helpers.h"
 #include "hungdev.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -64,6 +70,29 @@ static void ok_notify(struct dm_io_region_state *st, void *ctx)
 	atomic_fetch_add(&ok_finals, 1);
 	if (st->state == DM_IO_OK)
 		atomic_fetch_add(&ok_oks, 1);
+}
+
+/* Threads of this process named iou-wrk-* (io_uring's io-wq workers). */
+static int iou_workers(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	CHECK(d, "opendir /proc/self/task: %s", strerror(errno));
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char p[320], comm[32] = "";
+		snprintf(p, sizeof p, "/proc/self/task/%s/comm", e->d_name);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue; /* the thread ended meanwhile */
+		if (fgets(comm, sizeof comm, f) && strncmp(comm, "iou-wrk", 7) == 0)
+			n++;
+		fclose(f);
+	}
+	closedir(d);
+	return n;
 }
 
 static int wait_count(atomic_int *c, int want, int ms)
@@ -214,6 +243,15 @@ int main(void)
 	CHECK(hungdev_wait_held_min(h, 1, bound), "no read reached hangfs");
 	sleep_ms(300);
 	int held = hungdev_held(h);
+	struct dm_io_stats st;
+	CHECK_OK(dm_io_client_stats(a, &st, sizeof st));
+	int workers = iou_workers();
+	fprintf(stderr, "hung device: %d reads held in FUSE, %d iou-wrk threads\n", held, workers);
+	/* The 2 MiB read may take several requests, and io_uring may hand
+	 * it to a worker: a few, never one per stuck read. */
+	if (st.engine == DM_IO_ENGINE_URING)
+		CHECK(workers <= 4, "%d iou-wrk threads for %d reads stuck past a queue depth of "
+		      DEPTH, workers, NSTUCK);
 
 	double t0 = now_ms();
 	for (int i = 0; i < NOK; i++) {

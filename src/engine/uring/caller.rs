@@ -270,8 +270,10 @@ impl Here {
         let Some(c) = g.as_mut() else { return };
         c.clear_deadlines();
         let parked = take_unneeded(c);
-        let gone = if !c.idle() && (c.inflight > 0 || c.sched.parked() > 0) {
-            // IO still in the kernel, or ops of a region still running
+        let gone = if !c.idle() && (c.inflight > 0 || c.sched.parked() > 0 || c.waiting_for_slots())
+        {
+            // IO still in the kernel or waiting for a kernel slot of its
+            // disk (`crate::device::slots`), or ops of a region still running
             // (`DM_IO_RETURN_ON_TIMEOUT`) parked by fault rules: the ring
             // goes to the reaper, which runs them on; the thread makes a
             // new one at its next SYNC call.
