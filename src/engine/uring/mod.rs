@@ -225,12 +225,9 @@ pub(super) struct Core {
     inflight: usize,
     cap: usize,
     backlog: VecDeque<IoOp>,
-    /// How many ops at the front of `backlog` already hold their disk's
-    /// kernel slot (moved there from `capped` by `Core::ungate`).
-    granted: usize,
-    /// Ops that wait for a kernel slot of their disk, one queue per disk
-    /// in arrival order, never empty ([`crate::device::slots`]).
-    capped: Vec<VecDeque<IoOp>>,
+    /// Ops of block devices waiting for a kernel slot of their disk
+    /// ([`super::gate`]).
+    gate: super::gate::Gate,
     sched: Sched,
     wake_buf: u64,
     cqes: Vec<(u64, i32)>,

@@ -6,6 +6,7 @@ use super::fixed::Buf;
 use super::poll::{poll_for_completion, poll_wait};
 use super::waker::{new_eventfd, Waker};
 use super::{Core, Slot};
+use crate::engine::gate;
 use crate::engine::sched::Sched;
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
@@ -221,8 +222,7 @@ impl Core {
             inflight: 0,
             cap,
             backlog: VecDeque::new(),
-            granted: 0,
-            capped: Vec::new(),
+            gate: Default::default(),
             sched: Sched::default(),
             wake_buf: 0,
             cqes: Vec::with_capacity(256),
@@ -312,83 +312,23 @@ impl Core {
     pub(in crate::engine) fn idle(&self) -> bool {
         self.inflight == 0
             && self.backlog.is_empty()
-            && self.capped.is_empty()
+            && self.gate.is_empty()
             && self.sched.parked() == 0
             && self.no_sockets()
     }
 
     /// Ops that wait for a kernel slot of their disk.
     pub(in crate::engine) fn waiting_for_slots(&self) -> bool {
-        !self.capped.is_empty()
+        !self.gate.is_empty()
     }
 
-    /// Parks `op` until its disk has a free kernel slot, behind the ops of
-    /// that disk already waiting.
-    fn park_for_slot(capped: &mut Vec<VecDeque<IoOp>>, op: IoOp) {
-        let s = op.dev.kernel_slots().map(std::ptr::from_ref);
-        match capped.iter_mut().find(|q| {
-            q.front()
-                .and_then(|f| f.dev.kernel_slots())
-                .map(std::ptr::from_ref)
-                == s
-        }) {
-            Some(q) => q.push_back(op),
-            None => capped.push(VecDeque::from([op])),
-        }
-    }
-
-    /// Whether an op of `slots`' disk must wait: others of that disk wait
-    /// already (first come, first served), or no slot is free (`waker` is
-    /// then woken when one comes back). `false`: it holds a slot now.
-    fn must_wait(
-        capped: &[VecDeque<IoOp>],
-        slots: &crate::device::slots::KernelSlots,
-        waker: &Arc<Waker>,
-    ) -> bool {
-        let queued = capped.iter().any(|q| {
-            q.front()
-                .and_then(|f| f.dev.kernel_slots())
-                .is_some_and(|s| std::ptr::eq(s, slots))
-        });
-        queued || !slots.take_or_wait(&(Arc::clone(waker) as Arc<dyn crate::engine::Wake>))
-    }
-
-    /// Moves the waiting ops whose disks have free slots now to the front
-    /// of the backlog, each holding its slot (counted in `granted`).
-    fn ungate(&mut self) {
-        if self.capped.is_empty() {
-            return;
-        }
-        let waker: Arc<dyn crate::engine::Wake> = Arc::clone(&self.waker) as _;
-        for q in self.capped.iter_mut() {
-            let mut n = 0;
-            while let Some(op) = q.get(n) {
-                let s = op.dev.kernel_slots().expect("a waiting op has slots");
-                if !s.take_or_wait(&waker) {
-                    break;
-                }
-                n += 1;
-            }
-            for op in q.drain(..n).rev() {
-                self.backlog.push_front(op);
-            }
-            self.granted += n;
-        }
-        self.capped.retain(|q| !q.is_empty());
-    }
-
-    /// A waiting op's disk has a free slot (a sleeping ring's last look:
-    /// otherwise the ring is registered to be woken when one comes back).
-    fn slot_freed(&self) -> bool {
-        if self.capped.is_empty() {
-            return false;
-        }
-        let waker: Arc<dyn crate::engine::Wake> = Arc::clone(&self.waker) as _;
-        self.capped.iter().any(|q| {
-            q.front()
-                .and_then(|f| f.dev.kernel_slots())
-                .is_some_and(|s| s.free_or_wait(&waker))
-        })
+    /// Takes the ops waiting for a kernel slot that `keep` does not keep
+    /// (see [`super::caller`]).
+    pub(in crate::engine) fn take_waiting_unless(
+        &mut self,
+        keep: impl Fn(&IoOp) -> bool,
+    ) -> Vec<IoOp> {
+        self.gate.take_unless(keep)
     }
 
     fn arm_wake(&mut self) {
@@ -429,7 +369,7 @@ impl Core {
             self.run_inline();
         }
         self.take_kicks();
-        self.ungate();
+        self.gate.release(&mut self.backlog, &self.waker);
         while self.inflight < self.cap && !self.backlog.is_empty() {
             // One view of the submission queue for the whole batch (each
             // view reads the kernel's head and publishes our tail).
@@ -449,8 +389,7 @@ impl Core {
                     break;
                 }
                 let op = self.backlog.pop_front().expect("checked front");
-                let held = self.granted > 0;
-                self.granted -= held as usize;
+                let held = self.gate.popped();
                 // Library pages: not once a cancel detached them (checked
                 // after the registration was made current, see
                 // `OpSink::detached`); on a plain read, only if the request
@@ -464,21 +403,21 @@ impl Core {
                     }
                     if op.sink.detached() || (reg == Buf::Plain && !op.sink.demote(op.region)) {
                         if held {
-                            op.dev.kernel_slots().expect("held").give_back();
+                            gate::give_back(&op);
                         }
                         op.complete(-libc::ECANCELED);
                         continue;
                     }
                 }
                 // A kernel slot of the op's disk, unless it holds one.
-                if !held {
-                    if let Some(s) = op.dev.kernel_slots() {
-                        if Core::must_wait(&self.capped, s, &self.waker) {
-                            Core::park_for_slot(&mut self.capped, op);
-                            continue;
-                        }
+                let op = if held {
+                    op
+                } else {
+                    match self.gate.pass(op, &self.waker) {
+                        Some(op) => op,
+                        None => continue,
                     }
-                }
+                };
                 let idx = self.free.pop().unwrap_or_else(|| {
                     self.slab.push(None);
                     self.slab.len() - 1
@@ -543,10 +482,9 @@ impl Core {
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
         let at = self.sched.sleep_until(now, max);
-        if !self
-            .waker
-            .announce_sleep(at, &|| pending() || self.kicked() || self.slot_freed())
-        {
+        if !self.waker.announce_sleep(at, &|| {
+            pending() || self.kicked() || self.gate.slot_freed(&self.waker)
+        }) {
             let _ = self.ring.submit();
             return;
         }
@@ -615,9 +553,7 @@ impl Core {
             let slot = self.slab[idx].take().expect("present");
             self.free.push(idx);
             self.inflight -= 1;
-            if let Some(s) = slot.op.dev.kernel_slots() {
-                s.give_back();
-            }
+            gate::give_back(&slot.op);
             slot.op.complete(res);
         }
         self.cqes = cqes;
