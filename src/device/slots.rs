@@ -21,7 +21,7 @@
 use crate::engine::Wake;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// The slots of one disk's request queue.
@@ -33,7 +33,16 @@ pub struct KernelSlots {
     waiting: AtomicBool,
     /// The rings waiting for a slot, each once.
     wakers: Mutex<Vec<Arc<dyn Wake>>>,
+    /// How many times `wakers` was emptied (its rings woken): a ring
+    /// registered under the current number is still on the list.
+    round: AtomicU64,
 }
+
+/// Where a ring stands on a disk's list of rings to wake: the
+/// [`KernelSlots`] round it registered in (`NOT_LISTED`: none).
+pub type Listed = u64;
+/// A ring not on the list.
+pub const NOT_LISTED: Listed = u64::MAX;
 
 impl std::fmt::Debug for KernelSlots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +60,7 @@ impl KernelSlots {
             used: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
+            round: AtomicU64::new(0),
         }
     }
 
@@ -76,33 +86,30 @@ impl KernelSlots {
         self.used.load(Ordering::SeqCst) < self.cap
     }
 
-    /// Takes a slot, or registers `waker` to be woken when one comes back
-    /// (and then takes none: the caller tries again when woken).
-    pub fn take_or_wait(&self, waker: &Arc<dyn Wake>) -> bool {
-        if self.take() {
-            return true;
-        }
-        self.register(waker);
-        // A slot given back between the first try and the registration
-        // woke no one: look once more.
-        self.take()
+    /// Whether a ring registered in round `listed` is still on the list
+    /// (no give-back has emptied it since).
+    fn still_listed(&self, listed: Listed) -> bool {
+        listed == self.round.load(Ordering::SeqCst)
     }
 
     /// Whether a slot is free now; when none is, registers `waker` to be
     /// woken when one comes back. A ring's last look before it sleeps
     /// (after announcing the sleep): a slot given back after the look
     /// finds the ring registered, and one given back before it is seen.
-    pub fn free_or_wait(&self, waker: &Arc<dyn Wake>) -> bool {
+    pub fn free_or_wait(&self, waker: &Arc<dyn Wake>, listed: &mut Listed) -> bool {
         if self.free() {
             return true;
         }
-        self.register(waker);
+        if !self.still_listed(*listed) {
+            *listed = self.register(waker);
+        }
         self.free()
     }
 
     /// Puts `waker` on the list of rings to wake (once), then raises
-    /// `waiting`, both before the caller's last look at `used`.
-    fn register(&self, waker: &Arc<dyn Wake>) {
+    /// `waiting`, both before the caller's last look at `used`; the round
+    /// it is listed in.
+    fn register(&self, waker: &Arc<dyn Wake>) -> Listed {
         let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         if !w
             .iter()
@@ -111,6 +118,7 @@ impl KernelSlots {
             w.push(Arc::clone(waker));
         }
         self.waiting.store(true, Ordering::SeqCst);
+        self.round.load(Ordering::SeqCst)
     }
 
     /// Gives back a slot taken by [`KernelSlots::take`] (its op completed,
@@ -123,6 +131,7 @@ impl KernelSlots {
             let wakers = {
                 let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
                 self.waiting.store(false, Ordering::SeqCst);
+                self.round.fetch_add(1, Ordering::SeqCst);
                 std::mem::take(&mut *w)
             };
             for w in wakers {
@@ -188,13 +197,19 @@ mod tests {
         let s = KernelSlots::new(2);
         let c = Arc::new(Count(AtomicUsize::new(0)));
         let w: Arc<dyn Wake> = c.clone();
+        let mut listed = NOT_LISTED;
         assert!(s.take());
-        assert!(s.take_or_wait(&w));
-        assert!(!s.free());
-        assert!(!s.take_or_wait(&w));
-        assert!(!s.take_or_wait(&w), "a second wait registers once");
+        assert!(s.take());
+        assert!(!s.take());
+        assert!(!s.free_or_wait(&w, &mut listed));
+        assert!(
+            !s.free_or_wait(&w, &mut listed),
+            "a second wait registers once"
+        );
+        assert_eq!(s.wakers.lock().unwrap().len(), 1);
         s.give_back();
         assert_eq!(c.0.load(Ordering::SeqCst), 1, "woken once");
+        assert!(!s.still_listed(listed), "off the list once woken");
         assert!(s.free());
         assert!(s.take());
         s.give_back();

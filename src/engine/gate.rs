@@ -11,14 +11,22 @@
 //! the slot back when the op leaves the kernel ([`give_back`]).
 
 use super::{IoOp, Wake};
+use crate::device::slots::{Listed, NOT_LISTED};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// The ops of one disk waiting for a slot, in arrival order (never empty),
+/// and where the ring stands on that disk's list of rings to wake.
+struct Waiting {
+    ops: VecDeque<IoOp>,
+    listed: Cell<Listed>,
+}
+
 #[derive(Default)]
 pub(super) struct Gate {
-    /// Ops waiting for a slot, one queue per disk in arrival order, never
-    /// empty.
-    waiting: Vec<VecDeque<IoOp>>,
+    /// Ops waiting for a slot, one queue per disk.
+    waiting: Vec<Waiting>,
     /// How many ops at the front of the ring's backlog hold their slot.
     held: usize,
 }
@@ -57,9 +65,9 @@ impl Gate {
     /// `op` (holding no slot) on its way to the kernel: `Some(op)` once it
     /// holds its disk's slot (or its device has no cap); `None` when it
     /// waits here: ops of its disk wait already (first come, first
-    /// served) or no slot is free, and `waker` is woken when one comes back.
+    /// served) or no slot is free.
     #[inline]
-    pub(super) fn pass<W: Wake + 'static>(&mut self, op: IoOp, waker: &Arc<W>) -> Option<IoOp> {
+    pub(super) fn pass(&mut self, op: IoOp) -> Option<IoOp> {
         let Some(slots) = op.dev.kernel_slots() else {
             return Some(op);
         };
@@ -67,42 +75,40 @@ impl Gate {
             return Some(op);
         }
         let me = disk(&op);
-        if let Some(q) = self.waiting.iter_mut().find(|q| disk(&q[0]) == me) {
-            q.push_back(op);
+        if let Some(q) = self.waiting.iter_mut().find(|q| disk(&q.ops[0]) == me) {
+            q.ops.push_back(op);
             return None;
         }
-        let w: Arc<dyn Wake> = Arc::clone(waker) as _;
-        if slots.take_or_wait(&w) {
+        if slots.take() {
             return Some(op);
         }
-        self.waiting.push(VecDeque::from([op]));
+        self.waiting.push(Waiting {
+            ops: VecDeque::from([op]),
+            listed: Cell::new(NOT_LISTED),
+        });
         None
     }
 
     /// Moves the waiting ops whose disks have free slots now to the front
-    /// of `backlog`, each holding its slot; a disk with none left has
-    /// `waker` registered to be woken.
-    pub(super) fn release<W: Wake + 'static>(
-        &mut self,
-        backlog: &mut VecDeque<IoOp>,
-        waker: &Arc<W>,
-    ) {
+    /// of `backlog`, each holding its slot. An awake ring looks here at
+    /// every turn; only a ring about to sleep asks to be woken
+    /// ([`Gate::slot_freed`]), so a busy ring never takes the list's lock.
+    pub(super) fn release(&mut self, backlog: &mut VecDeque<IoOp>) {
         if self.waiting.is_empty() {
             return;
         }
-        let w: Arc<dyn Wake> = Arc::clone(waker) as _;
         for q in self.waiting.iter_mut() {
-            let slots = q[0].dev.kernel_slots().expect("a waiting op has a cap");
+            let slots = q.ops[0].dev.kernel_slots().expect("a waiting op has a cap");
             let mut n = 0;
-            while n < q.len() && slots.take_or_wait(&w) {
+            while n < q.ops.len() && slots.take() {
                 n += 1;
             }
-            for op in q.drain(..n).rev() {
+            for op in q.ops.drain(..n).rev() {
                 backlog.push_front(op);
             }
             self.held += n;
         }
-        self.waiting.retain(|q| !q.is_empty());
+        self.waiting.retain(|q| !q.ops.is_empty());
     }
 
     /// Ops wait here.
@@ -119,9 +125,15 @@ impl Gate {
             return false;
         }
         let w: Arc<dyn Wake> = Arc::clone(waker) as _;
-        self.waiting
-            .iter()
-            .any(|q| q[0].dev.kernel_slots().is_some_and(|s| s.free_or_wait(&w)))
+        self.waiting.iter().any(|q| {
+            let mut listed = q.listed.get();
+            let free = q.ops[0]
+                .dev
+                .kernel_slots()
+                .is_some_and(|s| s.free_or_wait(&w, &mut listed));
+            q.listed.set(listed);
+            free
+        })
     }
 
     /// Takes every waiting op out (to end them unstarted: their requests
@@ -129,11 +141,11 @@ impl Gate {
     pub(super) fn take_unless(&mut self, keep: impl Fn(&IoOp) -> bool) -> Vec<IoOp> {
         let mut out = Vec::new();
         for q in self.waiting.iter_mut() {
-            let (gone, stay): (Vec<IoOp>, Vec<IoOp>) = q.drain(..).partition(|op| !keep(op));
+            let (gone, stay): (Vec<IoOp>, Vec<IoOp>) = q.ops.drain(..).partition(|op| !keep(op));
             out.extend(gone);
-            q.extend(stay);
+            q.ops.extend(stay);
         }
-        self.waiting.retain(|q| !q.is_empty());
+        self.waiting.retain(|q| !q.ops.is_empty());
         out
     }
 }

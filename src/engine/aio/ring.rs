@@ -254,7 +254,7 @@ impl Core {
     /// the context has room.
     pub(super) fn submit_backlog(&mut self) {
         let resfd = self.waker.efd.as_raw_fd() as u32;
-        self.gate.release(&mut self.backlog, &self.waker);
+        self.gate.release(&mut self.backlog);
         while self.runnable() {
             let mut iocbs = std::mem::take(&mut self.iocbs);
             iocbs.clear();
@@ -280,7 +280,7 @@ impl Core {
                 let op = if held {
                     op
                 } else {
-                    match self.gate.pass(op, &self.waker) {
+                    match self.gate.pass(op) {
                         Some(op) => op,
                         None => continue,
                     }

@@ -369,7 +369,7 @@ impl Core {
             self.run_inline();
         }
         self.take_kicks();
-        self.gate.release(&mut self.backlog, &self.waker);
+        self.gate.release(&mut self.backlog);
         while self.inflight < self.cap && !self.backlog.is_empty() {
             // One view of the submission queue for the whole batch (each
             // view reads the kernel's head and publishes our tail).
@@ -413,7 +413,7 @@ impl Core {
                 let op = if held {
                     op
                 } else {
-                    match self.gate.pass(op, &self.waker) {
+                    match self.gate.pass(op) {
                         Some(op) => op,
                         None => continue,
                     }
