@@ -6,6 +6,7 @@
 
 pub mod faults;
 pub mod nbd;
+pub mod slots;
 
 use crate::error::{Error, Result};
 use std::ffi::CString;
@@ -37,6 +38,10 @@ pub struct Device {
     /// see [`Device::in_memory`].
     mem_fs: bool,
     pub faults: faults::FaultTable,
+    /// A block device with O_DIRECT on a blk-mq disk: the slots of its
+    /// disk's request queue, shared by every device open on that disk
+    /// ([`slots`]).
+    slots: Option<std::sync::Arc<slots::KernelSlots>>,
     /// `dm_io_bdev_close` was called: a finished request naming this
     /// device is not kept for reuse (it would keep the file open).
     closed: std::sync::atomic::AtomicBool,
@@ -227,6 +232,9 @@ impl Device {
             block_dev,
             mem_fs: kind == libc::S_IFREG && on_memory_fs(raw),
             faults: faults::FaultTable::default(),
+            slots: (block_dev && direct)
+                .then(|| slots::for_block_device(st.st_rdev))
+                .flatten(),
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -248,6 +256,7 @@ impl Device {
             block_dev: false,
             mem_fs: false,
             faults: faults::FaultTable::default(),
+            slots: None,
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -289,6 +298,12 @@ impl Device {
     /// caller) may as well make the system call itself.
     pub fn in_memory(&self) -> bool {
         self.mem_fs
+    }
+    /// The slots of the disk's request queue an op must hold while the
+    /// kernel has it ([`slots`]); `None`: no cap.
+    #[inline]
+    pub fn kernel_slots(&self) -> Option<&slots::KernelSlots> {
+        self.slots.as_deref()
     }
 }
 

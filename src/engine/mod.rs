@@ -11,6 +11,7 @@
 //! caller that cancelled or any client that was destroyed meanwhile.
 
 pub mod aio;
+mod gate;
 pub mod local;
 pub mod sched;
 pub mod socket;

@@ -13,6 +13,7 @@ use super::blocking::Blocking;
 use super::sys::{
     Context, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_PREAD, IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
 };
+use crate::engine::gate::{self, Gate};
 use crate::engine::sched::Sched;
 use crate::engine::uring::{ppoll_until, Waker};
 use crate::engine::{IoOp, OpKind, Timer};
@@ -48,6 +49,9 @@ pub(super) struct Core {
     pub(super) inflight: usize,
     cap: usize,
     backlog: VecDeque<IoOp>,
+    /// Ops of block devices waiting for a kernel slot of their disk
+    /// ([`crate::engine::gate`]); an op in the slab holds one.
+    gate: Gate,
     /// The kernel refused iocbs (`EAGAIN`): none is submitted until a
     /// completion makes room (or [`RETRY`] passes with none in flight).
     full: bool,
@@ -119,6 +123,7 @@ impl Core {
             inflight: 0,
             cap,
             backlog: VecDeque::new(),
+            gate: Gate::default(),
             full: false,
             sched: Sched::default(),
             ready: Vec::new(),
@@ -161,6 +166,9 @@ impl Core {
             return;
         }
         let ops = std::mem::take(&mut self.punted);
+        // Run by a thread, they leave the count of ops the ring has in
+        // the kernel.
+        ops.iter().for_each(gate::give_back);
         match &self.blocking {
             Some(b) => b.run_admitted(ops),
             None => ops.into_iter().for_each(|op| op.complete(-libc::EAGAIN)),
@@ -186,7 +194,10 @@ impl Core {
 
     /// No op in the kernel, queued or parked.
     pub(super) fn idle(&self) -> bool {
-        self.inflight == 0 && self.backlog.is_empty() && self.sched.parked() == 0
+        self.inflight == 0
+            && self.backlog.is_empty()
+            && self.gate.is_empty()
+            && self.sched.parked() == 0
     }
 
     /// [`Core::pump`], reading the clock only when a timer, delayed or
@@ -243,6 +254,7 @@ impl Core {
     /// the context has room.
     pub(super) fn submit_backlog(&mut self) {
         let resfd = self.waker.efd.as_raw_fd() as u32;
+        self.gate.release(&mut self.backlog);
         while self.runnable() {
             let mut iocbs = std::mem::take(&mut self.iocbs);
             iocbs.clear();
@@ -250,16 +262,29 @@ impl Core {
                 let Some(op) = self.backlog.pop_front() else {
                     break;
                 };
+                let held = self.gate.popped();
                 // Library pages (only the io_uring engine picks them, see
                 // `Client::in_library_pages`): AIO cannot register them, so
                 // such a read runs as a plain read if the request lets it.
                 if let Some(c) = op.lib_chunk {
                     lib_pages::refuse(c);
                     if op.sink.detached() || !op.sink.demote(op.region) {
+                        if held {
+                            gate::give_back(&op);
+                        }
                         op.complete(-libc::ECANCELED);
                         continue;
                     }
                 }
+                // A kernel slot of the op's disk, unless it holds one.
+                let op = if held {
+                    op
+                } else {
+                    match self.gate.pass(op) {
+                        Some(op) => op,
+                        None => continue,
+                    }
+                };
                 let nowait = self.nowait(&op);
                 let idx = self.own(op);
                 let op = self.slab[idx].as_ref().expect("just owned");
@@ -295,6 +320,7 @@ impl Core {
                             if e == libc::EOPNOTSUPP && self.nowait(&op) {
                                 self.punted.push(op);
                             } else {
+                                gate::give_back(&op);
                                 op.complete(-e);
                             }
                         }
@@ -302,10 +328,12 @@ impl Core {
                     }
                 }
             }
-            // What the kernel did not take goes back, in order.
+            // What the kernel did not take goes back, in order, with the
+            // slots the ops hold.
             for cb in iocbs[done..n].iter().rev() {
                 if let Some(op) = self.disown(cb.aio_data as usize) {
                     self.backlog.push_front(op);
+                    self.gate.put_back(1);
                 }
             }
             self.iocbs = iocbs;
@@ -333,7 +361,10 @@ impl Core {
             max = Some(max.map_or(RETRY, |m| m.min(RETRY)));
         }
         let at = self.sched.sleep_until(now, max);
-        if !self.waker.announce_sleep(at, pending) {
+        if !self
+            .waker
+            .announce_sleep(at, &|| pending() || self.gate.slot_freed(&self.waker))
+        {
             return;
         }
         let r = ppoll_until(self.waker.efd.as_raw_fd(), at);
@@ -383,10 +414,12 @@ impl Core {
                     self.punted.push(op);
                 } else if op.kind == OpKind::Write && op.pre_flush && res >= 0 {
                     // The fdatasync before a `DM_IO_FLUSH` write is done:
-                    // now the write.
+                    // now the write (with the slot the op holds).
                     op.pre_flush = false;
                     self.backlog.push_front(op);
+                    self.gate.put_back(1);
                 } else {
+                    gate::give_back(&op);
                     op.complete(res);
                 }
             }

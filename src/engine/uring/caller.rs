@@ -84,12 +84,15 @@ impl Drop for Here {
     }
 }
 
-/// The ops parked by fault rules that may end unstarted: their regions are
-/// final. Those of a region still running after its SYNC call returned
-/// (`DM_IO_RETURN_ON_TIMEOUT`) stay parked, on their schedule.
+/// The ops parked by fault rules or waiting for a kernel slot that may end
+/// unstarted: their regions are final. Those of a region still running
+/// after its SYNC call returned (`DM_IO_RETURN_ON_TIMEOUT`) stay, on their
+/// schedule.
 fn take_unneeded(core: &mut Core) -> Vec<IoOp> {
-    core.sched
-        .take_parked_unless(|op| op.sink.keep_parked(op.region))
+    let keep = |op: &IoOp| op.sink.keep_parked(op.region);
+    let mut ops = core.sched.take_parked_unless(keep);
+    ops.extend(core.take_waiting_unless(keep));
+    ops
 }
 
 /// Rings given away with ops still in the kernel, and whether the reaper
@@ -270,8 +273,10 @@ impl Here {
         let Some(c) = g.as_mut() else { return };
         c.clear_deadlines();
         let parked = take_unneeded(c);
-        let gone = if !c.idle() && (c.inflight > 0 || c.sched.parked() > 0) {
-            // IO still in the kernel, or ops of a region still running
+        let gone = if !c.idle() && (c.inflight > 0 || c.sched.parked() > 0 || c.waiting_for_slots())
+        {
+            // IO still in the kernel or waiting for a kernel slot of its
+            // disk (`crate::device::slots`), or ops of a region still running
             // (`DM_IO_RETURN_ON_TIMEOUT`) parked by fault rules: the ring
             // goes to the reaper, which runs them on; the thread makes a
             // new one at its next SYNC call.

@@ -234,6 +234,9 @@ pub(super) struct Core {
     inflight: usize,
     cap: usize,
     backlog: VecDeque<IoOp>,
+    /// Ops of block devices waiting for a kernel slot of their disk
+    /// ([`super::gate`]).
+    gate: super::gate::Gate,
     sched: Sched,
     wake_buf: u64,
     cqes: Vec<(u64, i32)>,

@@ -6,6 +6,7 @@ use super::fixed::Buf;
 use super::poll::{poll_for_completion, poll_wait};
 use super::waker::{new_eventfd, Waker};
 use super::{Core, Slot};
+use crate::engine::gate;
 use crate::engine::sched::Sched;
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
@@ -221,6 +222,7 @@ impl Core {
             inflight: 0,
             cap,
             backlog: VecDeque::new(),
+            gate: Default::default(),
             sched: Sched::default(),
             wake_buf: 0,
             cqes: Vec::with_capacity(256),
@@ -366,8 +368,23 @@ impl Core {
     pub(in crate::engine) fn idle(&self) -> bool {
         self.inflight == 0
             && self.backlog.is_empty()
+            && self.gate.is_empty()
             && self.sched.parked() == 0
             && self.no_sockets()
+    }
+
+    /// Ops that wait for a kernel slot of their disk.
+    pub(in crate::engine) fn waiting_for_slots(&self) -> bool {
+        !self.gate.is_empty()
+    }
+
+    /// Takes the ops waiting for a kernel slot that `keep` does not keep
+    /// (see [`super::caller`]).
+    pub(in crate::engine) fn take_waiting_unless(
+        &mut self,
+        keep: impl Fn(&IoOp) -> bool,
+    ) -> Vec<IoOp> {
+        self.gate.take_unless(keep)
     }
 
     fn arm_wake(&mut self) {
@@ -408,6 +425,7 @@ impl Core {
             self.run_inline();
         }
         self.take_kicks();
+        self.gate.release(&mut self.backlog);
         while self.inflight < self.cap && !self.backlog.is_empty() {
             // One view of the submission queue for the whole batch (each
             // view reads the kernel's head and publishes our tail).
@@ -427,6 +445,7 @@ impl Core {
                     break;
                 }
                 let op = self.backlog.pop_front().expect("checked front");
+                let held = self.gate.popped();
                 // Library pages: not once a cancel detached them (checked
                 // after the registration was made current, see
                 // `OpSink::detached`); on a plain read, only if the request
@@ -439,10 +458,22 @@ impl Core {
                         lib_pages::refuse(c);
                     }
                     if op.sink.detached() || (reg == Buf::Plain && !op.sink.demote(op.region)) {
+                        if held {
+                            gate::give_back(&op);
+                        }
                         op.complete(-libc::ECANCELED);
                         continue;
                     }
                 }
+                // A kernel slot of the op's disk, unless it holds one.
+                let op = if held {
+                    op
+                } else {
+                    match self.gate.pass(op) {
+                        Some(op) => op,
+                        None => continue,
+                    }
+                };
                 let idx = self.free.pop().unwrap_or_else(|| {
                     self.slab.push(None);
                     self.slab.len() - 1
@@ -507,10 +538,9 @@ impl Core {
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
         let at = self.sched.sleep_until(now, max);
-        if !self
-            .waker
-            .announce_sleep(at, &|| pending() || self.kicked())
-        {
+        if !self.waker.announce_sleep(at, &|| {
+            pending() || self.kicked() || self.gate.slot_freed(&self.waker)
+        }) {
             let _ = self.ring.submit();
             return;
         }
@@ -579,6 +609,7 @@ impl Core {
             let slot = self.slab[idx].take().expect("present");
             self.free.push(idx);
             self.inflight -= 1;
+            gate::give_back(&slot.op);
             slot.op.complete(res);
         }
         self.cqes = cqes;
