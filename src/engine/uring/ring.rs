@@ -271,12 +271,14 @@ impl Core {
     }
 
     /// One new op, then [`Core::push_backlog`]. The usual op (nothing
-    /// queued before it, no fault rule, no remote device, no library
-    /// pages, no linked flush, room in the ring) goes straight into the
+    /// queued or waiting for a kernel slot before it, no fault rule, no
+    /// remote device, no library pages, no linked flush, room in the ring,
+    /// a free slot of its disk's queue) goes straight into the
     /// submission queue and the slab, as `push_backlog` would put it
     /// there, without passing through the backlog.
     pub(in crate::engine) fn admit_one(&mut self, op: IoOp) {
         if self.backlog.is_empty()
+            && self.gate.is_empty()
             && !self.inline_mem
             && self.inflight < self.cap
             && op.lib_chunk.is_none()
@@ -298,7 +300,8 @@ impl Core {
             };
             if let Some(reg) = reg {
                 let mut sq = self.ring.submission();
-                if !sq.is_full() {
+                // Its disk's kernel slot last: one taken is one used.
+                if !sq.is_full() && op.dev.kernel_slots().is_none_or(|s| s.take()) {
                     let idx = self.free.pop().unwrap_or_else(|| {
                         self.slab.push(None);
                         self.slab.len() - 1
