@@ -40,9 +40,9 @@ pub struct KernelSlots {
 
 /// Where a ring stands on a disk's list of rings to wake: the
 /// [`KernelSlots`] round it registered in (`NOT_LISTED`: none).
-pub type Listed = u64;
+pub(crate) type Listed = u64;
 /// A ring not on the list.
-pub const NOT_LISTED: Listed = u64::MAX;
+pub(crate) const NOT_LISTED: Listed = u64::MAX;
 
 impl std::fmt::Debug for KernelSlots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
