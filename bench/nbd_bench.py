@@ -113,21 +113,32 @@ def main():
     ap.add_argument("--driver", required=True, help="build/bench/dmio-bench")
     ap.add_argument("--smoke", action="store_true", help="tiny run: checks that every case runs")
     ap.add_argument("--out", help="results directory")
+    ap.add_argument("--transport", choices=("unix", "tcp"), action="append",
+                    help="only this transport (repeatable; default both)")
+    ap.add_argument("--qd", type=int, choices=(1, 32), action="append",
+                    help="only this queue depth (repeatable; default both)")
+    ap.add_argument("--rw", choices=("randread", "randwrite"), action="append",
+                    help="only this direction (repeatable; default both)")
+    ap.add_argument("--rounds", type=int, help="rounds per pair (default 4, smoke 1)")
+    ap.add_argument("--secs", type=float, help="seconds per run (default 4, smoke 0.5)")
+    ap.add_argument("--no-mirror", action="store_true", help="skip the informative mirror case")
     args = ap.parse_args()
     for tool in ("nbdkit", "fio"):
         if not shutil.which(tool):
             sys.exit("nbd bench: %s is missing (make deps installs it)" % tool)
     rounds, secs, ramp, size = (1, 0.5, 0, 64 << 20) if args.smoke else (4, 4, 1, 1 << 30)
+    rounds = args.rounds or rounds
+    secs = args.secs or secs
     started = datetime.datetime.now(datetime.timezone.utc)
     tmp = tempfile.mkdtemp(prefix="dmio-nbd-bench-")
     rows, ok = [], True
     try:
-        for transport in ("unix", "tcp"):
+        for transport in args.transport or ("unix", "tcp"):
             with Server(tmp, transport, size) as s:
                 # Written once, so reads do not read holes.
                 fio(s.uri, "randwrite", 32, 1 if args.smoke else 3, 0, size, tmp)
-                for rw in ("randread", "randwrite"):
-                    for qd in (1, 32):
+                for rw in args.rw or ("randread", "randwrite"):
+                    for qd in args.qd or (1, 32):
                         d, f, dv, fv = pair(rounds,
                                             lambda: dmio(args.driver, [s.uri], rw, qd, secs, ramp, size),
                                             lambda: fio(s.uri, rw, qd, secs, ramp, size, tmp))
@@ -137,7 +148,7 @@ def main():
                         rows.append({"case": "%s %s QD%d" % (transport, rw, qd), "libdmio": d, "fio": f,
                                      "ratio": d / f, "target": target, "pass": good, "libdmio_runs": dv,
                                      "fio_runs": fv})
-                if transport == "unix":
+                if transport == "unix" and not args.no_mirror:
                     local = os.path.join("/dev/shm", "dmio-nbd-bench-%d" % os.getpid())
                     with open(local, "wb") as fh:
                         fh.truncate(size)

@@ -42,7 +42,7 @@
 //! ring). While the connection is down, an operation ends at once with
 //! `ENOTCONN`. Reconnecting needs the same export size.
 
-use crate::engine::socket::{self, RingSocket, SocketHome};
+use crate::engine::socket::{self, Outgoing, RingSocket, SocketHome};
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
 use crate::nbd::conn::{Conn, Job, JobBuf, JobKind};
@@ -842,11 +842,15 @@ impl RingSocket for RingConn {
         keep
     }
 
-    fn take_send(&self) -> Option<(*const u8, usize)> {
+    fn take_send(&self) -> Option<Outgoing> {
         let mut s = self.send.lock().unwrap_or_else(|p| p.into_inner());
         if s.1 < s.0.len() {
             let rest = &s.0[s.1..];
-            return Some((rest.as_ptr(), rest.len()));
+            return Some(Outgoing {
+                ptr: rest.as_ptr(),
+                len: rest.len(),
+                lone: false,
+            });
         }
         let link = self.link.upgrade()?;
         let mut st = link.lock();
@@ -859,7 +863,12 @@ impl RingSocket for RingConn {
         }
         l.conn.take_output(&mut s.0);
         s.1 = 0;
-        Some((s.0.as_ptr(), s.0.len()))
+        Some(Outgoing {
+            ptr: s.0.as_ptr(),
+            len: s.0.len(),
+            // One request outstanding (QD1): its bytes are all there is.
+            lone: l.conn.jobs() == 1,
+        })
     }
 
     fn on_sent(&self, res: i32) {

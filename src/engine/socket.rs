@@ -36,14 +36,27 @@ pub trait RingSocket: Send + Sync {
     /// or a negative errno). `true`: post another; `false`: the
     /// connection is over (its socket was shut down).
     fn on_recv(&self, res: i32) -> bool;
-    /// Bytes to send now (start and length, unchanged and valid until
-    /// [`Self::on_sent`]), if any. Only asked while no SEND is in flight.
-    fn take_send(&self) -> Option<(*const u8, usize)>;
+    /// Bytes to send now (unchanged and valid until [`Self::on_sent`]),
+    /// if any. Only asked while no SEND is in flight.
+    fn take_send(&self) -> Option<Outgoing>;
     /// The SEND of [`Self::take_send`]'s bytes ended with `res`.
     fn on_sent(&self, res: i32);
     /// The ring is going away (its client is destroyed): end the
     /// connection, so that the RECV ends.
     fn detach(&self);
+}
+
+/// What a [`RingSocket`] sends next.
+pub struct Outgoing {
+    /// Start of the bytes.
+    pub ptr: *const u8,
+    pub len: usize,
+    /// The bytes carry the one request the peer has to answer (nothing
+    /// else is outstanding on the connection), so the socket's send
+    /// buffer is all but empty and the SEND completes at once; what the
+    /// connection waits for next is the reply. The ring then submits the
+    /// SEND and waits for the reply in one `io_uring_enter`.
+    pub lone: bool,
 }
 
 /// Sockets waiting for the ring's attention.

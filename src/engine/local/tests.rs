@@ -201,10 +201,14 @@ impl crate::engine::socket::RingSocket for Echo {
         self.got.lock().unwrap().extend_from_slice(b);
         true
     }
-    fn take_send(&self) -> Option<(*const u8, usize)> {
+    fn take_send(&self) -> Option<crate::engine::socket::Outgoing> {
         let mut s = self.sending.lock().unwrap();
         *s = self.out.lock().unwrap().take()?;
-        Some((s.as_ptr(), s.len()))
+        Some(crate::engine::socket::Outgoing {
+            ptr: s.as_ptr(),
+            len: s.len(),
+            lone: true,
+        })
     }
     fn on_sent(&self, res: i32) {
         self.sent.fetch_add(res.max(0) as usize, Ordering::SeqCst);

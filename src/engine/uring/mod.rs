@@ -264,6 +264,13 @@ pub(super) struct Core {
     /// A SYNC caller's ring ([`caller`]): ops on memory file systems run
     /// as system calls on this thread instead (`Core::run_inline`).
     inline_mem: bool,
+    /// SENDs of lone requests ([`super::socket::Outgoing::lone`]) pushed
+    /// since the last wait: the wait that submits them also waits for
+    /// one more completion each ([`Core::wait`]).
+    lone_sends: u32,
+    /// The kernel takes a minimum wait time (`IORING_FEAT_MIN_TIMEOUT`,
+    /// Linux 6.12).
+    min_wait: bool,
 }
 
 /// The reactor thread: a [`Core`] fed through the engine's channel.

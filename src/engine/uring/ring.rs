@@ -20,6 +20,13 @@ use std::time::Instant;
 
 pub(super) const WAKE: u64 = u64::MAX;
 pub(super) const FLUSH_BIT: u64 = 1 << 63;
+/// How long a wait that submitted lone SENDs waits for more than one
+/// event ([`Core::wait`]). Longer than a tick (4 ms at HZ=250): with
+/// 1 ms, QD1 NBD reads over TCP lost 10-25 % with client and server on
+/// one CPU of a 2-CPU guest (bench/HISTORY.md, 2026-12-07), where 10 ms
+/// and 100 ms did not. Only a lone SEND that found no room in an
+/// all but empty socket buffer ever waits it out.
+const SEND_MIN_WAIT_US: u32 = 10_000;
 
 /// The submission entries of `op` with user data `ud`: a linked fsync
 /// before a `DM_IO_FLUSH` write, and the op itself (a fixed read or write
@@ -213,6 +220,7 @@ impl Core {
     /// A core around `ring` (built by the caller), woken through `waker`.
     pub(super) fn with_ring(ring: IoUring, waker: Arc<Waker>) -> Result<Core> {
         let cap = (ring.params().cq_entries() / 2).saturating_sub(1).max(1) as usize;
+        let min_wait = ring.params().is_feature_min_timeout();
         raise_iowq_workers(&ring, cap);
         let mut core = Core {
             ring,
@@ -236,6 +244,8 @@ impl Core {
             socks: Vec::new(),
             kicked: Vec::new(),
             inline_mem: false,
+            lone_sends: 0,
+            min_wait,
         };
         // A table with room for the private memory and every arena chunk,
         // filled as they are used. Without it (kernels before 5.19) the
@@ -531,6 +541,7 @@ impl Core {
         max: Option<std::time::Duration>,
     ) {
         let runnable = (!self.backlog.is_empty() && self.inflight < self.cap) || self.kicked();
+        let sends = std::mem::take(&mut self.lone_sends);
         if runnable || pending() {
             // No system call when nothing is queued (a SYNC caller whose
             // op ran inline, `Core::run_inline`, finds its request done).
@@ -556,15 +567,34 @@ impl Core {
             }
             return;
         }
+        // The SEND of a lone request ([`super::socket::Outgoing::lone`])
+        // submitted here completes inside this call: its CQE alone must
+        // not end the wait, or each request-reply round trip takes a
+        // second call to wait for the reply. Wait for one event more per
+        // such SEND, but after `SEND_MIN_WAIT_US` for any one event (a
+        // SEND that found no room after all, with a wake-up meanwhile).
+        // Kernels before 6.12 (no minimum wait time) make the two calls.
+        let want = if sends > 0 && self.min_wait {
+            1 + sends as usize
+        } else {
+            1
+        };
+        let ts;
+        let mut args = types::SubmitArgs::new();
+        if want > 1 {
+            args = args.min_wait_usec(SEND_MIN_WAIT_US);
+        }
         let r = match at {
             Some(at) => {
                 let d = at.saturating_duration_since(Instant::now());
-                let ts = types::Timespec::new()
+                ts = types::Timespec::new()
                     .sec(d.as_secs())
                     .nsec(d.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                self.ring
+                    .submitter()
+                    .submit_with_args(want, &args.timespec(&ts))
             }
+            None if want > 1 => self.ring.submitter().submit_with_args(want, &args),
             None => self.ring.submit_and_wait(1),
         };
         self.waker.sleeping.store(false, Ordering::SeqCst);
@@ -581,6 +611,10 @@ impl Core {
 
     /// Completes the ops whose CQEs have arrived.
     pub(in crate::engine) fn reap(&mut self) {
+        // The SENDs pushed before are submitted and reaped here, or not
+        // yet submitted (then the next wait waits for one event less than
+        // it could: a second call, never a late one).
+        self.lone_sends = 0;
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));

@@ -123,14 +123,17 @@ impl Core {
         if slot.send || !slot.open {
             return;
         }
-        let Some((buf, len)) = slot.sock.take_send() else {
+        let Some(out) = slot.sock.take_send() else {
             return;
         };
-        let e = opcode::Send::new(types::Fd(slot.sock.fd()), buf, len as u32)
+        let e = opcode::Send::new(types::Fd(slot.sock.fd()), out.ptr, out.len as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(SOCK_BIT | (idx as u64) << 1 | SEND_BIT);
         slot.send = true;
+        if out.lone {
+            self.lone_sends += 1;
+        }
         self.push_entry(&e);
     }
 
