@@ -80,7 +80,7 @@ demo-basic: all $(BUILD)/demo
 HAVE_NBDKIT      := $(shell pkg-config --exists nbdkit 2>/dev/null && echo yes)
 NBDKIT_PLUGINDIR ?= $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 PLUGIN     := $(BUILD)/nbdkit-dmio-plugin.so
-PLUGIN_SRC := nbdkit/dmio-plugin.c nbdkit/params.c nbdkit/io.c nbdkit/rangelock.c nbdkit/status.c $(sort $(wildcard examples/mirror/mirror*.c))
+PLUGIN_SRC := nbdkit/dmio-plugin.c nbdkit/params.c nbdkit/io.c nbdkit/status.c $(sort $(wildcard examples/mirror/mirror*.c))
 PLUGIN_DEP := $(PLUGIN_SRC) $(wildcard nbdkit/*.h) examples/mirror/mirror.h examples/mirror/mirror_int.h nbdkit/plugin.map \
 	include/dm_io.h
 # What the Rust standard library needs from the system when linked statically.

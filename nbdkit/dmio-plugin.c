@@ -6,9 +6,10 @@
  *
  *   nbdkit dmio leg=A leg=B [timeout=MS] [quorum=N] [log=PATH] [status=PATH] ...
  *
- * Thread model PARALLEL: the mirror is thread-safe; writes lock the blocks
- * they cover (rangelock.h), so a read-modify-write of a partial block never
- * races with another write to it. See nbdkit/README.md.
+ * Thread model PARALLEL: the mirror is thread-safe; a write holds the
+ * mirror's regions it covers until it is acknowledged, so a read-modify-write
+ * of a partial block never races with another write to it (mirror_pwrite).
+ * See nbdkit/README.md.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE

@@ -1,6 +1,6 @@
 /* io.c - the plugin's IO: reads, writes, zero, trim and flush on the mirror.
- * Any offset and length: a partial first or last block is read, merged and
- * written whole, under a lock on the blocks the write covers (rangelock.h). */
+ * Any offset and length: the mirror reads, merges and writes whole a partial
+ * first or last block while the write holds its regions (mirror_pwrite). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -16,12 +16,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include "rangelock.h"
 
 static struct mirror *mir;
 static uint64_t chunk_bytes;  /* bytes one mirror_write call covers at most */
 static unsigned char *zeroes; /* chunk_bytes of zeroes, for zero requests */
-static struct rangelock locks = RANGELOCK_INIT;
 
 int dmio_io_init(struct mirror *m)
 {
@@ -71,57 +69,19 @@ int dmio_pread(void *h, void *buf, uint32_t count, uint64_t offset, uint32_t fla
 	return rc ? fail(rc, "read", offset, count) : 0;
 }
 
-/* Writes whole blocks [a0, a0 + len) from data, in calls of at most
- * chunk_bytes that do not cross more regions than mirror_write takes. */
-static int write_blocks(uint64_t a0, const unsigned char *data, uint64_t len, unsigned mflags)
-{
-	uint64_t rs = mirror_region_size(mir);
-	while (len) {
-		uint64_t end = (a0 / rs) * rs + chunk_bytes; /* region-aligned piece end */
-		uint64_t n = end - a0 < len ? end - a0 : len;
-		int rc = mirror_write_flags(mir, a0, data, n, mflags);
-		if (rc)
-			return rc;
-		a0 += n;
-		data += n;
-		len -= n;
-	}
-	return 0;
-}
-
-/* Writes [off, off + count) from src (NULL: zeroes). Each piece of at most
- * chunk_bytes locks the blocks it covers; a partial first or last block is
- * read, merged and written whole (read-modify-write) under that lock. */
+/* Writes [off, off + count) from src (NULL: zeroes), in pieces of at most
+ * chunk_bytes that start on a region boundary after the first. The mirror
+ * serves a partial first or last block by read-modify-write while the
+ * piece holds its regions against every other write (mirror_pwrite), so
+ * concurrent writes into one block never tear or lose each other. */
 static int write_range(uint64_t off, uint64_t count, const unsigned char *src, unsigned mflags)
 {
-	uint64_t end = off + count;
+	uint64_t rs = mirror_region_size(mir), end = off + count;
 	while (off < end) {
-		uint64_t a0 = off / BLOCK * BLOCK;
-		uint64_t lim = a0 + chunk_bytes < end ? a0 + chunk_bytes : end;
-		uint64_t a1 = (lim + BLOCK - 1) / BLOCK * BLOCK;
-		struct rangelock_entry e;
-		int rc = 0;
-		rangelock_lock(&locks, &e, a0, a1);
-		if (off == a0 && lim == a1) {
-			rc = write_blocks(a0, src ? src : zeroes, a1 - a0, mflags);
-		} else {
-			unsigned char *tmp = malloc(a1 - a0);
-			if (!tmp)
-				rc = -ENOMEM;
-			if (!rc && off != a0)
-				rc = mirror_read(mir, a0, tmp, BLOCK);
-			if (!rc && lim != a1 && (a1 - BLOCK != a0 || off == a0))
-				rc = mirror_read(mir, a1 - BLOCK, tmp + (a1 - BLOCK - a0), BLOCK);
-			if (!rc) {
-				if (src)
-					memcpy(tmp + (off - a0), src, lim - off);
-				else
-					memset(tmp + (off - a0), 0, lim - off);
-				rc = write_blocks(a0, tmp, a1 - a0, mflags);
-			}
-			free(tmp);
-		}
-		rangelock_unlock(&locks, &e);
+		uint64_t lim = off / rs * rs + chunk_bytes;
+		if (lim > end)
+			lim = end;
+		int rc = mirror_pwrite(mir, off, src ? src : zeroes, lim - off, mflags);
 		if (rc)
 			return rc;
 		if (src)

@@ -3,8 +3,8 @@
  *   dmio-plugin.c  the plugin's lifetime (open the mirror after the fork, the
  *                  status thread, the fault file) and nbdkit's callbacks table
  *   params.c       the parameters: parsing, checks before the fork, --help
- *   io.c           reads, writes (read-modify-write of partial blocks under
- *                  block-range locks), zero, trim, flush
+ *   io.c           reads, writes (partial blocks: read-modify-write in the
+ *                  mirror, mirror_pwrite), zero, trim, flush
  */
 #ifndef DMIO_NBDKIT_PLUGIN_H
 #define DMIO_NBDKIT_PLUGIN_H

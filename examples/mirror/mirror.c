@@ -117,6 +117,11 @@ static void teardown(struct mirror *m)
 		free(c->data);
 		free(c);
 	}
+	while (m->free_chunks) {
+		struct chunk *c = m->free_chunks;
+		m->free_chunks = c->next;
+		free(c);
+	}
 	free_arrays(m);
 	pthread_mutex_destroy(&m->lock);
 	pthread_mutex_destroy(&m->log_lock);

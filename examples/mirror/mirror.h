@@ -119,6 +119,12 @@ int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len);
 /* mirror_write with flags (0 or MIRROR_FUA: the data is durable on every
  * leg that is OK for it, before the acknowledgement). */
 int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags);
+/* mirror_write_flags for any byte range (len >= 1, within the mirror, over
+ * at most 64 regions): a partial first or last block is read, merged and
+ * written whole (read-modify-write) while the write holds its regions
+ * against every other write, so concurrent writes into one block never
+ * tear or lose each other. */
+int mirror_pwrite(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags);
 
 /* Flushes every leg that is not failed (DM_IO_FLUSH, write_timeout_ms),
  * making the writes acknowledged before the call durable. The write rule

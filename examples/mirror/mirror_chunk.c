@@ -8,6 +8,19 @@
 
 #include <stdio.h>
 
+/* A zeroed chunk, from the cache of released ones when it has one
+ * (m->lock held; a write does this once per region piece), or NULL. */
+struct chunk *mirror_chunk_new(struct mirror *m)
+{
+	struct chunk *c = m->free_chunks;
+	if (!c)
+		return calloc(1, sizeof(*c));
+	m->free_chunks = c->next;
+	m->nfree--;
+	memset(c, 0, sizeof(*c));
+	return c;
+}
+
 void mirror_chunk_link(struct mirror *m, struct chunk *c)
 {
 	c->next = &m->live;
@@ -24,8 +37,14 @@ void mirror_chunk_put(struct mirror *m, struct chunk *c)
 	c->prev->next = c->next;
 	c->next->prev = c->prev;
 	free(c->data);
-	free(c);
-	(void)m;
+	c->data = NULL;
+	if (m->nfree < CHUNK_CACHE) {
+		c->next = m->free_chunks;
+		m->free_chunks = c;
+		m->nfree++;
+	} else {
+		free(c);
+	}
 }
 
 static const char *state_word(int s)
@@ -50,9 +69,10 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 	unsigned L = c->leg_of[i];
 	struct leg *l = &m->legs[L];
 	uint64_t r = c->region;
-	double t = now_ms();
 
 	pthread_mutex_lock(&m->lock);
+	/* The time, for messages only: not read for the usual on-time OK. */
+	double t = st->state == DM_IO_OK && c->st[i] == IO_RUNNING && !c->resync ? 0 : now_ms();
 	pthread_cond_t *wake = c->wake; /* NULL once the owner let go (c may be freed below) */
 	if (st->state == DM_IO_TIMEOUT) {
 		if (c->st[i] == IO_RUNNING) {

@@ -78,6 +78,7 @@
 #define LOG_TIMEOUT_MS 5000
 #define MAX_WRITE_REGIONS 64 /* regions one mirror_write may span */
 #define CLOSE_DRAIN_MS 5000.0 /* close waits this long for cancelled IO to be notified */
+#define CHUNK_CACHE 64       /* released chunks kept for reuse (m->free_chunks) */
 
 enum { IO_RUNNING = 0, IO_LATE = 1, IO_DONE = 2 };
 
@@ -143,6 +144,8 @@ struct mirror {
 	unsigned char *disk_img;   /* the last log image written successfully (slot_bytes) */
 	int img_inflight;          /* a log write of m->logbuf is under way */
 	struct chunk live;
+	struct chunk *free_chunks; /* released chunks, reused by mirror_chunk_new (at most CHUNK_CACHE) */
+	unsigned nfree;
 	/* log */
 	struct block_device *logdev;
 	pthread_mutex_t log_lock;
@@ -273,6 +276,7 @@ int mirror_log_prepare_file(const char *path, size_t bytes);
 int mirror_log_load(struct mirror *m);
 
 /* mirror_chunk.c */
+struct chunk *mirror_chunk_new(struct mirror *m);
 void mirror_chunk_link(struct mirror *m, struct chunk *c);
 void mirror_chunk_put(struct mirror *m, struct chunk *c);
 int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,

@@ -8,41 +8,19 @@
 
 /* ---- writes ---------------------------------------------------------------- */
 
-/* Builds and issues the write of one region piece to every eligible leg.
- * Returns the chunk (owned by the caller until chunk released) or NULL.
- *
- * `sync` (a write of one piece): the calling thread does the IO itself, a
- * SYNC dm_io with DM_IO_RETURN_ON_TIMEOUT. It returns when every leg is
- * final or has timed out (the deadline), with every notification so far
- * delivered in this thread; a leg that timed out is notified again later
- * from the completion thread, as with an asynchronous write. The data is
- * in libdmio's private memory before any leg starts and dm_io never reads
- * `buf` after it returns, so no copy of ours is needed.
- * Otherwise (a piece of a write over several regions, issued together with
- * the others) an asynchronous dm_io, from a copy of ours: dm_io needs the
- * memory until each region is final, and a late region outlives the
- * caller's buffer. */
-static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, const void *buf, size_t len,
-				 int fua, double t0, pthread_cond_t *wake, int sync)
+/* Prepares chunk c, the write of one region piece [off, off + len) of
+ * region r, to every eligible leg: back-pressure, then each eligible leg
+ * gets an IO (regs[c->nio]), the others are marked dirty. Links c on
+ * m->live. m->lock held (the back-pressure wait releases it for a while).
+ * `now`: the time the IO is issued at (submit_ms). */
+static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_t off, size_t len, int fua,
+			  double t0, double now, pthread_cond_t *wake, struct dm_io_region *regs)
 {
-	struct chunk *c = calloc(1, sizeof(*c));
-	void *data = sync ? NULL : malloc(len);
-	if (!c || (!sync && !data)) {
-		free(c);
-		free(data);
-		return NULL;
-	}
-	if (!sync)
-		memcpy(data, buf, len);
 	c->m = m;
 	c->owner = 1;
 	c->region = r;
-	c->data = data;
 	c->fua = fua;
 	c->wake = wake;
-	struct dm_io_region regs[MIRROR_MAX_LEGS];
-
-	pthread_mutex_lock(&m->lock);
 	/* A leg still busy on r, or with too much late IO, is skipped. When
 	 * that would leave fewer than `quorum` legs, wait for late IO to
 	 * drain instead (back-pressure: a slow but working leg must not turn
@@ -55,14 +33,17 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 			alive += !l->failed;
 			eligible += !l->failed && !m->lio[lr(m, L, r)] && l->late < m->late_cap;
 		}
+		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum)
+			break;
 		double slice = fail_after_slice(m, t0);
-		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum || slice == 0)
+		if (slice == 0)
 			break;
 		cond_wait_ms(m, slice);
+		now = now_ms();
 	}
 	c->gen = ++m->gen[r];
-	c->submit_ms = now_ms();
-	m->last_write[r] = c->submit_ms;
+	c->submit_ms = now;
+	m->last_write[r] = now;
 	for (unsigned L = 0; L < m->nlegs; L++) {
 		struct leg *l = &m->legs[L];
 		size_t i = lr(m, L, r);
@@ -87,11 +68,26 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	}
 	c->undecided = c->nio;
 	mirror_chunk_link(m, c);
-	pthread_mutex_unlock(&m->lock);
-	if (!c->nio)
-		return c;
+}
 
-	int rc = mirror_submit_write(m, c, sync ? (void *)buf : data, regs, c->nio, sync);
+/* Issues prepared chunk c (m->lock not held).
+ *
+ * `sync` (a write of one piece): the calling thread does the IO itself, a
+ * SYNC dm_io with DM_IO_RETURN_ON_TIMEOUT. It returns when every leg is
+ * final or has timed out (the deadline), with every notification so far
+ * delivered in this thread; a leg that timed out is notified again later
+ * from the completion thread, as with an asynchronous write. The data is
+ * in libdmio's private memory before any leg starts and dm_io never reads
+ * `buf` after it returns, so no copy of ours is needed.
+ * Otherwise (a piece of a write over several regions, issued together with
+ * the others) an asynchronous dm_io from c->data, a copy of ours: dm_io
+ * needs the memory until each region is final, and a late region outlives
+ * the caller's buffer. */
+static void chunk_submit(struct mirror *m, struct chunk *c, const void *buf, struct dm_io_region *regs, int sync)
+{
+	if (!c->nio)
+		return;
+	int rc = mirror_submit_write(m, c, sync ? (void *)buf : c->data, regs, c->nio, sync);
 	if (rc && sync) {
 		/* A SYNC dm_io that started notified every leg before it
 		 * returned (its result then says how they ended; the quorum
@@ -105,6 +101,7 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 	if (rc) {
 		/* Nothing started: the legs missed this write. */
 		pthread_mutex_lock(&m->lock);
+		uint64_t r = c->region;
 		for (unsigned i = 0; i < c->nio; i++) {
 			unsigned L = c->leg_of[i];
 			m->lio[lr(m, L, r)]--;
@@ -120,7 +117,6 @@ static struct chunk *issue_chunk(struct mirror *m, uint64_t r, uint64_t off, con
 		mirror_event(m, "dm_io refused a write: %s (%s)", strerror(-rc), dm_io_last_error());
 		pthread_mutex_unlock(&m->lock);
 	}
-	return c;
 }
 
 /* Legs of c whose IO is late (timed out, still running): they may still
@@ -175,18 +171,76 @@ int mirror_write(struct mirror *m, uint64_t off, const void *buf, size_t len)
 	return mirror_write_flags(m, off, buf, len, 0);
 }
 
-int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags)
+/* This thread's condition variable, on which the notifications of its
+ * writes' chunks signal it (chunk->wake): set up once per thread. glibc's
+ * condition variables hold no resource, so it is never destroyed. */
+static pthread_cond_t *writer_cv(void)
 {
-	if (check_range(m, off, len) || !buf || (flags & ~MIRROR_FUA))
-		return -EINVAL;
+	static __thread pthread_cond_t cv;
+	static __thread int ready;
+	if (!ready) {
+		cv_init(&cv);
+		ready = 1;
+	}
+	return &cv;
+}
+
+/* The end of a write (m->lock held): its regions are free again, the
+ * counters. */
+static void write_done(struct mirror *m, uint64_t r0, uint64_t r1, int rc, int degraded, double t0)
+{
+	for (uint64_t r = r0; r <= r1; r++)
+		m->busy[r] = 0;
+	if (rc == 0) {
+		double took = now_ms() - t0;
+		m->writes++;
+		m->writes_degraded += degraded;
+		if (took > m->max_ack_ms)
+			m->max_ack_ms = took;
+	} else {
+		m->write_errors++;
+	}
+	mwake(m);
+}
+
+/* Fills tmp (the blocks [a0, a0 + alen)) for a write of [off, off + len)
+ * from buf: the partial first and last blocks are read from the mirror,
+ * then buf is copied in. The caller holds busy[] on the regions, so no
+ * other write changes those blocks meanwhile. */
+static int merge_partial(struct mirror *m, unsigned char *tmp, uint64_t a0, uint64_t alen, uint64_t off,
+			 const void *buf, size_t len)
+{
+	uint64_t bs = m->block_size, a1 = a0 + alen, end = off + len;
+	int rc = 0;
+	if (off != a0)
+		rc = mirror_read(m, a0, tmp, bs);
+	if (!rc && end != a1 && (a1 - bs != a0 || off == a0))
+		rc = mirror_read(m, a1 - bs, tmp + (alen - bs), bs);
+	if (!rc)
+		memcpy(tmp + (off - a0), buf, len);
+	return rc;
+}
+
+/* A write of [off, off + len): whole blocks, or (mirror_pwrite) any bytes,
+ * whose partial first and last blocks are read, merged and written whole
+ * while busy[] holds the regions against every other write. */
+static int write_range(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags)
+{
 	double t0 = now_ms();
-	uint64_t r0 = off / m->region_size, r1 = (off + len - 1) / m->region_size;
+	uint64_t bs = m->block_size;
+	uint64_t a0 = off / bs * bs, a1 = (off + len + bs - 1) / bs * bs;
+	uint64_t r0 = a0 / m->region_size, r1 = (a1 - 1) / m->region_size;
 	uint64_t need = 0;
 	int rc = 0;
+	int partial = a0 != off || a1 != off + len;
+	unsigned char *tmp = NULL;
 	if (r1 - r0 >= MAX_WRITE_REGIONS)
 		return -EINVAL;
-	pthread_cond_t wcv; /* this writer's: its chunks' notifications signal it */
-	cv_init(&wcv);
+	pthread_cond_t *wcv = writer_cv();
+	struct chunk *cs[MAX_WRITE_REGIONS];
+	struct dm_io_region regs[MIRROR_MAX_LEGS];
+	unsigned n = 0;
+	int sync = r0 == r1; /* one piece: SYNC, in this thread (chunk_submit) */
 
 	pthread_mutex_lock(&m->lock);
 	for (;;) {
@@ -216,7 +270,32 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 				}
 		}
 	}
+	if (sync && !need && !partial) {
+		/* The usual write: one piece, nothing to commit first. It is
+		 * prepared under this same hold of the lock. */
+		struct chunk *c = mirror_chunk_new(m);
+		if (!c) {
+			rc = -ENOMEM;
+			pthread_mutex_unlock(&m->lock);
+			goto out;
+		}
+		chunk_prepare(m, c, r0, off, len, flags & MIRROR_FUA, t0, t0, wcv, regs);
+		pthread_mutex_unlock(&m->lock);
+		cs[n++] = c;
+		chunk_submit(m, c, buf, regs, 1);
+		goto wait;
+	}
 	pthread_mutex_unlock(&m->lock);
+
+	if (partial) {
+		tmp = malloc(a1 - a0);
+		rc = tmp ? merge_partial(m, tmp, a0, a1 - a0, off, buf, len) : -ENOMEM;
+		if (rc)
+			goto out;
+		buf = tmp;
+		off = a0;
+		len = a1 - a0;
+	}
 
 	/* The regions are marked "being written" on the log before any leg
 	 * sees the write (legs may differ in them after a crash). */
@@ -225,24 +304,40 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 		goto out;
 	}
 
-	struct chunk *cs[MAX_WRITE_REGIONS];
-	unsigned n = 0;
-	int sync = r0 == r1; /* one piece: SYNC, in this thread (issue_chunk) */
+	double now = need || partial ? now_ms() : t0;
 	const unsigned char *p = buf;
 	uint64_t pos = off, end = off + len;
 	while (pos < end) {
 		uint64_t r = pos / m->region_size;
 		uint64_t rend = (r + 1) * (uint64_t)m->region_size;
 		size_t piece = (size_t)((rend < end ? rend : end) - pos);
-		struct chunk *c = issue_chunk(m, r, pos, p + (pos - off), piece, flags & MIRROR_FUA, t0, &wcv, sync);
+		void *data = NULL;
+		if (!sync) {
+			data = malloc(piece);
+			if (!data) {
+				rc = -ENOMEM;
+				break;
+			}
+			memcpy(data, p + (pos - off), piece);
+		}
+		pthread_mutex_lock(&m->lock);
+		struct chunk *c = mirror_chunk_new(m);
+		if (c) {
+			c->data = data;
+			chunk_prepare(m, c, r, pos, piece, flags & MIRROR_FUA, t0, now, wcv, regs);
+		}
+		pthread_mutex_unlock(&m->lock);
 		if (!c) {
+			free(data);
 			rc = -ENOMEM;
 			break;
 		}
 		cs[n++] = c;
+		chunk_submit(m, c, p + (pos - off), regs, sync);
 		pos += piece;
 	}
 
+wait:
 	/* Wait until every leg of every piece is final or timed out (the
 	 * deadline); then, while fewer than `quorum` legs of a piece are OK,
 	 * keep waiting for late completions: the write fails only when its
@@ -250,7 +345,7 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 	pthread_mutex_lock(&m->lock);
 	for (unsigned k = 0; k < n; k++)
 		while (cs[k]->undecided)
-			pthread_cond_wait(&wcv, &m->lock);
+			pthread_cond_wait(wcv, &m->lock);
 	for (;;) {
 		int reached = 1, lost = 0;
 		for (unsigned k = 0; k < n; k++) {
@@ -260,10 +355,12 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 				lost |= ok + chunk_running(cs[k]) < m->cfg.quorum;
 			}
 		}
-		double slice = fail_after_slice(m, t0);
-		if (reached || lost || rc || slice == 0)
+		if (reached || lost || rc)
 			break;
-		cv_wait_ms(&wcv, &m->lock, slice);
+		double slice = fail_after_slice(m, t0);
+		if (slice == 0)
+			break;
+		cv_wait_ms(wcv, &m->lock, slice);
 	}
 	int degraded = 0;
 	need = 0;
@@ -279,27 +376,42 @@ int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t l
 		c->wake = NULL;
 		mirror_chunk_put(m, c);
 	}
+	if (!need) {
+		/* Nothing to commit before the ack: done under this hold. */
+		write_done(m, r0, r1, rc, degraded, t0);
+		pthread_mutex_unlock(&m->lock);
+		free(tmp);
+		return rc;
+	}
 	pthread_mutex_unlock(&m->lock);
 
 	/* Legs that missed the write are dirty on the log before the ack,
 	 * unless the log already leads crash recovery to a leg that has it. */
-	if (need && mirror_log_commit(m, need) != 0 && rc == 0)
+	if (mirror_log_commit(m, need) != 0 && rc == 0)
 		rc = -EIO;
+	pthread_mutex_lock(&m->lock);
+	write_done(m, r0, r1, rc, degraded, t0);
+	pthread_mutex_unlock(&m->lock);
+	free(tmp);
+	return rc;
 out:
 	pthread_mutex_lock(&m->lock);
-	for (uint64_t r = r0; r <= r1; r++)
-		m->busy[r] = 0;
-	double took = now_ms() - t0;
-	if (rc == 0) {
-		m->writes++;
-		m->writes_degraded += degraded;
-		if (took > m->max_ack_ms)
-			m->max_ack_ms = took;
-	} else {
-		m->write_errors++;
-	}
-	mwake(m);
+	write_done(m, r0, r1, rc, 0, t0);
 	pthread_mutex_unlock(&m->lock);
-	pthread_cond_destroy(&wcv);
+	free(tmp);
 	return rc;
+}
+
+int mirror_write_flags(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags)
+{
+	if (check_range(m, off, len) || !buf || (flags & ~MIRROR_FUA))
+		return -EINVAL;
+	return write_range(m, off, buf, len, flags);
+}
+
+int mirror_pwrite(struct mirror *m, uint64_t off, const void *buf, size_t len, unsigned flags)
+{
+	if (!m || !buf || !len || (flags & ~MIRROR_FUA) || off > m->size || len > m->size - off)
+		return -EINVAL;
+	return write_range(m, off, buf, len, flags);
 }
