@@ -71,9 +71,6 @@ impl Gate {
         let Some(slots) = op.dev.kernel_slots() else {
             return Some(op);
         };
-        if self.waiting.is_empty() && slots.take() {
-            return Some(op);
-        }
         let me = disk(&op);
         if let Some(q) = self.waiting.iter_mut().find(|q| disk(&q.ops[0]) == me) {
             q.ops.push_back(op);
