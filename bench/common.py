@@ -87,6 +87,24 @@ def cpu_busy():
     return sum(vals) - idle, sum(vals)
 
 
+def settle(max_s=20.0, window_s=0.25, busy_below=0.10):
+    """Waits until the machine is quiet: one `window_s` window in which all CPUs together
+    were busy less than `busy_below` of the time (0.10 on 2 CPUs = 0.2 of one CPU), for at
+    most `max_s`. The kernel tears io_uring rings down in `iou_exit` workers after their
+    process exits; a timed run that starts while hundreds are being torn down measures them
+    too. Returns (seconds waited, quiet?)."""
+    t0 = time.time()
+    while True:
+        b0, t_0 = cpu_busy()
+        time.sleep(window_s)
+        b1, t_1 = cpu_busy()
+        frac = (b1 - b0) / max(t_1 - t_0, 1)
+        if frac < busy_below:
+            return time.time() - t0, True
+        if time.time() - t0 >= max_s:
+            return time.time() - t0, False
+
+
 def children_cpu():
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime

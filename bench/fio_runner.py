@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 
-from common import clear_status, fmt_iops, fmt_ns, log, status
+from common import clear_status, fmt_iops, fmt_ns, log, settle, status
 
 
 class Runner:
@@ -100,6 +100,17 @@ class Runner:
                        "buckets": bins},
         }
 
+    def quiet_start(self, case, label):
+        """Before a timed run: waits (bounded) for the machine to go quiet, so one run does
+        not measure the teardown of the previous one. A start on a busy machine is logged
+        and counted in the results' meta (`busy_starts`)."""
+        waited, quiet = settle()
+        if not quiet:
+            self.busy_starts = getattr(self, "busy_starts", 0) + 1
+            log(f"  *** case {case} {label}: machine still busy after {waited:.0f} s; timing anyway ***")
+        elif waited > 1.0:
+            log(f"  (case {case} {label}: waited {waited:.1f} s for the machine to go quiet)")
+
     def progress(self, case, label, tool, summary, t0):
         self.runs += 1
         clear_status()
@@ -113,6 +124,7 @@ class Runner:
         order = ["d", "f"] if rounds == 1 else ["d", "f", "f", "d"] * (rounds // 2)
         res = {"d": [], "f": []}
         for who in order:
+            self.quiet_start(case, label)
             t0 = time.time()
             r = run_dmio() if who == "d" else run_fio()
             res[who].append(r)
