@@ -85,8 +85,10 @@ int mode_clients(void)
 	return 0;
 }
 
+/* One cache line (or more) each: clients of different engine threads update
+ * their own `rng` and `done` on every read, and must not share a line. */
 struct mclient {
-	struct dm_io_client *cl;
+	_Alignas(64) struct dm_io_client *cl;
 	struct block_device *dev;
 	uint64_t blocks; /* of dev, in opt.bs */
 	int hung;
