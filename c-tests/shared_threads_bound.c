@@ -28,7 +28,7 @@ static struct dm_io_client *cl[N];
 
 int main(void)
 {
-	/* The default settings: one shard per CPU. */
+	/* The default settings: one shard per two CPUs. */
 	unsetenv("DMIO_THREADS");
 	unsetenv("DMIO_ISOLATE");
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);

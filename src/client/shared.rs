@@ -5,8 +5,12 @@
 //! shard with the fewest clients; everything else stays per client
 //! (private memory and its bound, counters, handles, cancel, destroy).
 //!
-//! How many shards: `DMIO_THREADS=N` (1 to 64), by default one per CPU,
-//! at most [`MAX_SHARDS`]. A client that wants threads of its own
+//! How many shards: `DMIO_THREADS=N` (1 to 64), by default one per two
+//! CPUs (rounded up), at most [`MAX_SHARDS`]. Under load both threads of a
+//! shard are busy, so one shard per CPU ran twice as many busy threads as
+//! CPUs, beside the kernel's own IO workers: on 2 CPUs, with 64 clients
+//! reading, a hung client's TIMEOUTs then came 4 ms late at p99, against
+//! 0.15 ms with one shard, at the same or higher throughput. A client that wants threads of its own
 //! (`DMIO_ISOLATE=1` at create) does not come here.
 //!
 //! Shards are never torn down: an idle shard's threads sleep, holding no
@@ -21,7 +25,7 @@ use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default cap on the number of shards (one per CPU up to this).
+/// Default cap on the number of shards (one per two CPUs up to this).
 pub(crate) const MAX_SHARDS: usize = 8;
 /// Ring size of a shared reactor (and of its completion thread's ring).
 const SHARED_ENTRIES: u32 = 4096;
@@ -62,7 +66,8 @@ struct Set {
 
 static SETS: Mutex<Vec<Set>> = Mutex::new(Vec::new());
 
-/// How many shards: `DMIO_THREADS`, else one per CPU up to [`MAX_SHARDS`].
+/// How many shards: `DMIO_THREADS`, else one per two CPUs (rounded up), up
+/// to [`MAX_SHARDS`].
 pub fn shards_wanted() -> usize {
     if let Some(n) = std::env::var("DMIO_THREADS")
         .ok()
@@ -71,7 +76,7 @@ pub fn shards_wanted() -> usize {
     {
         return n;
     }
-    cpu_count().min(MAX_SHARDS)
+    cpu_count().div_ceil(2).min(MAX_SHARDS)
 }
 
 /// The CPUs the process may use.

@@ -74,8 +74,9 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 /// Creates a client: private memory for `devices × min_ios` operations of
 /// up to `max_size` bytes each (rounded up to `DM_IO_PAGE_SIZE`), attached
 /// to the engine the process's clients share: a few io_uring reactor
-/// threads (or thread pools) and completion threads, one of each per CPU
-/// by default, at most 8 (`DMIO_THREADS=N` sets how many), started with
+/// threads (or thread pools) and completion threads, one of each per two
+/// CPUs by default (rounded up), at most 8 (`DMIO_THREADS=N` sets how
+/// many), started with
 /// the first client and kept for the life of the process. The client joins
 /// the pair with the fewest clients. Its notify calls run on that
 /// completion thread, one at a time, between those of the other clients
