@@ -92,8 +92,12 @@ def settle(max_s=20.0, window_s=0.25, busy_below=0.10):
     were busy less than `busy_below` of the time (0.10 on 2 CPUs = 0.2 of one CPU), for at
     most `max_s`. The kernel tears io_uring rings down in `iou_exit` workers after their
     process exits; a timed run that starts while hundreds are being torn down measures them
-    too. Returns (seconds waited, quiet?)."""
+    too. Dirty page cache is written back first (`sync`): a build that ran just before
+    would otherwise be flushed by the kernel's writeback workers (ext4's unwritten-extent
+    conversion included) up to 30 s later, in the middle of a timed run. Returns (seconds
+    waited, quiet?)."""
     t0 = time.time()
+    os.sync()
     while True:
         b0, t_0 = cpu_busy()
         time.sleep(window_s)
