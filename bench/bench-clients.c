@@ -344,3 +344,141 @@ int mode_multi(void)
 	}
 	return bad ? 1 : 0;
 }
+
+/* ------------------------------------------------------------------ alt */
+
+/* One phase of one side: its slots' chains start, run `ramp_s`, are
+ * measured for `phase_s`, then stop and drain. Returns the measured
+ * seconds; *cpu gets the process's CPU seconds meanwhile. */
+static double alt_phase(struct mslot **slots, unsigned n, double ramp_s, double phase_s, double *cpu)
+{
+	atomic_store(&M.stop, 0);
+	atomic_store(&M.inflight, (int)n);
+	for (unsigned i = 0; i < n; i++) {
+		atomic_fetch_add(&slots[i]->c->chains, 1);
+		CHECK_RC(multi_submit(slots[i]));
+	}
+	sleep_ns((uint64_t)(ramp_s * 1e9));
+	double u0, s0, u1, s1;
+	cpu_seconds(&u0, &s0);
+	uint64_t t0 = now_ns();
+	atomic_store(&M.measuring, 1);
+	sleep_ns((uint64_t)(phase_s * 1e9));
+	atomic_store(&M.measuring, 0);
+	uint64_t t1 = now_ns();
+	cpu_seconds(&u1, &s1);
+	atomic_store(&M.stop, 1);
+	uint64_t end = now_ns() + 2000000000ull;
+	while (atomic_load(&M.inflight) > 0)
+		if (now_ns() > end)
+			die("alt: %d reads did not end within 2 s of a phase", atomic_load(&M.inflight));
+		else
+			sleep_ns(100000);
+	*cpu = u1 - u0 + s1 - s0;
+	return (double)(t1 - t0) / 1e9;
+}
+
+static uint64_t alt_done(struct mclient *cs, uint64_t n)
+{
+	uint64_t d = 0;
+	for (uint64_t i = 0; i < n; i++)
+		d += atomic_load(&cs[i].done);
+	return d;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* N clients at QD Q each against one client at QD N x Q, in one process,
+ * alternating in short phases (A B B A ...), each phase's chains started
+ * afresh and drained at its end. Two separate processes measured seconds
+ * apart compare the machine's speed as much as the two set-ups (this VM's
+ * CPU speed drifts by +-20 % within seconds); phases of 0.2 s, alternated
+ * many times, compare the set-ups. */
+int mode_alt(void)
+{
+	uint64_t n = opt.n ? opt.n : 64;
+	unsigned qd = opt.qd, total = (unsigned)(n * qd);
+	double phase_s = (opt.phase_ms ? opt.phase_ms : 200) / 1e3, ramp_s = 0.02;
+	if (opt.ndev != 1)
+		die("alt: one --dev");
+	struct block_device *dev;
+	CHECK_RC(dm_io_bdev_open(opt.dev[0], 0, &dev));
+	M.blocks = nblocks(&dev, 1);
+	struct mclient *cs = xalloc(sizeof *cs * (n + 1)), *one = &cs[n];
+	memset(cs, 0, sizeof *cs * (n + 1));
+	for (uint64_t i = 0; i <= n; i++) {
+		cs[i].dev = dev;
+		cs[i].blocks = M.blocks;
+		cs[i].rng = opt.seed + 0x9E3779B97F4A7C15ull * (i + 1);
+		CHECK_RC(dm_io_client_create(1, i < n ? qd : total, opt.bs, &cs[i].cl));
+	}
+	struct mslot **side[2];
+	for (int s = 0; s < 2; s++) {
+		side[s] = xalloc(sizeof(struct mslot *) * total);
+		for (unsigned k = 0; k < total; k++) {
+			struct mslot *m = xalloc(sizeof *m);
+			m->c = s == 0 ? &cs[k / qd] : one;
+			m->buf = xalloc(opt.bs);
+			side[s][k] = m;
+		}
+	}
+	double cpu;
+	/* Warm-up: each side for half of --warmup, not measured. */
+	for (int s = 0; s < 2; s++)
+		alt_phase(side[s], total, opt.warmup / 2, 0, &cpu);
+	for (uint64_t i = 0; i <= n; i++)
+		atomic_store(&cs[i].done, 0);
+	unsigned pairs = (unsigned)(opt.secs / phase_s + 0.5);
+	if (pairs < 1)
+		pairs = 1;
+	double secs[2] = { 0, 0 }, cpus[2] = { 0, 0 };
+	uint64_t done[2] = { 0, 0 };
+	double *ratio = xalloc(sizeof(double) * pairs);
+	for (unsigned p = 0; p < pairs; p++) {
+		double iops[2];
+		for (int k = 0; k < 2; k++) {
+			int s = (p % 2 == 0) ? k : 1 - k; /* A B, then B A */
+			uint64_t d0 = s == 0 ? alt_done(cs, n) : atomic_load(&one->done);
+			double t = alt_phase(side[s], total, ramp_s, phase_s, &cpu);
+			uint64_t d = (s == 0 ? alt_done(cs, n) : atomic_load(&one->done)) - d0;
+			secs[s] += t;
+			cpus[s] += cpu;
+			done[s] += d;
+			iops[s] = (double)d / t;
+		}
+		ratio[p] = iops[0] / iops[1];
+		progress("%u of %u phase pairs", p + 1, pairs);
+	}
+	progress_end();
+	qsort(ratio, pairs, sizeof(double), cmp_double);
+	for (uint64_t i = 0; i <= n; i++)
+		dm_io_client_destroy(cs[i].cl);
+	dm_io_bdev_close(dev);
+	double a = (double)done[0] / secs[0], b = (double)done[1] / secs[1];
+	jheader();
+	jint("clients", n);
+	jint("qd", qd);
+	jint("one_qd", total);
+	jint("bs", opt.bs);
+	jnum("phase_s", phase_s);
+	jint("pairs", pairs);
+	jnum("secs", secs[0]);
+	jnum("one_secs", secs[1]);
+	jnum("iops", a);
+	jnum("one_iops", b);
+	jnum("ratio", a / b);
+	jnum("pair_ratio_min", ratio[0]);
+	jnum("pair_ratio_median", ratio[pairs / 2]);
+	jnum("pair_ratio_max", ratio[pairs - 1]);
+	jnum("us_per_request", done[0] ? cpus[0] / (double)done[0] * 1e6 : 0);
+	jnum("one_us_per_request", done[1] ? cpus[1] / (double)done[1] * 1e6 : 0);
+	jint("errors", atomic_load(&M.errors));
+	jint("submit_errors", atomic_load(&M.submit_errors));
+	jclose();
+	printf("\n");
+	return atomic_load(&M.errors) || atomic_load(&M.submit_errors) ? 1 : 0;
+}

@@ -85,7 +85,10 @@ void usage(void)
 		"  clients  --n N --qd Q --bs B   (N clients created and destroyed: threads, RSS, time)\n"
 		"  multi    --dev P --n N --qd Q --bs B --secs S [--warmup W] [--hung K --timeout MS [--hung-fuse]]\n"
 		"           (--hung-fuse: the K clients read a loop device over a FUSE daemon that holds every\n"
-		"           read, c-tests/fixtures/hungdev.h, instead of P through a fault rule; needs root)\n");
+		"           read, c-tests/fixtures/hungdev.h, instead of P through a fault rule; needs root)\n"
+		"  alt      --dev P --n N --qd Q --bs B --secs S [--warmup W] [--phase-ms MS]\n"
+		"           (N clients at QD Q against one client at QD N x Q, alternating A B B A in phases\n"
+		"           of MS (200) in one process; S seconds of phases per side)\n");
 	exit(2);
 }
 
@@ -103,7 +106,7 @@ void parse(int argc, char **argv)
 		{ "label", required_argument, 0, 'l' }, { "seed", required_argument, 0, 'e' },
 		{ "zero-copy", no_argument, 0, 'Z' },	{ "pages", no_argument, 0, 'G' },
 		{ "hung", required_argument, 0, 'k' },	{ "hung-fuse", no_argument, 0, 'F' },
-		{ "refuse-uring", no_argument, 0, 'U' },
+		{ "refuse-uring", no_argument, 0, 'U' }, { "phase-ms", required_argument, 0, 'm' },
 		{ 0, 0, 0, 0 },
 	};
 	if (argc < 2)
@@ -140,6 +143,7 @@ void parse(int argc, char **argv)
 		case 'e': opt.seed = strtoull(optarg, NULL, 0); break;
 		case 'k': opt.hung = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'F': opt.hung_fuse = 1; break;
+		case 'm': opt.phase_ms = (unsigned)strtoul(optarg, NULL, 0); break;
 		default: usage();
 		}
 	}

@@ -19,6 +19,8 @@
  *   clients   many clients created and destroyed: threads, RSS, time
  *   multi     many clients at a small queue depth each, some with a hung
  *             device (bench-clients.c)
+ *   alt       N clients at QD Q against one client at QD N x Q, alternating
+ *             in short phases in one process (bench-clients.c)
  *
  * Files: dmio-bench.c (main), dmio-bench.h (what the parts share),
  * bench-util.c (options, die, clocks, RSS, buffers, progress),
@@ -53,6 +55,8 @@ int main(int argc, char **argv)
 		return mode_clients();
 	if (!strcmp(opt.mode, "multi"))
 		return mode_multi();
+	if (!strcmp(opt.mode, "alt"))
+		return mode_alt();
 	usage();
 	return 2;
 }

@@ -128,6 +128,7 @@ struct bench_opt {
 	unsigned timeout_ms, spread_ms, hedge_ms;
 	unsigned hung; /* multi: clients whose reads are held */
 	int hung_fuse; /* multi: ... by a really hung loop+FUSE device, not a fault rule */
+	unsigned phase_ms; /* alt: length of one phase */
 	const char *faults;
 	int wait_all, healthy, plain, zero_copy, pages;
 	int refuse_uring; /* --refuse-uring: io_uring_setup fails (seccomp), as in containers */
@@ -165,5 +166,6 @@ int mode_memory(void);   /* bench-memory.c */
 int mode_memcpy(void);   /* bench-memory.c */
 int mode_clients(void);  /* bench-clients.c */
 int mode_multi(void);    /* bench-clients.c */
+int mode_alt(void);      /* bench-clients.c */
 
 #endif
