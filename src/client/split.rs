@@ -147,10 +147,9 @@ impl Client {
             if req.all_final() {
                 return;
             }
-            if let Some(op) = self
-                .engine
-                .submit_one(op(OpKind::Read, 0, 0, first, Some(slot)))
-            {
+            let mut one = Some(op(OpKind::Read, 0, 0, first, Some(slot)));
+            self.engine.submit_one(&mut one);
+            if let Some(op) = one {
                 let mut batch = take_batch();
                 batch.push(op);
                 self.engine.submit(&mut batch);

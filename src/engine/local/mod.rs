@@ -376,23 +376,22 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     })
 }
 
-/// [`offer`] of one op: `None` when taken (an asynchronous op on the
-/// completion thread of `engine`), else the op back.
-pub(super) fn offer_one(engine: u64, op: IoOp) -> Option<IoOp> {
-    if op.sync {
-        return Some(op);
+/// [`offer`] of one op: takes it out of `op` when it is an asynchronous
+/// op on the completion thread of `engine`, else leaves it.
+pub(super) fn offer_one(engine: u64, op: &mut Option<IoOp>) {
+    if op.as_ref().is_none_or(|o| o.sync) {
+        return;
     }
     HERE.with(|l| {
         if l.owner.get() != engine {
-            return Some(op);
+            return;
         }
         l.offered.set(true);
-        // As `with_core`, without wrapping the op to get it back.
+        // As `with_core`.
         match l.ring.try_borrow_mut() {
             Ok(mut g) if g.is_some() => g.as_mut().expect("checked").admit_one(op),
-            _ => l.inbox.borrow_mut().ops.push(op),
+            _ => l.inbox.borrow_mut().ops.extend(op.take()),
         }
-        None
     })
 }
 

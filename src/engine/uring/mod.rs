@@ -156,11 +156,14 @@ impl Engine for UringEngine {
 
     /// One op with no vector: the caller's ring (SYNC), the completion
     /// thread's ring (asynchronous, on that thread), or the reactor.
-    fn submit_one(&self, op: IoOp) -> Option<IoOp> {
-        let op = if op.sync { caller::offer_one(op)? } else { op };
-        let op = super::local::offer_one(self.id, op)?;
-        self.send(Msg::One(op));
-        None
+    fn submit_one(&self, op: &mut Option<IoOp>) {
+        if op.as_ref().is_some_and(|o| o.sync) {
+            caller::offer_one(op);
+        }
+        super::local::offer_one(self.id, op);
+        if let Some(op) = op.take() {
+            self.send(Msg::One(op));
+        }
     }
 
     fn ring_id(&self) -> Option<u64> {
