@@ -46,7 +46,10 @@ fn keep_batch(batch: Vec<IoOp>) {
 }
 
 /// Operation `kind` on region `i` of `req`: `len` bytes at byte `off` of
-/// the region and of the caller's memory, with no buffer yet.
+/// the region and of the caller's memory, in private memory `slot` (or,
+/// `None`, with no buffer yet). Inlined, so the op is built where it goes.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn region_op(
     req: &Arc<Request>,
     i: usize,
@@ -55,6 +58,7 @@ pub(super) fn region_op(
     len: u64,
     flush: bool,
     fua: bool,
+    slot: Option<SlotRef>,
 ) -> IoOp {
     let spec = req.spec(i);
     let write = kind == OpKind::Write;
@@ -69,7 +73,7 @@ pub(super) fn region_op(
         sink: Arc::clone(req) as Arc<dyn crate::engine::OpSink>,
         region: i as u32,
         mem_off: off,
-        slot: None,
+        slot,
         direct: None,
         lib_chunk: None,
     }
@@ -123,9 +127,8 @@ impl Client {
         }
         let n = req.num_regions();
         let bytes = |i: usize| req.spec(i).count * 512;
-        let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
-            slot,
-            ..region_op(req, i, kind, off, len, flush, fua)
+        let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| {
+            region_op(req, i, kind, off, len, flush, fua, slot)
         };
         // The usual read: one region in one slot, one op, no vector.
         let first = bytes(0);
@@ -147,7 +150,16 @@ impl Client {
             if req.all_final() {
                 return;
             }
-            let mut one = Some(op(OpKind::Read, 0, 0, first, Some(slot)));
+            let mut one = Some(region_op(
+                req,
+                0,
+                OpKind::Read,
+                0,
+                first,
+                flush,
+                fua,
+                Some(slot),
+            ));
             self.engine.submit_one(&mut one);
             if let Some(op) = one {
                 let mut batch = take_batch();
@@ -215,7 +227,7 @@ impl Client {
         for i in 0..req.num_regions() {
             let bytes = req.spec(i).count * 512;
             if bytes == 0 {
-                batch.push(region_op(req, i, OpKind::Flush, 0, 0, flush, fua));
+                batch.push(region_op(req, i, OpKind::Flush, 0, 0, flush, fua, None));
             }
             for (off, len) in pieces(bytes, piece) {
                 let direct = req.direct_addr(off, len);
@@ -225,7 +237,7 @@ impl Client {
                         .mode
                         .lib_pages
                         .then(|| lib_pages::chunk_index(direct.addr())),
-                    ..region_op(req, i, kind, off, len, flush, fua)
+                    ..region_op(req, i, kind, off, len, flush, fua, None)
                 });
             }
         }
