@@ -230,7 +230,10 @@ impl Request {
     /// place: only the fields that change are written (its owner, client
     /// and condition variable stay), with no atomic operation; `owner` is
     /// called only for a new request.
+    // Inlined into its one caller (`Client::submit`): out of line, its
+    // arguments (the decoded `dm_io`) go through memory once more.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub fn renew(
         spare: Option<Arc<Request>>,
         client_id: u64,
@@ -262,6 +265,7 @@ impl Request {
 
     /// Makes a finished request, referenced by nothing else, what
     /// [`Request::build`] would build for the same client.
+    #[inline(always)]
     fn reset(
         &mut self,
         mode: Mode,
