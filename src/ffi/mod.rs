@@ -268,7 +268,8 @@ pub unsafe extern "C" fn dm_io(
                 ctrl.flags & !FLAGS_KNOWN
             ));
         }
-        let spec = |i: usize, r: &dm_io_region| -> Result<(RegionSpec, u64)> {
+        #[inline(always)]
+        fn spec(i: usize, r: &dm_io_region) -> Result<(RegionSpec, u64)> {
             let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
             let bytes = r
                 .count
@@ -280,7 +281,7 @@ pub unsafe extern "C" fn dm_io(
                 count: r.count,
             };
             Ok((spec, bytes))
-        };
+        }
         // One region (most requests): built in place, no loop.
         let (specs, need) = if let [r] = regs {
             let (s, bytes) = spec(0, r)?;
