@@ -60,7 +60,23 @@ pub(super) fn region_op(
     fua: bool,
     slot: Option<SlotRef>,
 ) -> IoOp {
-    let spec = req.spec(i);
+    spec_op(req, req.spec(i), i, kind, off, len, flush, fua, slot)
+}
+
+/// [`region_op`] with region `i`'s spec at hand.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn spec_op(
+    req: &Arc<Request>,
+    spec: &crate::request::RegionSpec,
+    i: usize,
+    kind: OpKind,
+    off: u64,
+    len: u64,
+    flush: bool,
+    fua: bool,
+    slot: Option<SlotRef>,
+) -> IoOp {
     let write = kind == OpKind::Write;
     IoOp {
         kind,
@@ -125,50 +141,18 @@ impl Client {
         if req.mode.zero_copy || req.mode.lib_pages {
             return self.start_zero_copy(req, flush, fua);
         }
+        // The usual read: one region in one slot, one op, no vector.
+        if let [spec] = req.specs() {
+            let first = spec.count * 512;
+            if !req.mode.write && first > 0 && first <= slot_size {
+                return self.start_one_read(req, spec, first, flush, fua);
+            }
+        }
         let n = req.num_regions();
         let bytes = |i: usize| req.spec(i).count * 512;
         let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| {
             region_op(req, i, kind, off, len, flush, fua, slot)
         };
-        // The usual read: one region in one slot, one op, no vector.
-        let first = bytes(0);
-        if n == 1 && !req.mode.write && first > 0 && first <= slot_size {
-            // No vector unless it must wait (an empty one still costs its drop).
-            let got = match self.pool.try_acquire() {
-                Some(s) => Ok(Some(s)),
-                None => self.wait_for_slot(req, &mut Vec::new()),
-            };
-            let slot = match got {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(_) => {
-                    req.cancel_where(CancelReason::Shutdown, |_| true);
-                    return;
-                }
-            };
-            // Is the region still live (a wait for memory may have seen it end)?
-            if req.all_final() {
-                return;
-            }
-            let mut one = Some(region_op(
-                req,
-                0,
-                OpKind::Read,
-                0,
-                first,
-                flush,
-                fua,
-                Some(slot),
-            ));
-            self.engine.submit_one(&mut one);
-            if let Some(op) = one {
-                let mut batch = take_batch();
-                batch.push(op);
-                self.engine.submit(&mut batch);
-                keep_batch(batch);
-            }
-            return;
-        }
         let mut batch = take_batch();
         for i in 0..n {
             if bytes(i) == 0 {
@@ -210,6 +194,54 @@ impl Client {
         keep_batch(batch);
         if aborted {
             req.cancel_where(CancelReason::Shutdown, |_| true);
+        }
+    }
+
+    /// [`Client::start`] of the usual read: one region (`spec`) of `len`
+    /// bytes in one slot, one op, no vector.
+    #[inline(always)]
+    fn start_one_read(
+        &self,
+        req: &Arc<Request>,
+        spec: &crate::request::RegionSpec,
+        len: u64,
+        flush: bool,
+        fua: bool,
+    ) {
+        // No vector unless it must wait (an empty one still costs its drop).
+        let got = match self.pool.try_acquire() {
+            Some(s) => Ok(Some(s)),
+            None => self.wait_for_slot(req, &mut Vec::new()),
+        };
+        let slot = match got {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(_) => {
+                req.cancel_where(CancelReason::Shutdown, |_| true);
+                return;
+            }
+        };
+        // Is the region still live (a wait for memory may have seen it end)?
+        if req.all_final() {
+            return;
+        }
+        let mut one = Some(spec_op(
+            req,
+            spec,
+            0,
+            OpKind::Read,
+            0,
+            len,
+            flush,
+            fua,
+            Some(slot),
+        ));
+        self.engine.submit_one(&mut one);
+        if let Some(op) = one {
+            let mut batch = take_batch();
+            batch.push(op);
+            self.engine.submit(&mut batch);
+            keep_batch(batch);
         }
     }
 

@@ -274,16 +274,22 @@ impl Request {
         mem: CallerMemory,
         notify: Option<Notify>,
     ) {
-        let n = specs.len();
         let g = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        match (&specs, &mut g.regions) {
+        let n = match (&specs, &mut g.regions) {
             // One region (most requests): rewritten in place.
-            (Small::One(spec), Small::One(r)) => *r = Region::new(ops(spec)),
-            (Small::One(spec), regions) => *regions = Small::One(Region::new(ops(spec))),
-            (Small::Many(v), regions) => {
-                *regions = v.iter().map(|spec| Region::new(ops(spec))).collect()
+            (Small::One(spec), Small::One(r)) => {
+                *r = Region::new(ops(spec));
+                1
             }
-        }
+            (Small::One(spec), regions) => {
+                *regions = Small::One(Region::new(ops(spec)));
+                1
+            }
+            (Small::Many(v), regions) => {
+                *regions = v.iter().map(|spec| Region::new(ops(spec))).collect();
+                v.len()
+            }
+        };
         g.live = n;
         if !g.queue.is_empty() {
             g.queue.clear();
@@ -389,6 +395,11 @@ impl Request {
     /// Region `i` as submitted.
     pub fn spec(&self, i: usize) -> &RegionSpec {
         &self.specs[i]
+    }
+
+    /// The regions as submitted.
+    pub fn specs(&self) -> &[RegionSpec] {
+        &self.specs
     }
 
     /// Number of regions not yet final.
