@@ -35,7 +35,7 @@ use crate::memory::pool::SlotRef;
 use crate::small::Small;
 use hedge::Standby;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -206,6 +206,19 @@ pub struct Request {
     /// Library pages: the pages were detached by a cancel (set before
     /// they are), so no op of this request may start in them any more.
     detached: AtomicBool,
+    /// The handle-table slot of this request's previous use, kept for its
+    /// next one (index + 1; 0: none): [`crate::handle::release_lib`] puts
+    /// it here, [`crate::handle::register`] takes it, a drop frees it.
+    handle_slot: AtomicU32,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let kept = *self.handle_slot.get_mut();
+        if kept != 0 {
+            crate::handle::free_slot(kept);
+        }
+    }
 }
 
 impl Request {
@@ -367,6 +380,7 @@ impl Request {
             live_now: AtomicUsize::new(n),
             undelivered: AtomicUsize::new(n),
             detached: AtomicBool::new(false),
+            handle_slot: AtomicU32::new(0),
         }
     }
 
@@ -386,6 +400,20 @@ impl Request {
 
     pub fn set_handle(&self, h: usize) {
         self.handle.store(h, Ordering::Release);
+    }
+
+    /// Takes the handle-table slot kept from the previous use (0: none).
+    pub fn take_handle_slot(&self) -> u32 {
+        self.handle_slot.swap(0, Ordering::AcqRel)
+    }
+
+    /// Keeps handle-table slot `kept` (index + 1) for the next use; one
+    /// kept before (never expected) is freed.
+    pub fn keep_handle_slot(&self, kept: u32) {
+        let old = self.handle_slot.swap(kept, Ordering::AcqRel);
+        if old != 0 {
+            crate::handle::free_slot(old);
+        }
     }
 
     pub fn num_regions(&self) -> usize {
