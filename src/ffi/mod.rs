@@ -45,12 +45,14 @@ use types::*;
 static CLIENTS: Registry<Arc<Client>> = Registry::new();
 static DEVICES: Registry<Arc<Device>> = Registry::new();
 
+#[inline(always)]
 fn client_of(p: *mut dm_io_client) -> Result<Arc<Client>> {
     CLIENTS
         .get(p as usize)
         .ok_or_else(|| crate::einval!("not a live dm_io_client"))
 }
 
+#[inline(always)]
 fn device_of(p: *const block_device) -> Result<Arc<Device>> {
     DEVICES
         .get(p as usize)
