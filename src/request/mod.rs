@@ -440,6 +440,7 @@ impl Request {
         self.lock().regions[i].fin
     }
 
+    #[inline]
     fn emit(self: &Arc<Self>, g: &mut Inner, index: u32, state: State, error: i32) {
         let late = matches!(state, State::Ok | State::Error) && g.regions[index as usize].timed_out;
         self.owner.observe(state, late);
@@ -472,6 +473,7 @@ impl Request {
         }
     }
 
+    #[inline]
     fn finalize(self: &Arc<Self>, g: &mut Inner, i: usize, state: State, error: i32) {
         debug_assert!(g.regions[i].fin.is_none());
         // A hedged region that never started: its private memory goes now.
