@@ -16,6 +16,7 @@
 
 use crate::engine::{CompletionRing, Engine, Wake};
 use crate::request::Event;
+use crate::thread_mark::Mark;
 use crossbeam_channel::{Receiver, Sender};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -98,6 +99,9 @@ pub struct CompletionThread {
     tx: Sender<Msg>,
     /// Names this thread in [`HERE`] (`Here::key`).
     key: u64,
+    /// The thread's [`HERE`], found by the thread itself without a
+    /// thread-local look-up ([`CompletionThread::push`]).
+    here: Arc<Mark<Here>>,
     join: Mutex<Option<JoinHandle<()>>>,
     /// Wakes the thread from its ring (`None`: the thread died at start).
     waker: Option<Arc<dyn Wake>>,
@@ -112,10 +116,28 @@ impl CompletionThread {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        let here = Arc::new(Mark::new());
+        let mark = Arc::clone(&here);
         let h = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                HERE.with(|h| h.key.set(key));
+                /// Clears the mark when the thread's work ends (also by a
+                /// panic), before its thread-locals go.
+                struct Unmark(Arc<Mark<Here>>);
+                impl Drop for Unmark {
+                    fn drop(&mut self) {
+                        self.0.clear();
+                    }
+                }
+                HERE.with(|h| {
+                    h.key.set(key);
+                    // SAFETY: this thread's own `HERE`, which lives until
+                    // the thread's thread-locals are destroyed, after
+                    // `Unmark` (declared below, dropped when this closure
+                    // ends) has cleared the mark.
+                    unsafe { mark.set(h) };
+                });
+                let _unmark = Unmark(mark);
                 let ring = Rc::new(engine.completion_ring());
                 drop(engine);
                 let _ = ready_tx.send(ring.waker());
@@ -130,6 +152,7 @@ impl CompletionThread {
         Ok(CompletionThread {
             tx,
             key,
+            here,
             join: Mutex::new(Some(h)),
             waker,
             delivered: done_rx,
@@ -148,9 +171,10 @@ impl CompletionThread {
     /// events are emitted under its request's lock, so "emitted before"
     /// is well defined across threads.)
     pub fn push(&self, ev: Event) {
-        // One thread-local look-up: is this the thread, and its queue.
-        let kept = HERE.with(|h| {
-            if h.key.get() != self.key || !self.tx.is_empty() {
+        // Is this the thread, and its queue: no thread-local look-up where
+        // the thread is found by its identity ([`Mark`]).
+        let local = |h: &Here, ev: Event| {
+            if !self.tx.is_empty() {
                 return Some(ev);
             }
             match h.local.try_borrow_mut() {
@@ -160,7 +184,17 @@ impl CompletionThread {
                 }
                 Err(_) => Some(ev),
             }
-        });
+        };
+        let kept = match self.here.here() {
+            Some(h) => local(h, ev),
+            None if crate::thread_mark::AVAILABLE => Some(ev),
+            None => HERE.with(|h| {
+                if h.key.get() != self.key {
+                    return Some(ev);
+                }
+                local(h, ev)
+            }),
+        };
         let Some(ev) = kept else { return };
         // After `stop` no request of the client can produce events (all are
         // final), so a failed send drops nothing that is owed.

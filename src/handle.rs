@@ -23,12 +23,25 @@ static HANDLES: Registry<Entry> = Registry::new();
 const LIB: u64 = 1;
 const USER: u64 = 2;
 
-/// Registers a new request with the library's reference and `user_refs`.
+/// Registers a new request with the library's reference and `user_refs`,
+/// in the table slot its previous use left it, if any ([`release_lib`]).
 pub fn register(req: Arc<Request>, user_refs: u32) -> usize {
-    HANDLES.insert(Entry {
+    let kept = req.take_handle_slot();
+    let e = Entry {
         req,
         refs: AtomicU64::new((user_refs as u64 * USER) | LIB),
-    })
+    };
+    // SAFETY: a slot a request holds came from `release_lib`'s
+    // `release_held_keep` and was taken out of the request just now
+    // (`take_handle_slot` swaps it out): used once.
+    unsafe { HANDLES.insert_kept(kept, e) }
+}
+
+/// Frees a table slot a request held from its previous use and will not
+/// use again (the request goes, see [`Request::take_handle_slot`]).
+pub fn free_slot(kept: u32) {
+    // SAFETY: as in `register`: the request gave it up, so it is freed once.
+    unsafe { HANDLES.free_kept(kept) }
 }
 
 /// The request behind a live handle.
@@ -85,14 +98,19 @@ pub fn put(token: usize) -> Option<bool> {
 /// is read without a reader reference: one atomic update, and the remove
 /// when that was the last reference. Returns the entry's request when the
 /// entry went (the caller held no reference), so that the caller may keep
-/// it without another reference count update.
+/// it without another reference count update; the entry's table slot then
+/// stays with the request, for its next use ([`register`]) or its drop
+/// ([`free_slot`]), instead of going back to the table's free stack.
 pub fn release_lib(token: usize) -> Option<Arc<Request>> {
     // SAFETY: the entry is removed only by whoever takes its reference word
     // to 0 (`put`, this function) or by `discard` before the token left
     // the library; the library's reference, dropped only here, keeps it
     // above 0 until the `fetch_and` below.
-    unsafe { HANDLES.release_held(token, |e| e.refs.fetch_and(!LIB, Ordering::AcqRel) == LIB) }
-        .map(|e| e.req)
+    let (e, kept) = unsafe {
+        HANDLES.release_held_keep(token, |e| e.refs.fetch_and(!LIB, Ordering::AcqRel) == LIB)
+    }?;
+    e.req.keep_handle_slot(kept);
+    Some(e.req)
 }
 
 /// Drops a handle that never reached the caller (submission refused).

@@ -22,7 +22,11 @@
 //!   generation change in one compare-and-swap.
 //! - [`Registry::release_held`] reads a value with no atomic write (and
 //!   removes it if asked), for a caller whose own reference keeps the
-//!   object from being removed.
+//!   object from being removed. [`Registry::release_held_keep`] does the
+//!   same but keeps the freed slot (next generation, not live) for its
+//!   caller's next [`Registry::insert_kept`] instead of pushing it on the
+//!   free stack, so that an object removed and inserted again per use (a
+//!   request's handle) skips the free stack's pop and push.
 //! - An insert pops a free slot (or takes a fresh index), writes the value
 //!   and only then publishes the live bit with the slot's generation.
 //!
@@ -198,8 +202,47 @@ impl<T> Registry<T> {
                 self.slot(idx as usize).expect("a slot just made exists"),
             )
         });
-        // SAFETY: the slot is ours alone: popped from the free stack or a
-        // fresh index, and not live, so no lookup reads its value.
+        Self::fill(idx, slot, val)
+    }
+
+    /// [`Registry::insert`] into the slot `kept` names, when it names one
+    /// (else a slot as `insert` finds one): a slot that
+    /// [`Registry::release_held_keep`] took out of the table without putting
+    /// it back on the free stack, so that the next insert of its holder
+    /// needs neither the pop nor the push.
+    ///
+    /// # Safety
+    /// `kept` is 0 or came from `release_held_keep` of this registry and has
+    /// been neither inserted into nor freed ([`Registry::free_kept`]) since.
+    pub unsafe fn insert_kept(&self, kept: u32, val: T) -> usize {
+        match kept
+            .checked_sub(1)
+            .and_then(|i| Some((i, self.slot(i as usize)?)))
+        {
+            Some((idx, slot)) => Self::fill(idx, slot, val),
+            None => self.insert(val),
+        }
+    }
+
+    /// Puts a slot kept by [`Registry::release_held_keep`] back on the free
+    /// stack.
+    ///
+    /// # Safety
+    /// As for [`Registry::insert_kept`]; `kept` is not used again.
+    pub unsafe fn free_kept(&self, kept: u32) {
+        if let Some(idx) = kept.checked_sub(1) {
+            if let Some(slot) = self.slot(idx as usize) {
+                self.push_free(idx, slot);
+            }
+        }
+    }
+
+    /// Writes `val` into slot `idx`, which the caller has to itself (free,
+    /// not on the free stack, not live), and makes it live.
+    fn fill(idx: u32, slot: &Slot<T>, val: T) -> usize {
+        // SAFETY: the slot is ours alone: popped from the free stack, a
+        // fresh index, or kept by its last remover for this insert, and not
+        // live, so no lookup reads its value.
         unsafe { (*slot.val.get()).write(val) };
         let gen = slot.state.load(Ordering::Relaxed) >> 32;
         slot.state.store((gen << 32) | LIVE, Ordering::Release);
@@ -273,6 +316,33 @@ impl<T> Registry<T> {
         None
     }
 
+    /// [`Registry::release_held`], except that the slot of a removed object
+    /// does not go back on the free stack: it comes back with the object
+    /// (its index plus one), for one later [`Registry::insert_kept`] (or
+    /// [`Registry::free_kept`]).
+    ///
+    /// # Safety
+    /// As for `release_held`.
+    pub unsafe fn release_held_keep(
+        &self,
+        token: usize,
+        f: impl FnOnce(&T) -> bool,
+    ) -> Option<(T, u32)> {
+        let (idx, gen) = unpack(token)?;
+        let slot = self.slot(idx)?;
+        let s = slot.state.load(Ordering::Acquire);
+        if (s >> 32) as u32 != gen || s & LIVE == 0 {
+            return None;
+        }
+        // SAFETY: as in `release_held`.
+        if f(unsafe { (*slot.val.get()).assume_init_ref() }) {
+            return self
+                .remove_slot_then(idx, gen, slot, false)
+                .map(|v| (v, idx as u32 + 1));
+        }
+        None
+    }
+
     /// Removes and returns the object named by `token`. Waits only for
     /// lookups of that object already running (each a few instructions).
     pub fn remove(&self, token: usize) -> Option<T> {
@@ -283,6 +353,13 @@ impl<T> Registry<T> {
 
     /// [`Registry::remove`] of slot `idx` (`slot`), generation `gen`.
     fn remove_slot(&self, idx: usize, gen: u32, slot: &Slot<T>) -> Option<T> {
+        self.remove_slot_then(idx, gen, slot, true)
+    }
+
+    /// [`Registry::remove_slot`]; the freed slot goes on the free stack
+    /// when `free`, else it stays with the caller (for `insert_kept`).
+    #[inline(always)]
+    fn remove_slot_then(&self, idx: usize, gen: u32, slot: &Slot<T>, free: bool) -> Option<T> {
         let mut s = slot.state.load(Ordering::Acquire);
         loop {
             if (s >> 32) as u32 != gen || s & LIVE == 0 {
@@ -302,7 +379,9 @@ impl<T> Registry<T> {
                         // no reader inside (Acquire pairs with the readers'
                         // Release): the value is ours to move out, once.
                         let v = unsafe { (*slot.val.get()).assume_init_read() };
-                        self.push_free(idx as u32, slot);
+                        if free {
+                            self.push_free(idx as u32, slot);
+                        }
                         return Some(v);
                     }
                     Err(x) => {
@@ -335,7 +414,9 @@ impl<T> Registry<T> {
         // ours to move out, once.
         let v = unsafe { (*slot.val.get()).assume_init_read() };
         slot.state.store(next_gen(s), Ordering::Release);
-        self.push_free(idx as u32, slot);
+        if free {
+            self.push_free(idx as u32, slot);
+        }
         Some(v)
     }
 
@@ -412,6 +493,52 @@ mod tests {
         let mut seen = Vec::new();
         r.for_each(|v| seen.push(*v));
         assert_eq!(seen, [2]);
+    }
+
+    #[test]
+    fn kept_slots_are_reused_with_a_new_generation() {
+        let r = Registry::new();
+        let a = r.insert(1u32);
+        // SAFETY: nothing else removes `a`.
+        assert!(unsafe { r.release_held_keep(a, |_| false) }.is_none());
+        assert_eq!(r.get(a), Some(1), "not removed when f says no");
+        // SAFETY: as above.
+        let (v, kept) = unsafe { r.release_held_keep(a, |_| true) }.expect("removed");
+        assert_eq!(v, 1);
+        assert_eq!(r.get(a), None, "a removed value is gone");
+        let other = r.insert(2u32);
+        assert_ne!(
+            unpack(other).map(|t| t.0),
+            unpack(a).map(|t| t.0),
+            "kept off the free stack"
+        );
+        // SAFETY: `kept` came from `release_held_keep` and is used once.
+        let b = unsafe { r.insert_kept(kept, 3) };
+        assert_eq!(
+            unpack(b).map(|t| t.0),
+            unpack(a).map(|t| t.0),
+            "the same slot"
+        );
+        assert_ne!(a, b, "a new generation");
+        assert_eq!(r.get(a), None);
+        assert_eq!(r.get(b), Some(3));
+        // SAFETY: as above.
+        let (_, kept) = unsafe { r.release_held_keep(b, |_| true) }.expect("removed");
+        // SAFETY: `kept` is freed once and not used again.
+        unsafe { r.free_kept(kept) };
+        let c = r.insert(4u32);
+        assert_eq!(
+            unpack(c).map(|t| t.0),
+            unpack(a).map(|t| t.0),
+            "freed: reused"
+        );
+        assert_eq!(r.get(b), None);
+        // SAFETY: 0 names no slot.
+        let d = unsafe { r.insert_kept(0, 5) };
+        assert_eq!(r.get(d), Some(5));
+        let mut n = 0;
+        r.for_each(|_| n += 1);
+        assert_eq!(n, 3);
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub fn geometry(devices: u32, min_ios: u32, max_size: u32) -> Result<(u32, usize
 
 impl Client {
     pub(super) fn check(&self, s: &Submit) -> Result<()> {
-        let n = s.regions.len();
+        // The regions' slice once (each look through `Small` is a branch).
+        let regions: &[crate::request::RegionSpec] = &s.regions;
+        let n = regions.len();
         if n == 0 {
             return Err(crate::einval!("num_regions is 0"));
         }
@@ -62,8 +64,8 @@ impl Client {
             return Err(crate::einval!("DM_IO_READ_ANY applies to reads only"));
         }
         if s.mode.read_any {
-            let c0 = s.regions[0].count;
-            if s.regions.iter().any(|r| r.count != c0) {
+            let c0 = regions[0].count;
+            if regions.iter().any(|r| r.count != c0) {
                 return Err(crate::einval!(
                     "DM_IO_READ_ANY regions must all have the same count"
                 ));
@@ -98,7 +100,7 @@ impl Client {
             ));
         }
         let mut need = 0u64;
-        for (i, r) in s.regions.iter().enumerate() {
+        for (i, r) in regions.iter().enumerate() {
             if s.mode.write && r.dev.read_only() {
                 return Err(Error::new(
                     libc::EBADF,
@@ -196,11 +198,13 @@ impl Client {
     /// cancel detaches the pages instead of waiting ([`Mode::lib_pages`], [`lib_pages`]).
     pub(super) fn in_library_pages(&self, s: &Submit) -> bool {
         // Cheap looks first: most reads are not into library pages.
+        let [r] = &*s.regions else {
+            return false;
+        };
         if s.mode.write
             || s.mode.read_any
             || s.mode.zero_copy
-            || s.regions.len() != 1
-            || s.regions[0].dev.remote().is_some()
+            || r.dev.remote().is_some()
             || !lib_pages::starts_in_arena(&s.mem)
             || self.engine.kind() != EngineKind::Uring
         {
@@ -208,7 +212,7 @@ impl Client {
         }
         lib_pages::eligible(
             &s.mem,
-            s.regions[0].count * 512,
+            r.count * 512,
             self.pool.slot_size() as u64,
             self.detached.load(Ordering::Relaxed),
             self.pool.bound(),

@@ -556,10 +556,16 @@ impl RequestOwner for Client {
             .into_iter()
             .map(|(i, slot)| {
                 let bytes = req.spec(i as usize).count * 512;
-                IoOp {
-                    slot: Some(slot),
-                    ..region_op(req, i as usize, OpKind::Read, 0, bytes, false, false)
-                }
+                region_op(
+                    req,
+                    i as usize,
+                    OpKind::Read,
+                    0,
+                    bytes,
+                    false,
+                    false,
+                    Some(slot),
+                )
             })
             .collect();
         self.engine.submit(&mut ops);

@@ -46,7 +46,10 @@ fn keep_batch(batch: Vec<IoOp>) {
 }
 
 /// Operation `kind` on region `i` of `req`: `len` bytes at byte `off` of
-/// the region and of the caller's memory, with no buffer yet.
+/// the region and of the caller's memory, in private memory `slot` (or,
+/// `None`, with no buffer yet). Inlined, so the op is built where it goes.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn region_op(
     req: &Arc<Request>,
     i: usize,
@@ -55,8 +58,25 @@ pub(super) fn region_op(
     len: u64,
     flush: bool,
     fua: bool,
+    slot: Option<SlotRef>,
 ) -> IoOp {
-    let spec = req.spec(i);
+    spec_op(req, req.spec(i), i, kind, off, len, flush, fua, slot)
+}
+
+/// [`region_op`] with region `i`'s spec at hand.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn spec_op(
+    req: &Arc<Request>,
+    spec: &crate::request::RegionSpec,
+    i: usize,
+    kind: OpKind,
+    off: u64,
+    len: u64,
+    flush: bool,
+    fua: bool,
+    slot: Option<SlotRef>,
+) -> IoOp {
     let write = kind == OpKind::Write;
     IoOp {
         kind,
@@ -69,7 +89,7 @@ pub(super) fn region_op(
         sink: Arc::clone(req) as Arc<dyn crate::engine::OpSink>,
         region: i as u32,
         mem_off: off,
-        slot: None,
+        slot,
         direct: None,
         lib_chunk: None,
     }
@@ -121,43 +141,18 @@ impl Client {
         if req.mode.zero_copy || req.mode.lib_pages {
             return self.start_zero_copy(req, flush, fua);
         }
+        // The usual read: one region in one slot, one op, no vector.
+        if let [spec] = req.specs() {
+            let first = spec.count * 512;
+            if !req.mode.write && first > 0 && first <= slot_size {
+                return self.start_one_read(req, spec, first, flush, fua);
+            }
+        }
         let n = req.num_regions();
         let bytes = |i: usize| req.spec(i).count * 512;
-        let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| IoOp {
-            slot,
-            ..region_op(req, i, kind, off, len, flush, fua)
+        let op = |kind, i: usize, off: u64, len: u64, slot: Option<SlotRef>| {
+            region_op(req, i, kind, off, len, flush, fua, slot)
         };
-        // The usual read: one region in one slot, one op, no vector.
-        let first = bytes(0);
-        if n == 1 && !req.mode.write && first > 0 && first <= slot_size {
-            // No vector unless it must wait (an empty one still costs its drop).
-            let got = match self.pool.try_acquire() {
-                Some(s) => Ok(Some(s)),
-                None => self.wait_for_slot(req, &mut Vec::new()),
-            };
-            let slot = match got {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(_) => {
-                    req.cancel_where(CancelReason::Shutdown, |_| true);
-                    return;
-                }
-            };
-            // Is the region still live (a wait for memory may have seen it end)?
-            if req.all_final() {
-                return;
-            }
-            if let Some(op) = self
-                .engine
-                .submit_one(op(OpKind::Read, 0, 0, first, Some(slot)))
-            {
-                let mut batch = take_batch();
-                batch.push(op);
-                self.engine.submit(&mut batch);
-                keep_batch(batch);
-            }
-            return;
-        }
         let mut batch = take_batch();
         for i in 0..n {
             if bytes(i) == 0 {
@@ -202,6 +197,54 @@ impl Client {
         }
     }
 
+    /// [`Client::start`] of the usual read: one region (`spec`) of `len`
+    /// bytes in one slot, one op, no vector.
+    #[inline(always)]
+    fn start_one_read(
+        &self,
+        req: &Arc<Request>,
+        spec: &crate::request::RegionSpec,
+        len: u64,
+        flush: bool,
+        fua: bool,
+    ) {
+        // No vector unless it must wait (an empty one still costs its drop).
+        let got = match self.pool.try_acquire() {
+            Some(s) => Ok(Some(s)),
+            None => self.wait_for_slot(req, &mut Vec::new()),
+        };
+        let slot = match got {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(_) => {
+                req.cancel_where(CancelReason::Shutdown, |_| true);
+                return;
+            }
+        };
+        // Is the region still live (a wait for memory may have seen it end)?
+        if req.all_final() {
+            return;
+        }
+        let mut one = Some(spec_op(
+            req,
+            spec,
+            0,
+            OpKind::Read,
+            0,
+            len,
+            flush,
+            fua,
+            Some(slot),
+        ));
+        self.engine.submit_one(&mut one);
+        if let Some(op) = one {
+            let mut batch = take_batch();
+            batch.push(op);
+            self.engine.submit(&mut batch);
+            keep_batch(batch);
+        }
+    }
+
     /// Zero-copy and library pages: every op names the caller's memory
     /// directly (checked at submission); no private memory, so nothing
     /// waits and every op the request counted is started.
@@ -216,7 +259,7 @@ impl Client {
         for i in 0..req.num_regions() {
             let bytes = req.spec(i).count * 512;
             if bytes == 0 {
-                batch.push(region_op(req, i, OpKind::Flush, 0, 0, flush, fua));
+                batch.push(region_op(req, i, OpKind::Flush, 0, 0, flush, fua, None));
             }
             for (off, len) in pieces(bytes, piece) {
                 let direct = req.direct_addr(off, len);
@@ -226,7 +269,7 @@ impl Client {
                         .mode
                         .lib_pages
                         .then(|| lib_pages::chunk_index(direct.addr())),
-                    ..region_op(req, i, kind, off, len, flush, fua)
+                    ..region_op(req, i, kind, off, len, flush, fua, None)
                 });
             }
         }

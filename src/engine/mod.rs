@@ -290,11 +290,11 @@ pub trait Engine: Send + Sync {
     /// Takes every op out of `ops` (which the caller may reuse).
     fn submit(&self, ops: &mut Vec<IoOp>);
     /// Starts one op (the usual read: one region in one slot) when the
-    /// engine has a path for it that needs no vector: `None` then;
-    /// otherwise the op comes back, for [`Engine::submit`].
-    fn submit_one(&self, op: IoOp) -> Option<IoOp> {
-        Some(op)
-    }
+    /// engine has a path for it that needs no vector: takes it out of `op`
+    /// then; otherwise leaves it there, for [`Engine::submit`]. The op is
+    /// lent by reference so that it moves once, into wherever it waits for
+    /// its completion, and not at each step on the way.
+    fn submit_one(&self, _op: &mut Option<IoOp>) {}
     /// Calls [`Timer::on_timer`] at `at` if the timer's request is still
     /// alive (its deadline, or the next region of a hedged read); `sync`:
     /// the request is `DM_IO_SYNC`.

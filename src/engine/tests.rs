@@ -79,7 +79,9 @@ fn a_timer_takes_one_of_three_routes() {
 
 #[test]
 fn on_the_completion_thread_a_timer_goes_straight_into_its_ring() {
-    let Some((ring, _remote)) = local::install(ID, 64, &[]) else {
+    let Some((ring, _remote)) =
+        local::install(ID, 64, &[], &Arc::new(crate::thread_mark::Mark::new()))
+    else {
         eprintln!("skipped: io_uring refused here");
         return;
     };

@@ -13,6 +13,9 @@ use crate::small::Small;
 /// The pointers in `mem` must be what the C caller lent for this request:
 /// a readable bio_vec array / page list, and for `DM_IO_VM` at least
 /// `offset + need` bytes at `vma`.
+// Inlined into `dm_io` for `DM_IO_VM` (a few checks); page lists and
+// bio_vec arrays are walked out of line, in `resolve_pages`.
+#[inline(always)]
 pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
     if need == 0 {
         return Ok(CallerMemory::default());
@@ -34,6 +37,22 @@ pub unsafe fn resolve(mem: &dm_io_memory, need: u64) -> Result<CallerMemory> {
             .ok_or_else(|| crate::einval!("memory.ptr.vma + offset is NULL"))?;
         return Ok(CallerMemory::contiguous(Segment { addr, len: need }));
     }
+    // SAFETY: the caller's promise, passed on.
+    unsafe { resolve_pages(mem, need, offset, t) }
+}
+
+/// [`resolve`] of a page list or a bio_vec array (`t`), `need` bytes
+/// (not 0) after `offset`.
+///
+/// # Safety
+/// As for [`resolve`].
+#[inline(never)]
+unsafe fn resolve_pages(
+    mem: &dm_io_memory,
+    need: usize,
+    offset: usize,
+    t: i32,
+) -> Result<CallerMemory> {
     let live = LivePages::lock();
     let mut w = Walk {
         skip: offset,

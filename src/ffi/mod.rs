@@ -45,12 +45,14 @@ use types::*;
 static CLIENTS: Registry<Arc<Client>> = Registry::new();
 static DEVICES: Registry<Arc<Device>> = Registry::new();
 
+#[inline(always)]
 fn client_of(p: *mut dm_io_client) -> Result<Arc<Client>> {
     CLIENTS
         .get(p as usize)
         .ok_or_else(|| crate::einval!("not a live dm_io_client"))
 }
 
+#[inline(always)]
 fn device_of(p: *const block_device) -> Result<Arc<Device>> {
     DEVICES
         .get(p as usize)
@@ -269,21 +271,34 @@ pub unsafe extern "C" fn dm_io(
                 ctrl.flags & !FLAGS_KNOWN
             ));
         }
-        let mut need = 0u64;
-        let mut specs = Small::default();
-        for (i, r) in regs.iter().enumerate() {
+        #[inline(always)]
+        fn spec(i: usize, r: &dm_io_region) -> Result<(RegionSpec, u64)> {
             let dev = device_of(r.bdev).map_err(|e| crate::einval!("region {i}: {}", e.msg))?;
             let bytes = r
                 .count
                 .checked_mul(512)
                 .ok_or_else(|| crate::einval!("region {i}: count overflows"))?;
-            need = need.max(bytes);
-            specs.push(RegionSpec {
+            let spec = RegionSpec {
                 dev,
                 sector: r.sector,
                 count: r.count,
-            });
+            };
+            Ok((spec, bytes))
         }
+        // One region (most requests): built in place, no loop.
+        let (specs, need) = if let [r] = regs {
+            let (s, bytes) = spec(0, r)?;
+            (Small::One(s), bytes)
+        } else {
+            let mut need = 0u64;
+            let mut specs = Vec::with_capacity(regs.len());
+            for (i, r) in regs.iter().enumerate() {
+                let (s, bytes) = spec(i, r)?;
+                need = need.max(bytes);
+                specs.push(s);
+            }
+            (Small::Many(specs), need)
+        };
         // SAFETY: the memory descriptor is the caller's, lent for this request.
         let mem = unsafe { memory::resolve(&ctrl.memory, need) }?;
         let notify = ctrl.notify.map(|f| {

@@ -155,6 +155,21 @@ impl CallerMemory {
     /// The caller's memory must still be valid (the request's region that
     /// needs it is not final).
     pub unsafe fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        // One segment (most requests): no walk.
+        if let Small::One(s) = &self.segs {
+            if off.checked_add(dst.len()).is_some_and(|e| e <= s.len) {
+                // SAFETY: as below, for the one segment, which holds
+                // `off..off + dst.len()`.
+                unsafe {
+                    super::copy::copy(
+                        dst.as_mut_ptr(),
+                        s.addr.as_ptr().wrapping_add(off),
+                        dst.len(),
+                    )
+                };
+                return;
+            }
+        }
         self.walk(off, dst.len(), |addr, pos, n| {
             // SAFETY: `addr..addr+n` lies in a segment the C caller lent us
             // and keeps valid until the region is final (function contract);
@@ -169,6 +184,17 @@ impl CallerMemory {
     /// # Safety
     /// As for [`CallerMemory::copy_out`].
     pub unsafe fn copy_in(&self, off: usize, src: &[u8]) {
+        // One segment (most requests): no walk.
+        if let Small::One(s) = &self.segs {
+            if off.checked_add(src.len()).is_some_and(|e| e <= s.len) {
+                // SAFETY: as below, for the one segment, which holds
+                // `off..off + src.len()`.
+                unsafe {
+                    super::copy::copy(s.addr.as_ptr().wrapping_add(off), src.as_ptr(), src.len())
+                };
+                return;
+            }
+        }
         self.walk(off, src.len(), |addr, pos, n| {
             // SAFETY: as in `copy_out`, with the direction reversed.
             unsafe { super::copy::copy(addr, src.as_ptr().add(pos), n) }

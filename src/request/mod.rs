@@ -35,7 +35,7 @@ use crate::memory::pool::SlotRef;
 use crate::small::Small;
 use hedge::Standby;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -206,6 +206,19 @@ pub struct Request {
     /// Library pages: the pages were detached by a cancel (set before
     /// they are), so no op of this request may start in them any more.
     detached: AtomicBool,
+    /// The handle-table slot of this request's previous use, kept for its
+    /// next one (index + 1; 0: none): [`crate::handle::release_lib`] puts
+    /// it here, [`crate::handle::register`] takes it, a drop frees it.
+    handle_slot: AtomicU32,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let kept = *self.handle_slot.get_mut();
+        if kept != 0 {
+            crate::handle::free_slot(kept);
+        }
+    }
 }
 
 impl Request {
@@ -230,7 +243,10 @@ impl Request {
     /// place: only the fields that change are written (its owner, client
     /// and condition variable stay), with no atomic operation; `owner` is
     /// called only for a new request.
+    // Inlined into its one caller (`Client::submit`): out of line, its
+    // arguments (the decoded `dm_io`) go through memory once more.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub fn renew(
         spare: Option<Arc<Request>>,
         client_id: u64,
@@ -262,6 +278,7 @@ impl Request {
 
     /// Makes a finished request, referenced by nothing else, what
     /// [`Request::build`] would build for the same client.
+    #[inline(always)]
     fn reset(
         &mut self,
         mode: Mode,
@@ -270,16 +287,22 @@ impl Request {
         mem: CallerMemory,
         notify: Option<Notify>,
     ) {
-        let n = specs.len();
         let g = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        match (&specs, &mut g.regions) {
+        let n = match (&specs, &mut g.regions) {
             // One region (most requests): rewritten in place.
-            (Small::One(spec), Small::One(r)) => *r = Region::new(ops(spec)),
-            (Small::One(spec), regions) => *regions = Small::One(Region::new(ops(spec))),
-            (Small::Many(v), regions) => {
-                *regions = v.iter().map(|spec| Region::new(ops(spec))).collect()
+            (Small::One(spec), Small::One(r)) => {
+                *r = Region::new(ops(spec));
+                1
             }
-        }
+            (Small::One(spec), regions) => {
+                *regions = Small::One(Region::new(ops(spec)));
+                1
+            }
+            (Small::Many(v), regions) => {
+                *regions = v.iter().map(|spec| Region::new(ops(spec))).collect();
+                v.len()
+            }
+        };
         g.live = n;
         if !g.queue.is_empty() {
             g.queue.clear();
@@ -357,6 +380,7 @@ impl Request {
             live_now: AtomicUsize::new(n),
             undelivered: AtomicUsize::new(n),
             detached: AtomicBool::new(false),
+            handle_slot: AtomicU32::new(0),
         }
     }
 
@@ -378,6 +402,20 @@ impl Request {
         self.handle.store(h, Ordering::Release);
     }
 
+    /// Takes the handle-table slot kept from the previous use (0: none).
+    pub fn take_handle_slot(&self) -> u32 {
+        self.handle_slot.swap(0, Ordering::AcqRel)
+    }
+
+    /// Keeps handle-table slot `kept` (index + 1) for the next use; one
+    /// kept before (never expected) is freed.
+    pub fn keep_handle_slot(&self, kept: u32) {
+        let old = self.handle_slot.swap(kept, Ordering::AcqRel);
+        if old != 0 {
+            crate::handle::free_slot(old);
+        }
+    }
+
     pub fn num_regions(&self) -> usize {
         self.specs.len()
     }
@@ -385,6 +423,11 @@ impl Request {
     /// Region `i` as submitted.
     pub fn spec(&self, i: usize) -> &RegionSpec {
         &self.specs[i]
+    }
+
+    /// The regions as submitted.
+    pub fn specs(&self) -> &[RegionSpec] {
+        &self.specs
     }
 
     /// Number of regions not yet final.
@@ -397,6 +440,7 @@ impl Request {
         self.lock().regions[i].fin
     }
 
+    #[inline]
     fn emit(self: &Arc<Self>, g: &mut Inner, index: u32, state: State, error: i32) {
         let late = matches!(state, State::Ok | State::Error) && g.regions[index as usize].timed_out;
         self.owner.observe(state, late);
@@ -429,6 +473,7 @@ impl Request {
         }
     }
 
+    #[inline]
     fn finalize(self: &Arc<Self>, g: &mut Inner, i: usize, state: State, error: i32) {
         debug_assert!(g.regions[i].fin.is_none());
         // A hedged region that never started: its private memory goes now.

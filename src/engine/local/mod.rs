@@ -32,6 +32,7 @@
 
 use super::uring::{Core, Waker};
 use super::{IoOp, Timer, Wake};
+use crate::thread_mark::Mark;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -143,7 +144,7 @@ impl Inbox {
 /// This thread's ring and what waits for it: one thread-local, so that
 /// each step below looks it up once (a look-up in a shared library is a
 /// call to `__tls_get_addr`).
-struct Local {
+pub(super) struct Local {
     /// The engine whose completion thread this is (0: none).
     owner: Cell<u64>,
     ring: RefCell<Option<Core>>,
@@ -157,6 +158,18 @@ struct Local {
     spare: RefCell<Inbox>,
     /// Timers from other threads.
     remote: RefCell<Option<Arc<Remote>>>,
+    /// The engine's mark naming this value ([`offer_one`]): cleared when
+    /// the ring goes (`LocalRing`'s drop) and, should that not have
+    /// happened, when this value goes.
+    mark: RefCell<Option<Arc<Mark<Local>>>>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Some(m) = self.mark.get_mut().take() {
+            m.clear();
+        }
+    }
 }
 
 thread_local! {
@@ -168,6 +181,7 @@ thread_local! {
             offered: Cell::new(false),
             spare: RefCell::new(Inbox::new()),
             remote: RefCell::new(None),
+            mark: RefCell::new(None),
         }
     };
 }
@@ -282,6 +296,9 @@ impl Local {
 /// lives in this thread's thread-local.
 pub(super) struct LocalRing {
     waker: Arc<dyn Wake>,
+    /// Where the engine's submissions on this thread find [`HERE`]
+    /// ([`offer_one`]); cleared when the ring goes.
+    mark: Arc<Mark<Local>>,
     /// This thread's [`HERE`], so that the step after each callback
     /// ([`LocalRing::submit_queued`]) needs no thread-local look-up. It
     /// also makes the type neither `Send` nor `Sync`.
@@ -306,6 +323,7 @@ impl LocalRing {
 
 impl Drop for LocalRing {
     fn drop(&mut self) {
+        self.mark.clear();
         remove();
     }
 }
@@ -319,6 +337,7 @@ pub(super) fn install(
     engine: u64,
     entries: u32,
     memory: &[(usize, usize)],
+    mark: &Arc<Mark<Local>>,
 ) -> Option<(LocalRing, Arc<Remote>)> {
     let waker = Waker::new().ok()?;
     let mut core = Core::new(entries, Arc::clone(&waker)).ok()?;
@@ -337,9 +356,19 @@ pub(super) fn install(
         *l.ring.borrow_mut() = Some(core);
         *l.remote.borrow_mut() = Some(Arc::clone(&remote));
         l.owner.set(engine);
+        *l.mark.borrow_mut() = Some(Arc::clone(mark));
         l as *const Local
     });
-    let ring = LocalRing { waker: wake, here };
+    // SAFETY: `here` is this thread's `HERE`, valid until its
+    // thread-locals go; the mark is cleared when the ring is dropped or,
+    // at the latest, when `HERE` itself goes (`Local`'s drop), so before
+    // the value goes and before the thread ends.
+    unsafe { mark.set(here) };
+    let ring = LocalRing {
+        waker: wake,
+        mark: Arc::clone(mark),
+        here,
+    };
     Some((ring, remote))
 }
 
@@ -376,24 +405,30 @@ pub(super) fn offer(engine: u64, ops: &mut Vec<IoOp>) {
     })
 }
 
-/// [`offer`] of one op: `None` when taken (an asynchronous op on the
-/// completion thread of `engine`), else the op back.
-pub(super) fn offer_one(engine: u64, op: IoOp) -> Option<IoOp> {
-    if op.sync {
-        return Some(op);
+/// [`offer`] of one op: takes it out of `op` when it is an asynchronous
+/// op on the completion thread of `engine` (whose ring state `mark` finds
+/// on that thread without a thread-local look-up), else leaves it.
+pub(super) fn offer_one(mark: &Mark<Local>, engine: u64, op: &mut Option<IoOp>) {
+    if op.as_ref().is_none_or(|o| o.sync) {
+        return;
     }
-    HERE.with(|l| {
+    fn offer(l: &Local, engine: u64, op: &mut Option<IoOp>) {
         if l.owner.get() != engine {
-            return Some(op);
+            return;
         }
         l.offered.set(true);
-        // As `with_core`, without wrapping the op to get it back.
+        // As `with_core`.
         match l.ring.try_borrow_mut() {
             Ok(mut g) if g.is_some() => g.as_mut().expect("checked").admit_one(op),
-            _ => l.inbox.borrow_mut().ops.push(op),
+            _ => l.inbox.borrow_mut().ops.extend(op.take()),
         }
-        None
-    })
+    }
+    match mark.here() {
+        Some(l) => offer(l, engine, op),
+        // Another thread (the mark names the ring's own).
+        None if crate::thread_mark::AVAILABLE => {}
+        None => HERE.with(|l| offer(l, engine, op)),
+    }
 }
 
 /// Keeps the timer of an asynchronous request when the calling thread's

@@ -14,7 +14,7 @@ const E: u64 = u64::MAX - 3;
 /// A ring on this thread for engine `E`, or `None` (said) where the
 /// kernel refuses io_uring.
 fn ring() -> Option<(LocalRing, Arc<Remote>)> {
-    let r = install(E, 64, &[]);
+    let r = install(E, 64, &[], &Arc::new(crate::thread_mark::Mark::new()));
     if r.is_none() {
         eprintln!("skipped: io_uring refused here");
     }

@@ -370,9 +370,8 @@ pub(super) fn offer(ops: &mut Vec<IoOp>) {
     });
 }
 
-/// [`offer`] of one op: `None` when taken, else the op back.
-pub(super) fn offer_one(op: IoOp) -> Option<IoOp> {
-    let mut op = Some(op);
+/// [`offer`] of one op: takes it out of `op` when taken.
+pub(super) fn offer_one(op: &mut Option<IoOp>) {
     let _ = HERE.try_with(|h| {
         if !active(h) || !op.as_ref().is_some_and(|o| o.sync) {
             return;
@@ -383,7 +382,6 @@ pub(super) fn offer_one(op: IoOp) -> Option<IoOp> {
             _ => h.inbox_ops.borrow_mut().push(o),
         }
     });
-    op
 }
 
 /// Keeps a SYNC request's timer in the calling thread's ring while it is

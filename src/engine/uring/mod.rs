@@ -66,6 +66,9 @@ pub struct UringEngine {
     /// Shared with the reactor thread, which attaches the sockets of the
     /// ops it admits there ([`super::socket`]).
     remote: Arc<std::sync::OnceLock<Arc<super::local::Remote>>>,
+    /// The completion thread's ring state, found by that thread without a
+    /// thread-local look-up ([`super::local::offer_one`]).
+    local: Arc<crate::thread_mark::Mark<super::local::Local>>,
 }
 
 static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -111,6 +114,7 @@ impl UringEngine {
                 entries,
                 memory: std::sync::Mutex::new(Vec::new()),
                 remote,
+                local: Arc::new(crate::thread_mark::Mark::new()),
             })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
@@ -156,11 +160,14 @@ impl Engine for UringEngine {
 
     /// One op with no vector: the caller's ring (SYNC), the completion
     /// thread's ring (asynchronous, on that thread), or the reactor.
-    fn submit_one(&self, op: IoOp) -> Option<IoOp> {
-        let op = if op.sync { caller::offer_one(op)? } else { op };
-        let op = super::local::offer_one(self.id, op)?;
-        self.send(Msg::One(op));
-        None
+    fn submit_one(&self, op: &mut Option<IoOp>) {
+        if op.as_ref().is_some_and(|o| o.sync) {
+            caller::offer_one(op);
+        }
+        super::local::offer_one(&self.local, self.id, op);
+        if let Some(op) = op.take() {
+            self.send(Msg::One(op));
+        }
     }
 
     fn ring_id(&self) -> Option<u64> {
@@ -204,7 +211,7 @@ impl Engine for UringEngine {
     fn completion_ring(&self) -> CompletionRing {
         // Under the lock: memory registered meanwhile goes to one or the other.
         let m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        match super::local::install(self.id, self.entries, &m) {
+        match super::local::install(self.id, self.entries, &m, &self.local) {
             Some((ring, remote)) => {
                 let _ = self.remote.set(remote);
                 CompletionRing::uring(ring)

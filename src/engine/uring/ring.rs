@@ -280,28 +280,30 @@ impl Core {
         }
     }
 
-    /// One new op, then [`Core::push_backlog`]. The usual op (nothing
-    /// queued or waiting for a kernel slot before it, no fault rule, no
-    /// remote device, no library pages, no linked flush, room in the ring,
-    /// a free slot of its disk's queue) goes straight into the
-    /// submission queue and the slab, as `push_backlog` would put it
-    /// there, without passing through the backlog.
-    pub(in crate::engine) fn admit_one(&mut self, op: IoOp) {
+    /// One new op (taken out of `op`), then [`Core::push_backlog`]. The
+    /// usual op (nothing queued or waiting for a kernel slot before it, no
+    /// fault rule, no remote device, no library pages, no linked flush,
+    /// room in the ring, a free slot of its disk's queue) goes straight
+    /// into the submission queue and the slab, as `push_backlog` would put
+    /// it there, without passing through the backlog; it moves once, from
+    /// `op` into its slab entry.
+    pub(in crate::engine) fn admit_one(&mut self, op: &mut Option<IoOp>) {
+        let Some(o) = op.as_ref() else { return };
         if self.backlog.is_empty()
             && self.gate.is_empty()
             && !self.inline_mem
             && self.inflight < self.cap
-            && op.lib_chunk.is_none()
-            && !(op.pre_flush && op.kind == OpKind::Write)
-            && !op.dev.faults.is_active()
-            && op.dev.remote().is_none()
+            && o.lib_chunk.is_none()
+            && !(o.pre_flush && o.kind == OpKind::Write)
+            && !o.dev.faults.is_active()
+            && o.dev.remote().is_none()
         {
             // The registered buffer: the one the last op was in, or looked up.
-            let b = op.buf() as usize;
+            let b = o.buf() as usize;
             let reg = match self.last_fixed {
-                Some((lo, hi, n)) if b >= lo && b + op.len as usize <= hi => Some(Buf::Fixed(n)),
+                Some((lo, hi, n)) if b >= lo && b + o.len as usize <= hi => Some(Buf::Fixed(n)),
                 _ => {
-                    let reg = Core::buf_of(&self.chunks, &self.fixed, &op);
+                    let reg = Core::buf_of(&self.chunks, &self.fixed, o);
                     if let Some(Buf::Fixed(n)) = reg {
                         self.last_fixed = self.fixed.iter().copied().find(|f| f.2 == n);
                     }
@@ -311,12 +313,12 @@ impl Core {
             if let Some(reg) = reg {
                 let mut sq = self.ring.submission();
                 // Its disk's kernel slot last: one taken is one used.
-                if !sq.is_full() && op.dev.kernel_slots().is_none_or(|s| s.take()) {
+                if !sq.is_full() && o.dev.kernel_slots().is_none_or(|s| s.take()) {
                     let idx = self.free.pop().unwrap_or_else(|| {
                         self.slab.push(None);
                         self.slab.len() - 1
                     });
-                    let (_, data) = entries(&op, idx as u64, reg);
+                    let (_, data) = entries(o, idx as u64, reg);
                     // SAFETY: as in `push_backlog`: the buffer is the op's
                     // private slot or caller memory lent until the region
                     // is final, owned by the slab entry below until this
@@ -324,7 +326,7 @@ impl Core {
                     // op's `Arc<Device>`.
                     unsafe { sq.push(&data) }.expect("room checked above");
                     drop(sq);
-                    self.slab[idx] = Some(Slot {
+                    self.slab[idx] = op.take().map(|op| Slot {
                         op,
                         cqes: Cqes::new(false),
                     });
@@ -334,7 +336,7 @@ impl Core {
                 }
             }
         }
-        self.admit(std::iter::once(op));
+        self.admit(op.take());
         self.push_backlog();
     }
 
