@@ -223,6 +223,12 @@ impl Sched {
         !self.deadlines.is_empty() || !self.delayed.is_empty() || !self.held.is_empty()
     }
 
+    /// Whether [`Sched::expire`] has parked ops to look at (delayed or
+    /// held by fault rules), leaving deadlines aside.
+    pub fn ops_need_clock(&self) -> bool {
+        !self.delayed.is_empty() || !self.held.is_empty()
+    }
+
     /// Ops parked here (delayed or held): they still own private memory.
     pub fn parked(&self) -> usize {
         self.delayed.len() + self.held.len()

@@ -367,6 +367,18 @@ impl Core {
         }
     }
 
+    /// [`Core::pump_lazy`] for the parked ops only: deadlines are left
+    /// for the next pump, so the clock is read only when a delayed or held
+    /// op needs it (a SYNC caller's turn fires its deadlines before it
+    /// waits, see [`super::caller::turn`]).
+    pub(in crate::engine) fn pump_ops_lazy(&mut self) {
+        if self.sched.ops_need_clock() {
+            self.pump(Instant::now());
+        } else {
+            self.push_backlog();
+        }
+    }
+
     /// Starts what is in the submission queue now.
     pub(in crate::engine) fn submit_now(&mut self) {
         let _ = self.ring.submit();
