@@ -20,13 +20,13 @@
 //!   value out, bumps the generation and pushes the slot on a free stack.
 //!   With no reader inside (the usual case) the live bit and the
 //!   generation change in one compare-and-swap.
-//! - [`Registry::release_held`] reads a value with no atomic write (and
-//!   removes it if asked), for a caller whose own reference keeps the
-//!   object from being removed. [`Registry::release_held_keep`] does the
-//!   same but keeps the freed slot (next generation, not live) for its
-//!   caller's next [`Registry::insert_kept`] instead of pushing it on the
-//!   free stack, so that an object removed and inserted again per use (a
-//!   request's handle) skips the free stack's pop and push.
+//! - [`Registry::release_held_keep`] reads a value with no atomic write
+//!   (and removes it if asked), for a caller whose own reference keeps the
+//!   object from being removed; it keeps the freed slot (next generation,
+//!   not live) for its caller's next [`Registry::insert_kept`] instead of
+//!   pushing it on the free stack, so that an object removed and inserted
+//!   again per use (a request's handle) skips the free stack's pop and
+//!   push.
 //! - An insert pops a free slot (or takes a fresh index), writes the value
 //!   and only then publishes the live bit with the slot's generation.
 //!
@@ -294,35 +294,15 @@ impl<T> Registry<T> {
     /// returns `true` (one slot lookup for both): for a caller that holds
     /// a reference of its own which keeps the object in the table until it
     /// lets go (a request handle's library reference, [`crate::handle`]),
-    /// and whose `f` says whether that was the last reference. Returns the
-    /// object when it was removed; `None` when it stays, or when the token
-    /// names no live object (a broken promise; nothing is read then).
+    /// and whose `f` says whether that was the last reference. The slot of
+    /// a removed object does not go back on the free stack: it comes back
+    /// with the object (its index plus one), for one later
+    /// [`Registry::insert_kept`] (or [`Registry::free_kept`]). Returns
+    /// `None` when the object stays, or when the token names no live
+    /// object (a broken promise; nothing is read then).
     ///
     /// # Safety
     /// Nothing may remove the object named by `token` while `f` runs.
-    pub unsafe fn release_held(&self, token: usize, f: impl FnOnce(&T) -> bool) -> Option<T> {
-        let (idx, gen) = unpack(token)?;
-        let slot = self.slot(idx)?;
-        let s = slot.state.load(Ordering::Acquire);
-        if (s >> 32) as u32 != gen || s & LIVE == 0 {
-            return None;
-        }
-        // SAFETY: live with our generation (the Acquire load pairs with the
-        // insert's Release store), and not removed while `f` runs (the
-        // caller's promise).
-        if f(unsafe { (*slot.val.get()).assume_init_ref() }) {
-            return self.remove_slot(idx, gen, slot);
-        }
-        None
-    }
-
-    /// [`Registry::release_held`], except that the slot of a removed object
-    /// does not go back on the free stack: it comes back with the object
-    /// (its index plus one), for one later [`Registry::insert_kept`] (or
-    /// [`Registry::free_kept`]).
-    ///
-    /// # Safety
-    /// As for `release_held`.
     pub unsafe fn release_held_keep(
         &self,
         token: usize,
@@ -334,7 +314,9 @@ impl<T> Registry<T> {
         if (s >> 32) as u32 != gen || s & LIVE == 0 {
             return None;
         }
-        // SAFETY: as in `release_held`.
+        // SAFETY: live with our generation (the Acquire load pairs with the
+        // insert's Release store), and not removed while `f` runs (the
+        // caller's promise).
         if f(unsafe { (*slot.val.get()).assume_init_ref() }) {
             return self
                 .remove_slot_then(idx, gen, slot, false)
