@@ -20,6 +20,7 @@ pub mod notify;
 pub mod registry;
 pub mod request;
 pub mod small;
+pub(crate) mod tagged_stack;
 pub(crate) mod thread_mark;
 
 #[cfg(test)]

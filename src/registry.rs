@@ -30,10 +30,11 @@
 //! - An insert pops a free slot (or takes a fresh index), writes the value
 //!   and only then publishes the live bit with the slot's generation.
 //!
-//! The free stack is a Treiber stack of indices whose head carries a tag
-//! bumped on every change (no ABA). Taking a fresh index (the table
-//! grows: no slot is free) is the one place with a lock.
+//! The free stack is a [`crate::tagged_stack::TaggedStack`] of indices
+//! (its head carries a tag bumped on every change: no ABA). Taking a fresh
+//! index (the table grows: no slot is free) is the one place with a lock.
 
+use crate::tagged_stack::TaggedStack;
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -62,8 +63,8 @@ pub struct Registry<T> {
     chunks: [AtomicPtr<Slot<T>>; CHUNKS],
     /// Indices handed out so far (fresh ones are taken from here).
     len: AtomicU32,
-    /// Free stack: tag << 32 | (index + 1), 0 in the low half when empty.
-    free: AtomicU64,
+    /// Free stack of slots (their `next` links).
+    free: TaggedStack,
     /// Held only while making a chunk.
     grow: Mutex<()>,
 }
@@ -110,7 +111,7 @@ impl<T> Registry<T> {
         Registry {
             chunks: [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS],
             len: AtomicU32::new(0),
-            free: AtomicU64::new(0),
+            free: TaggedStack::new(),
             grow: Mutex::new(()),
         }
     }
@@ -156,41 +157,12 @@ impl<T> Registry<T> {
 
     /// Pushes slot `idx` (`slot`) on the free stack.
     fn push_free(&self, idx: u32, slot: &Slot<T>) {
-        let mut head = self.free.load(Ordering::Relaxed);
-        loop {
-            slot.next.store(head as u32, Ordering::Relaxed);
-            let new = ((head >> 32).wrapping_add(1) << 32) | (idx as u64 + 1);
-            match self
-                .free
-                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
+        self.free.push(idx, &slot.next);
     }
 
     /// Pops a free slot: its index and the slot.
     fn pop_free(&self) -> Option<(u32, &Slot<T>)> {
-        let mut head = self.free.load(Ordering::Acquire);
-        loop {
-            let top = head as u32;
-            if top == 0 {
-                return None;
-            }
-            // The slot may be popped and pushed again meanwhile: then the
-            // tag has changed and the exchange below fails.
-            let slot = self.slot(top as usize - 1)?;
-            let next = slot.next.load(Ordering::Relaxed);
-            let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
-            match self
-                .free
-                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
-            {
-                Ok(_) => return Some((top - 1, slot)),
-                Err(h) => head = h,
-            }
-        }
+        self.free.pop(|i| self.slot(i as usize), |s| &s.next)
     }
 
     /// Stores `val` and returns its token (never 0).

@@ -13,6 +13,7 @@
 //! Acquiring waits when every slot is in use: memory is bounded, never grown.
 
 use crate::error::{Error, Result};
+use crate::tagged_stack::TaggedStack;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -23,10 +24,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 pub(crate) const PREFAULT_MAX: usize = 64 << 20;
 /// `MADV_POPULATE_WRITE` (Linux 5.14), not in every libc crate version.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
-
-/// Free stack head: tag << 32 | (slot index + 1), 0 in the low half when
-/// empty; the tag changes on every push and pop (no ABA).
-const EMPTY: u64 = 0;
 
 /// How a thread waits for a free slot.
 pub enum WaitBy<'a> {
@@ -52,8 +49,8 @@ pub struct Pool {
     map_len: usize,
     slot_size: usize,
     nslots: u32,
-    /// Free stack of slots used before (see [`EMPTY`]).
-    free: AtomicU64,
+    /// Free stack of slots used before.
+    free: TaggedStack,
     /// Per slot: the next index + 1 on the free stack (0: none).
     next: Box<[AtomicU32]>,
     /// Slots taken at least once (`0..fresh`); never decreases.
@@ -125,7 +122,7 @@ impl Pool {
             map_len,
             slot_size,
             nslots,
-            free: AtomicU64::new(EMPTY),
+            free: TaggedStack::new(),
             next: (0..nslots).map(|_| AtomicU32::new(0)).collect(),
             fresh: AtomicU32::new(0),
             closed: AtomicBool::new(false),
@@ -181,23 +178,8 @@ impl Pool {
 
     /// Pops a slot from the free stack, or takes one never used.
     fn pop(&self) -> Option<u32> {
-        let mut head = self.free.load(Ordering::Acquire);
-        loop {
-            let top = head as u32;
-            if top == 0 {
-                break;
-            }
-            // The slot may be popped and pushed again meanwhile: then the
-            // tag has changed and the exchange below fails.
-            let next = self.next[top as usize - 1].load(Ordering::Relaxed);
-            let new = ((head >> 32).wrapping_add(1) << 32) | next as u64;
-            match self
-                .free
-                .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(top - 1),
-                Err(h) => head = h,
-            }
+        if let Some((idx, _)) = self.free.pop(|i| self.next.get(i as usize), |l| l) {
+            return Some(idx);
         }
         // Nothing freed to reuse: a slot never used, if any is left.
         let mut n = self.fresh.load(Ordering::Relaxed);
@@ -215,18 +197,7 @@ impl Pool {
 
     /// Pushes slot `idx` on the free stack.
     fn push(&self, idx: u32) {
-        let mut head = self.free.load(Ordering::Relaxed);
-        loop {
-            self.next[idx as usize].store(head as u32, Ordering::Relaxed);
-            let new = ((head >> 32).wrapping_add(1) << 32) | (idx as u64 + 1);
-            match self
-                .free
-                .compare_exchange_weak(head, new, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
+        self.free.push(idx, &self.next[idx as usize]);
     }
 
     fn take(self: &Arc<Self>) -> Option<SlotRef> {
@@ -287,7 +258,7 @@ impl Pool {
                     self.sleepers.fetch_add(1, Ordering::SeqCst);
                     fence(Ordering::SeqCst);
                     let ready = self.closed.load(Ordering::SeqCst)
-                        || self.free.load(Ordering::SeqCst) as u32 != 0
+                        || !self.free.is_empty(Ordering::SeqCst)
                         || self.fresh.load(Ordering::SeqCst) < self.nslots
                         || abandon();
                     if !ready {
