@@ -65,6 +65,7 @@ class Bench(Runner, Devices, Cases, CpuCases, ClientCases, ContainerCases, Repor
         self.t_start = time.time()
         self.devices = {}
         self.noisy_cases = []
+        self.busy_starts = 0  # timed runs started on a busy machine (Runner.quiet_start)
 
     # ------------------------------------------------------------ plumbing
 
@@ -133,7 +134,7 @@ class Bench(Runner, Devices, Cases, CpuCases, ClientCases, ContainerCases, Repor
         self.results["meta"].update(duration_s=time.time() - self.t_start, load_end=os.getloadavg(),
                                     cpu_cores_busy_all=all_cores, cpu_cores_benchmark=ours,
                                     noisy=noisy, noisy_cases=self.noisy_cases,
-                                    busy_starts=getattr(self, "busy_starts", 0))
+                                    busy_starts=self.busy_starts)
         if self.noisy_cases:
             log(f"\n  NOISY: other users took CPU during case(s) {', '.join(map(str, self.noisy_cases))}")
         log(f"\n  machine: {all_cores:.2f} cores busy on average during the run, of which the benchmark's "

@@ -11,6 +11,7 @@ A mixin of bench.Bench."""
 import os
 import subprocess
 import time
+from statistics import fmean as mean
 
 from common import MIB, ROOT, TARGETS, fmt_iops, fmt_ns, fmt_range, log
 
@@ -87,7 +88,6 @@ class ClientCases:
         worst = max(r["timeout_late_ns"]["max"] or 0 for r in runs)
         early = sum(r["early_timeouts"] for r in runs)
         touts = sum(r["timeouts"] for r in runs)
-        mean = lambda xs: sum(xs) / len(xs)
         slow_h = mean([r["iops_per_client_min"] for r in runs])
         slow_n = mean([r["iops_per_client_min"] for r in base])
         slow = slow_h / slow_n if slow_n else 0
@@ -175,7 +175,6 @@ class ClientCases:
             self.progress(8, label, "alt", f"{nc}xQD{qd} {fmt_iops(a['iops'])} / 1xQD{nc * qd} "
                           f"{fmt_iops(a['one_iops'])} IOPS = {a['ratio']:.3f}x over {a['pairs']} phase pairs "
                           f"(pairs {a['pair_ratio_min']:.2f}..{a['pair_ratio_max']:.2f})", t0)
-        mean = lambda xs: sum(xs) / len(xs)
         one = {"libdmio": mean([a["iops"] for a in alts]), "fio": mean([a["one_iops"] for a in alts]),
                "libdmio_runs": [a["iops"] for a in alts], "fio_runs": [a["one_iops"] for a in alts],
                "alt": alts}

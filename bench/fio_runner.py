@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from statistics import fmean as mean
 
 from common import clear_status, fmt_iops, fmt_ns, log, settle, status
 
@@ -106,7 +107,7 @@ class Runner:
         and counted in the results' meta (`busy_starts`)."""
         waited, quiet = settle()
         if not quiet:
-            self.busy_starts = getattr(self, "busy_starts", 0) + 1
+            self.busy_starts += 1
             log(f"  *** case {case} {label}: machine still busy after {waited:.0f} s; timing anyway ***")
         elif waited > 1.0:
             log(f"  (case {case} {label}: waited {waited:.1f} s for the machine to go quiet)")
@@ -131,7 +132,6 @@ class Runner:
             lat = r.get("lat_ns", {})
             self.progress(case, label, names[0] if who == "d" else names[1],
                           f"{fmt_iops(metric(r))} IOPS  p50 {fmt_ns(lat.get('p50'))}  p99 {fmt_ns(lat.get('p99'))}", t0)
-        mean = lambda xs: sum(xs) / len(xs)
         d = mean([metric(r) for r in res["d"]])
         f = mean([metric(r) for r in res["f"]])
         spread = lambda xs: (min(map(metric, xs)), max(map(metric, xs)))
