@@ -378,10 +378,11 @@ static double alt_phase(struct mslot **slots, unsigned n, double ramp_s, double 
 	return (double)(t1 - t0) / 1e9;
 }
 
-static uint64_t alt_done(struct mclient *cs, uint64_t n)
+/* Reads done so far by side s: the n clients (0) or the one after them (1). */
+static uint64_t alt_done(struct mclient *cs, uint64_t n, int s)
 {
 	uint64_t d = 0;
-	for (uint64_t i = 0; i < n; i++)
+	for (uint64_t i = s ? n : 0; i < (s ? n + 1 : n); i++)
 		d += atomic_load(&cs[i].done);
 	return d;
 }
@@ -442,9 +443,9 @@ int mode_alt(void)
 		double iops[2];
 		for (int k = 0; k < 2; k++) {
 			int s = (p % 2 == 0) ? k : 1 - k; /* A B, then B A */
-			uint64_t d0 = s == 0 ? alt_done(cs, n) : atomic_load(&one->done);
+			uint64_t d0 = alt_done(cs, n, s);
 			double t = alt_phase(side[s], total, ramp_s, phase_s, &cpu);
-			uint64_t d = (s == 0 ? alt_done(cs, n) : atomic_load(&one->done)) - d0;
+			uint64_t d = alt_done(cs, n, s) - d0;
 			secs[s] += t;
 			cpus[s] += cpu;
 			done[s] += d;
