@@ -137,8 +137,13 @@ int mirror_flush(struct mirror *m);
 
 /* Reads from an in-sync leg with read_timeout_ms per leg; on TIMEOUT or
  * ERROR the next in-sync leg is tried (DM_IO_READ_ANY, hedge delay
- * read_timeout_ms); the last one is waited for up to fail_after_ms.
- * Returns 0, -EIO (no in-sync leg left) or -ETIMEDOUT. */
+ * read_timeout_ms); the last one is waited for up to fail_after_ms. A leg
+ * out of sync for the region only while a write to it is late (it timed
+ * out and still runs) is waited for, up to fail_after_ms, when no leg is
+ * in sync, and tried again when it comes back in sync during a read of the
+ * others: a stall of the good leg while another hangs delays reads, it
+ * does not fail them. Returns 0, -EIO (no in-sync leg left, and none can
+ * come back) or -ETIMEDOUT. */
 int mirror_read(struct mirror *m, uint64_t off, void *buf, size_t len);
 
 /* Replaces the injected faults of a leg (dm_io_bdev_set_faults). */

@@ -306,6 +306,81 @@ static void t_reads(void)
 	mirror_close(m);
 }
 
+struct bg_write {
+	struct mirror *m;
+	uint64_t off;
+	const void *buf;
+	size_t len;
+	int rc;
+};
+
+static void *bg_write_run(void *arg)
+{
+	struct bg_write *w = arg;
+	w->rc = mirror_write(w->m, w->off, w->buf, w->len);
+	return NULL;
+}
+
+/* Reads while the good leg stalls and the other hangs. A leg whose write to
+ * a region is late is dirty there until the write comes back, so for a
+ * moment no leg was in sync: reads of acknowledged data in that region
+ * failed with EIO (the nbdkit hung-leg test saw it as fio verify errors).
+ * They must wait for the late write instead, and a read sent to the only
+ * in-sync leg, which then hangs, must move to the leg that came back. */
+static void t_read_late(void)
+{
+	const char *p[2] = { tfile("rl0", 4 * MB), tfile("rl1", 4 * MB) };
+	struct mirror *m = open_mirror(2, p, NULL, 50, 1, 5000, NULL);
+	static unsigned char v1[RS], v2[BS], v3[BS], back[RS];
+	const uint64_t off = 2 * RS, off3 = 4 * RS;
+	fill(v1, RS, 71);
+	fill(v2, BS, 72);
+	fill(v3, BS, 73);
+	mirror_resync_pause(m, 1);
+	check(mirror_write(m, off, v1, RS) == 0 && mirror_write(m, off3, v1, RS) == 0, "read-late: regions written");
+
+	/* 1: both legs late for a write to the region (leg 0 300 ms, leg 1 hung). */
+	mirror_set_faults(m, 0, "delay write=300ms");
+	mirror_set_faults(m, 1, "hang writes");
+	struct bg_write w = { m, off, v2, BS, -1 };
+	pthread_t th;
+	pthread_create(&th, NULL, bg_write_run, &w);
+	sleep_ms(120); /* past the 50 ms deadline: both legs dirty, leg 0's write still running */
+	double t = now_ms();
+	memset(back, 0, BS);
+	int rc = mirror_read(m, off + 5 * BS, back, BS);
+	double took = now_ms() - t;
+	check(rc == 0 && !memcmp(back, v1 + 5 * BS, BS) && took < 3000,
+	      "read-late: a read of acknowledged data while every leg's write to its region is late waits for the "
+	      "first late write, no EIO (rc %d, %.0f ms)",
+	      rc, took);
+	pthread_join(th, NULL);
+	check(w.rc == 0, "read-late: the write is acknowledged by the late leg (rc %d)", w.rc);
+	memset(back, 0, BS);
+	check(mirror_read(m, off, back, BS) == 0 && !memcmp(back, v2, BS), "read-late: the written block reads back");
+
+	/* 2: leg 0 late for a write, leg 1 in sync and then hanging reads. */
+	mirror_set_faults(m, 1, "");
+	check(mirror_wait_no_late_io(m, 5000), "read-late: leg 1's held write completed");
+	check(mirror_write(m, off3, v3, BS) == 0, "read-late: write acked by leg 1 while leg 0 is late");
+	mirror_set_faults(m, 1, "hang reads");
+	t = now_ms();
+	memset(back, 0, BS);
+	rc = mirror_read(m, off3, back, BS);
+	took = now_ms() - t;
+	check(rc == 0 && !memcmp(back, v3, BS) && took < 3000,
+	      "read-late: a read sent to the only in-sync leg, which hangs, moves to the leg whose late write "
+	      "came back (rc %d, %.0f ms; the fail-after limit is 5000 ms)",
+	      rc, took);
+
+	mirror_set_faults(m, 0, "");
+	mirror_set_faults(m, 1, "");
+	mirror_resync_pause(m, 0);
+	check(mirror_wait_in_sync(m, 5000), "read-late: in sync afterwards");
+	mirror_close(m);
+	check(legs_identical(2, p, 4 * MB), "read-late: legs byte-identical (cmp)");
+}
+
 /* Initial sync, throttled, while writes go on. */
 static void t_resync_progress(void)
 {
@@ -664,6 +739,7 @@ int main(void)
 	t_error_leg();
 	t_fail_after();
 	t_reads();
+	t_read_late();
 	t_resync_progress();
 	t_log_reopen();
 	t_log_close();
