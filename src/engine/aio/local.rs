@@ -6,9 +6,9 @@
 //! completion thread → reactor). So the AIO engine gives the completion
 //! thread a [`Core`] of its own (a second AIO context with its own
 //! eventfd): asynchronous ops submitted *on the completion thread* of the
-//! same client go into it, and that thread sleeps in `ppoll` on its
-//! eventfd, which the kernel signals for its completions and other threads
-//! write when they queue events for it. Reaping an event, calling notify
+//! same client go into it, and that thread sleeps in `io_getevents` on it,
+//! woken by its completions and by other threads, which write the eventfd
+//! (polled in the context) when they queue events for it. Reaping an event, calling notify
 //! and submitting the next IO then happen on one thread, as in fio's loop.
 //!
 //! What stays on the reactor: IO submitted by every other thread, all

@@ -4,9 +4,9 @@
 //! One reactor thread owns an AIO context and a [`Sched`](super::sched::Sched)
 //! (deadlines, delayed and held ops), as the io_uring reactor does. Callers
 //! hand ops over a channel and wake the thread through an eventfd (only
-//! when it sleeps); the kernel signals every completion on the same
-//! eventfd (`IOCB_FLAG_RESFD`), so the thread sleeps in `ppoll` on one fd
-//! until a completion, a wake-up or its next timer. Ops are submitted in
+//! when it sleeps), which a poll in the context watches, so the thread
+//! sleeps in `io_getevents` until a completion, a wake-up or its next
+//! timer (`ring.rs` says how, and what older kernels get). Ops are submitted in
 //! batches (`io_submit`) and reaped in batches (`io_getevents`); an op in
 //! the kernel is owned by its slab entry until its event is reaped, and
 //! after `shutdown` the thread stays until every op has completed. AIO has
@@ -66,7 +66,7 @@ pub struct AioEngine {
 
 static NEXT_ENGINE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// The reactor's eventfd, non-blocking (it is read after each wait), with
+/// The reactor's eventfd, non-blocking (it is read after a wake-up), with
 /// the sleep announcement wakers look at.
 fn waker() -> Result<Arc<Waker>> {
     Ok(Arc::new(Waker {

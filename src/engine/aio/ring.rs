@@ -1,7 +1,15 @@
 //! The AIO reactor's core: ops turned into iocbs and submitted in batches,
 //! the slab of ops in the kernel keyed by `aio_data`, the backlog (ops
-//! waiting for room in the context), the wait on one eventfd, and reaping
-//! completions.
+//! waiting for room in the context), the wait, and reaping completions.
+//!
+//! The thread waits in `io_getevents` on its context. Other threads wake
+//! it through the eventfd of its [`Waker`], which an `IOCB_CMD_POLL` in the
+//! same context watches, so a wake-up is an event too: at one IO in flight
+//! a turn costs two system calls (`io_submit`, `io_getevents`), as fio's
+//! `libaio` loop does. Kernels without `IOCB_CMD_POLL` (before 4.18) get
+//! the former wait instead: every completion signals the eventfd
+//! (`IOCB_FLAG_RESFD`), the thread sleeps in `ppoll` on it, then resets
+//! it and reaps (four system calls per turn).
 //!
 //! Each op in the kernel has one owner, its slab entry, from the moment its
 //! iocb is built until `io_getevents` returns its event; an op the kernel
@@ -11,7 +19,8 @@
 
 use super::blocking::Blocking;
 use super::sys::{
-    Context, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_PREAD, IOCB_CMD_PWRITE, IOCB_FLAG_RESFD,
+    Context, IoEvent, Iocb, IOCB_CMD_FDSYNC, IOCB_CMD_POLL, IOCB_CMD_PREAD, IOCB_CMD_PWRITE,
+    IOCB_FLAG_RESFD,
 };
 use crate::engine::gate::{self, Gate};
 use crate::engine::sched::Sched;
@@ -31,6 +40,8 @@ const EVENTS: usize = 256;
 /// How long to wait before trying again when the kernel refuses iocbs
 /// (`EAGAIN`) with none of ours in flight, so no completion will come.
 const RETRY: Duration = Duration::from_millis(1);
+/// `aio_data` of the poll on the eventfd (slab indices never reach it).
+const POLL_TOKEN: u64 = u64::MAX;
 /// Reads and writes of block devices up to this size carry `RWF_NOWAIT`.
 /// Larger ones need more than one bio, which the kernel always refuses
 /// under `RWF_NOWAIT` (`__blkdev_direct_IO`), so they run on the thread
@@ -40,9 +51,21 @@ pub(super) const NOWAIT_MAX: u32 = 1 << 20;
 
 /// One AIO context and the ops in it, owned by the reactor thread.
 pub(super) struct Core {
+    /// Dropped before `waker`: `io_destroy` cancels the poll on its eventfd.
     ctx: Context,
-    /// Wake-ups and completions (`IOCB_FLAG_RESFD`) arrive on its eventfd.
+    /// Wake-ups arrive on its eventfd (and completions too without
+    /// `poll_wait`).
     pub(super) waker: Arc<Waker>,
+    /// The thread waits in `io_getevents`, and an `IOCB_CMD_POLL` on the
+    /// eventfd turns wake-ups into events (see the module's doc); decided
+    /// once, when the core is made (its iocbs carry `IOCB_FLAG_RESFD` only
+    /// without it).
+    poll_wait: bool,
+    /// The poll on the eventfd is in the kernel.
+    poll_armed: bool,
+    /// Events the last wait took, at the front of `events`, not yet
+    /// completed.
+    got: usize,
     /// Ops in the kernel, keyed by their iocb's `aio_data`.
     pub(super) slab: Vec<Option<IoOp>>,
     pub(super) free: Vec<usize>,
@@ -74,14 +97,14 @@ pub(super) struct Core {
 
 /// The iocb of `op`'s next step, with `aio_data` `idx`: an fdatasync for a
 /// flush or before a `DM_IO_FLUSH` write, else the read or write (FUA as
-/// `RWF_DSYNC`, and `RWF_NOWAIT` when `nowait`). Every completion is
-/// signalled on `resfd`.
-fn iocb(op: &IoOp, idx: usize, resfd: u32, nowait: bool) -> Iocb {
+/// `RWF_DSYNC`, and `RWF_NOWAIT` when `nowait`). Its completion is
+/// signalled on `resfd` if there is one.
+fn iocb(op: &IoOp, idx: usize, resfd: Option<u32>, nowait: bool) -> Iocb {
     let mut cb = Iocb {
         aio_data: idx as u64,
         aio_fildes: op.dev.fd() as u32,
-        aio_flags: IOCB_FLAG_RESFD,
-        aio_resfd: resfd,
+        aio_flags: if resfd.is_some() { IOCB_FLAG_RESFD } else { 0 },
+        aio_resfd: resfd.unwrap_or(0),
         ..Iocb::default()
     };
     if op.kind == OpKind::Flush || op.pre_flush {
@@ -114,10 +137,25 @@ impl Core {
     /// A core for `ctx`, signalled through `waker`'s eventfd (which must be
     /// non-blocking).
     pub(super) fn new(ctx: Context, waker: Arc<Waker>) -> Core {
+        Core::build(ctx, waker, true)
+    }
+
+    /// Tests: a core with the wait of kernels without `IOCB_CMD_POLL`.
+    #[cfg(test)]
+    pub(super) fn without_poll(ctx: Context, waker: Arc<Waker>) -> Core {
+        Core::build(ctx, waker, false)
+    }
+
+    /// A core; with `poll`, waiting in `io_getevents` if the kernel takes
+    /// the poll on the eventfd.
+    fn build(ctx: Context, waker: Arc<Waker>, poll: bool) -> Core {
         let cap = ctx.nr.max(1) as usize;
-        Core {
+        let mut core = Core {
             ctx,
             waker,
+            poll_wait: false,
+            poll_armed: false,
+            got: 0,
             slab: Vec::new(),
             free: Vec::new(),
             inflight: 0,
@@ -133,6 +171,39 @@ impl Core {
             punted: Vec::new(),
             #[cfg(test)]
             nowait_files: false,
+        };
+        core.poll_wait = poll && core.arm_poll().is_ok();
+        core
+    }
+
+    /// Tests: whether the thread waits in `io_getevents` (see the module's doc).
+    #[cfg(test)]
+    pub(super) fn polls_in_context(&self) -> bool {
+        self.poll_wait
+    }
+
+    /// Puts the poll on the eventfd into the context (one shot: its event
+    /// disarms it); the errno if the kernel refuses it.
+    fn arm_poll(&mut self) -> std::result::Result<(), i32> {
+        let mut cb = Iocb {
+            aio_data: POLL_TOKEN,
+            aio_lio_opcode: IOCB_CMD_POLL,
+            aio_fildes: self.waker.efd.as_raw_fd() as u32,
+            aio_buf: libc::POLLIN as u64,
+            ..Iocb::default()
+        };
+        let mut ptrs = [&mut cb as *mut Iocb];
+        // SAFETY: one live iocb, copied by the kernel during the call; a
+        // poll names no buffer, and its fd, our eventfd, stays open until
+        // the context is destroyed (`ctx` is dropped before `waker`), which
+        // cancels the poll.
+        match unsafe { self.ctx.submit(&mut ptrs) } {
+            Ok(1) => {
+                self.poll_armed = true;
+                Ok(())
+            }
+            Ok(_) => Err(libc::EAGAIN),
+            Err(e) => Err(e),
         }
     }
 
@@ -253,7 +324,7 @@ impl Core {
     /// Submits the backlog in batches of up to [`BATCH`] iocbs, as far as
     /// the context has room.
     pub(super) fn submit_backlog(&mut self) {
-        let resfd = self.waker.efd.as_raw_fd() as u32;
+        let resfd = (!self.poll_wait).then(|| self.waker.efd.as_raw_fd() as u32);
         self.gate.release(&mut self.backlog);
         while self.runnable() {
             let mut iocbs = std::mem::take(&mut self.iocbs);
@@ -350,7 +421,7 @@ impl Core {
         pending: &dyn Fn() -> bool,
         max: Option<Duration>,
     ) {
-        if self.runnable() || pending() {
+        if self.runnable() || pending() || self.got > 0 {
             return;
         }
         let mut max = max;
@@ -360,6 +431,11 @@ impl Core {
             self.full = false;
             max = Some(max.map_or(RETRY, |m| m.min(RETRY)));
         }
+        if self.poll_wait && !self.poll_armed && self.arm_poll().is_err() {
+            // No room for the poll now: a wake-up would not end the wait,
+            // so look again soon.
+            max = Some(max.map_or(RETRY, |m| m.min(RETRY)));
+        }
         let at = self.sched.sleep_until(now, max);
         if !self
             .waker
@@ -367,7 +443,17 @@ impl Core {
         {
             return;
         }
-        let r = ppoll_until(self.waker.efd.as_raw_fd(), at);
+        let r = if self.poll_wait {
+            match self.ctx.wait(&mut self.events, at) {
+                Ok(n) => {
+                    self.got = n;
+                    Ok(())
+                }
+                Err(e) => Err(std::io::Error::from_raw_os_error(e)),
+            }
+        } else {
+            ppoll_until(self.waker.efd.as_raw_fd(), at)
+        };
         self.waker.sleeping.store(false, Ordering::SeqCst);
         if let Err(e) = r {
             eprintln!("libdmio: waiting for AIO completions failed: {e}");
@@ -390,19 +476,42 @@ impl Core {
         r == 8
     }
 
-    /// Completes the ops whose events have arrived. The eventfd is reset
-    /// first: the kernel posts an event before it signals it, so an event
-    /// not reaped here signals again and ends the next wait at once.
+    /// Whether events may be waiting to be reaped: the kernel's ring is not
+    /// empty; without `poll_wait`, the eventfd was signalled since the last
+    /// reset (which this resets: the kernel posts an event before it
+    /// signals it, so an event not reaped now signals again and ends the
+    /// next wait at once).
+    fn may_have_events(&mut self) -> bool {
+        if self.poll_wait {
+            self.ctx.has_events()
+        } else {
+            self.take_signal() && self.inflight > 0
+        }
+    }
+
+    /// Completes the ops whose events have arrived: those the wait took,
+    /// then what `io_getevents` gives while the ring has more.
     pub(super) fn reap(&mut self) {
-        // Nothing signalled since the last reset: every event posted
-        // before then was reaped after it.
-        if !self.take_signal() || self.inflight == 0 {
+        let mut n = std::mem::take(&mut self.got);
+        if n == 0 && !self.may_have_events() {
             return;
         }
         let mut events = std::mem::take(&mut self.events);
         loop {
-            let n = self.ctx.reap(&mut events);
+            if n == 0 {
+                n = self.ctx.reap(&mut events);
+                if n == 0 {
+                    break;
+                }
+            }
             for ev in &events[..n] {
+                if ev.data == POLL_TOKEN {
+                    // A wake-up: reset the eventfd; the poll is armed again
+                    // before the next sleep.
+                    self.poll_armed = false;
+                    self.take_signal();
+                    continue;
+                }
                 let Some(mut op) = self.disown(ev.data as usize) else {
                     continue;
                 };
@@ -423,7 +532,9 @@ impl Core {
                     op.complete(res);
                 }
             }
-            if n < events.len() {
+            let more = n == events.len() || (self.poll_wait && self.ctx.has_events());
+            n = 0;
+            if !more {
                 break;
             }
         }

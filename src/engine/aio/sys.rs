@@ -4,10 +4,15 @@
 //! Results are converted here, once: `Ok` or the kernel's errno.
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 pub(super) const IOCB_CMD_PREAD: u16 = 0;
 pub(super) const IOCB_CMD_PWRITE: u16 = 1;
 pub(super) const IOCB_CMD_FDSYNC: u16 = 3;
+/// Completes when the fd is ready for the events in `aio_buf` (one shot;
+/// Linux 4.18 and later), with the ready events as `res`.
+pub(super) const IOCB_CMD_POLL: u16 = 5;
 /// `aio_resfd` is valid: the kernel adds 1 to that eventfd per completion.
 pub(super) const IOCB_FLAG_RESFD: u32 = 1;
 
@@ -58,13 +63,22 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
+/// `struct aio_ring`'s `magic` (`fs/aio.c`): the context's id is the
+/// address of the ring of events the kernel maps for it, which starts
+/// with this header.
+const AIO_RING_MAGIC: u32 = 0xa10a10a1;
+
 /// An AIO context (`aio_context_t`), destroyed on drop. Its owner drops it
 /// only when no iocb is in the kernel any more: `io_destroy` waits for
-/// every outstanding one.
+/// every outstanding one (and cancels a poll).
 pub(super) struct Context {
     id: libc::c_ulong,
     /// Events it was set up for (the most iocbs in the kernel at once).
     pub nr: u32,
+    /// The kernel's ring of events is mapped at `id` with the header
+    /// Linux gives it (checked once), so [`Context::has_events`] can look
+    /// at it without a system call.
+    ring: bool,
 }
 
 impl Context {
@@ -85,7 +99,71 @@ impl Context {
                 ),
             ));
         }
-        Ok(Context { id, nr })
+        // SAFETY: on Linux the id io_setup returns is the address of the
+        // context's event ring, mapped readable until io_destroy (libaio
+        // reads its magic the same way); the header's fifth u32 is `magic`
+        // and its eighth `header_length` (32).
+        let ring = unsafe {
+            let h = id as *const u32;
+            id != 0
+                && std::ptr::read_volatile(h.add(4)) == AIO_RING_MAGIC
+                && std::ptr::read_volatile(h.add(7)) == 32
+        };
+        Ok(Context { id, nr, ring })
+    }
+
+    /// Whether the kernel's ring holds events not reaped yet (its head is
+    /// not its tail), read without a system call; `true` when the ring
+    /// cannot be read (then only `io_getevents` tells).
+    pub fn has_events(&self) -> bool {
+        if !self.ring {
+            return true;
+        }
+        let h = self.id as *const AtomicU32;
+        // SAFETY: `ring` says the context's ring is mapped at `id` (see
+        // `new`), for as long as this context lives; `head` and `tail` are
+        // its third and fourth u32s, which the kernel updates, and which we
+        // only read.
+        unsafe { (*h.add(2)).load(Ordering::Acquire) != (*h.add(3)).load(Ordering::Acquire) }
+    }
+
+    /// `io_getevents` waiting for at least one event until `at` (`None`:
+    /// no limit): fills the front of `events` and says how many (0 at the
+    /// limit, or when a signal interrupts the wait), or the kernel's errno.
+    pub fn wait(
+        &self,
+        events: &mut [IoEvent],
+        at: Option<Instant>,
+    ) -> std::result::Result<usize, i32> {
+        let mut ts = at.map(|at| {
+            let d = at.saturating_duration_since(Instant::now());
+            libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            }
+        });
+        let tsp = ts
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
+        // SAFETY: the kernel writes at most `len` io_events into `events`,
+        // which has room for them; `tsp` is null or a live timespec.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_getevents,
+                self.id,
+                1 as libc::c_long,
+                events.len() as libc::c_long,
+                events.as_mut_ptr(),
+                tsp,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        match errno() {
+            libc::EINTR => Ok(0),
+            e => Err(e),
+        }
     }
 
     /// `io_submit`: how many of `iocbs` the kernel took (from the front),

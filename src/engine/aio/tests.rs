@@ -1,5 +1,6 @@
 //! Unit tests of the AIO core: the slab and `aio_data`, flushes (alone and
-//! before a write), FUA, wake-ups on the shared eventfd, fault-delayed ops
+//! before a write), FUA, wake-ups on the shared eventfd (the wait in
+//! `io_getevents` with a poll on it, and the older `ppoll` wait), fault-delayed ops
 //! and deadlines, the backlog past the context's room, and the engine
 //! routing buffered devices to its thread pool.
 
@@ -20,6 +21,17 @@ fn core(nr: u32) -> Option<Core> {
             None
         }
     }
+}
+
+/// Two cores with room for `nr` ops: one waiting in `io_getevents` with a
+/// poll on its eventfd (what this kernel gives), one with the wait older
+/// kernels get (`ppoll` on the eventfd every completion signals).
+fn cores(nr: u32) -> Vec<Core> {
+    let Some(first) = core(nr) else {
+        return Vec::new();
+    };
+    let ctx = sys::Context::new(nr).unwrap();
+    vec![first, Core::without_poll(ctx, waker().unwrap())]
 }
 
 /// Turns the core until `sink` has seen `n` ops end (bounded).
@@ -44,6 +56,13 @@ fn read_back(dev: &TempDev, off: u64) -> [u8; 512] {
 }
 
 #[test]
+fn the_core_waits_in_io_getevents_where_the_kernel_polls_in_aio() {
+    let Some(core) = core(8) else { return };
+    // IOCB_CMD_POLL came with IOCB_CMD_FDSYNC, in Linux 4.18.
+    assert_eq!(core.polls_in_context(), sys::has_fdsync());
+}
+
+#[test]
 fn kernel_versions_compare() {
     assert!(sys::kernel_at_least("6.18.44-fc-v1300", (4, 18)));
     assert!(sys::kernel_at_least("4.18.0", (4, 18)));
@@ -54,70 +73,72 @@ fn kernel_versions_compare() {
 
 #[test]
 fn each_completion_finds_its_op_and_slab_entries_are_reused() {
-    let Some(mut core) = core(64) else { return };
-    let dev = TempDev::new("aio-slab");
-    let pool = Pool::new(8, 4096).unwrap();
-    let sink = Arc::new(Recorder::default());
-    let ops = |round: u32| -> Vec<IoOp> {
-        (0..8u32)
-            .map(|i| {
-                let slot = pool.try_acquire().expect("a free slot");
-                let off = (16 * i as u64 + round as u64) * 512;
-                op(OpKind::Read, &dev, &sink, i, off, 512 * (i + 1), Some(slot))
-            })
-            .collect()
-    };
-    core.admit(ops(0));
-    run(&mut core, &sink, 8);
-    let want: Vec<(u32, i32)> = (0..8).map(|i| (i, 512 * (i as i32 + 1))).collect();
-    assert_eq!(sink.results(), want);
-    for &(region, _, first) in sink.done.lock().unwrap().iter() {
-        assert_eq!(first, Some((16 * region) as u8), "region {region}'s data");
+    for mut core in cores(64) {
+        let dev = TempDev::new("aio-slab");
+        let pool = Pool::new(8, 4096).unwrap();
+        let sink = Arc::new(Recorder::default());
+        let ops = |round: u32| -> Vec<IoOp> {
+            (0..8u32)
+                .map(|i| {
+                    let slot = pool.try_acquire().expect("a free slot");
+                    let off = (16 * i as u64 + round as u64) * 512;
+                    op(OpKind::Read, &dev, &sink, i, off, 512 * (i + 1), Some(slot))
+                })
+                .collect()
+        };
+        core.admit(ops(0));
+        run(&mut core, &sink, 8);
+        let want: Vec<(u32, i32)> = (0..8).map(|i| (i, 512 * (i as i32 + 1))).collect();
+        assert_eq!(sink.results(), want);
+        for &(region, _, first) in sink.done.lock().unwrap().iter() {
+            assert_eq!(first, Some((16 * region) as u8), "region {region}'s data");
+        }
+        assert!(core.idle());
+        let used = core.slab.len();
+        assert!(used <= 8 && core.free.len() == used);
+        sink.done.lock().unwrap().clear();
+        core.admit(ops(1));
+        run(&mut core, &sink, 8);
+        assert_eq!(sink.results(), want);
+        assert_eq!(core.slab.len(), used, "the slab did not grow");
+        assert_eq!(pool.in_use(), 0, "every slot went back");
     }
-    assert!(core.idle());
-    let used = core.slab.len();
-    assert!(used <= 8 && core.free.len() == used);
-    sink.done.lock().unwrap().clear();
-    core.admit(ops(1));
-    run(&mut core, &sink, 8);
-    assert_eq!(sink.results(), want);
-    assert_eq!(core.slab.len(), used, "the slab did not grow");
-    assert_eq!(pool.in_use(), 0, "every slot went back");
 }
 
 #[test]
 fn a_flush_write_runs_its_fdatasync_first_then_the_write_once() {
-    let Some(mut core) = core(64) else { return };
-    let dev = TempDev::new("aio-flush");
-    let pool = Pool::new(2, 4096).unwrap();
-    let sink = Arc::new(Recorder::default());
-    let slot = pool.try_acquire().unwrap();
-    slot.bytes_mut(4096).fill(0x77);
-    let w = IoOp {
-        pre_flush: true,
-        ..op(OpKind::Write, &dev, &sink, 0, 0, 4096, Some(slot))
-    };
-    let slot = pool.try_acquire().unwrap();
-    slot.bytes_mut(4096).fill(0x66);
-    let fua = IoOp {
-        fua: true,
-        ..op(OpKind::Write, &dev, &sink, 2, 8192, 4096, Some(slot))
-    };
-    let f = op(OpKind::Flush, &dev, &sink, 1, 0, 0, None);
-    core.admit([w, f, fua]);
-    run(&mut core, &sink, 3);
-    core.wait(None, &|| false, Some(Duration::from_millis(1)));
-    core.reap();
-    assert_eq!(sink.results(), vec![(0, 4096), (1, 0), (2, 4096)]);
-    assert!(core.idle());
-    assert!(
-        read_back(&dev, 0).iter().all(|&b| b == 0x77),
-        "the write ran"
-    );
-    assert!(
-        read_back(&dev, 8192).iter().all(|&b| b == 0x66),
-        "the FUA write ran"
-    );
+    for mut core in cores(64) {
+        let dev = TempDev::new("aio-flush");
+        let pool = Pool::new(2, 4096).unwrap();
+        let sink = Arc::new(Recorder::default());
+        let slot = pool.try_acquire().unwrap();
+        slot.bytes_mut(4096).fill(0x77);
+        let w = IoOp {
+            pre_flush: true,
+            ..op(OpKind::Write, &dev, &sink, 0, 0, 4096, Some(slot))
+        };
+        let slot = pool.try_acquire().unwrap();
+        slot.bytes_mut(4096).fill(0x66);
+        let fua = IoOp {
+            fua: true,
+            ..op(OpKind::Write, &dev, &sink, 2, 8192, 4096, Some(slot))
+        };
+        let f = op(OpKind::Flush, &dev, &sink, 1, 0, 0, None);
+        core.admit([w, f, fua]);
+        run(&mut core, &sink, 3);
+        core.wait(None, &|| false, Some(Duration::from_millis(1)));
+        core.reap();
+        assert_eq!(sink.results(), vec![(0, 4096), (1, 0), (2, 4096)]);
+        assert!(core.idle());
+        assert!(
+            read_back(&dev, 0).iter().all(|&b| b == 0x77),
+            "the write ran"
+        );
+        assert!(
+            read_back(&dev, 8192).iter().all(|&b| b == 0x66),
+            "the FUA write ran"
+        );
+    }
 }
 
 #[test]
@@ -141,62 +162,64 @@ fn a_bad_iocb_fails_its_op_alone() {
 fn more_ops_than_the_context_holds_wait_in_the_backlog() {
     // The kernel rounds a context up (to at least 4 per CPU, doubled), so
     // the core's own cap decides: 32 here, 100 ops.
-    let Some(mut core) = core(32) else { return };
-    let dev = TempDev::new("aio-backlog");
-    let sink = Arc::new(Recorder::default());
-    let pool = Pool::new(100, 4096).unwrap();
-    let ops: Vec<IoOp> = (0..100u32)
-        .map(|i| {
-            op(
-                OpKind::Read,
-                &dev,
-                &sink,
-                i,
-                (i as u64 % 512) * 512,
-                512,
-                pool.try_acquire(),
-            )
-        })
-        .collect();
-    core.admit(ops);
-    core.pump(Instant::now());
-    assert!(core.inflight <= 32, "{} in flight", core.inflight);
-    run(&mut core, &sink, 100);
-    assert_eq!(sink.count(), 100);
-    assert!(sink.results().iter().all(|r| r.1 == 512));
-    assert!(core.idle());
+    for mut core in cores(32) {
+        let dev = TempDev::new("aio-backlog");
+        let sink = Arc::new(Recorder::default());
+        let pool = Pool::new(100, 4096).unwrap();
+        let ops: Vec<IoOp> = (0..100u32)
+            .map(|i| {
+                op(
+                    OpKind::Read,
+                    &dev,
+                    &sink,
+                    i,
+                    (i as u64 % 512) * 512,
+                    512,
+                    pool.try_acquire(),
+                )
+            })
+            .collect();
+        core.admit(ops);
+        core.pump(Instant::now());
+        assert!(core.inflight <= 32, "{} in flight", core.inflight);
+        run(&mut core, &sink, 100);
+        assert_eq!(sink.count(), 100);
+        assert!(sink.results().iter().all(|r| r.1 == 512));
+        assert!(core.idle());
+    }
 }
 
 #[test]
 fn a_wake_up_ends_the_wait_and_a_deadline_fires_on_time() {
-    let Some(mut core) = core(32) else { return };
-    // A wake-up written while the core sleeps ends the wait at once.
-    let w = Arc::clone(&core.waker);
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
-        Wake::wake(&*w);
-    });
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) && !t.is_finished() {
-        core.wait(None, &|| false, Some(Duration::from_secs(10)));
-    }
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "woken, not timed out"
-    );
-    t.join().unwrap();
-    core.reap();
-    // A deadline: the wait ends for it, and it fires no earlier.
-    let fired = Arc::new(Fired::default());
-    let at = Instant::now() + Duration::from_millis(15);
-    core.arm(at, Arc::downgrade(&fired) as Weak<Fired>);
-    while fired.times() == 0 {
-        core.wait(None, &|| false, None);
+    for mut core in cores(32) {
+        // A wake-up written while the core sleeps ends the wait at once.
+        let w = Arc::clone(&core.waker);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            Wake::wake(&*w);
+        });
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) && !t.is_finished() {
+            core.wait(None, &|| false, Some(Duration::from_secs(10)));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "woken, not timed out"
+        );
+        t.join().unwrap();
         core.reap();
-        core.pump(Instant::now());
+        // A deadline: the wait ends for it, and it fires no earlier.
+        let fired = Arc::new(Fired::default());
+        let at = Instant::now() + Duration::from_millis(15);
+        core.arm(at, Arc::downgrade(&fired) as Weak<Fired>);
+        while fired.times() == 0 {
+            core.wait(None, &|| false, None);
+            core.reap();
+            core.pump(Instant::now());
+        }
+        assert!(Instant::now() >= at);
+        assert!(at.elapsed() < Duration::from_secs(2));
     }
-    assert!(Instant::now() >= at);
-    assert!(at.elapsed() < Duration::from_secs(2));
 }
 
 #[test]
