@@ -44,6 +44,8 @@ class Cases:
                          f"p99 {fmt_ns(d['lat_ns']['p99'])} vs {fmt_ns(f['lat_ns']['p99'])}; "
                          f"CPU/IO {d['cpu']['us_per_request']:.1f} vs {f['cpu']['us_per_request']:.1f} us"
                          + self.ref_note(ref))
+                if qd == 1:
+                    r["qd1"] = self.case1_qd1(dk, dev, label, r)
                 if qd == 32:
                     # For comparison: the caller's own buffer (through private
                     # memory), and the opt-in DM_IO_ZERO_COPY.
@@ -67,6 +69,36 @@ class Cases:
                                 f"fio {fmt_range(r['fio_runs'])} IOPS; own buffer through private memory "
                                 f"{r['bounce']['ratio']:.2f}x)")
         self.results["case1"] = out
+
+    def case1_qd1(self, dk, dev, label, pages):
+        """QD1 four ways: library pages and the caller's own buffer, with the threads
+        free and with both processes pinned to one CPU (`taskset`), where the threads'
+        placement (wake-ups, the loop worker, the completion softirq) no longer
+        differs between libdmio and fio. `pages` is the unpinned library-pages pair."""
+        c = self.cfg
+        cpu = (os.cpu_count() or 1) - 1
+        res = {"pages": {k: pages[k] for k in ("libdmio", "fio", "ratio")}}
+        for key, opt, pin, what in (("own", None, None, "own buffer (DM_IO_VM, private memory)"),
+                                    ("pages_pinned", "--pages", cpu, f"library pages, pinned to CPU {cpu}"),
+                                    ("own_pinned", None, cpu, f"own buffer, pinned to CPU {cpu}")):
+            zl = f"{label} {key.replace('_', ' ')}"
+            z = self.pair(
+                1, zl,
+                lambda: self.randread(zl, dev, 4096, 1, *([opt] if opt else []), pin=pin),
+                lambda: self.fio(zl, [dev], "randread", 4096, 1, c["size"], c["secs"], c["warmup"], pin=pin),
+                lambda x: x["iops"])
+            res[key] = {k: z[k] for k in ("libdmio", "fio", "ratio", "libdmio_runs", "fio_runs")}
+            d, f = z["libdmio_detail"], z["fio_detail"]
+            self.row(1, f"4 KiB randread QD1, {what} (IOPS)", dk, fmt_iops(z["libdmio"]), fmt_iops(z["fio"]),
+                     z["ratio"], f"p99 {fmt_ns(d['lat_ns']['p99'])} vs {fmt_ns(f['lat_ns']['p99'])}"
+                     + ("; fio pinned to the same CPU" if pin is not None else "; one copy per read"))
+        for key, tkey, what in (("pages", "qd1", "library pages"), ("pages_pinned", "qd1", "library pages, pinned"),
+                                ("own", "qd1_own", "own buffer"), ("own_pinned", "qd1_own", "own buffer, pinned")):
+            x = res[key]
+            self.target(1, f"4 KiB randread QD1 on {dk}, libdmio/fio IOPS ({what})", x["ratio"] >= TARGETS[tkey],
+                        f"{x['ratio']:.2f}x", f">= {TARGETS[tkey]}x",
+                        f"(libdmio {fmt_iops(x['libdmio'])}, fio {fmt_iops(x['fio'])} IOPS)")
+        return res
 
     def case2(self):
         c = self.cfg

@@ -31,6 +31,8 @@ SMOKE = dict(
 
 TARGETS = {
     "qd32": 0.95,       # case 1: >= 0.95x fio IOPS at QD32
+    "qd1": 0.95,        # case 1: >= 0.95x fio IOPS at QD1, library pages, pinned and not (issue 22)
+    "qd1_own": 0.85,    # case 1: >= 0.85x fio IOPS at QD1, the caller's own buffer (one copy)
     "mirror": 0.90,     # case 2: >= 0.90x fio aggregate
     "bounce": 0.90,     # case 3: bounce >= 0.90x zero-copy (libdmio's own DM_IO_ZERO_COPY)
     "timer_p99_ms": 1.0,  # case 4: p99 of (notify - deadline) <= 1 ms

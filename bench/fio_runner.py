@@ -27,21 +27,29 @@ class Runner:
         except json.JSONDecodeError:
             raise RuntimeError(f"{label}: no JSON from {' '.join(cmd)}: {p.stdout[:500]}")
 
-    def dmio(self, mode, label, *opts, env=None):
-        cmd = [self.driver, mode, "--label", label] + [str(o) for o in opts]
-        return self.run_json(cmd, label, env=env)
+    @staticmethod
+    def pinned(cmd, pin):
+        """`cmd` run on CPU `pin` alone (all its threads), or as it is for None."""
+        return cmd if pin is None else ["taskset", "-c", str(pin)] + cmd
 
-    def randread(self, label, dev, bs, qd, *extra, env=None):
-        """libdmio random reads for the configured time (`extra`: more driver options)."""
+    def dmio(self, mode, label, *opts, env=None, pin=None):
+        cmd = [self.driver, mode, "--label", label] + [str(o) for o in opts]
+        return self.run_json(self.pinned(cmd, pin), label, env=env)
+
+    def randread(self, label, dev, bs, qd, *extra, env=None, pin=None):
+        """libdmio random reads for the configured time (`extra`: more driver options;
+        `pin`: a CPU the whole process runs on)."""
         c = self.cfg
         return self.dmio("rand", label, "--dev", dev, "--rw", "read", "--bs", bs, "--qd", qd,
-                         "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra, env=env)
+                         "--secs", c["secs"], "--warmup", c["warmup"], "--span", c["size"], *extra, env=env,
+                         pin=pin)
 
     def fio(self, label, files, rw, bs, qd, span, secs=None, warmup=None, number_ios=None,
-            valgrind=None, ioengine="io_uring", numjobs=1, no_uring=False):
+            valgrind=None, ioengine="io_uring", numjobs=1, no_uring=False, pin=None):
         """fio, O_DIRECT, random offsets without a random map; its io_uring engine
         unless `ioengine` says otherwise (`numjobs` threads, reported as one group);
-        `no_uring`: under the seccomp filter that refuses io_uring (bench/no-uring.c)."""
+        `no_uring`: under the seccomp filter that refuses io_uring (bench/no-uring.c);
+        `pin`: a CPU fio runs on."""
         out = os.path.join(self.tmp, "fio.json")
         cmd = ["fio", "--name=bench", "--filename=" + ":".join(files), f"--ioengine={ioengine}",
                "--direct=1", f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", "--norandommap",
@@ -59,6 +67,7 @@ class Runner:
                     f"--ramp_time={int(warmup * 1000)}ms"]
         if no_uring:
             cmd = [os.path.join(os.path.dirname(self.driver), "no-uring")] + cmd
+        cmd = self.pinned(cmd, pin)
         if valgrind:
             cmd = valgrind + cmd
         else:
