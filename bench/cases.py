@@ -33,7 +33,7 @@ class Cases:
                     1, label,
                     lambda: self.randread(label, dev, 4096, qd, "--pages"),
                     lambda: self.fio(label, [dev], "randread", 4096, qd, c["size"], c["secs"], c["warmup"]),
-                    lambda x: x["iops"], rounds=2 * c["rounds"] if qd == 32 else None)
+                    lambda x: x["iops"], rounds=2 * c["rounds"] if qd in (1, 32) else None)
                 r.update(device=dk, qd=qd, memory="library pages (DM_IO_PAGE_LIST)")
                 out.append(r)
                 ref = self.ref_split(1, label, dev, 4096, qd, r["libdmio"], copies=False) if qd == 32 else None
@@ -74,7 +74,9 @@ class Cases:
         """QD1 four ways: library pages and the caller's own buffer, with the threads
         free and with both processes pinned to one CPU (`taskset`), where the threads'
         placement (wake-ups, the loop worker, the completion softirq) no longer
-        differs between libdmio and fio. `pages` is the unpinned library-pages pair."""
+        differs between libdmio and fio. `pages` is the unpinned library-pages pair.
+        Unpinned, both tools switch between two speeds from run to run on a VM, so those
+        pairs run twice the rounds."""
         c = self.cfg
         cpu = (os.cpu_count() or 1) - 1
         res = {"pages": {k: pages[k] for k in ("libdmio", "fio", "ratio")}}
@@ -86,7 +88,7 @@ class Cases:
                 1, zl,
                 lambda: self.randread(zl, dev, 4096, 1, *([opt] if opt else []), pin=pin),
                 lambda: self.fio(zl, [dev], "randread", 4096, 1, c["size"], c["secs"], c["warmup"], pin=pin),
-                lambda x: x["iops"])
+                lambda x: x["iops"], rounds=2 * c["rounds"] if pin is None else None)
             res[key] = {k: z[k] for k in ("libdmio", "fio", "ratio", "libdmio_runs", "fio_runs")}
             d, f = z["libdmio_detail"], z["fio_detail"]
             self.row(1, f"4 KiB randread QD1, {what} (IOPS)", dk, fmt_iops(z["libdmio"]), fmt_iops(z["fio"]),
