@@ -68,8 +68,11 @@ fn max_spinners() -> usize {
 /// The ops waiting for a worker: a lock and a condition variable, and in
 /// front of them up to [`max_spinners`] workers that just finished an op
 /// and watch the queue for [`SPIN`] before they sleep. An op that a
-/// watching worker will take wakes nobody; any other wakes one sleeping
-/// worker, as before.
+/// watching worker will take wakes nobody. For the others, sleeping
+/// workers are woken one at a time, each woken one waking the next as it
+/// takes an op while ops remain ([`Queue::pass`]): a submitter wakes at
+/// most one worker per batch, and ops that workers ending their IO take
+/// first cost no wake-up.
 struct Queue {
     state: Mutex<QueueState>,
     ready: Condvar,
@@ -98,6 +101,12 @@ struct QueueState {
     /// one counted on it), so it errs low: an op then wakes a sleeper it
     /// did not need to, never the other way round.
     spin_free: usize,
+    /// Workers waiting on `ready` now.
+    sleepers: usize,
+    /// Of those, how many were woken and have not looked at the queue yet:
+    /// the baton ([`Queue::pass`]). At most one is woken at a time; the one
+    /// that takes an op wakes the next while ops remain.
+    woken: usize,
 }
 
 impl Queue {
@@ -110,13 +119,30 @@ impl Queue {
         self.ready.notify_all();
     }
 
-    /// Under the lock: the next op, keeping `queued` current.
+    /// Under the lock: the next op, keeping `queued` current; passes the
+    /// baton on when ops remain.
     fn pop(&self, st: &mut QueueState) -> Option<IoOp> {
         let op = st.ops.pop_front();
         if op.is_some() {
             self.queued.store(st.ops.len(), Ordering::Relaxed);
+            self.pass(st);
         }
         op
+    }
+
+    /// Under the lock, with ops queued: wakes one sleeping worker unless
+    /// one was woken already and has not looked at the queue yet. Wake-ups
+    /// are chained, one at a time, instead of one per op: whoever takes an
+    /// op next (the woken worker, a watching one, or one that just ended
+    /// its IO) wakes the next sleeper while ops remain, so no queued op
+    /// ever waits without an awake worker on its way to it (a worker
+    /// stuck in the kernel is never counted on), and ops that a worker
+    /// ending its IO takes meanwhile cost no wake-up at all.
+    fn pass(&self, st: &mut QueueState) {
+        if !st.ops.is_empty() && st.woken == 0 && st.sleepers > 0 {
+            st.woken = 1;
+            self.ready.notify_one();
+        }
     }
 }
 
@@ -142,15 +168,21 @@ impl Workers {
         st.ops.extend(ops);
         let n = st.ops.len() - before;
         self.queue.queued.store(st.ops.len(), Ordering::Relaxed);
-        // Ops a watching worker will take wake nobody.
+        // Ops a watching worker will take wake nobody; for the others one
+        // sleeper is woken (unless one is already on its way), which wakes
+        // the next as it takes an op (`Queue::pass`).
         let watched = n.min(st.spin_free);
         st.spin_free -= watched;
-        drop(st);
+        // Counted before any worker can take them (under the lock): a
+        // worker that takes one, performs it and counts it done before
+        // this count went up would wrap `inflight` below zero, and `grow`
+        // would then start workers up to the bound.
         q.inflight.fetch_add(n, Ordering::SeqCst);
-        self.grow();
-        for _ in watched..n {
-            q.ready.notify_one();
+        if watched < n {
+            q.pass(&mut st);
         }
+        drop(st);
+        self.grow();
     }
 
     /// Starts workers while the ops handed over and not yet done outnumber
@@ -193,6 +225,8 @@ impl ThreadsEngine {
                     open: true,
                     spinners: 0,
                     spin_free: 0,
+                    sleepers: 0,
+                    woken: 0,
                 }),
                 ready: Condvar::new(),
                 queued: AtomicUsize::new(0),
@@ -373,11 +407,17 @@ fn worker(q: &Queue) {
                     st.spin_free = st.spin_free.saturating_sub(1).min(st.spinners);
                     continue;
                 }
+                st.sleepers += 1;
                 let (g, t) = q
                     .ready
                     .wait_timeout(st, IDLE_EXIT)
                     .unwrap_or_else(|e| e.into_inner());
                 st = g;
+                st.sleepers -= 1;
+                // Woken (or not: a spurious or timed-out return counts
+                // too, erring towards more wake-ups), this worker now
+                // looks at the queue: the baton is taken.
+                st.woken = st.woken.saturating_sub(1);
                 if t.timed_out() && st.ops.is_empty() {
                     // Under the lock: an op queued from now on sees one
                     // worker less and starts another if it must.
