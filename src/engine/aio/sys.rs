@@ -3,6 +3,7 @@
 //! `io_submit`, `io_getevents` and `io_destroy` through `libc::syscall`.
 //! Results are converted here, once: `Ok` or the kernel's errno.
 
+use crate::engine::uring::timespec_until;
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -135,34 +136,37 @@ impl Context {
         events: &mut [IoEvent],
         at: Option<Instant>,
     ) -> std::result::Result<usize, i32> {
-        let mut ts = at.map(|at| {
-            let d = at.saturating_duration_since(Instant::now());
-            libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as libc::c_long,
-            }
-        });
-        let tsp = ts
-            .as_mut()
-            .map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
+        let mut ts = at.map(timespec_until);
+        match self.getevents(1, events, ts.as_mut()) {
+            Err(libc::EINTR) => Ok(0),
+            r => r,
+        }
+    }
+
+    /// `io_getevents(min_nr)` with timeout `ts` (`None`: none).
+    fn getevents(
+        &self,
+        min_nr: libc::c_long,
+        events: &mut [IoEvent],
+        ts: Option<&mut libc::timespec>,
+    ) -> std::result::Result<usize, i32> {
+        let tsp = ts.map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
         // SAFETY: the kernel writes at most `len` io_events into `events`,
         // which has room for them; `tsp` is null or a live timespec.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_io_getevents,
                 self.id,
-                1 as libc::c_long,
+                min_nr,
                 events.len() as libc::c_long,
                 events.as_mut_ptr(),
                 tsp,
             )
         };
         if r >= 0 {
-            return Ok(r as usize);
-        }
-        match errno() {
-            libc::EINTR => Ok(0),
-            e => Err(e),
+            Ok(r as usize)
+        } else {
+            Err(errno())
         }
     }
 
@@ -206,23 +210,10 @@ impl Context {
             tv_nsec: 0,
         };
         loop {
-            // SAFETY: the kernel writes at most `len` io_events into
-            // `events`, which has room for them; `zero` is a live timespec.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    self.id,
-                    0 as libc::c_long,
-                    events.len() as libc::c_long,
-                    events.as_mut_ptr(),
-                    &mut zero,
-                )
-            };
-            if r >= 0 {
-                return r as usize;
-            }
-            if errno() != libc::EINTR {
-                return 0;
+            match self.getevents(0, events, Some(&mut zero)) {
+                Ok(n) => return n,
+                Err(libc::EINTR) => continue,
+                Err(_) => return 0,
             }
         }
     }

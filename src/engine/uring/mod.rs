@@ -24,7 +24,7 @@ mod sock;
 mod tests;
 mod waker;
 
-pub(super) use poll::ppoll_until;
+pub(super) use poll::{ppoll_until, timespec_until};
 pub(super) use waker::{new_eventfd, Waker};
 
 use super::sched::Sched;

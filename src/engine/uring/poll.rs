@@ -35,17 +35,21 @@ pub(super) fn poll_for_completion(
     ppoll_until(efd.as_raw_fd(), at)
 }
 
+/// The time from now until `at` (zero once it has passed), as a relative
+/// timeout for a system call.
+pub(in crate::engine) fn timespec_until(at: Instant) -> libc::timespec {
+    let d = at.saturating_duration_since(Instant::now());
+    libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
+}
+
 /// Sleeps in ppoll(2) until `fd` is readable or `at` passes (`None`: no
 /// limit). An interrupted sleep (EINTR) is not an error: the caller looks
 /// at its work and comes back.
 pub(in crate::engine) fn ppoll_until(fd: RawFd, at: Option<Instant>) -> std::io::Result<()> {
-    let ts = at.map(|at| {
-        let d = at.saturating_duration_since(Instant::now());
-        libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        }
-    });
+    let ts = at.map(timespec_until);
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
