@@ -77,12 +77,13 @@ int status_write_json(struct mirror *m, const char *path)
 		json_str(f, s->fail_reason);
 		fprintf(f,
 			", \"dirty_regions\": %llu, \"late_io\": %llu, \"timeouts\": %llu, "
-			"\"late_completions\": %llu, \"errors\": %llu, \"skipped\": %llu, \"resynced\": %llu, "
+			"\"late_completions\": %llu, \"errors\": %llu, \"skipped\": %llu, \"queued\": %llu, "
+			"\"resynced\": %llu, "
 			"\"read_errors\": %llu, \"failures\": %llu }%s\n",
 			(unsigned long long)s->dirty_regions, (unsigned long long)s->late_io,
 			(unsigned long long)s->timeouts, (unsigned long long)(s->late_ok + s->late_errors),
 			(unsigned long long)s->errors, (unsigned long long)s->skipped,
-			(unsigned long long)s->resynced, (unsigned long long)s->read_errors,
+			(unsigned long long)s->queued, (unsigned long long)s->resynced, (unsigned long long)s->read_errors,
 			(unsigned long long)s->failures, L + 1 < st.nlegs ? "," : "");
 	}
 	fprintf(f, "  ]\n}\n");

@@ -263,10 +263,12 @@ int main(void)
 			what = "WRITE FAILED";
 		else if (st.legs[1].timeouts > prev.legs[1].timeouts)
 			what = "leg B TIMED OUT at the deadline: acked with A, region dirty on B";
+		else if (st.legs[1].queued > prev.legs[1].queued)
+			what = "leg B still busy with an older write there: queued behind it, acked with A, region dirty on B";
 		else if (st.legs[1].skipped > prev.legs[1].skipped)
-			what = prev.legs[1].state == MIRROR_LEG_FAILED ?
+			what = st.legs[1].state == MIRROR_LEG_FAILED ?
 				       "leg B is failed, not written: acked with A, region dirty on B" :
-				       "leg B still busy with an older write there: not sent, region dirty on B";
+				       "leg B still busy, a write already queued there: not sent, region dirty on B";
 		else if (resyncing)
 			what = "both legs OK (resync running meanwhile)";
 		else if (st.resync_pending)

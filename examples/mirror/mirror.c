@@ -59,6 +59,7 @@ uint64_t mirror_set_dirty(struct mirror *m, unsigned leg, uint64_t r)
 void mirror_clear_dirty(struct mirror *m, unsigned leg, uint64_t r)
 {
 	size_t i = lr(m, leg, r);
+	m->held[i] = m->gen[r]; /* clean: the leg has every write to r */
 	if (m->dirty[i]) {
 		m->dirty[i] = 0;
 		m->legs[leg].ndirty--;
@@ -94,6 +95,7 @@ static void free_arrays(struct mirror *m)
 	free(m->aseq);
 	free(m->dirty);
 	free(m->lio);
+	free(m->held);
 	free(m->dseq);
 	free(m->disk_img);
 	free(m->wep);
@@ -209,12 +211,13 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 	m->aseq = calloc(n, sizeof(*m->aseq));
 	m->dirty = calloc(nl, 1);
 	m->lio = calloc(nl, 1);
+	m->held = calloc(nl, sizeof(*m->held));
 	m->dseq = calloc(nl, sizeof(*m->dseq));
 	m->wep = calloc(nl, sizeof(*m->wep));
 	if (m->wep)
 		memset(m->wep, 0xff, nl * sizeof(*m->wep));
 	if (!m->wep || !m->gen || !m->busy || !m->active || !m->inflight || !m->last_write || !m->aseq || !m->dirty ||
-	    !m->lio || !m->dseq) {
+	    !m->lio || !m->held || !m->dseq) {
 		rc = -ENOMEM;
 		mirror_set_error("out of memory");
 		goto fail;
@@ -252,6 +255,9 @@ int mirror_open(const struct mirror_config *cfg, struct mirror **out)
 		for (unsigned L = 1; L < m->nlegs; L++)
 			for (uint64_t r = 0; r < m->nregions; r++)
 				mirror_set_dirty(m, L, r);
+	/* Generation 0 everywhere: a clean leg holds it, a dirty one is unknown. */
+	for (size_t i = 0; i < nl; i++)
+		m->held[i] = m->dirty[i] ? HELD_NONE : 0;
 	if (m->logdev) {
 		/* Persist what was loaded and converted (regions that were
 		 * being written are now dirty on all legs but one), or create

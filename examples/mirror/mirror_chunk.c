@@ -58,17 +58,109 @@ static const char *state_word(int s)
 	return "?";
 }
 
-/* Notify of every leg write (user writes and resync copies). */
+static void leg_write_end(struct chunk *c, unsigned i, const struct dm_io_region_state *st);
+
+/* Notify of the legs issued together (user writes and resync copies). */
 static void write_notify(struct dm_io_region_state *st, void *ctx)
 {
 	struct chunk *c = ctx;
+	if (st->index < c->nissue)
+		leg_write_end(c, st->index, st);
+}
+
+/* Notify of a write that was queued on one leg and issued alone. */
+static void queued_notify(struct dm_io_region_state *st, void *ctx)
+{
+	const struct queued_ctx *q = ctx;
+	leg_write_end(q->c, q->i, st);
+}
+
+/* Ends queued write i of c without issuing it (m->lock held): the mirror
+ * is closing, or its leg failed. The leg stays dirty. */
+static void queued_drop(struct mirror *m, struct chunk *c, unsigned i)
+{
+	struct leg *l = &m->legs[c->leg_of[i]];
+	c->queued[i] = Q_ISSUED;
+	c->st[i] = IO_DONE;
+	c->final_state[i] = DM_IO_CANCELLED;
+	c->nfinal++;
+	l->late--;
+	m->inflight[c->region]--;
+	mirror_event(m, "%s: write to region %llu queued behind earlier IO dropped (%s) -> region stays dirty",
+		     l->name, (unsigned long long)c->region, m->stop ? "closing" : "leg failed");
+	if (c->wake)
+		pthread_cond_signal(c->wake);
+	mirror_chunk_put(m, c);
+}
+
+/* The IO on (leg, r) ended (m->lock held): lio drops, and a write queued
+ * behind it takes its place. It is returned in *next (next->c NULL if none)
+ * for the caller to issue with mirror_issue_queued once it has let go of
+ * m->lock; when the mirror is closing or the leg is failed it is dropped
+ * instead. */
+void mirror_leg_io_end(struct mirror *m, unsigned leg, uint64_t r, struct queued_ctx *next)
+{
+	size_t k = lr(m, leg, r);
+	next->c = NULL;
+	if (--m->lio[k] != LIO_QUEUED)
+		return;
+	m->lio[k] = 0;
+	for (struct chunk *c = m->live.next; c != &m->live; c = c->next) {
+		if (c->resync || c->region != r)
+			continue;
+		for (unsigned i = c->nissue; i < c->nio; i++) {
+			if (c->leg_of[i] != leg || c->queued[i] != Q_WAITING)
+				continue;
+			if (m->stop || m->legs[leg].failed) {
+				queued_drop(m, c, i);
+				return;
+			}
+			c->queued[i] = Q_ISSUED;
+			m->lio[k] = 1;
+			*next = c->qctx[i];
+			return;
+		}
+	}
+}
+
+/* Issues the queued write q->c leg q->i, reserved by mirror_leg_io_end
+ * (m->lock not held). The chunk stays alive until that leg is final. */
+void mirror_issue_queued(struct mirror *m, struct queued_ctx *q)
+{
+	struct chunk *c = q->c;
+	if (!c)
+		return;
+	unsigned i = q->i;
+	struct dm_io_region reg = { m->legs[c->leg_of[i]].bdev, c->off / 512, c->len / 512 };
+	struct dm_io_control ctrl = {
+		.memory = { .type = DM_IO_VM, .ptr.vma = c->data },
+		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0),
+		.notify = queued_notify,
+		.context = &c->qctx[i],
+		.client = m->cl,
+		.timeout = m->cfg.write_timeout_ms,
+	};
+	int rc = dm_io(&ctrl, 1, &reg, NULL);
+	if (rc) {
+		/* Refused (the client is going away, or out of memory): the
+		 * leg missed the write, as if it had been cancelled. */
+		struct dm_io_region_state st = { .index = 0, .state = DM_IO_CANCELLED, .error_code = rc };
+		leg_write_end(c, i, &st);
+	}
+}
+
+/* The end (or the TIMEOUT) of leg i's write of chunk c: user writes and
+ * resync copies, issued at once or queued. */
+static void leg_write_end(struct chunk *c, unsigned i, const struct dm_io_region_state *st)
+{
 	struct mirror *m = c->m;
-	unsigned i = st->index;
 	if (i >= c->nio)
 		return;
 	unsigned L = c->leg_of[i];
 	struct leg *l = &m->legs[L];
 	uint64_t r = c->region;
+	size_t k = lr(m, L, r);
+	struct queued_ctx next = { NULL, 0 };
 
 	pthread_mutex_lock(&m->lock);
 	/* The time, for messages only: not read for the usual on-time OK. */
@@ -96,26 +188,29 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 	if (c->st[i] == IO_DONE)
 		goto out;
 	int was_late = c->st[i] == IO_LATE;
+	int queued = c->queued[i] != 0; /* late by nature, not after a TIMEOUT */
 	if (was_late) {
 		l->late--;
-		m->late_completions++;
+		m->late_completions += !queued;
 	} else {
 		c->undecided--;
 	}
 	c->st[i] = IO_DONE;
 	c->final_state[i] = st->state;
 	c->nfinal++;
-	m->lio[lr(m, L, r)]--;
 	m->inflight[r]--;
 
 	if (st->state == DM_IO_OK) {
 		int current = m->gen[r] == c->gen;
-		m->wep[lr(m, L, r)] = m->fepoch; /* on L, not durable before the next flush */
+		m->wep[k] = m->fepoch; /* on L, not durable before the next flush */
 		if (!was_late)
 			c->ok++;
 		else if (c->owner)
 			c->ok_late++; /* the writer may still be waiting for its quorum */
 		if (c->resync) {
+			/* The copy holds generation c->gen (do_resync read it while
+			 * no write was issued to the region). */
+			m->held[k] = c->gen;
 			if (current) {
 				mirror_clear_dirty(m, L, r);
 				l->resynced++;
@@ -132,23 +227,29 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 				mirror_event(m, "resync: region %llu on %s superseded by a newer write; again later",
 				   (unsigned long long)r, l->name);
 			}
-		} else if (was_late) {
-			l->late_ok++;
-			if (current && c->was_clean[i] && !l->failed) {
+		} else {
+			if (m->held[k] == c->gen - 1)
+				m->held[k] = c->gen; /* L had every earlier write: now this one too */
+			int whole = m->held[k] == m->gen[r];
+			if (was_late && !queued)
+				l->late_ok++;
+			if (whole && m->dirty[k] && !l->failed) {
 				mirror_clear_dirty(m, L, r);
-				mirror_event(m, "%s: late OK for region %llu after %.0f ms; no newer write: region clean again",
-				   l->name, (unsigned long long)r, t - c->submit_ms);
-			} else {
+				mirror_event(m, "%s: %s OK for region %llu after %.0f ms; the leg has every write to it: "
+				   "region clean again", l->name, queued ? "queued write" : was_late ? "late" : "on-time",
+				   (unsigned long long)r, t - c->submit_ms);
+			} else if (was_late && !queued) {
 				l->late_kept++;
 				mirror_event(m, "%s: late OK for region %llu after %.0f ms; %s: region stays dirty", l->name,
 				   (unsigned long long)r, t - c->submit_ms,
-				   !current ? "a newer write was issued meanwhile" :
-				   l->failed ? "the leg is failed" : "it was already stale");
+				   l->failed ? "the leg is failed" :
+				   !current ? "a newer write was issued meanwhile" : "it was already stale");
 			}
 		}
 	} else {
 		/* ERROR, or CANCELLED (client destroyed): the region's content on
 		 * this leg is unknown. */
+		m->held[k] = HELD_NONE;
 		uint64_t s = mirror_set_dirty(m, L, r);
 		if (s > c->need_seq)
 			c->need_seq = s;
@@ -164,12 +265,16 @@ static void write_notify(struct dm_io_region_state *st, void *ctx)
 			mirror_event(m, "%s: write to region %llu %s", l->name, (unsigned long long)r, state_word(st->state));
 		}
 	}
+	/* After the leg's state is settled: a write queued on a leg this
+	 * ERROR just failed is dropped, not issued. */
+	mirror_leg_io_end(m, L, r, &next);
 	mirror_chunk_put(m, c);
 out:
 	if (wake)
 		pthread_cond_signal(wake);
 	mwake(m);
 	pthread_mutex_unlock(&m->lock);
+	mirror_issue_queued(m, &next);
 }
 
 /* One timed write of `data` to `n` leg regions for chunk `c` (user writes

@@ -24,21 +24,30 @@
  *                                differ in r until it is cleared (crash recovery)
  *   per leg L and region r:
  *                   dirty        L misses data of r: reads avoid it, resync copies r
- *                   lio          IOs on (L, r) not yet final: 0 or 1, never more
+ *                   lio          IOs on (L, r) not yet final: 0 or 1, never more;
+ *                                | LIO_QUEUED while a write waits to follow it
+ *                   held         the generation of r whose data L holds: L has
+ *                                every write to r up to it (HELD_NONE: unknown)
  *
- * Ordering. A write to r is issued to leg L only when lio(L, r) == 0; if an
+ * Ordering. A write to r is issued to leg L only when lio(L, r) == 0. If an
  * earlier write (or a resync copy) is still running on (L, r), typically one
- * that timed out, L is skipped for this write and marked dirty. So on every
- * leg, writes to a region are never concurrent and land in issue order: a
- * late write cannot overwrite newer data. Writes to one region are also
- * serialized against each other (busy[r]): the next one is issued after the
- * previous one was acknowledged.
+ * that timed out, the write is queued on L behind it (at most one queued
+ * write per (L, r); it holds its own copy of the data, counts as late IO of L
+ * and may still bring the write to its quorum) and issued the moment the
+ * earlier IO ends. If a write is already queued there, or L has too much late
+ * IO, L is skipped for this write and marked dirty. So on every leg, writes
+ * to a region are never concurrent and land in issue order: a late write
+ * cannot overwrite newer data. Writes to one region are also serialized
+ * against each other (busy[r]): the next one is issued after the previous
+ * one was acknowledged.
  *
  * Dirty tracking. L becomes dirty for r when its IO on r ends in TIMEOUT (at
  * the deadline, before the acknowledgement), ERROR or CANCELLED, or when L is
- * skipped. A late OK clears it only when the write's generation is still
- * gen[r] (no newer write was issued meanwhile) and r was clean on L when the
- * write was issued (a partial write does not repair an already stale region).
+ * queued or skipped. An OK of the write of generation g on L advances
+ * held(L, r) from g - 1 to g; when held reaches gen[r] (L got every write,
+ * late ones included) and L is not failed, L is clean again. ERROR and
+ * CANCELLED make held unknown; a resync copy sets it to the generation it
+ * copied; a skipped write leaves it behind for good (resync repairs that).
  *
  * Resync of (L, r) starts only when nothing is in flight on r and no write
  * covering r is waiting for its acknowledgement; it reserves lio(L, r) first
@@ -82,6 +91,19 @@
 
 enum { IO_RUNNING = 0, IO_LATE = 1, IO_DONE = 2 };
 
+#define LIO_QUEUED 0x80u          /* lio: a write is queued behind the running IO */
+#define HELD_NONE UINT64_MAX      /* held: what the leg holds of the region is unknown */
+enum { Q_NO = 0, Q_WAITING = 1, Q_ISSUED = 2 }; /* chunk->queued[i] */
+
+struct chunk;
+
+/* The notify context of a write queued on one leg (it is issued alone, so
+ * its region index is always 0): which chunk, which of its legs. */
+struct queued_ctx {
+	struct chunk *c;
+	unsigned i;
+};
+
 struct chunk {
 	struct chunk *prev, *next; /* m->live */
 	struct mirror *m;
@@ -89,11 +111,16 @@ struct chunk {
 	int resync;                /* a resync copy (one leg) */
 	uint64_t region, gen;
 	unsigned nio, nfinal, undecided, ok;
+	unsigned nissue;           /* legs issued at once: leg_of[0..nissue); queued ones follow */
 	unsigned ok_late;          /* legs OK after their TIMEOUT, before the ack */
 	unsigned leg_of[MIRROR_MAX_LEGS];
 	unsigned char was_clean[MIRROR_MAX_LEGS];
 	unsigned char st[MIRROR_MAX_LEGS];
+	unsigned char queued[MIRROR_MAX_LEGS]; /* Q_WAITING behind an earlier IO, then Q_ISSUED */
+	struct queued_ctx qctx[MIRROR_MAX_LEGS];
 	int final_state[MIRROR_MAX_LEGS];
+	uint64_t off;              /* the piece [off, off + len) */
+	size_t len;
 	double submit_ms;
 	uint64_t need_seq;         /* log seq that must be committed before the ack */
 	unsigned src;              /* resync: source leg */
@@ -110,7 +137,7 @@ struct leg {
 	char fail_reason[96];
 	double next_probe, read_slow_until;
 	uint64_t ndirty, late, cursor;
-	uint64_t timeouts, late_ok, late_kept, late_err, errors, skipped, resynced, read_errors,
+	uint64_t timeouts, late_ok, late_kept, late_err, errors, skipped, queued, resynced, read_errors,
 		read_slow, failures;
 };
 
@@ -140,6 +167,7 @@ struct mirror {
 	/* per leg x region */
 	unsigned char *dirty;
 	unsigned char *lio;
+	uint64_t *held;
 	uint64_t *dseq;
 	unsigned char *disk_img;   /* the last log image written successfully (slot_bytes) */
 	int img_inflight;          /* a log write of m->logbuf is under way */
@@ -281,6 +309,8 @@ void mirror_chunk_link(struct mirror *m, struct chunk *c);
 void mirror_chunk_put(struct mirror *m, struct chunk *c);
 int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
 			unsigned n, int sync);
+void mirror_leg_io_end(struct mirror *m, unsigned leg, uint64_t r, struct queued_ctx *next);
+void mirror_issue_queued(struct mirror *m, struct queued_ctx *q);
 
 /* mirror_resync.c */
 void *mirror_daemon_main(void *arg);

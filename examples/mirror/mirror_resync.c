@@ -85,6 +85,7 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 	c->fua = 1; /* the copy clears the dirty bit: make it durable first */
 	c->wake = &m->dcond;
 	c->nio = 1;
+	c->nissue = 1;
 	c->undecided = 1;
 	c->leg_of[0] = L;
 	c->was_clean[0] = 0;
@@ -117,13 +118,19 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 				m->legs[S].read_slow_until = now_ms() + READ_SLOW_MS;
 			}
 		}
-		m->lio[lr(m, L, r)]--;
+		struct queued_ctx next;
+		mirror_leg_io_end(m, L, r, &next);
 		m->inflight[r]--;
 		c->nfinal = 1;
 		c->owner = 0;
 		c->wake = NULL;
 		mirror_chunk_put(m, c);
 		mwake(m);
+		if (next.c) {
+			pthread_mutex_unlock(&m->lock);
+			mirror_issue_queued(m, &next);
+			pthread_mutex_lock(&m->lock);
+		}
 		return;
 	}
 	c->submit_ms = now_ms();
@@ -134,10 +141,16 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 
 	pthread_mutex_lock(&m->lock);
 	if (rc) {
-		m->lio[lr(m, L, r)]--;
+		struct queued_ctx next;
+		mirror_leg_io_end(m, L, r, &next);
 		m->inflight[r]--;
 		c->nfinal = 1;
 		c->undecided = 0;
+		if (next.c) {
+			pthread_mutex_unlock(&m->lock);
+			mirror_issue_queued(m, &next);
+			pthread_mutex_lock(&m->lock);
+		}
 	}
 	while (c->undecided)
 		pthread_cond_wait(&m->dcond, &m->lock);

@@ -106,6 +106,7 @@ void mirror_status(struct mirror *m, struct mirror_status *st)
 		s->late_errors = l->late_err;
 		s->errors = l->errors;
 		s->skipped = l->skipped;
+		s->queued = l->queued;
 		s->resynced = l->resynced;
 		s->read_errors = l->read_errors;
 		s->read_slow = l->read_slow;
@@ -133,12 +134,12 @@ void mirror_status_print(struct mirror *m, FILE *f)
 	for (unsigned L = 0; L < st.nlegs; L++) {
 		struct mirror_leg_status *s = &st.legs[L];
 		fprintf(f, "  %s %s: %s%s%s, %llu dirty regions, %llu late IO; timeouts %llu, late OK %llu "
-			   "(%llu kept dirty), errors %llu, skipped %llu, resynced %llu, read errors %llu, slow reads %llu\n",
+			   "(%llu kept dirty), errors %llu, skipped %llu, queued %llu, resynced %llu, read errors %llu, slow reads %llu\n",
 			s->name, s->path, mirror_leg_state_name(s->state), *s->fail_reason ? " - " : "",
 			s->fail_reason, (unsigned long long)s->dirty_regions, (unsigned long long)s->late_io,
 			(unsigned long long)s->timeouts, (unsigned long long)s->late_ok,
 			(unsigned long long)s->late_kept_dirty, (unsigned long long)s->errors,
-			(unsigned long long)s->skipped, (unsigned long long)s->resynced,
+			(unsigned long long)s->skipped, (unsigned long long)s->queued, (unsigned long long)s->resynced,
 			(unsigned long long)s->read_errors, (unsigned long long)s->read_slow);
 	}
 }

@@ -8,17 +8,52 @@
 
 /* ---- writes ---------------------------------------------------------------- */
 
+/* Queues chunk c's write on leg L behind the IO still running on (L, r)
+ * (m->lock held): it is issued from c->data (copied from buf here if c has
+ * no copy yet) the moment that IO ends. 0, or -ENOMEM (then L is skipped). */
+static int chunk_queue(struct mirror *m, struct chunk *c, unsigned L, const void *buf)
+{
+	struct leg *l = &m->legs[L];
+	uint64_t r = c->region;
+	if (!c->data) {
+		c->data = malloc(c->len);
+		if (!c->data)
+			return -ENOMEM;
+		memcpy(c->data, buf, c->len);
+	}
+	unsigned i = c->nio++;
+	c->leg_of[i] = L;
+	c->was_clean[i] = 0;
+	c->st[i] = IO_LATE; /* it cannot make the deadline: late from the start */
+	c->queued[i] = Q_WAITING;
+	c->qctx[i] = (struct queued_ctx){ c, i };
+	m->lio[lr(m, L, r)] |= LIO_QUEUED;
+	m->inflight[r]++;
+	l->late++;
+	l->queued++;
+	uint64_t s = mirror_set_dirty(m, L, r);
+	if (s > c->need_seq)
+		c->need_seq = s;
+	mirror_event(m, "%s: write to region %llu queued behind earlier IO still running -> region dirty until it lands",
+		     l->name, (unsigned long long)r);
+	return 0;
+}
+
 /* Prepares chunk c, the write of one region piece [off, off + len) of
- * region r, to every eligible leg: back-pressure, then each eligible leg
- * gets an IO (regs[c->nio]), the others are marked dirty. Links c on
- * m->live. m->lock held (the back-pressure wait releases it for a while).
- * `now`: the time the IO is issued at (submit_ms). */
+ * region r (the data at buf), to every eligible leg: back-pressure, then
+ * each eligible leg gets an IO (regs[0..c->nissue)); a leg still busy with
+ * an earlier IO on r gets the write queued behind it (chunk_queue); the
+ * others are marked dirty. Links c on m->live. m->lock held (the
+ * back-pressure wait releases it for a while). `now`: the time the IO is
+ * issued at (submit_ms). */
 static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_t off, size_t len, int fua,
-			  double t0, double now, pthread_cond_t *wake, struct dm_io_region *regs)
+			  double t0, double now, pthread_cond_t *wake, struct dm_io_region *regs, const void *buf)
 {
 	c->m = m;
 	c->owner = 1;
 	c->region = r;
+	c->off = off;
+	c->len = len;
 	c->fua = fua;
 	c->wake = wake;
 	/* A leg still busy on r, or with too much late IO, is skipped. When
@@ -44,17 +79,27 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 	c->gen = ++m->gen[r];
 	c->submit_ms = now;
 	m->last_write[r] = now;
+	unsigned busy[MIRROR_MAX_LEGS], nbusy = 0;
 	for (unsigned L = 0; L < m->nlegs; L++) {
 		struct leg *l = &m->legs[L];
 		size_t i = lr(m, L, r);
-		const char *why = l->failed ? NULL : m->lio[i] ? "earlier IO on this region still running" :
-				  l->late >= m->late_cap ? "too much late IO on the leg" : "";
-		if (!why || *why) {
+		const char *why = NULL; /* why L misses this write ("": failed, no event) */
+		if (l->failed) {
+			why = "";
+		} else if (l->late >= m->late_cap) {
+			why = "too much late IO on the leg";
+		} else if (m->lio[i] == 1) {
+			busy[nbusy++] = L; /* queued once the legs free now are set up */
+			continue;
+		} else if (m->lio[i]) {
+			why = "a write is already queued behind earlier IO there";
+		}
+		if (why) {
 			uint64_t s = mirror_set_dirty(m, L, r);
 			if (s > c->need_seq)
 				c->need_seq = s;
 			l->skipped++;
-			if (why)
+			if (*why)
 				mirror_event(m, "%s: write to region %llu not sent (%s) -> region dirty", l->name,
 				   (unsigned long long)r, why);
 			continue;
@@ -66,7 +111,19 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 		m->lio[i]++;
 		m->inflight[r]++;
 	}
+	c->nissue = c->nio;
 	c->undecided = c->nio;
+	for (unsigned k = 0; k < nbusy; k++) {
+		if (chunk_queue(m, c, busy[k], buf) == 0)
+			continue;
+		struct leg *l = &m->legs[busy[k]];
+		uint64_t s = mirror_set_dirty(m, busy[k], r);
+		if (s > c->need_seq)
+			c->need_seq = s;
+		l->skipped++;
+		mirror_event(m, "%s: write to region %llu not sent (no memory to queue it) -> region dirty", l->name,
+			     (unsigned long long)r);
+	}
 	mirror_chunk_link(m, c);
 }
 
@@ -85,26 +142,27 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
  * the caller's buffer. */
 static void chunk_submit(struct mirror *m, struct chunk *c, const void *buf, struct dm_io_region *regs, int sync)
 {
-	if (!c->nio)
+	if (!c->nissue)
 		return;
-	int rc = mirror_submit_write(m, c, sync ? (void *)buf : c->data, regs, c->nio, sync);
+	int rc = mirror_submit_write(m, c, sync ? (void *)buf : c->data, regs, c->nissue, sync);
 	if (rc && sync) {
 		/* A SYNC dm_io that started notified every leg before it
 		 * returned (its result then says how they ended; the quorum
 		 * rule decides): nothing started only if none was notified. */
 		pthread_mutex_lock(&m->lock);
-		int started = c->undecided < c->nio;
+		int started = c->undecided < c->nissue;
 		pthread_mutex_unlock(&m->lock);
 		if (started)
 			rc = 0;
 	}
 	if (rc) {
 		/* Nothing started: the legs missed this write. */
+		struct queued_ctx next[MIRROR_MAX_LEGS];
 		pthread_mutex_lock(&m->lock);
 		uint64_t r = c->region;
-		for (unsigned i = 0; i < c->nio; i++) {
+		for (unsigned i = 0; i < c->nissue; i++) {
 			unsigned L = c->leg_of[i];
-			m->lio[lr(m, L, r)]--;
+			mirror_leg_io_end(m, L, r, &next[i]);
 			m->inflight[r]--;
 			uint64_t s = mirror_set_dirty(m, L, r);
 			if (s > c->need_seq)
@@ -112,20 +170,23 @@ static void chunk_submit(struct mirror *m, struct chunk *c, const void *buf, str
 			c->st[i] = IO_DONE;
 			c->final_state[i] = DM_IO_ERROR;
 		}
-		c->nfinal = c->nio;
+		c->nfinal = c->nissue;
 		c->undecided = 0;
 		mirror_event(m, "dm_io refused a write: %s (%s)", strerror(-rc), dm_io_last_error());
 		pthread_mutex_unlock(&m->lock);
+		for (unsigned i = 0; i < c->nissue; i++)
+			mirror_issue_queued(m, &next[i]);
 	}
 }
 
-/* Legs of c whose IO is late (timed out, still running): they may still
- * bring the write to its quorum (m->lock held). */
-static unsigned chunk_running(const struct chunk *c)
+/* Legs of c whose IO is late (timed out and still running, or queued):
+ * they may still bring the write to its quorum (m->lock held). A write
+ * still queued on a failed leg will be dropped, not issued. */
+static unsigned chunk_running(const struct mirror *m, const struct chunk *c)
 {
 	unsigned n = 0;
 	for (unsigned i = 0; i < c->nio; i++)
-		n += c->st[i] == IO_LATE;
+		n += c->st[i] == IO_LATE && !(c->queued[i] == Q_WAITING && m->legs[c->leg_of[i]].failed);
 	return n;
 }
 
@@ -279,7 +340,7 @@ static int write_range(struct mirror *m, uint64_t off, const void *buf, size_t l
 			pthread_mutex_unlock(&m->lock);
 			goto out;
 		}
-		chunk_prepare(m, c, r0, off, len, flags & MIRROR_FUA, t0, t0, wcv, regs);
+		chunk_prepare(m, c, r0, off, len, flags & MIRROR_FUA, t0, t0, wcv, regs, buf);
 		pthread_mutex_unlock(&m->lock);
 		cs[n++] = c;
 		chunk_submit(m, c, buf, regs, 1);
@@ -324,7 +385,7 @@ static int write_range(struct mirror *m, uint64_t off, const void *buf, size_t l
 		struct chunk *c = mirror_chunk_new(m);
 		if (c) {
 			c->data = data;
-			chunk_prepare(m, c, r, pos, piece, flags & MIRROR_FUA, t0, now, wcv, regs);
+			chunk_prepare(m, c, r, pos, piece, flags & MIRROR_FUA, t0, now, wcv, regs, p + (pos - off));
 		}
 		pthread_mutex_unlock(&m->lock);
 		if (!c) {
@@ -352,7 +413,7 @@ wait:
 			unsigned ok = cs[k]->ok + cs[k]->ok_late;
 			if (ok < m->cfg.quorum) {
 				reached = 0;
-				lost |= ok + chunk_running(cs[k]) < m->cfg.quorum;
+				lost |= ok + chunk_running(m, cs[k]) < m->cfg.quorum;
 			}
 		}
 		if (reached || lost || rc)
