@@ -268,7 +268,7 @@ int main(void)
 		else if (st.legs[1].skipped > prev.legs[1].skipped)
 			what = st.legs[1].state == MIRROR_LEG_FAILED ?
 				       "leg B is failed, not written: acked with A, region dirty on B" :
-				       "leg B still busy, a write already queued there: not sent, region dirty on B";
+				       "leg B has too much late IO: not sent, region dirty on B";
 		else if (resyncing)
 			what = "both legs OK (resync running meanwhile)";
 		else if (st.resync_pending)

@@ -17,8 +17,8 @@
  * to the same region in flight on the same leg, so a late write can never
  * land on top of newer data. A write to a region whose previous write is
  * still running on a leg (timed out, not final) is queued on that leg (the
- * leg is dirty meanwhile) and issued there when the previous one ends; a
- * further write finding one queued skips the leg and marks it dirty. A leg
+ * leg is dirty meanwhile) and issued there when the previous one ends
+ * (queued writes go one at a time, oldest first). A leg
  * is clean again for the region once an OK shows it holds every write issued
  * there (a late write and the queued one after it). Resync of a region on a leg starts only when
  * nothing at all is in flight on that region.
@@ -179,8 +179,7 @@ struct mirror_leg_status {
 	uint64_t late_kept_dirty;     /* ... that left the region dirty (newer write) */
 	uint64_t late_errors;         /* ERROR/CANCELLED after TIMEOUT */
 	uint64_t errors;              /* write ERRORs */
-	uint64_t skipped;             /* writes not sent (failed, a write already queued on the
-	                                 region, too much late IO) */
+	uint64_t skipped;             /* writes not sent (failed, too much late IO) */
 	uint64_t queued;              /* writes queued behind an earlier IO still running on the
 	                                 region, sent when it ends */
 	uint64_t resynced;            /* regions copied to this leg */

@@ -85,6 +85,7 @@ static void queued_drop(struct mirror *m, struct chunk *c, unsigned i)
 	c->final_state[i] = DM_IO_CANCELLED;
 	c->nfinal++;
 	l->late--;
+	m->lio[lr(m, c->leg_of[i], c->region)]--;
 	m->inflight[c->region]--;
 	mirror_event(m, "%s: write to region %llu queued behind earlier IO dropped (%s) -> region stays dirty",
 		     l->name, (unsigned long long)c->region, m->stop ? "closing" : "leg failed");
@@ -93,33 +94,47 @@ static void queued_drop(struct mirror *m, struct chunk *c, unsigned i)
 	mirror_chunk_put(m, c);
 }
 
-/* The IO on (leg, r) ended (m->lock held): lio drops, and a write queued
- * behind it takes its place. It is returned in *next (next->c NULL if none)
- * for the caller to issue with mirror_issue_queued once it has let go of
- * m->lock; when the mirror is closing or the leg is failed it is dropped
- * instead. */
+/* The queued write on (leg, r) of the lowest generation: its chunk, and
+ * its leg's index in *i; NULL if none (m->lock held). */
+static struct chunk *first_queued(struct mirror *m, unsigned leg, uint64_t r, unsigned *i)
+{
+	struct chunk *best = NULL;
+	for (struct chunk *c = m->live.next; c != &m->live; c = c->next) {
+		if (c->resync || c->region != r || (best && c->gen > best->gen))
+			continue;
+		for (unsigned k = c->nissue; k < c->nio; k++)
+			if (c->leg_of[k] == leg && c->queued[k] == Q_WAITING) {
+				best = c;
+				*i = k;
+			}
+	}
+	return best;
+}
+
+/* The IO running on (leg, r) ended (m->lock held): lio drops, and the
+ * queued write of the lowest generation takes its place. It is returned in
+ * *next (next->c NULL if none) for the caller to issue with
+ * mirror_issue_queued once it has let go of m->lock. When the mirror is
+ * closing or the leg is failed, the queued writes are dropped instead. */
 void mirror_leg_io_end(struct mirror *m, unsigned leg, uint64_t r, struct queued_ctx *next)
 {
 	size_t k = lr(m, leg, r);
 	next->c = NULL;
-	if (--m->lio[k] != LIO_QUEUED)
-		return;
-	m->lio[k] = 0;
-	for (struct chunk *c = m->live.next; c != &m->live; c = c->next) {
-		if (c->resync || c->region != r)
-			continue;
-		for (unsigned i = c->nissue; i < c->nio; i++) {
-			if (c->leg_of[i] != leg || c->queued[i] != Q_WAITING)
-				continue;
-			if (m->stop || m->legs[leg].failed) {
-				queued_drop(m, c, i);
-				return;
-			}
-			c->queued[i] = Q_ISSUED;
-			m->lio[k] = 1;
-			*next = c->qctx[i];
+	m->lio[k]--;
+	while (m->lio[k]) {
+		unsigned i = 0;
+		struct chunk *c = first_queued(m, leg, r, &i);
+		if (!c) {
+			m->lio[k] = 0; /* not reached: lio counts the queued writes */
 			return;
 		}
+		if (m->stop || m->legs[leg].failed) {
+			queued_drop(m, c, i);
+			continue;
+		}
+		c->queued[i] = Q_ISSUED; /* lio now counts it as the running IO */
+		*next = c->qctx[i];
+		return;
 	}
 }
 
@@ -203,6 +218,8 @@ static void leg_write_end(struct chunk *c, unsigned i, const struct dm_io_region
 	if (st->state == DM_IO_OK) {
 		int current = m->gen[r] == c->gen;
 		m->wep[k] = m->fepoch; /* on L, not durable before the next flush */
+		if (!c->resync && m->held[k] == c->gen - 1)
+			m->held[k] = c->gen; /* L had every earlier write: now this one too */
 		if (!was_late)
 			c->ok++;
 		else if (c->owner)
@@ -228,8 +245,6 @@ static void leg_write_end(struct chunk *c, unsigned i, const struct dm_io_region
 				   (unsigned long long)r, l->name);
 			}
 		} else {
-			if (m->held[k] == c->gen - 1)
-				m->held[k] = c->gen; /* L had every earlier write: now this one too */
 			int whole = m->held[k] == m->gen[r];
 			if (was_late && !queued)
 				l->late_ok++;

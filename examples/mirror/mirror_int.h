@@ -24,18 +24,18 @@
  *                                differ in r until it is cleared (crash recovery)
  *   per leg L and region r:
  *                   dirty        L misses data of r: reads avoid it, resync copies r
- *                   lio          IOs on (L, r) not yet final: 0 or 1, never more;
- *                                | LIO_QUEUED while a write waits to follow it
+ *                   lio          IOs on (L, r) not yet final: the one running (one at
+ *                                most) and the writes queued behind it
  *                   held         the generation of r whose data L holds: L has
  *                                every write to r up to it (HELD_NONE: unknown)
  *
  * Ordering. A write to r is issued to leg L only when lio(L, r) == 0. If an
  * earlier write (or a resync copy) is still running on (L, r), typically one
- * that timed out, the write is queued on L behind it (at most one queued
- * write per (L, r); it holds its own copy of the data, counts as late IO of L
- * and may still bring the write to its quorum) and issued the moment the
- * earlier IO ends. If a write is already queued there, or L has too much late
- * IO, L is skipped for this write and marked dirty. So on every leg, writes
+ * that timed out, the write is queued on L behind it (it holds its own copy
+ * of the data, counts as late IO of L and may still bring the write to its
+ * quorum); when the running IO ends, the queued write of the lowest
+ * generation is issued. If L has too much late IO (queued writes included),
+ * L is skipped for this write and marked dirty. So on every leg, writes
  * to a region are never concurrent and land in issue order: a late write
  * cannot overwrite newer data. Writes to one region are also serialized
  * against each other (busy[r]): the next one is issued after the previous
@@ -46,8 +46,18 @@
  * queued or skipped. An OK of the write of generation g on L advances
  * held(L, r) from g - 1 to g; when held reaches gen[r] (L got every write,
  * late ones included) and L is not failed, L is clean again. ERROR and
- * CANCELLED make held unknown; a resync copy sets it to the generation it
- * copied; a skipped write leaves it behind for good (resync repairs that).
+ * CANCELLED make held unknown, and so does a skipped write (L can no longer
+ * catch up without a resync); a resync copy sets it to the generation it
+ * copied. L *follows* r while held(L, r) is known: every write to r was
+ * issued or queued to L, so L will hold them all once they land.
+ *
+ * Following. L follows r while held(L, r) is known: every write to r was
+ * issued or queued to L, so L will hold them all once they land. A leg with
+ * too much late IO (late_cap) is skipped, except when no following leg below
+ * its cap would take the write: then the following legs take it anyway (up
+ * to LATE_CAP_KEEP times the cap). Skipping them too could split the
+ * acknowledged data of r over legs none of which holds it all, and a resync
+ * from any of them would lose some.
  *
  * Resync of (L, r) starts only when nothing is in flight on r and no write
  * covering r is waiting for its acknowledgement; it reserves lio(L, r) first
@@ -88,10 +98,10 @@
 #define MAX_WRITE_REGIONS 64 /* regions one mirror_write may span */
 #define CLOSE_DRAIN_MS 5000.0 /* close waits this long for cancelled IO to be notified */
 #define CHUNK_CACHE 64       /* released chunks kept for reuse (m->free_chunks) */
+#define LATE_CAP_KEEP 8      /* a leg over late_cap still takes writes it must follow, up to this x the cap */
 
 enum { IO_RUNNING = 0, IO_LATE = 1, IO_DONE = 2 };
 
-#define LIO_QUEUED 0x80u          /* lio: a write is queued behind the running IO */
 #define HELD_NONE UINT64_MAX      /* held: what the leg holds of the region is unknown */
 enum { Q_NO = 0, Q_WAITING = 1, Q_ISSUED = 2 }; /* chunk->queued[i] */
 

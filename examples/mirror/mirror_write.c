@@ -6,7 +6,35 @@
  */
 #include "mirror_int.h"
 
+#include <limits.h>
+
 /* ---- writes ---------------------------------------------------------------- */
+
+/* Whether no following leg of region r (see mirror_int.h) is below its
+ * late IO cap: then the following legs take a write over their cap (m->lock
+ * held). */
+static int keep_following(const struct mirror *m, uint64_t r)
+{
+	for (unsigned L = 0; L < m->nlegs; L++) {
+		const struct leg *l = &m->legs[L];
+		if (!l->failed && l->late < m->late_cap && m->held[lr(m, L, r)] != HELD_NONE)
+			return 0;
+	}
+	return 1;
+}
+
+/* Whether leg L takes a write to region r now (m->lock held): not failed,
+ * and below its late IO cap, or a following leg up to LATE_CAP_KEEP times
+ * the cap when `keep` (keep_following). */
+static int leg_takes(const struct mirror *m, unsigned L, uint64_t r, int keep)
+{
+	const struct leg *l = &m->legs[L];
+	if (l->failed)
+		return 0;
+	if (l->late < m->late_cap)
+		return 1;
+	return keep && m->held[lr(m, L, r)] != HELD_NONE && l->late < m->late_cap * LATE_CAP_KEEP;
+}
 
 /* Queues chunk c's write on leg L behind the IO still running on (L, r)
  * (m->lock held): it is issued from c->data (copied from buf here if c has
@@ -27,7 +55,7 @@ static int chunk_queue(struct mirror *m, struct chunk *c, unsigned L, const void
 	c->st[i] = IO_LATE; /* it cannot make the deadline: late from the start */
 	c->queued[i] = Q_WAITING;
 	c->qctx[i] = (struct queued_ctx){ c, i };
-	m->lio[lr(m, L, r)] |= LIO_QUEUED;
+	m->lio[lr(m, L, r)]++;
 	m->inflight[r]++;
 	l->late++;
 	l->queued++;
@@ -56,17 +84,18 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 	c->len = len;
 	c->fua = fua;
 	c->wake = wake;
-	/* A leg still busy on r, or with too much late IO, is skipped. When
-	 * that would leave fewer than `quorum` legs, wait for late IO to
-	 * drain instead (back-pressure: a slow but working leg must not turn
-	 * into an EIO), until the legs not failed are too few anyway or
-	 * fail_after_ms after the write began. */
+	/* A leg with too much late IO is skipped (see leg_takes). When that
+	 * would leave fewer than `quorum` legs, wait for late IO to drain
+	 * instead (back-pressure: a slow but working leg must not turn into an
+	 * EIO), until the legs not failed are too few anyway or fail_after_ms
+	 * after the write began. */
+	int keep;
 	for (;;) {
 		unsigned eligible = 0, alive = 0;
+		keep = keep_following(m, r);
 		for (unsigned L = 0; L < m->nlegs; L++) {
-			const struct leg *l = &m->legs[L];
-			alive += !l->failed;
-			eligible += !l->failed && !m->lio[lr(m, L, r)] && l->late < m->late_cap;
+			alive += !m->legs[L].failed;
+			eligible += leg_takes(m, L, r, keep);
 		}
 		if (eligible >= m->cfg.quorum || alive < m->cfg.quorum)
 			break;
@@ -86,18 +115,19 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 		const char *why = NULL; /* why L misses this write ("": failed, no event) */
 		if (l->failed) {
 			why = "";
-		} else if (l->late >= m->late_cap) {
+		} else if (!leg_takes(m, L, r, keep)) {
 			why = "too much late IO on the leg";
-		} else if (m->lio[i] == 1) {
+		} else if (m->lio[i] == UCHAR_MAX) {
+			why = "too many writes queued on the region";
+		} else if (m->lio[i]) {
 			busy[nbusy++] = L; /* queued once the legs free now are set up */
 			continue;
-		} else if (m->lio[i]) {
-			why = "a write is already queued behind earlier IO there";
 		}
 		if (why) {
 			uint64_t s = mirror_set_dirty(m, L, r);
 			if (s > c->need_seq)
 				c->need_seq = s;
+			m->held[i] = HELD_NONE; /* L misses this write: only a resync can make it whole */
 			l->skipped++;
 			if (*why)
 				mirror_event(m, "%s: write to region %llu not sent (%s) -> region dirty", l->name,
@@ -120,6 +150,7 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 		uint64_t s = mirror_set_dirty(m, busy[k], r);
 		if (s > c->need_seq)
 			c->need_seq = s;
+		m->held[lr(m, busy[k], r)] = HELD_NONE;
 		l->skipped++;
 		mirror_event(m, "%s: write to region %llu not sent (no memory to queue it) -> region dirty", l->name,
 			     (unsigned long long)r);

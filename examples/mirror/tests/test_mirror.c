@@ -110,10 +110,10 @@ static void t_deadline(void)
 	check(legs_identical(2, p, 4 * MB), "deadline: legs byte-identical (cmp)");
 }
 
-/* v1 times out on the slow leg; v2 to the same region is acked and queued
- * on the slow leg behind v1; v3 finds a write already queued there and
- * skips the slow leg. When the slow leg lets v1 through late, v1 must not
- * win: v2 lands after it, and the region stays dirty for v3. */
+/* v1 times out on the slow leg; v2 and v3 to the same region are acked and
+ * queued on the slow leg behind v1. When the slow leg lets v1 through late,
+ * v1 must not win: v2 and then v3 land after it, in order, and the slow
+ * leg ends in sync with no resync. */
 static void t_overtake(void)
 {
 	const char *p[2] = { tfile("ov0", 4 * MB), tfile("ov1", 4 * MB) };
@@ -133,24 +133,24 @@ static void t_overtake(void)
 	check(rc1 == 0 && rc2 == 0 && rc3 == 0, "overtake: v1, v2 and v3 acknowledged (%d, %d, %d)", rc1, rc2, rc3);
 	check(took2 < 50, "overtake: v2 acked without waiting (queued on the slow leg, busy with v1): %.1f ms", took2);
 	struct mirror_leg_status s = leg_status(m, 1);
-	check(s.queued == 1 && s.skipped == 1,
-	      "overtake: v2 was queued on the slow leg, v3 not sent to it (queued %llu, skipped %llu)",
-	      (unsigned long long)s.queued, (unsigned long long)s.skipped);
-	mirror_set_faults(m, 1, ""); /* v1 now lands, late, then v2 */
-	check(mirror_wait_no_late_io(m, 5000), "overtake: v1 and the queued v2 completed on the slow leg");
-	s = leg_status(m, 1);
-	check(s.late_ok == 1 && s.late_kept_dirty == 1 && s.dirty_regions == 1,
-	      "overtake: the late OK of v1 left the region dirty (newer writes issued), and so did v2's (v3 "
-	      "missed): late OK %llu, kept dirty %llu, dirty regions %llu",
-	      (unsigned long long)s.late_ok, (unsigned long long)s.late_kept_dirty,
-	      (unsigned long long)s.dirty_regions);
-	check(read_leg(p[1], off, back, RS) == 0 && !memcmp(back, v2, RS),
-	      "overtake: before resync the slow leg holds v2 (queued behind the late v1, which did not win)");
+	check(s.queued == 2 && s.skipped == 0 && s.late_io == 3,
+	      "overtake: v2 and v3 queued on the slow leg behind v1 (queued %llu, skipped %llu, late IO %llu)",
+	      (unsigned long long)s.queued, (unsigned long long)s.skipped, (unsigned long long)s.late_io);
 	check(mirror_read(m, off, back, RS) == 0 && !memcmp(back, v3, RS),
-	      "overtake: mirror reads return v3 (the dirty leg is not read)");
+	      "overtake: mirror reads return v3 meanwhile (the slow leg is dirty, not read)");
+	mirror_set_faults(m, 1, ""); /* v1 now lands, late, then v2, then v3 */
+	check(mirror_wait_no_late_io(m, 5000), "overtake: v1 and the queued v2, v3 completed on the slow leg");
+	s = leg_status(m, 1);
+	check(s.late_ok == 1 && s.late_kept_dirty == 1 && s.dirty_regions == 0 && s.resynced == 0,
+	      "overtake: the late OK of v1 kept the region dirty (newer writes issued); the queued writes then "
+	      "brought the slow leg in sync, no resync (late OK %llu, kept dirty %llu, dirty regions %llu, "
+	      "resynced %llu)",
+	      (unsigned long long)s.late_ok, (unsigned long long)s.late_kept_dirty,
+	      (unsigned long long)s.dirty_regions, (unsigned long long)s.resynced);
+	check(read_leg(p[1], off, back, RS) == 0 && !memcmp(back, v3, RS),
+	      "overtake: the slow leg holds v3 (v1 landed late and did not win)");
 	mirror_resync_pause(m, 0);
-	check(mirror_wait_in_sync(m, 5000), "overtake: resync brings the slow leg in sync");
-	check(read_leg(p[1], off, back, RS) == 0 && !memcmp(back, v3, RS), "overtake: slow leg now holds v3");
+	check(mirror_wait_in_sync(m, 5000), "overtake: in sync");
 	mirror_close(m);
 	check(legs_identical(2, p, 4 * MB), "overtake: legs byte-identical (cmp)");
 }
@@ -393,46 +393,48 @@ static void t_read_late(void)
 
 /* A write to a region whose earlier write is still running late on a leg
  * is queued on that leg, not dropped. When the only other leg then hangs,
- * the write is acknowledged by the late leg once its earlier write lands (no
- * EIO), the late leg ends holding every write (clean), and acknowledged data
- * stays readable after the hung leg is failed. */
+ * the next write, queued behind two, is acknowledged by the late leg once
+ * it catches up (no EIO), the late leg ends holding every write (clean),
+ * and acknowledged data stays readable after the hung leg is failed. */
 static void t_queued(void)
 {
 	const char *p[2] = { tfile("q0", 4 * MB), tfile("q1", 4 * MB) };
 	struct mirror *m = open_mirror(2, p, NULL, 50, 1, 2000, NULL);
-	static unsigned char v1[RS], w1[BS], w2[BS], back[RS];
+	static unsigned char v1[RS], w[3][BS], back[RS];
 	const uint64_t off = 2 * RS;
 	fill(v1, RS, 81);
-	fill(w1, BS, 82);
-	fill(w2, BS, 83);
+	for (int i = 0; i < 3; i++)
+		fill(w[i], BS, 82 + i);
 	mirror_resync_pause(m, 1);
 	check(mirror_write(m, off, v1, RS) == 0, "queued: region written");
 
 	mirror_set_faults(m, 0, "delay write=300ms");
 	double t = now_ms();
-	int rc = mirror_write(m, off, w1, BS);
+	int rc1 = mirror_write(m, off, w[0], BS);
+	int rc2 = mirror_write(m, off + BS, w[1], BS);
 	double took = now_ms() - t;
-	check(rc == 0 && took < 250, "queued: w1 acknowledged by leg 1 at the deadline, leg 0 late (rc %d, %.0f ms)", rc,
+	check(rc1 == 0 && rc2 == 0 && took < 300,
+	      "queued: w1 and w2 acknowledged by leg 1 at the deadline, leg 0 late (rc %d %d, %.0f ms)", rc1, rc2,
 	      took);
 	mirror_set_faults(m, 1, "hang writes");
 	t = now_ms();
-	rc = mirror_write(m, off + BS, w2, BS);
+	int rc = mirror_write(m, off + 2 * BS, w[2], BS);
 	took = now_ms() - t;
 	check(rc == 0 && took < 1500,
-	      "queued: w2, with leg 1 hanging, is queued on leg 0 behind the late w1 and acknowledged when it lands, "
-	      "no EIO (rc %d, %.0f ms; fail-after 2000 ms)",
+	      "queued: w3, with leg 1 hanging, is queued on leg 0 behind the late w1 and w2 and acknowledged when "
+	      "it lands, no EIO (rc %d, %.0f ms; fail-after 2000 ms)",
 	      rc, took);
 	struct mirror_leg_status s = leg_status(m, 0);
-	check(s.queued == 1 && s.skipped == 0, "queued: leg 0 got w2 queued, not skipped (queued %llu, skipped %llu)",
-	      (unsigned long long)s.queued, (unsigned long long)s.skipped);
+	check(s.queued == 2 && s.skipped == 0, "queued: leg 0 got w2 and w3 queued, not skipped (queued %llu, "
+	      "skipped %llu)", (unsigned long long)s.queued, (unsigned long long)s.skipped);
 
-	/* Leg 1's w2 stays stuck: it is failed after fail-after. */
+	/* Leg 1's w3 stays stuck: it is failed after fail-after. */
 	for (int i = 0; i < 100 && leg_status(m, 1).state != MIRROR_LEG_FAILED; i++)
 		sleep_ms(50);
 	check(leg_status(m, 1).state == MIRROR_LEG_FAILED, "queued: the hung leg 1 is failed");
 	s = leg_status(m, 0);
 	check(s.dirty_regions == 0 && s.late_io == 0,
-	      "queued: leg 0 holds every write (the late w1, then w2): clean (%llu dirty regions, %llu late IO)",
+	      "queued: leg 0 holds every write (w1 late, then w2, w3): clean (%llu dirty regions, %llu late IO)",
 	      (unsigned long long)s.dirty_regions, (unsigned long long)s.late_io);
 	t = now_ms();
 	memset(back, 0, BS);
@@ -440,16 +442,213 @@ static void t_queued(void)
 	took = now_ms() - t;
 	check(rc == 0 && !memcmp(back, v1 + 5 * BS, BS) && took < 1000,
 	      "queued: acknowledged data of the region reads back from leg 0 (rc %d, %.0f ms)", rc, took);
-	check(mirror_read(m, off, back, 2 * BS) == 0 && !memcmp(back, w1, BS) && !memcmp(back + BS, w2, BS),
-	      "queued: w1 and w2 read back");
+	check(mirror_read(m, off, back, 3 * BS) == 0 && !memcmp(back, w[0], BS) && !memcmp(back + BS, w[1], BS) &&
+		      !memcmp(back + 2 * BS, w[2], BS),
+	      "queued: w1, w2 and w3 read back");
 
 	mirror_set_faults(m, 0, "");
 	mirror_set_faults(m, 1, "");
-	check(mirror_wait_no_late_io(m, 5000), "queued: leg 1's stuck w2 completed");
+	check(mirror_wait_no_late_io(m, 5000), "queued: leg 1's stuck w3 completed");
 	mirror_resync_pause(m, 0);
 	check(mirror_wait_in_sync(m, 5000), "queued: in sync afterwards (leg 1 back through resync)");
 	mirror_close(m);
 	check(legs_identical(2, p, 4 * MB), "queued: legs byte-identical (cmp)");
+}
+
+/* A write must not leave the acknowledged data of a region split over legs
+ * none of which will hold it all. Leg 0 misses w1 (skipped: too much late
+ * IO). Then leg 1, the only leg that holds w1, has too much late IO when w2
+ * comes: skipping it too would leave w1 on leg 1 only and w2 on leg 0 only,
+ * and the resync (no leg in sync: one is elected) would lose one of them.
+ * Leg 1 takes w2 over its cap; w2 is still acknowledged by leg 0 at the
+ * deadline, and every block survives the resync. */
+static void t_split(void)
+{
+	const char *p[2] = { tfile("sp0", 4 * MB), tfile("sp1", 4 * MB) };
+	struct mirror_config c;
+	mirror_config_init(&c);
+	c.nlegs = 2;
+	c.legs[0] = p[0];
+	c.legs[1] = p[1];
+	c.write_timeout_ms = 50;
+	c.read_timeout_ms = 100;
+	c.fail_after_ms = 5000;
+	c.queue_depth = 8; /* 4 late IOs per leg at most */
+	c.resync_kbps = 0;
+	c.resync_paused = 1;
+	struct mirror *m;
+	if (mirror_open(&c, &m)) {
+		check(0, "split: open: %s", mirror_last_error());
+		return;
+	}
+	static unsigned char w1[BS], w2[BS], d[BS], back[BS];
+	const uint64_t R = 2 * RS;
+	fill(w1, BS, 91);
+	fill(w2, BS, 92);
+	fill(d, BS, 93);
+
+	/* Leg 0 hangs until it has 4 late writes (other regions): w1 skips it. */
+	mirror_set_faults(m, 0, "hang writes");
+	for (int i = 0; i < 4; i++)
+		mirror_write(m, (uint64_t)(10 + i) * RS, d, BS);
+	check(mirror_write(m, R, w1, BS) == 0 && leg_status(m, 0).skipped == 1,
+	      "split: w1 acknowledged by leg 1, leg 0 skipped (too much late IO)");
+	mirror_set_faults(m, 0, "");
+	check(mirror_wait_no_late_io(m, 5000), "split: leg 0's late writes landed");
+
+	/* Now leg 1 hangs until it has 4 late writes; w2 goes to the region. */
+	mirror_set_faults(m, 1, "hang writes");
+	for (int i = 0; i < 4; i++)
+		mirror_write(m, (uint64_t)(20 + i) * RS, d, BS);
+	double t = now_ms();
+	int rc = mirror_write(m, R + BS, w2, BS);
+	double took = now_ms() - t;
+	struct mirror_leg_status s1 = leg_status(m, 1);
+	check(rc == 0 && took < 200 && s1.skipped == 0 && s1.late_io == 5,
+	      "split: w2 acknowledged by leg 0 at the deadline (rc %d, %.0f ms) and sent to leg 1 too, over its "
+	      "late IO cap (skipped %llu, late IO %llu)",
+	      rc, took, (unsigned long long)s1.skipped, (unsigned long long)s1.late_io);
+	mirror_set_faults(m, 1, "");
+	check(mirror_wait_no_late_io(m, 5000), "split: leg 1's late writes and w2 landed");
+	check(leg_status(m, 1).dirty_regions == 0, "split: leg 1 holds every write to the region: in sync");
+	check(mirror_read(m, R, back, BS) == 0 && !memcmp(back, w1, BS), "split: w1 reads back");
+	check(mirror_read(m, R + BS, back, BS) == 0 && !memcmp(back, w2, BS), "split: w2 reads back");
+	mirror_resync_pause(m, 0);
+	check(mirror_wait_in_sync(m, 5000), "split: in sync after resync");
+	mirror_close(m);
+	int bad = 0;
+	for (unsigned L = 0; L < 2; L++) {
+		bad += read_leg(p[L], R, back, BS) != 0 || memcmp(back, w1, BS) != 0;
+		bad += read_leg(p[L], R + BS, back, BS) != 0 || memcmp(back, w2, BS) != 0;
+	}
+	check(!bad, "split: both legs hold w1 and w2 after the resync (%d wrong)", bad);
+	check(legs_identical(2, p, 4 * MB), "split: legs byte-identical (cmp)");
+}
+
+/* Chaos: three writers on four shared regions, each owning its own blocks,
+ * while a fault thread keeps changing the legs: slow writes (up to 100 ms,
+ * the deadline is 20 ms), and one leg at a time hanging its writes for up
+ * to 400 ms. No leg stays unusable for long (fail-after is 5 s), so no write
+ * and no read may fail, every read returns the block's last acknowledged
+ * value, and once the faults stop the legs end byte-identical, holding
+ * exactly the acknowledged data. */
+enum { CHAOS_WRITERS = 3, CHAOS_BLOCKS = 16 }; /* blocks per writer, over 4 regions */
+
+struct chaos {
+	struct mirror *m;
+	unsigned id;
+	volatile int *stop;
+	int write_fails, read_fails, mismatches, writes;
+	uint32_t last[CHAOS_BLOCKS]; /* the seed of each block's last acknowledged value, 0: none */
+};
+
+/* Writer w's block b: blocks interleave over the regions, so writers share
+ * regions (and queue behind each other's late writes). */
+static uint64_t chaos_off(unsigned w, unsigned b)
+{
+	return (uint64_t)(b % 4) * RS + (uint64_t)((b / 4) * CHAOS_WRITERS + w) * BS;
+}
+
+static void *chaos_writer(void *arg)
+{
+	struct chaos *c = arg;
+	unsigned char d[BS], back[BS];
+	uint32_t x = c->id * 2654435761u + 17;
+	while (!*c->stop) {
+		x = x * 1103515245u + 12345u;
+		unsigned b = (x >> 8) % CHAOS_BLOCKS;
+		uint32_t seed = x | 1;
+		fill(d, BS, seed);
+		if (mirror_write(c->m, chaos_off(c->id, b), d, BS) != 0) {
+			c->write_fails++;
+			c->last[b] = 0; /* undefined after a failed write */
+			continue;
+		}
+		c->writes++;
+		c->last[b] = seed;
+		unsigned rb = (x >> 16) % CHAOS_BLOCKS;
+		if (!c->last[rb])
+			continue;
+		if (mirror_read(c->m, chaos_off(c->id, rb), back, BS) != 0) {
+			c->read_fails++;
+			continue;
+		}
+		fill(d, BS, c->last[rb]);
+		c->mismatches += memcmp(d, back, BS) != 0;
+	}
+	return NULL;
+}
+
+static void t_chaos(void)
+{
+	const char *p[2] = { tfile("ch0", 4 * MB), tfile("ch1", 4 * MB) };
+	struct mirror *m = open_mirror(2, p, NULL, 20, 1, 5000, NULL);
+	volatile int stop = 0;
+	struct chaos cs[CHAOS_WRITERS];
+	pthread_t th[CHAOS_WRITERS];
+	for (unsigned i = 0; i < CHAOS_WRITERS; i++) {
+		cs[i] = (struct chaos){ .m = m, .id = i, .stop = &stop };
+		pthread_create(&th[i], NULL, chaos_writer, &cs[i]);
+	}
+	uint32_t x = 4242;
+	unsigned hung = 2; /* the leg hanging its writes, 2: none */
+	int hangs = 0, changes = 0;
+	double t0 = now_ms();
+	while (now_ms() - t0 < 4000) {
+		x = x * 1103515245u + 12345u;
+		unsigned leg = (x >> 8) % 2, what = (x >> 12) % 4;
+		char spec[64];
+		if (what == 0 && hung == 2) {
+			snprintf(spec, sizeof(spec), "hang writes");
+			hung = leg;
+			hangs++;
+		} else if (what == 1) {
+			spec[0] = 0;
+			if (hung == leg)
+				hung = 2;
+		} else {
+			snprintf(spec, sizeof(spec), "delay write=%ums", 5 + (x >> 16) % 96);
+			if (hung == leg)
+				hung = 2;
+		}
+		mirror_set_faults(m, leg, spec);
+		changes++;
+		sleep_ms(50 + (x >> 20) % 350);
+	}
+	mirror_set_faults(m, 0, "");
+	mirror_set_faults(m, 1, "");
+	stop = 1;
+	int wf = 0, rf = 0, mm = 0, n = 0;
+	for (unsigned i = 0; i < CHAOS_WRITERS; i++) {
+		pthread_join(th[i], NULL);
+		wf += cs[i].write_fails;
+		rf += cs[i].read_fails;
+		mm += cs[i].mismatches;
+		n += cs[i].writes;
+	}
+	struct mirror_status st;
+	mirror_status(m, &st);
+	check(n > 50 && !wf && !rf && !mm,
+	      "chaos: %d writes from %d threads through %d fault changes (%d hangs of one leg): %d write and %d "
+	      "read failures, %d stale reads (queued %llu / %llu, skipped %llu / %llu, timeouts %llu)",
+	      n, CHAOS_WRITERS, changes, hangs, wf, rf, mm, (unsigned long long)st.legs[0].queued,
+	      (unsigned long long)st.legs[1].queued, (unsigned long long)st.legs[0].skipped,
+	      (unsigned long long)st.legs[1].skipped, (unsigned long long)st.timeouts);
+	check(st.legs[0].failures == 0 && st.legs[1].failures == 0, "chaos: no leg was failed");
+	check(mirror_wait_in_sync(m, 10000), "chaos: in sync once the faults stop");
+	mirror_close(m);
+	int bad = 0;
+	static unsigned char d[BS], back[BS];
+	for (unsigned w = 0; w < CHAOS_WRITERS; w++)
+		for (unsigned b = 0; b < CHAOS_BLOCKS; b++) {
+			if (!cs[w].last[b])
+				continue;
+			fill(d, BS, cs[w].last[b]);
+			for (unsigned L = 0; L < 2; L++)
+				bad += read_leg(p[L], chaos_off(w, b), back, BS) != 0 || memcmp(d, back, BS) != 0;
+		}
+	check(!bad, "chaos: both legs hold every block's last acknowledged value (%d wrong)", bad);
+	check(legs_identical(2, p, 4 * MB), "chaos: legs byte-identical (cmp)");
 }
 
 /* Initial sync, throttled, while writes go on. */
@@ -812,6 +1011,8 @@ int main(void)
 	t_reads();
 	t_read_late();
 	t_queued();
+	t_split();
+	t_chaos();
 	t_resync_progress();
 	t_log_reopen();
 	t_log_close();
