@@ -85,6 +85,7 @@ static void queued_drop(struct mirror *m, struct chunk *c, unsigned i)
 	c->final_state[i] = DM_IO_CANCELLED;
 	c->nfinal++;
 	l->late--;
+	m->held[lr(m, c->leg_of[i], c->region)] = HELD_NONE; /* it misses the write */
 	m->lio[lr(m, c->leg_of[i], c->region)]--;
 	m->inflight[c->region]--;
 	mirror_event(m, "%s: write to region %llu queued behind earlier IO dropped (%s) -> region stays dirty",

@@ -36,6 +36,21 @@ static int leg_takes(const struct mirror *m, unsigned L, uint64_t r, int keep)
 	return keep && m->held[lr(m, L, r)] != HELD_NONE && l->late < m->late_cap * LATE_CAP_KEEP;
 }
 
+/* Leg L misses chunk c's write (m->lock held): dirty, and no longer
+ * following the region (only a resync can make it whole again). `why`:
+ * for the event, none if NULL. */
+static void chunk_skip(struct mirror *m, struct chunk *c, unsigned L, const char *why)
+{
+	uint64_t s = mirror_set_dirty(m, L, c->region);
+	if (s > c->need_seq)
+		c->need_seq = s;
+	m->held[lr(m, L, c->region)] = HELD_NONE;
+	m->legs[L].skipped++;
+	if (why)
+		mirror_event(m, "%s: write to region %llu not sent (%s) -> region dirty", m->legs[L].name,
+			     (unsigned long long)c->region, why);
+}
+
 /* Queues chunk c's write on leg L behind the IO still running on (L, r)
  * (m->lock held): it is issued from c->data (copied from buf here if c has
  * no copy yet) the moment that IO ends. 0, or -ENOMEM (then L is skipped). */
@@ -124,14 +139,7 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 			continue;
 		}
 		if (why) {
-			uint64_t s = mirror_set_dirty(m, L, r);
-			if (s > c->need_seq)
-				c->need_seq = s;
-			m->held[i] = HELD_NONE; /* L misses this write: only a resync can make it whole */
-			l->skipped++;
-			if (*why)
-				mirror_event(m, "%s: write to region %llu not sent (%s) -> region dirty", l->name,
-				   (unsigned long long)r, why);
+			chunk_skip(m, c, L, *why ? why : NULL);
 			continue;
 		}
 		c->leg_of[c->nio] = L;
@@ -143,18 +151,9 @@ static void chunk_prepare(struct mirror *m, struct chunk *c, uint64_t r, uint64_
 	}
 	c->nissue = c->nio;
 	c->undecided = c->nio;
-	for (unsigned k = 0; k < nbusy; k++) {
-		if (chunk_queue(m, c, busy[k], buf) == 0)
-			continue;
-		struct leg *l = &m->legs[busy[k]];
-		uint64_t s = mirror_set_dirty(m, busy[k], r);
-		if (s > c->need_seq)
-			c->need_seq = s;
-		m->held[lr(m, busy[k], r)] = HELD_NONE;
-		l->skipped++;
-		mirror_event(m, "%s: write to region %llu not sent (no memory to queue it) -> region dirty", l->name,
-			     (unsigned long long)r);
-	}
+	for (unsigned k = 0; k < nbusy; k++)
+		if (chunk_queue(m, c, busy[k], buf) != 0)
+			chunk_skip(m, c, busy[k], "no memory to queue it");
 	mirror_chunk_link(m, c);
 }
 
@@ -193,11 +192,9 @@ static void chunk_submit(struct mirror *m, struct chunk *c, const void *buf, str
 		uint64_t r = c->region;
 		for (unsigned i = 0; i < c->nissue; i++) {
 			unsigned L = c->leg_of[i];
+			chunk_skip(m, c, L, NULL);
 			mirror_leg_io_end(m, L, r, &next[i]);
 			m->inflight[r]--;
-			uint64_t s = mirror_set_dirty(m, L, r);
-			if (s > c->need_seq)
-				c->need_seq = s;
 			c->st[i] = IO_DONE;
 			c->final_state[i] = DM_IO_ERROR;
 		}
