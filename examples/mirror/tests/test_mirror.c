@@ -528,7 +528,7 @@ static void t_split(void)
 /* Chaos: three writers on four shared regions, each owning its own blocks,
  * while a fault thread keeps changing the legs: slow writes (up to 100 ms,
  * the deadline is 20 ms), and one leg at a time hanging its writes for up
- * to 400 ms. No leg stays unusable for long (fail-after is 5 s), so no write
+ * to 400 ms; with 2 legs and quorum 1, and 3 legs and quorum 2. No leg stays unusable for long (fail-after is 5 s), so no write
  * and no read may fail, every read returns the block's last acknowledged
  * value, and once the faults stop the legs end byte-identical, holding
  * exactly the acknowledged data. */
@@ -579,10 +579,10 @@ static void *chaos_writer(void *arg)
 	return NULL;
 }
 
-static void t_chaos(void)
+static void t_chaos(unsigned nlegs, unsigned quorum)
 {
-	const char *p[2] = { tfile("ch0", 4 * MB), tfile("ch1", 4 * MB) };
-	struct mirror *m = open_mirror(2, p, NULL, 20, 1, 5000, NULL);
+	const char *p[3] = { tfile("ch0", 4 * MB), tfile("ch1", 4 * MB), tfile("ch2", 4 * MB) };
+	struct mirror *m = open_mirror(nlegs, p, NULL, 20, quorum, 5000, NULL);
 	volatile int stop = 0;
 	struct chaos cs[CHAOS_WRITERS];
 	pthread_t th[CHAOS_WRITERS];
@@ -590,33 +590,33 @@ static void t_chaos(void)
 		cs[i] = (struct chaos){ .m = m, .id = i, .stop = &stop };
 		pthread_create(&th[i], NULL, chaos_writer, &cs[i]);
 	}
-	uint32_t x = 4242;
-	unsigned hung = 2; /* the leg hanging its writes, 2: none */
+	uint32_t x = 4242 + nlegs;
+	unsigned hung = nlegs; /* the leg hanging its writes, nlegs: none */
 	int hangs = 0, changes = 0;
 	double t0 = now_ms();
 	while (now_ms() - t0 < 4000) {
 		x = x * 1103515245u + 12345u;
-		unsigned leg = (x >> 8) % 2, what = (x >> 12) % 4;
+		unsigned leg = (x >> 8) % nlegs, what = (x >> 12) % 4;
 		char spec[64];
-		if (what == 0 && hung == 2) {
+		if (what == 0 && hung == nlegs) {
 			snprintf(spec, sizeof(spec), "hang writes");
 			hung = leg;
 			hangs++;
 		} else if (what == 1) {
 			spec[0] = 0;
 			if (hung == leg)
-				hung = 2;
+				hung = nlegs;
 		} else {
 			snprintf(spec, sizeof(spec), "delay write=%ums", 5 + (x >> 16) % 96);
 			if (hung == leg)
-				hung = 2;
+				hung = nlegs;
 		}
 		mirror_set_faults(m, leg, spec);
 		changes++;
 		sleep_ms(50 + (x >> 20) % 350);
 	}
-	mirror_set_faults(m, 0, "");
-	mirror_set_faults(m, 1, "");
+	for (unsigned L = 0; L < nlegs; L++)
+		mirror_set_faults(m, L, "");
 	stop = 1;
 	int wf = 0, rf = 0, mm = 0, n = 0;
 	for (unsigned i = 0; i < CHAOS_WRITERS; i++) {
@@ -628,14 +628,19 @@ static void t_chaos(void)
 	}
 	struct mirror_status st;
 	mirror_status(m, &st);
+	unsigned long long queued = 0, skipped = 0, failures = 0;
+	for (unsigned L = 0; L < nlegs; L++) {
+		queued += st.legs[L].queued;
+		skipped += st.legs[L].skipped;
+		failures += st.legs[L].failures;
+	}
 	check(n > 50 && !wf && !rf && !mm,
-	      "chaos: %d writes from %d threads through %d fault changes (%d hangs of one leg): %d write and %d "
-	      "read failures, %d stale reads (queued %llu / %llu, skipped %llu / %llu, timeouts %llu)",
-	      n, CHAOS_WRITERS, changes, hangs, wf, rf, mm, (unsigned long long)st.legs[0].queued,
-	      (unsigned long long)st.legs[1].queued, (unsigned long long)st.legs[0].skipped,
-	      (unsigned long long)st.legs[1].skipped, (unsigned long long)st.timeouts);
-	check(st.legs[0].failures == 0 && st.legs[1].failures == 0, "chaos: no leg was failed");
-	check(mirror_wait_in_sync(m, 10000), "chaos: in sync once the faults stop");
+	      "chaos, %u legs, quorum %u: %d writes from %d threads through %d fault changes (%d hangs of one "
+	      "leg): %d write and %d read failures, %d stale reads (queued %llu, skipped %llu, timeouts %llu)",
+	      nlegs, quorum, n, CHAOS_WRITERS, changes, hangs, wf, rf, mm, queued, skipped,
+	      (unsigned long long)st.timeouts);
+	check(failures == 0, "chaos, %u legs: no leg was failed", nlegs);
+	check(mirror_wait_in_sync(m, 10000), "chaos, %u legs: in sync once the faults stop", nlegs);
 	mirror_close(m);
 	int bad = 0;
 	static unsigned char d[BS], back[BS];
@@ -644,11 +649,11 @@ static void t_chaos(void)
 			if (!cs[w].last[b])
 				continue;
 			fill(d, BS, cs[w].last[b]);
-			for (unsigned L = 0; L < 2; L++)
+			for (unsigned L = 0; L < nlegs; L++)
 				bad += read_leg(p[L], chaos_off(w, b), back, BS) != 0 || memcmp(d, back, BS) != 0;
 		}
-	check(!bad, "chaos: both legs hold every block's last acknowledged value (%d wrong)", bad);
-	check(legs_identical(2, p, 4 * MB), "chaos: legs byte-identical (cmp)");
+	check(!bad, "chaos, %u legs: every leg holds every block's last acknowledged value (%d wrong)", nlegs, bad);
+	check(legs_identical(nlegs, p, 4 * MB), "chaos, %u legs: legs byte-identical (cmp)", nlegs);
 }
 
 /* Initial sync, throttled, while writes go on. */
@@ -1012,7 +1017,8 @@ int main(void)
 	t_read_late();
 	t_queued();
 	t_split();
-	t_chaos();
+	t_chaos(2, 1);
+	t_chaos(3, 2);
 	t_resync_progress();
 	t_log_reopen();
 	t_log_close();
