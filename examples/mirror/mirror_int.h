@@ -98,7 +98,11 @@
 #define MAX_WRITE_REGIONS 64 /* regions one mirror_write may span */
 #define CLOSE_DRAIN_MS 5000.0 /* close waits this long for cancelled IO to be notified */
 #define CHUNK_CACHE 64       /* released chunks kept for reuse (m->free_chunks) */
-#define LATE_CAP_KEEP 8      /* a leg over late_cap still takes writes it must follow, up to this x the cap */
+/* A leg over late_cap still takes writes it must follow, up to this times
+ * the cap: queue_depth late IOs, the leg's own share of libdmio's private
+ * memory (devices x min_ios), so a hung leg cannot make other legs' IO wait
+ * for memory. */
+#define LATE_CAP_KEEP 2
 
 enum { IO_RUNNING = 0, IO_LATE = 1, IO_DONE = 2 };
 
