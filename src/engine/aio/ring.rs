@@ -268,14 +268,18 @@ impl Core {
     }
 
     /// After a wait that began at `t0` with ops in the kernel: `hit`, an
-    /// event ended it (else its time limit did). As KVM's halt polling
-    /// does, the watch doubles (from [`WATCH_MIN_NS`] up to [`WATCH_MAX`])
-    /// while events come within `WATCH_MAX`, and halves (below
-    /// `WATCH_MIN_NS`: off) when they take longer.
+    /// event of an op ended it. As KVM's halt polling does, the watch
+    /// doubles (from [`WATCH_MIN_NS`] up to [`WATCH_MAX`]) when an event
+    /// ended the wait within `WATCH_MAX`, and halves (below
+    /// `WATCH_MIN_NS`: off) when the wait lasted longer. A shorter wait
+    /// that something else ended (work from another thread, a timer)
+    /// changes nothing; a longer one halves it too, so a thread that other
+    /// threads keep waking while its own IO is stuck stops watching.
     pub(super) fn adapt(&mut self, t0: Instant, hit: bool) {
-        if hit && t0.elapsed().as_nanos() <= self.watch_max as u128 {
+        let within = t0.elapsed().as_nanos() <= self.watch_max as u128;
+        if hit && within {
             self.watch_ns = (self.watch_ns * 2).clamp(WATCH_MIN_NS, self.watch_max);
-        } else {
+        } else if !within {
             self.watch_ns /= 2;
             if self.watch_ns < WATCH_MIN_NS {
                 self.watch_ns = 0;
@@ -520,9 +524,7 @@ impl Core {
         if let Some(t0) = watched.filter(|_| self.watch_ns > 0) {
             let end = t0 + Duration::from_nanos(self.watch_ns as u64);
             if self.watch(at.map_or(end, |a| a.min(end)), pending) {
-                if self.ctx.has_events() {
-                    self.adapt(t0, true);
-                }
+                self.adapt(t0, self.ctx.has_events());
                 return;
             }
         }
@@ -545,13 +547,8 @@ impl Core {
         };
         self.waker.sleeping.store(false, Ordering::SeqCst);
         if let Some(t0) = watched {
-            // A wait that only a wake-up ended tells nothing about the IO.
-            let got = &self.events[..self.got];
-            if got.iter().any(|e| e.data != POLL_TOKEN) {
-                self.adapt(t0, true);
-            } else if got.is_empty() {
-                self.adapt(t0, false);
-            }
+            let hit = self.events[..self.got].iter().any(|e| e.data != POLL_TOKEN);
+            self.adapt(t0, hit);
         }
         if let Err(e) = r {
             eprintln!("libdmio: waiting for AIO completions failed: {e}");

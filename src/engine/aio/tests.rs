@@ -66,7 +66,7 @@ fn the_core_waits_in_io_getevents_where_the_kernel_polls_in_aio() {
 }
 
 #[test]
-fn the_watch_stops_when_events_come_late_and_comes_back_when_they_are_prompt() {
+fn the_watch_stops_when_waits_are_long_and_comes_back_when_events_are_prompt() {
     let Some(core) = core(8) else { return };
     let mut core = core.with_watch();
     let max = core.watch_ns();
@@ -95,8 +95,14 @@ fn the_watch_stops_when_events_come_late_and_comes_back_when_they_are_prompt() {
     core.adapt(Instant::now(), false);
     assert_eq!(
         core.watch_ns(),
+        max,
+        "a short wait something else ended changes nothing"
+    );
+    core.adapt(late, false);
+    assert_eq!(
+        core.watch_ns(),
         max / 2,
-        "a wait its time limit ended halves it"
+        "a long wait without an event halves it"
     );
 }
 
