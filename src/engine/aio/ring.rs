@@ -53,10 +53,10 @@ const POLL_TOKEN: u64 = u64::MAX;
 pub(super) const NOWAIT_MAX: u32 = 1 << 20;
 /// The longest watch of the ring of events before a sleep ([`Core::watch`]).
 /// At QD1 on a RAM-backed loop device on this project's VM, a 4 KiB read
-/// ends 17 us (p50; p99 35 us) after its `dm_io` when the thread watches.
-/// A thread that sleeps instead leaves its vCPU idle, and the wake-up of
-/// that vCPU costs a round trip through the hypervisor on top, at every IO
-/// (`bench/HISTORY.md`, 2026-12-07 22:05).
+/// ends 17-18 us (p50; p99 35-46 us) after its `dm_io` when the thread
+/// watches. A thread that sleeps instead leaves its vCPU idle, and the
+/// wake-up of that vCPU costs a round trip through the hypervisor on top,
+/// at every IO (`bench/HISTORY.md`, 2026-12-07 22:20).
 const WATCH_MAX: Duration = Duration::from_micros(50);
 /// Looks at the ring between two yields of the CPU while watching (about
 /// 2 us): a thread the kernel wakes on this CPU waits no longer than that
@@ -236,6 +236,7 @@ impl Core {
     /// ([`Core::watch`]): for the completion thread, whose callbacks keep a
     /// queue depth. Only when the wait is in `io_getevents` and the ring
     /// can be read without a system call.
+    ///
     /// `DMIO_AIO_WATCH=0` turns the watch off: less CPU at low queue
     /// depths, for the IOPS of a thread that sleeps at once.
     pub(super) fn with_watch(mut self) -> Core {
