@@ -10,6 +10,9 @@
 //! woken by its completions and by other threads, which write the eventfd
 //! (polled in the context) when they queue events for it. Reaping an event, calling notify
 //! and submitting the next IO then happen on one thread, as in fio's loop.
+//! Before it sleeps, with IO of its own in the kernel, the thread watches
+//! the ring of events for a while ([`Core::with_watch`]): at QD1 the next
+//! event then needs no wake-up of the thread, nor of its idle CPU.
 //!
 //! What stays on the reactor: IO submitted by every other thread, all
 //! `DM_IO_SYNC` requests (a SYNC `dm_io` from notify blocks this thread),
@@ -109,7 +112,9 @@ impl Drop for LocalAio {
 pub(super) fn install(engine: u64, nr: u32, blocking: Arc<Blocking>) -> Option<LocalAio> {
     let ctx = Context::new(nr).ok()?;
     let waker = super::waker().ok()?;
-    let core = Core::new(ctx, Arc::clone(&waker)).with_blocking(blocking);
+    let core = Core::new(ctx, Arc::clone(&waker))
+        .with_blocking(blocking)
+        .with_watch();
     HERE.with(|l| {
         *l.core.borrow_mut() = Some(core);
         l.owner.set(engine);

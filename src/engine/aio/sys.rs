@@ -113,6 +113,12 @@ impl Context {
         Ok(Context { id, nr, ring })
     }
 
+    /// Whether [`Context::has_events`] reads the kernel's ring (without it,
+    /// it always says yes).
+    pub fn ring_mapped(&self) -> bool {
+        self.ring
+    }
+
     /// Whether the kernel's ring holds events not reaped yet (its head is
     /// not its tail), read without a system call; `true` when the ring
     /// cannot be read (then only `io_getevents` tells).

@@ -23,15 +23,18 @@ fn core(nr: u32) -> Option<Core> {
     }
 }
 
-/// Two cores with room for `nr` ops: one waiting in `io_getevents` with a
-/// poll on its eventfd (what this kernel gives), one with the wait older
-/// kernels get (`ppoll` on the eventfd every completion signals).
+/// Three cores with room for `nr` ops: one waiting in `io_getevents` with a
+/// poll on its eventfd (what this kernel gives), the same watching the
+/// ring of events before it sleeps (the completion thread's), and one with
+/// the wait older kernels get (`ppoll` on the eventfd every completion
+/// signals).
 fn cores(nr: u32) -> Vec<Core> {
     let Some(first) = core(nr) else {
         return Vec::new();
     };
+    let watching = Core::new(sys::Context::new(nr).unwrap(), waker().unwrap()).with_watch();
     let ctx = sys::Context::new(nr).unwrap();
-    vec![first, Core::without_poll(ctx, waker().unwrap())]
+    vec![first, watching, Core::without_poll(ctx, waker().unwrap())]
 }
 
 /// Turns the core until `sink` has seen `n` ops end (bounded).
@@ -60,6 +63,47 @@ fn the_core_waits_in_io_getevents_where_the_kernel_polls_in_aio() {
     let Some(core) = core(8) else { return };
     // IOCB_CMD_POLL came with IOCB_CMD_FDSYNC, in Linux 4.18.
     assert_eq!(core.polls_in_context(), sys::has_fdsync());
+}
+
+#[test]
+fn the_watch_stops_when_waits_are_long_and_comes_back_when_events_are_prompt() {
+    let Some(core) = core(8) else { return };
+    let mut core = core.with_watch();
+    let max = core.watch_ns();
+    if max == 0 {
+        return; // no ring to read without a system call: never watches
+    }
+    let late = Instant::now() - Duration::from_millis(1);
+    for _ in 0..16 {
+        core.adapt(late, true);
+    }
+    assert_eq!(
+        core.watch_ns(),
+        0,
+        "events later than the longest watch stop it"
+    );
+    core.adapt(Instant::now(), true);
+    assert!(core.watch_ns() > 0, "a prompt event starts it again");
+    for _ in 0..16 {
+        core.adapt(Instant::now(), true);
+    }
+    assert_eq!(
+        core.watch_ns(),
+        max,
+        "it grows back to the longest watch, no further"
+    );
+    core.adapt(Instant::now(), false);
+    assert_eq!(
+        core.watch_ns(),
+        max,
+        "a short wait something else ended changes nothing"
+    );
+    core.adapt(late, false);
+    assert_eq!(
+        core.watch_ns(),
+        max / 2,
+        "a long wait without an event halves it"
+    );
 }
 
 #[test]
