@@ -23,6 +23,13 @@ pub(crate) const WATCH_MAX: Duration = Duration::from_micros(50);
 /// thread the kernel wakes on this CPU waits no longer than that for it,
 /// and the watch costs one `sched_yield` per this many looks.
 pub(crate) const WATCH_LOOKS: u32 = 64;
+/// A thread watches only while at most this many of its ops are in the
+/// kernel. Deeper, completions come often enough that the thread seldom
+/// sleeps, and a watch would cost CPU per IO for nothing: at QD32 on the
+/// RAM loop device, watching before every wait cost 0.4-0.7 us of CPU per
+/// IO and no IOPS (`bench/HISTORY.md`). A 2- or 3-leg mirror at QD1 still
+/// watches.
+pub(crate) const WATCH_DEPTH: usize = 4;
 /// The shortest watch (ns); a shorter one stops until a wait shows that
 /// events come within [`WATCH_MAX`] again.
 pub(crate) const WATCH_MIN_NS: u32 = 4_000;

@@ -670,12 +670,14 @@ impl Core {
     /// its idle vCPU. It only returns: the wait goes on as it would have,
     /// and returns at once when something came (the kernel runs the
     /// deferred completions it flagged in that same `io_uring_enter`).
-    /// At higher queue depths completions are already there when the
-    /// thread comes to wait: two loads, no watch.
+    /// With more than [`crate::engine::watch::WATCH_DEPTH`] ops in the
+    /// kernel, or completions already there, it does not watch (a
+    /// comparison or two loads).
     #[inline]
     fn watch_first(&mut self, at: Option<Instant>, sends: u32, pending: &dyn Fn() -> bool) {
         if !self.watch.enabled()
             || self.inflight == 0
+            || self.inflight > crate::engine::watch::WATCH_DEPTH
             || sends > 0
             || !self.gate.is_empty()
             || Core::completions_seen(&mut self.ring, self.taskrun_flag)
