@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Interleaved A/B of two library builds against fio, 4 KiB random reads.
 
-    ab_libs.py --dev /dev/loopN --a DIR_A --b DIR_B [--rounds 4] [--secs 3] [--out F.json]
+    ab_libs.py --dev /dev/loopN --a DIR_A --b DIR_B [--c DIR_C] [--rounds 4] [--secs 3] [--out F.json]
 
 DIR_A and DIR_B each hold a build's `libdmio.so.0`; build/bench/dmio-bench runs
 with LD_LIBRARY_PATH set to each (it has a RUNPATH, which LD_LIBRARY_PATH
 overrides). Each round runs every configuration (QD1 own buffer / library pages,
 unpinned and pinned to the last CPU; QD32 own buffer and library pages) as
-A, B, fio in one round and fio, B, A in the next, so slow drifts of the VM's
+A, B(, C), fio in one round and in the reverse order in the next, so slow drifts of the VM's
 CPU speed hit every side alike. Prints per-run IOPS and CPU per IO (libdmio:
 the driver's getrusage; fio: its usr/sys CPU share), and the means. Run it
 under `flock -x /tmp/dmio-cpu.lock`.
@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--c", help="directory of a third build, C (optional)")
     ap.add_argument("--configs", default="qd1_own,qd1_pages,qd1_own_pinned,qd1_pages_pinned,qd32_pages,qd32_own")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -70,31 +71,34 @@ def main():
         "qd32_pages": (32, True, None), "qd32_own": (32, False, None),
     }
     names = args.configs.split(",")
-    res = {n: {"A": [], "B": [], "fio": []} for n in names}
+    libs = {"A": args.a, "B": args.b}
+    if args.c:
+        libs["C"] = args.c
+    sides = list(libs) + ["fio"]
+    res = {n: {w: [] for w in sides} for n in names}
     for rnd in range(args.rounds):
         for n in names:
             qd, pages, pin = configs[n]
-            order = ["A", "B", "fio"] if rnd % 2 == 0 else ["fio", "B", "A"]
+            order = sides if rnd % 2 == 0 else sides[::-1]
             for who in order:
                 if who == "fio":
                     v = fio(args.dev, qd, pin, args.secs, args.warmup)
                 else:
-                    v = dmio(args.a if who == "A" else args.b, args.dev, qd, pages, pin, args.secs, args.warmup)
+                    v = dmio(libs[who], args.dev, qd, pages, pin, args.secs, args.warmup)
                 res[n][who].append(v)
                 print("round %d %-17s %-3s %9.0f IOPS %6.2f us CPU/IO" % (rnd, n, who, v[0], v[1]), flush=True)
     print()
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
     summary = {}
     for n in names:
-        m = {w: (mean([x[0] for x in res[n][w]]), mean([x[1] for x in res[n][w]])) for w in ("A", "B", "fio")}
+        m = {w: (mean([x[0] for x in res[n][w]]), mean([x[1] for x in res[n][w]])) for w in sides}
         f = m["fio"][0] or 1.0
-        summary[n] = {"A_iops": m["A"][0], "B_iops": m["B"][0], "fio_iops": m["fio"][0],
-                      "A_ratio": m["A"][0] / f, "B_ratio": m["B"][0] / f,
-                      "A_cpu_us": m["A"][1], "B_cpu_us": m["B"][1], "fio_cpu_us": m["fio"][1]}
-        s = summary[n]
-        print("%-17s A %8.0f (%.2fx, %.2f us CPU/IO)  B %8.0f (%.2fx, %.2f us)  fio %8.0f (%.2f us)" % (
-            n, s["A_iops"], s["A_ratio"], s["A_cpu_us"], s["B_iops"], s["B_ratio"], s["B_cpu_us"],
-            s["fio_iops"], s["fio_cpu_us"]))
+        summary[n] = s = {"fio_iops": m["fio"][0], "fio_cpu_us": m["fio"][1]}
+        line = "%-17s" % n
+        for w in libs:
+            s[w + "_iops"], s[w + "_ratio"], s[w + "_cpu_us"] = m[w][0], m[w][0] / f, m[w][1]
+            line += "  %s %8.0f (%.2fx, %.2f us CPU/IO)" % (w, m[w][0], m[w][0] / f, m[w][1])
+        print(line + "  fio %8.0f (%.2f us)" % (m["fio"][0], m["fio"][1]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "runs": res, "summary": summary}, f, indent=1)

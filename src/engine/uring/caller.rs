@@ -247,8 +247,11 @@ impl Here {
             let ring = build_plain(ENTRIES)?;
             Core::with_ring(ring, Arc::clone(&w)).ok().map(|mut c| {
                 // The caller waits for its IO: memory file systems' ops
-                // run here, not on an io-wq thread (`Core::run_inline`).
+                // run here, not on an io-wq thread (`Core::run_inline`),
+                // and it watches for completions before it sleeps
+                // (`Core::with_watch`; a plain ring's CQ tail shows them).
                 c.inline_mem = true;
+                c.with_watch();
                 (w, c)
             })
         });
