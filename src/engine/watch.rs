@@ -16,8 +16,9 @@
 use std::time::{Duration, Instant};
 
 /// The longest watch before a sleep. At QD1 on a RAM-backed loop device on
-/// this project's VM, a 4 KiB read ends 17 us (p50; p99 35 us) after its
-/// `dm_io` when the thread watches (`bench/HISTORY.md`).
+/// this project's VM, a 4 KiB read ends 16 us (p50) after its `dm_io` when
+/// the completion thread watches, and within 31-73 us at p99 (`bench/HISTORY.md`,
+/// 2026-12-07 22:40).
 pub(crate) const WATCH_MAX: Duration = Duration::from_micros(50);
 /// Looks between two yields of the CPU while watching (about 2 us): a
 /// thread the kernel wakes on this CPU waits no longer than that for it,
