@@ -18,6 +18,7 @@ pub mod socket;
 pub mod threads;
 pub mod uring;
 pub mod wake;
+mod watch;
 
 pub use wake::Wake;
 

@@ -8,7 +8,9 @@
 //! SINGLE_ISSUER like the others): the request's ops and timers (its
 //! deadline, hedge timers) go into it, and the caller waits in it
 //! (`io_uring_enter` until a completion, the next timer or a wake-up), then
-//! reaps, completes and delivers notify itself. Another thread that ends
+//! reaps, completes and delivers notify itself. With a few ops in the
+//! kernel it watches the ring for their completions before it sleeps
+//! ([`crate::engine::watch`]), as the completion thread does. Another thread that ends
 //! the request (a cancel, a destroy, an NBD reply) wakes the ring through
 //! its eventfd ([`Waker`]), which the request holds while it waits.
 //!
@@ -247,8 +249,11 @@ impl Here {
             let ring = build_plain(ENTRIES)?;
             Core::with_ring(ring, Arc::clone(&w)).ok().map(|mut c| {
                 // The caller waits for its IO: memory file systems' ops
-                // run here, not on an io-wq thread (`Core::run_inline`).
+                // run here, not on an io-wq thread (`Core::run_inline`),
+                // and it watches for completions before it sleeps
+                // (`Core::with_watch`; a plain ring's CQ tail shows them).
                 c.inline_mem = true;
+                c.with_watch();
                 (w, c)
             })
         });

@@ -278,6 +278,17 @@ pub(super) struct Core {
     /// The kernel takes a minimum wait time (`IORING_FEAT_MIN_TIMEOUT`,
     /// Linux 6.12).
     min_wait: bool,
+    /// The kernel flags deferred completions in the SQ ring's flags
+    /// (`IORING_SQ_TASKRUN`): a DEFER_TASKRUN ring set up with
+    /// `IORING_SETUP_TASKRUN_FLAG`, whose completions the CQ's tail shows
+    /// only once the thread enters the kernel ([`Core::wait`]).
+    taskrun_flag: bool,
+    /// How long the thread watches for completions before it sleeps
+    /// ([`Core::with_watch`]; off on the reactor).
+    watch: super::watch::Watch,
+    /// When the wait that the next reap follows began, if it counts for
+    /// the watch's adaptation ([`super::watch::Watch::adapt`]).
+    watch_t0: Option<Instant>,
 }
 
 /// The reactor thread: a [`Core`] fed through the engine's channel.

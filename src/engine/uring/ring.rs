@@ -118,21 +118,28 @@ fn run_op_inline(op: &IoOp) -> i32 {
 
 /// A ring for one reactor thread: completions are processed only when the
 /// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
-/// on kernels that have it (6.1+); a plain ring elsewhere.
-fn build_ring(entries: u32) -> Result<IoUring> {
+/// on kernels that have it (6.1+); a plain ring elsewhere. With
+/// DEFER_TASKRUN the kernel also flags pending completions in the SQ
+/// ring's flags (`IORING_SETUP_TASKRUN_FLAG`, the `bool`): the CQ's tail
+/// shows them only once the thread enters the kernel to run them, so a
+/// thread that watches for them ([`Core::wait`]) looks at that flag.
+fn build_ring(entries: u32) -> Result<(IoUring, bool)> {
     if poll_wait() {
         // Completions must be posted while the thread sleeps in poll(2):
         // task work that interrupts it (no COOP_TASKRUN, no DEFER_TASKRUN).
         return IoUring::builder()
             .build(entries)
+            .map(|r| (r, false))
             .map_err(|e| Error::from_io("io_uring_setup", &e));
     }
     IoUring::builder()
         .setup_coop_taskrun()
+        .setup_taskrun_flag()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(entries)
-        .or_else(|_| IoUring::builder().build(entries))
+        .map(|r| (r, true))
+        .or_else(|_| IoUring::builder().build(entries).map(|r| (r, false)))
         .map_err(|e| Error::from_io("io_uring_setup", &e))
 }
 
@@ -214,7 +221,34 @@ impl Cqes {
 impl Core {
     /// A ring on the calling thread, woken through `waker`.
     pub(in crate::engine) fn new(entries: u32, waker: Arc<Waker>) -> Result<Core> {
-        Core::with_ring(build_ring(entries)?, waker)
+        let (ring, taskrun_flag) = build_ring(entries)?;
+        let mut core = Core::with_ring(ring, waker)?;
+        core.taskrun_flag = taskrun_flag;
+        Ok(core)
+    }
+
+    /// The thread watches for its completions before it sleeps
+    /// ([`Core::wait`]): for the threads whose own callbacks or caller
+    /// wait for the ring's IO (the completion thread, a SYNC caller), not
+    /// the reactor. Not with [`poll_wait`] (tools that run the engine
+    /// slowly, such as valgrind: watching would only burn their time).
+    pub(in crate::engine) fn with_watch(&mut self) {
+        if self.cq_efd.is_none() {
+            self.watch = crate::engine::watch::Watch::on();
+        }
+    }
+
+    /// Tests: how long the next wait watches first (ns).
+    #[cfg(test)]
+    pub(super) fn watch_ns(&self) -> u32 {
+        self.watch.ns()
+    }
+
+    /// Whether completions are ready to be reaped, or to be run by the
+    /// kernel when the thread enters it (`IORING_SQ_TASKRUN`, see
+    /// [`build_ring`]); read without a system call.
+    pub(super) fn completions_seen(ring: &mut IoUring, taskrun_flag: bool) -> bool {
+        !ring.completion().is_empty() || (taskrun_flag && ring.submission().taskrun())
     }
 
     /// A core around `ring` (built by the caller), woken through `waker`.
@@ -246,6 +280,9 @@ impl Core {
             inline_mem: false,
             lone_sends: 0,
             min_wait,
+            taskrun_flag: false,
+            watch: crate::engine::watch::Watch::off(),
+            watch_t0: None,
         };
         // A table with room for the private memory and every arena chunk,
         // filled as they are used. Without it (kernels before 5.19) the
@@ -566,6 +603,7 @@ impl Core {
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
         let at = self.sched.sleep_until(now, max);
+        self.watch_first(at, sends, pending);
         if !self.waker.announce_sleep(at, &|| {
             pending() || self.kicked() || self.gate.slot_freed(&self.waker)
         }) {
@@ -623,6 +661,48 @@ impl Core {
         }
     }
 
+    /// Before the thread announces its sleep ([`Core::wait`]): with IO of
+    /// its own in the kernel and nothing to reap yet, a thread that watches
+    /// ([`Core::with_watch`]) starts what is queued, then watches for a
+    /// completion, `pending()` or the sockets' kicks until the watch ends
+    /// or `at`, yielding the CPU now and then ([`crate::engine::watch`]).
+    /// At QD1 the completion then needs no wake-up of the thread nor of
+    /// its idle vCPU. It only returns: the wait goes on as it would have,
+    /// and returns at once when something came (the kernel runs the
+    /// deferred completions it flagged in that same `io_uring_enter`).
+    /// With more than [`crate::engine::watch::WATCH_DEPTH`] ops in the
+    /// kernel, or completions already there, it does not watch (a
+    /// comparison or two loads).
+    #[inline]
+    fn watch_first(&mut self, at: Option<Instant>, sends: u32, pending: &dyn Fn() -> bool) {
+        if !self.watch.enabled()
+            || self.inflight == 0
+            || self.inflight > crate::engine::watch::WATCH_DEPTH
+            || sends > 0
+            || !self.gate.is_empty()
+            || Core::completions_seen(&mut self.ring, self.taskrun_flag)
+        {
+            return;
+        }
+        let t0 = Instant::now();
+        self.watch_t0 = Some(t0);
+        let Some(mut end) = self.watch.end(t0) else {
+            return;
+        };
+        if let Some(at) = at {
+            end = end.min(at);
+        }
+        if !self.ring.submission().is_empty() {
+            // The IO must be in the kernel before its completion is
+            // watched for.
+            let _ = self.ring.submit();
+        }
+        let (ring, kicks, flag) = (&mut self.ring, &self.kicks, self.taskrun_flag);
+        crate::engine::watch::watch(end, &mut || {
+            Core::completions_seen(ring, flag) || pending() || kicks.pending.load(Ordering::SeqCst)
+        });
+    }
+
     /// Completes the ops whose CQEs have arrived.
     pub(in crate::engine) fn reap(&mut self) {
         // The SENDs pushed before are submitted and reaped here, or not
@@ -632,6 +712,12 @@ impl Core {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        if let Some(t0) = self.watch_t0.take() {
+            // A completion of the ring's IO ended the wait, or something
+            // else did (a wake-up, a timer).
+            let hit = cqes.iter().any(|&(ud, _)| ud != WAKE);
+            self.watch.adapt(t0, hit);
+        }
         for &(ud, res) in cqes.iter() {
             if ud == WAKE {
                 // SAFETY: reads 8 bytes into our own u64 from our eventfd,

@@ -338,3 +338,130 @@ fn the_owner_threads_io_wq_may_run_a_worker_per_op_in_flight() {
         core.cap
     );
 }
+
+/// The calling thread's voluntary context switches so far (each sleep is one).
+fn sleeps_of_this_thread() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct we own.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut ru), 0);
+        ru.ru_nvcsw
+    }
+}
+
+/// Queues a timeout of `us` microseconds (a completion the kernel posts as
+/// deferred task work, as it does a read's) with user data `ud`, counted
+/// as an op in the kernel.
+fn push_timer(core: &mut Core, us: u32, ud: u64) {
+    let ts = types::Timespec::new().nsec(us * 1000);
+    let e = io_uring::opcode::Timeout::new(&ts).build().user_data(ud);
+    // SAFETY: a timeout entry's timespec is read when it is submitted,
+    // which `submit_now` does before `ts` goes.
+    unsafe { core.ring.submission().push(&e) }.expect("room");
+    core.submit_now();
+    core.inflight += 1;
+}
+
+use io_uring::types;
+
+#[test]
+fn with_defer_taskrun_a_completion_shows_in_the_sq_flags_not_in_the_cq_tail() {
+    let Some(mut core) = core() else { return };
+    if !core.taskrun_flag {
+        eprintln!("skipped: no DEFER_TASKRUN ring here");
+        return;
+    }
+    push_timer(&mut core, 100, 1 << 20);
+    let t0 = Instant::now();
+    while !core.ring.submission().taskrun() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "IORING_SQ_TASKRUN never set"
+        );
+        std::hint::spin_loop();
+    }
+    // The completion waits for the thread to enter the kernel: the CQ's
+    // tail alone never shows it.
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(core.ring.completion().is_empty());
+    assert!(Core::completions_seen(&mut core.ring, true));
+    // A non-blocking enter runs it (GETEVENTS, min_complete 0).
+    // SAFETY: no submission entries, no argument.
+    unsafe {
+        core.ring
+            .submitter()
+            .enter::<libc::sigset_t>(0, 0, 1 /* IORING_ENTER_GETEVENTS */, None)
+    }
+    .unwrap();
+    assert_eq!(
+        core.ring
+            .completion()
+            .map(|c| c.user_data())
+            .collect::<Vec<_>>(),
+        vec![1 << 20]
+    );
+    assert!(!core.ring.submission().taskrun(), "the flag goes once run");
+    core.inflight = 0;
+}
+
+#[test]
+fn a_watching_core_ends_its_wait_on_a_completion_without_sleeping() {
+    let Some(mut core) = core() else { return };
+    core.with_watch();
+    let max = core.watch_ns();
+    assert!(max > 0);
+    // A completion 10 us away, well within the watch: the wait returns with
+    // it and the thread never slept. A few tries: on a loaded machine the
+    // thread may lose its CPU past the watch's end once in a while.
+    let mut quiet = 0;
+    for i in 0..20u64 {
+        push_timer(&mut core, 10, (1 << 20) + i);
+        let before = sleeps_of_this_thread();
+        let t0 = Instant::now();
+        core.wait(None, &|| false, Some(Duration::from_secs(5)));
+        let took = t0.elapsed();
+        let slept = sleeps_of_this_thread() - before;
+        let mut seen = Vec::new();
+        seen.extend(core.ring.completion().map(|c| c.user_data()));
+        assert_eq!(
+            seen,
+            vec![(1 << 20) + i],
+            "the wait returns with the completion"
+        );
+        core.inflight -= 1;
+        if slept == 0 && took < Duration::from_micros(50) {
+            quiet += 1;
+        }
+    }
+    assert!(quiet >= 10, "only {quiet} of 20 waits ended in the watch");
+    // Completions later than the longest watch stop it: the thread then
+    // sleeps at once.
+    for i in 0..16u64 {
+        push_timer(&mut core, 2_000, (1 << 21) + i);
+        core.wait(None, &|| false, Some(Duration::from_secs(5)));
+        core.reap();
+        core.inflight = 0;
+    }
+    assert_eq!(core.watch_ns(), 0, "late completions stopped the watch");
+    // And prompt ones bring it back (15 us: the timer must not have
+    // fired before the wait, as a read has not).
+    for i in 0..16u64 {
+        push_timer(&mut core, 15, (1 << 22) + i);
+        core.wait(None, &|| false, Some(Duration::from_secs(5)));
+        core.reap();
+        core.inflight = 0;
+    }
+    assert!(core.watch_ns() > 0, "prompt completions restarted it");
+}
+
+#[test]
+fn the_reactor_does_not_watch() {
+    let Some(mut core) = core() else { return };
+    assert_eq!(core.watch_ns(), 0);
+    push_timer(&mut core, 100, 1 << 20);
+    let before = sleeps_of_this_thread();
+    core.wait(None, &|| false, Some(Duration::from_secs(5)));
+    assert!(sleeps_of_this_thread() > before, "it sleeps at once");
+    core.reap();
+    core.inflight = 0;
+}
