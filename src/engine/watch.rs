@@ -57,6 +57,18 @@ impl Watch {
         Watch { ns: max, max }
     }
 
+    /// [`Watch::on`], unless `DMIO_WATCH=0` is in the environment (read
+    /// once per process): less CPU at low queue depths, for the IOPS of a
+    /// thread that sleeps at once.
+    pub(crate) fn wanted() -> Watch {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *OFF.get_or_init(|| std::env::var("DMIO_WATCH").is_ok_and(|v| v == "0")) {
+            Watch::off()
+        } else {
+            Watch::on()
+        }
+    }
+
     /// Whether the thread watches at all (even if not now: [`Watch::ns`]).
     #[inline]
     pub(crate) fn enabled(&self) -> bool {

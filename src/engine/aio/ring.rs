@@ -11,7 +11,8 @@
 //! (`IOCB_FLAG_RESFD`), the thread sleeps in `ppoll` on it, then resets
 //! it and reaps (four system calls per turn). The completion thread's core
 //! watches the ring of events (without a system call) for a while before
-//! it sleeps, as long as events keep coming within [`WATCH_MAX`]
+//! it sleeps, as long as events keep coming within
+//! [`crate::engine::watch::WATCH_MAX`]
 //! ([`Core::with_watch`]).
 //!
 //! Each op in the kernel has one owner, its slab entry, from the moment its
@@ -28,6 +29,7 @@ use super::sys::{
 use crate::engine::gate::{self, Gate};
 use crate::engine::sched::Sched;
 use crate::engine::uring::{ppoll_until, Waker};
+use crate::engine::watch::{watch, Watch, WATCH_DEPTH};
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::memory::lib_pages;
 use std::collections::VecDeque;
@@ -51,21 +53,6 @@ const POLL_TOKEN: u64 = u64::MAX;
 /// pool ([`super::blocking::Blocking::wants`]): without it `io_submit`
 /// would wait for a free tag of the device.
 pub(super) const NOWAIT_MAX: u32 = 1 << 20;
-/// The longest watch of the ring of events before a sleep ([`Core::watch`]).
-/// At QD1 on a RAM-backed loop device on this project's VM, a 4 KiB read
-/// ends 17-18 us (p50; p99 35-46 us) after its `dm_io` when the thread
-/// watches. A thread that sleeps instead leaves its vCPU idle, and the
-/// wake-up of that vCPU costs a round trip through the hypervisor on top,
-/// at every IO (`bench/HISTORY.md`, 2026-12-07 22:20).
-const WATCH_MAX: Duration = Duration::from_micros(50);
-/// Looks at the ring between two yields of the CPU while watching (about
-/// 2 us): a thread the kernel wakes on this CPU waits no longer than that
-/// for it, and the watch costs one `sched_yield` per 64 looks (6 system
-/// calls per IO at QD1, against 19 with one per look).
-const WATCH_LOOKS: u32 = 64;
-/// The shortest watch (ns); a shorter one stops until a wait shows that
-/// events come within [`WATCH_MAX`] again.
-const WATCH_MIN_NS: u32 = 4_000;
 
 /// One AIO context and the ops in it, owned by the reactor thread.
 pub(super) struct Core {
@@ -111,11 +98,9 @@ pub(super) struct Core {
     pub(super) nowait_files: bool,
     /// Ops for `blocking`, handed over after the batch that found them.
     punted: Vec<IoOp>,
-    /// How long the thread watches the kernel's ring before it sleeps, in
-    /// ns (0: it sleeps at once); see [`Core::adapt`].
-    watch_ns: u32,
-    /// The most `watch_ns` grows to (0: the thread never watches).
-    watch_max: u32,
+    /// How long the thread watches the kernel's ring before it sleeps
+    /// ([`Core::with_watch`]).
+    watch: Watch,
 }
 
 /// The iocb of `op`'s next step, with `aio_data` `idx`: an fdatasync for a
@@ -192,8 +177,7 @@ impl Core {
             events: vec![IoEvent::default(); EVENTS],
             blocking: None,
             punted: Vec::new(),
-            watch_ns: 0,
-            watch_max: 0,
+            watch: Watch::off(),
             #[cfg(test)]
             nowait_files: false,
         };
@@ -233,18 +217,12 @@ impl Core {
     }
 
     /// The thread watches the kernel's ring before it sleeps
-    /// ([`Core::watch`]): for the completion thread, whose callbacks keep a
-    /// queue depth. Only when the wait is in `io_getevents` and the ring
-    /// can be read without a system call.
-    ///
-    /// `DMIO_AIO_WATCH=0` turns the watch off: less CPU at low queue
-    /// depths, for the IOPS of a thread that sleeps at once.
+    /// ([`crate::engine::watch`]): for the completion thread, whose
+    /// callbacks keep a queue depth. Only when the wait is in
+    /// `io_getevents` and the ring can be read without a system call.
     pub(super) fn with_watch(mut self) -> Core {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let off = *OFF.get_or_init(|| std::env::var("DMIO_AIO_WATCH").is_ok_and(|v| v == "0"));
-        if !off && self.poll_wait && self.ctx.ring_mapped() {
-            self.watch_max = WATCH_MAX.as_nanos() as u32;
-            self.watch_ns = self.watch_max;
+        if self.poll_wait && self.ctx.ring_mapped() {
+            self.watch = Watch::wanted();
         }
         self
     }
@@ -252,44 +230,7 @@ impl Core {
     /// Tests: how long the next wait watches the ring first (ns).
     #[cfg(test)]
     pub(super) fn watch_ns(&self) -> u32 {
-        self.watch_ns
-    }
-
-    /// Watches the kernel's ring of events and `pending()` until `end`,
-    /// yielding the CPU between looks; whether either had something.
-    fn watch(&self, end: Instant, pending: &dyn Fn() -> bool) -> bool {
-        loop {
-            for _ in 0..WATCH_LOOKS {
-                if self.ctx.has_events() || pending() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            std::thread::yield_now();
-            if Instant::now() >= end {
-                return false;
-            }
-        }
-    }
-
-    /// After a wait that began at `t0` with ops in the kernel: `hit`, an
-    /// event of an op ended it. As KVM's halt polling does, the watch
-    /// doubles (from [`WATCH_MIN_NS`] up to [`WATCH_MAX`]) when an event
-    /// ended the wait within `WATCH_MAX`, and halves (below
-    /// `WATCH_MIN_NS`: off) when the wait lasted longer. A shorter wait
-    /// that something else ended (work from another thread, a timer)
-    /// changes nothing; a longer one halves it too, so a thread that other
-    /// threads keep waking while its own IO is stuck stops watching.
-    pub(super) fn adapt(&mut self, t0: Instant, hit: bool) {
-        let within = t0.elapsed().as_nanos() <= self.watch_max as u128;
-        if hit && within {
-            self.watch_ns = (self.watch_ns * 2).clamp(WATCH_MIN_NS, self.watch_max);
-        } else if !within {
-            self.watch_ns /= 2;
-            if self.watch_ns < WATCH_MIN_NS {
-                self.watch_ns = 0;
-            }
-        }
+        self.watch.ns()
     }
 
     /// Reads and writes then carry `RWF_NOWAIT`, and those the kernel will
@@ -525,11 +466,14 @@ impl Core {
         // Watch the ring first (the completion thread, with ops in the
         // kernel): an event that comes meanwhile costs no sleep, and no
         // wake-up of this thread's idle CPU.
-        let watched = (self.watch_max > 0 && self.inflight > 0).then(Instant::now);
-        if let Some(t0) = watched.filter(|_| self.watch_ns > 0) {
-            let end = t0 + Duration::from_nanos(self.watch_ns as u64);
-            if self.watch(at.map_or(end, |a| a.min(end)), pending) {
-                self.adapt(t0, self.ctx.has_events());
+        let watched = (self.watch.enabled() && self.inflight > 0 && self.inflight <= WATCH_DEPTH)
+            .then(Instant::now);
+        if let Some((t0, end)) = watched.and_then(|t0| self.watch.end(t0).map(|e| (t0, e))) {
+            let ctx = &self.ctx;
+            if watch(at.map_or(end, |a| a.min(end)), &mut || {
+                ctx.has_events() || pending()
+            }) {
+                self.watch.adapt(t0, self.ctx.has_events());
                 return;
             }
         }
@@ -553,7 +497,7 @@ impl Core {
         self.waker.sleeping.store(false, Ordering::SeqCst);
         if let Some(t0) = watched {
             let hit = self.events[..self.got].iter().any(|e| e.data != POLL_TOKEN);
-            self.adapt(t0, hit);
+            self.watch.adapt(t0, hit);
         }
         if let Err(e) = r {
             eprintln!("libdmio: waiting for AIO completions failed: {e}");

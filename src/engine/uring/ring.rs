@@ -234,7 +234,7 @@ impl Core {
     /// slowly, such as valgrind: watching would only burn their time).
     pub(in crate::engine) fn with_watch(&mut self) {
         if self.cq_efd.is_none() {
-            self.watch = crate::engine::watch::Watch::on();
+            self.watch = crate::engine::watch::Watch::wanted();
         }
     }
 
