@@ -139,6 +139,9 @@ void mirror_leg_io_end(struct mirror *m, unsigned leg, uint64_t r, struct queued
 	}
 }
 
+static int chunk_dm_io(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs, unsigned n,
+		       int sync, dm_io_notify_fn notify, void *ctx);
+
 /* Issues the queued write q->c leg q->i, reserved by mirror_leg_io_end
  * (m->lock not held). The chunk stays alive until that leg is final. */
 void mirror_issue_queued(struct mirror *m, struct queued_ctx *q)
@@ -148,15 +151,7 @@ void mirror_issue_queued(struct mirror *m, struct queued_ctx *q)
 		return;
 	unsigned i = q->i;
 	struct dm_io_region reg = { m->legs[c->leg_of[i]].bdev, c->off / 512, c->len / 512 };
-	struct dm_io_control ctrl = {
-		.memory = { .type = DM_IO_VM, .ptr.vma = c->data },
-		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0),
-		.notify = queued_notify,
-		.context = &c->qctx[i],
-		.client = m->cl,
-		.timeout = m->cfg.write_timeout_ms,
-	};
-	int rc = dm_io(&ctrl, 1, &reg, NULL);
+	int rc = chunk_dm_io(m, c, c->data, &reg, 1, 0, queued_notify, &c->qctx[i]);
 	if (rc) {
 		/* Refused (the client is going away, or out of memory): the
 		 * leg missed the write, as if it had been cancelled. */
@@ -204,7 +199,7 @@ static void leg_write_end(struct chunk *c, unsigned i, const struct dm_io_region
 	if (c->st[i] == IO_DONE)
 		goto out;
 	int was_late = c->st[i] == IO_LATE;
-	int queued = c->queued[i] != 0; /* late by nature, not after a TIMEOUT */
+	int queued = c->queued[i] != Q_NO; /* late by nature, not after a TIMEOUT */
 	if (was_late) {
 		l->late--;
 		m->late_completions += !queued;
@@ -293,21 +288,29 @@ out:
 	mirror_issue_queued(m, &next);
 }
 
-/* One timed write of `data` to `n` leg regions for chunk `c` (user writes
- * and resync copies alike); dm_io's result. `sync`: DM_IO_SYNC with
+/* One timed write of `data` to `n` leg regions for chunk `c`, notified to
+ * notify(ctx); dm_io's result. `sync`: DM_IO_SYNC with
  * DM_IO_RETURN_ON_TIMEOUT, returning when every leg is final or timed out
- * (see issue_chunk in mirror_write.c). */
-int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
-			unsigned n, int sync)
+ * (see chunk_submit in mirror_write.c). */
+static int chunk_dm_io(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs, unsigned n,
+		       int sync, dm_io_notify_fn notify, void *ctx)
 {
 	struct dm_io_control ctrl = {
 		.memory = { .type = DM_IO_VM, .ptr.vma = data },
 		.rw = DM_IO_WRITE | (c->fua ? DM_IO_FUA : 0) | (sync ? DM_IO_SYNC : 0),
-		.notify = write_notify,
-		.context = c,
+		.notify = notify,
+		.context = ctx,
 		.client = m->cl,
 		.timeout = m->cfg.write_timeout_ms,
 		.flags = sync ? DM_IO_RETURN_ON_TIMEOUT : 0,
 	};
 	return dm_io(&ctrl, n, regs, NULL);
+}
+
+/* The legs of chunk c issued together (user writes and resync copies
+ * alike), notified to write_notify. */
+int mirror_submit_write(struct mirror *m, struct chunk *c, void *data, struct dm_io_region *regs,
+			unsigned n, int sync)
+{
+	return chunk_dm_io(m, c, data, regs, n, sync, write_notify, c);
 }

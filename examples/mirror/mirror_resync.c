@@ -64,6 +64,22 @@ static int pick_resync(struct mirror *m, double t, unsigned *leg, uint64_t *regi
 	return 0;
 }
 
+/* Copy c's reservation of (L, r) ends with nothing written to L (m->lock
+ * held on entry and exit): a write queued behind it is issued, with the
+ * lock let go for that. */
+static void resync_release(struct mirror *m, struct chunk *c, unsigned L, uint64_t r)
+{
+	struct queued_ctx next;
+	mirror_leg_io_end(m, L, r, &next);
+	m->inflight[r]--;
+	c->nfinal = 1;
+	if (next.c) {
+		pthread_mutex_unlock(&m->lock);
+		mirror_issue_queued(m, &next);
+		pthread_mutex_lock(&m->lock);
+	}
+}
+
 /* Copies one region; m->lock held on entry and exit (dropped for the IO). */
 static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 {
@@ -118,19 +134,11 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 				m->legs[S].read_slow_until = now_ms() + READ_SLOW_MS;
 			}
 		}
-		struct queued_ctx next;
-		mirror_leg_io_end(m, L, r, &next);
-		m->inflight[r]--;
-		c->nfinal = 1;
+		resync_release(m, c, L, r);
 		c->owner = 0;
 		c->wake = NULL;
 		mirror_chunk_put(m, c);
 		mwake(m);
-		if (next.c) {
-			pthread_mutex_unlock(&m->lock);
-			mirror_issue_queued(m, &next);
-			pthread_mutex_lock(&m->lock);
-		}
 		return;
 	}
 	c->submit_ms = now_ms();
@@ -141,16 +149,8 @@ static void do_resync(struct mirror *m, unsigned L, uint64_t r, unsigned S)
 
 	pthread_mutex_lock(&m->lock);
 	if (rc) {
-		struct queued_ctx next;
-		mirror_leg_io_end(m, L, r, &next);
-		m->inflight[r]--;
-		c->nfinal = 1;
+		resync_release(m, c, L, r);
 		c->undecided = 0;
-		if (next.c) {
-			pthread_mutex_unlock(&m->lock);
-			mirror_issue_queued(m, &next);
-			pthread_mutex_lock(&m->lock);
-		}
 	}
 	while (c->undecided)
 		pthread_cond_wait(&m->dcond, &m->lock);
