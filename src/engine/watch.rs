@@ -81,10 +81,22 @@ impl Watch {
         self.ns
     }
 
-    /// When a watch that starts at `t0` ends (`None`: no watch now).
+    /// Whether a thread with `inflight` ops of its own in the kernel may
+    /// watch before this wait: it watches at all, and has between one and
+    /// [`WATCH_DEPTH`] ops there.
     #[inline]
-    pub(crate) fn end(&self, t0: Instant) -> Option<Instant> {
-        (self.ns > 0).then(|| t0 + Duration::from_nanos(self.ns as u64))
+    pub(crate) fn wants(&self, inflight: usize) -> bool {
+        self.enabled() && (1..=WATCH_DEPTH).contains(&inflight)
+    }
+
+    /// When a watch that starts at `t0` ends, no later than `at` (the
+    /// wait's own end, if any); `None`: no watch now.
+    #[inline]
+    pub(crate) fn end(&self, t0: Instant, at: Option<Instant>) -> Option<Instant> {
+        (self.ns > 0).then(|| {
+            let end = t0 + Duration::from_nanos(self.ns as u64);
+            at.map_or(end, |a| a.min(end))
+        })
     }
 
     /// After a wait that began at `t0` with IO in the kernel: `hit`, a
@@ -143,7 +155,7 @@ mod tests {
             w.adapt(late, true);
         }
         assert_eq!(w.ns(), 0, "events later than the longest watch stop it");
-        assert!(w.end(Instant::now()).is_none());
+        assert!(w.end(Instant::now(), None).is_none());
         assert!(w.enabled(), "stopped, not off: a prompt event restarts it");
         w.adapt(Instant::now(), true);
         assert_eq!(w.ns(), WATCH_MIN_NS, "a prompt event starts it again");
@@ -171,7 +183,7 @@ mod tests {
             w.adapt(Instant::now(), true);
         }
         assert_eq!(w.ns(), 0);
-        assert!(w.end(Instant::now()).is_none());
+        assert!(w.end(Instant::now(), None).is_none());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::sys::{
 use crate::engine::gate::{self, Gate};
 use crate::engine::sched::Sched;
 use crate::engine::uring::{ppoll_until, Waker};
-use crate::engine::watch::{watch, Watch, WATCH_DEPTH};
+use crate::engine::watch::{watch, Watch};
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::memory::lib_pages;
 use std::collections::VecDeque;
@@ -466,15 +466,14 @@ impl Core {
         // Watch the ring first (the completion thread, with ops in the
         // kernel): an event that comes meanwhile costs no sleep, and no
         // wake-up of this thread's idle CPU.
-        let watched = (self.watch.enabled() && self.inflight > 0 && self.inflight <= WATCH_DEPTH)
-            .then(Instant::now);
-        if let Some((t0, end)) = watched.and_then(|t0| self.watch.end(t0).map(|e| (t0, e))) {
+        let watched = self.watch.wants(self.inflight).then(Instant::now);
+        if let Some(t0) = watched {
             let ctx = &self.ctx;
-            if watch(at.map_or(end, |a| a.min(end)), &mut || {
-                ctx.has_events() || pending()
-            }) {
-                self.watch.adapt(t0, self.ctx.has_events());
-                return;
+            if let Some(end) = self.watch.end(t0, at) {
+                if watch(end, &mut || ctx.has_events() || pending()) {
+                    self.watch.adapt(t0, self.ctx.has_events());
+                    return;
+                }
             }
         }
         if !self

@@ -675,9 +675,7 @@ impl Core {
     /// comparison or two loads).
     #[inline]
     fn watch_first(&mut self, at: Option<Instant>, sends: u32, pending: &dyn Fn() -> bool) {
-        if !self.watch.enabled()
-            || self.inflight == 0
-            || self.inflight > crate::engine::watch::WATCH_DEPTH
+        if !self.watch.wants(self.inflight)
             || sends > 0
             || !self.gate.is_empty()
             || Core::completions_seen(&mut self.ring, self.taskrun_flag)
@@ -686,12 +684,9 @@ impl Core {
         }
         let t0 = Instant::now();
         self.watch_t0 = Some(t0);
-        let Some(mut end) = self.watch.end(t0) else {
+        let Some(end) = self.watch.end(t0, at) else {
             return;
         };
-        if let Some(at) = at {
-            end = end.min(at);
-        }
         if !self.ring.submission().is_empty() {
             // The IO must be in the kernel before its completion is
             // watched for.
