@@ -13,6 +13,7 @@
 pub mod aio;
 mod gate;
 pub mod local;
+mod reactor;
 pub mod sched;
 pub mod socket;
 pub mod threads;

@@ -29,6 +29,7 @@
 use super::blocking::Blocking;
 use super::ring::Core;
 use super::sys::Context;
+use crate::engine::reactor::ReactorCore;
 use crate::engine::{IoOp, Wake};
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;

@@ -16,6 +16,9 @@
 //! Buffered devices (no O_DIRECT) would block inside `io_submit`; their
 //! ops go to a thread pool instead (`blocking.rs`).
 //!
+//! The thread's loop and channel are the io_uring reactor's
+//! (`../reactor.rs`).
+//!
 //! The files: `sys.rs` (the kernel ABI and system calls), `ring.rs` (slab,
 //! backlog, batched submission, wait, reaping: the core both AIO threads
 //! run), `local.rs` (the completion thread's context), `blocking.rs` (the
@@ -28,11 +31,11 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
+use super::reactor::{Mailbox, Msg, Reactor};
 use super::uring::{new_eventfd, Waker};
 use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};
 use crate::error::{Error, Result};
 use blocking::Blocking;
-use crossbeam_channel::{Receiver, Sender};
 pub(super) use local::LocalAio;
 use ring::Core;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -43,20 +46,9 @@ use std::time::Instant;
 /// system-wide `fs.aio-max-nr` (65536 by default).
 const MAX_EVENTS: u32 = 4096;
 
-enum Msg {
-    /// One op, the usual case: sent by value, so the caller's op vector
-    /// keeps its capacity (no allocation per IO).
-    One(IoOp),
-    Ops(Vec<IoOp>),
-    Deadline(Instant, Weak<dyn Timer>),
-    Shutdown,
-}
-
 /// Handle to a client's AIO reactor thread.
 pub struct AioEngine {
-    tx: Sender<Msg>,
-    /// The reactor's waker, as deferrable ([`super::wake`]).
-    waker: Arc<dyn super::Wake>,
+    mailbox: Mailbox,
     blocking: Arc<Blocking>,
     /// Names this engine to its completion thread's context (`local.rs`).
     id: u64,
@@ -88,44 +80,19 @@ impl AioEngine {
         let nr = entries.clamp(32, MAX_EVENTS);
         let ctx = sys::Context::new(nr)?;
         let waker = waker()?;
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (mailbox, rx) = Mailbox::new(Arc::clone(&waker) as Arc<dyn super::Wake>);
         let blocking = Arc::new(Blocking::new(workers, !sys::has_fdsync()));
         let core = Core::new(ctx, Arc::clone(&waker)).with_blocking(Arc::clone(&blocking));
         std::thread::Builder::new()
             .name("dmio-aio".into())
-            .spawn(move || {
-                Reactor {
-                    core,
-                    rx,
-                    shutting: false,
-                }
-                .run()
-            })
+            .spawn(move || Reactor::new(core, rx).run())
             .map_err(|e| Error::from_io("spawn AIO reactor", &e))?;
         Ok(Arc::new(AioEngine {
-            tx,
-            waker: waker as Arc<dyn super::Wake>,
+            mailbox,
             blocking,
             id: NEXT_ENGINE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             nr,
         }))
-    }
-
-    fn send(&self, m: Msg) {
-        match self.tx.send(m) {
-            Ok(()) => super::wake::wake_or_defer(&self.waker),
-            // The reactor is gone (it only stops after shutdown or a bug):
-            // nothing can start the ops, so they fail here.
-            Err(e) => match e.into_inner() {
-                Msg::One(op) => op.complete(-libc::ESHUTDOWN),
-                Msg::Ops(ops) => {
-                    for op in ops {
-                        op.complete(-libc::ESHUTDOWN);
-                    }
-                }
-                _ => {}
-            },
-        }
     }
 }
 
@@ -137,16 +104,11 @@ impl Engine for AioEngine {
     fn submit(&self, ops: &mut Vec<IoOp>) {
         self.blocking.take(ops);
         local::offer(self.id, ops);
-        if !ops.is_empty() {
-            self.send(match ops.len() {
-                1 => Msg::One(ops.pop().expect("one op")),
-                _ => Msg::Ops(std::mem::take(ops)),
-            });
-        }
+        self.mailbox.send_ops(ops);
     }
 
     fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
-        self.send(Msg::Deadline(at, timer));
+        self.mailbox.send(Msg::Deadline(at, timer));
     }
 
     fn completion_ring(&self) -> CompletionRing {
@@ -158,46 +120,6 @@ impl Engine for AioEngine {
 
     fn shutdown(&self) {
         self.blocking.shutdown();
-        self.send(Msg::Shutdown);
-    }
-}
-
-/// The reactor thread: a [`Core`] fed through the engine's channel.
-struct Reactor {
-    core: Core,
-    rx: Receiver<Msg>,
-    shutting: bool,
-}
-
-impl Reactor {
-    fn run(mut self) {
-        loop {
-            let now = Instant::now();
-            while let Ok(m) = self.rx.try_recv() {
-                self.take(m);
-            }
-            // The completion thread is woken once per batch of events (a
-            // burst of deadlines, a batch of completions), not per event.
-            super::wake::with_deferred_wakes(|| self.core.pump(now));
-            if self.shutting && self.core.idle() {
-                break;
-            }
-            let rx = &self.rx;
-            self.core.wait(Some(now), &|| !rx.is_empty(), None);
-            super::wake::with_deferred_wakes(|| self.core.reap());
-        }
-        // Every op has completed: dropping the core destroys the context.
-    }
-
-    fn take(&mut self, m: Msg) {
-        match m {
-            Msg::One(op) => self.core.admit(std::iter::once(op)),
-            Msg::Ops(ops) => self.core.admit(ops),
-            Msg::Deadline(at, req) => self.core.arm(at, req),
-            Msg::Shutdown => {
-                self.shutting = true;
-                self.core.clear_deadlines();
-            }
-        }
+        self.mailbox.send(Msg::Shutdown);
     }
 }

@@ -27,6 +27,7 @@ use super::sys::{
     IOCB_FLAG_RESFD,
 };
 use crate::engine::gate::{self, Gate};
+use crate::engine::reactor::ReactorCore;
 use crate::engine::sched::Sched;
 use crate::engine::uring::{ppoll_until, Waker};
 use crate::engine::watch::{watch, Watch};
@@ -272,31 +273,6 @@ impl Core {
         }
     }
 
-    /// Takes new ops: fault rules first, then the backlog.
-    pub(super) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
-        for op in ops {
-            if let Some(op) = self.sched.admit(op) {
-                self.backlog.push_back(op);
-            }
-        }
-    }
-
-    pub(super) fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
-        self.sched.arm(at, timer);
-    }
-
-    pub(super) fn clear_deadlines(&mut self) {
-        self.sched.clear_deadlines();
-    }
-
-    /// No op in the kernel, queued or parked.
-    pub(super) fn idle(&self) -> bool {
-        self.inflight == 0
-            && self.backlog.is_empty()
-            && self.gate.is_empty()
-            && self.sched.parked() == 0
-    }
-
     /// [`Core::pump`], reading the clock only when a timer, delayed or
     /// held op needs it.
     pub(super) fn pump_lazy(&mut self) {
@@ -310,17 +286,6 @@ impl Core {
     /// Ops in the kernel, and ops queued not yet submitted.
     pub(super) fn depth(&self) -> (usize, usize) {
         (self.inflight, self.backlog.len())
-    }
-
-    /// Fires due timers and submits ready ops.
-    pub(super) fn pump(&mut self, now: Instant) {
-        if self.sched.needs_clock() {
-            self.sched.expire(now, &mut self.ready);
-            if !self.ready.is_empty() {
-                self.backlog.extend(self.ready.drain(..));
-            }
-        }
-        self.submit_backlog();
     }
 
     fn runnable(&self) -> bool {
@@ -438,15 +403,76 @@ impl Core {
         self.punt();
     }
 
+    /// Resets the eventfd; whether anything was signalled since the last
+    /// reset (a completion or a wake-up).
+    fn take_signal(&mut self) -> bool {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into our own u64 from our non-blocking eventfd.
+        let r = unsafe {
+            libc::read(
+                self.waker.efd.as_raw_fd(),
+                &mut count as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+        r == 8
+    }
+
+    /// Whether events may be waiting to be reaped: the kernel's ring is not
+    /// empty; without `poll_wait`, the eventfd was signalled since the last
+    /// reset (which this resets: the kernel posts an event before it
+    /// signals it, so an event not reaped now signals again and ends the
+    /// next wait at once).
+    fn may_have_events(&mut self) -> bool {
+        if self.poll_wait {
+            self.ctx.has_events()
+        } else {
+            self.take_signal() && self.inflight > 0
+        }
+    }
+}
+
+impl ReactorCore for Core {
+    /// Takes new ops: fault rules first, then the backlog.
+    fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
+        for op in ops {
+            if let Some(op) = self.sched.admit(op) {
+                self.backlog.push_back(op);
+            }
+        }
+    }
+
+    fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
+        self.sched.arm(at, timer);
+    }
+
+    fn clear_deadlines(&mut self) {
+        self.sched.clear_deadlines();
+    }
+
+    /// No op in the kernel, queued or parked.
+    fn idle(&self) -> bool {
+        self.inflight == 0
+            && self.backlog.is_empty()
+            && self.gate.is_empty()
+            && self.sched.parked() == 0
+    }
+
+    /// Fires due timers and submits ready ops.
+    fn pump(&mut self, now: Instant) {
+        if self.sched.needs_clock() {
+            self.sched.expire(now, &mut self.ready);
+            if !self.ready.is_empty() {
+                self.backlog.extend(self.ready.drain(..));
+            }
+        }
+        self.submit_backlog();
+    }
+
     /// Unless there is work already (`pending()`, checked after announcing
     /// the sleep so a waker cannot be missed), sleeps until a completion or
     /// a wake-up is signalled on the eventfd, the next timer, or `max`.
-    pub(super) fn wait(
-        &mut self,
-        now: Option<Instant>,
-        pending: &dyn Fn() -> bool,
-        max: Option<Duration>,
-    ) {
+    fn wait(&mut self, now: Option<Instant>, pending: &dyn Fn() -> bool, max: Option<Duration>) {
         if self.runnable() || pending() || self.got > 0 {
             return;
         }
@@ -504,37 +530,9 @@ impl Core {
         }
     }
 
-    /// Resets the eventfd; whether anything was signalled since the last
-    /// reset (a completion or a wake-up).
-    fn take_signal(&mut self) -> bool {
-        let mut count: u64 = 0;
-        // SAFETY: reads 8 bytes into our own u64 from our non-blocking eventfd.
-        let r = unsafe {
-            libc::read(
-                self.waker.efd.as_raw_fd(),
-                &mut count as *mut u64 as *mut libc::c_void,
-                8,
-            )
-        };
-        r == 8
-    }
-
-    /// Whether events may be waiting to be reaped: the kernel's ring is not
-    /// empty; without `poll_wait`, the eventfd was signalled since the last
-    /// reset (which this resets: the kernel posts an event before it
-    /// signals it, so an event not reaped now signals again and ends the
-    /// next wait at once).
-    fn may_have_events(&mut self) -> bool {
-        if self.poll_wait {
-            self.ctx.has_events()
-        } else {
-            self.take_signal() && self.inflight > 0
-        }
-    }
-
     /// Completes the ops whose events have arrived: those the wait took,
     /// then what `io_getevents` gives while the ring has more.
-    pub(super) fn reap(&mut self) {
+    fn reap(&mut self) {
         let mut n = std::mem::take(&mut self.got);
         if n == 0 && !self.may_have_events() {
             return;

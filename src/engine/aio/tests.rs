@@ -7,6 +7,7 @@
 use super::ring::Core;
 use super::*;
 use crate::engine::manual::kit::{op, Fired, Recorder, TempDev};
+use crate::engine::reactor::ReactorCore;
 use crate::engine::{OpKind, Wake};
 use crate::memory::pool::Pool;
 use std::time::Duration;

@@ -33,6 +33,7 @@
 //! offered from inside the ring's own work (a reap, a timer firing) wait in
 //! an inbox until the next turn.
 
+use super::reactor::ReactorCore;
 use super::uring::{Core, Waker};
 use super::{IoOp, Timer, Wake};
 use crate::thread_mark::Mark;

@@ -40,6 +40,7 @@
 //! kernel refuses another ring, and in a forked child's inherited ring.
 
 use super::{Core, Waker};
+use crate::engine::reactor::ReactorCore;
 use crate::engine::{IoOp, Timer, Wake};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Weak};

@@ -7,7 +7,9 @@
 //! entry's `user_data`; the slab entry owns the op's private memory until
 //! the kernel posts its completion. After `shutdown` the thread keeps
 //! running until every op in the kernel has completed ("graveyard"), then
-//! drops the ring and the memory.
+//! drops the ring and the memory. The thread's loop and the channel are
+//! the AIO engine's too (`../reactor.rs`); `ring.rs` is this engine's
+//! [`ReactorCore`](super::reactor::ReactorCore).
 //!
 //! The files: `ring.rs` (the ring core: entries, slab, backlog, wait,
 //! reap), `fixed.rs` (fixed buffers: private memory and library-page
@@ -27,10 +29,10 @@ mod waker;
 pub(super) use poll::{ppoll_until, timespec_until};
 pub(super) use waker::{new_eventfd, Waker};
 
+use super::reactor::{Mailbox, Msg, Reactor};
 use super::sched::Sched;
 use super::{CompletionRing, Engine, EngineKind, IoOp, Timer};
 use crate::error::{Error, Result};
-use crossbeam_channel::{Receiver, Sender};
 use io_uring::IoUring;
 use ring::Cqes;
 use std::collections::VecDeque;
@@ -39,22 +41,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-enum Msg {
-    /// One op, the usual case: sent by value, so the caller's op vector
-    /// keeps its capacity (no allocation per IO).
-    One(IoOp),
-    Ops(Vec<IoOp>),
-    Register((usize, usize)),
-    Unregister((usize, usize)),
-    Deadline(Instant, Weak<dyn Timer>),
-    Shutdown,
-}
-
 /// Handle to a client's reactor thread.
 pub struct UringEngine {
-    tx: Sender<Msg>,
-    /// The reactor's waker, as deferrable ([`super::wake`]).
-    waker: Arc<dyn super::Wake>,
+    mailbox: Mailbox,
     /// Names this engine to the completion thread's local ring.
     id: u64,
     entries: u32,
@@ -78,7 +67,7 @@ impl UringEngine {
     /// `-ENOSYS`, ...) and starts the reactor thread.
     pub fn new(entries: u32) -> Result<Arc<UringEngine>> {
         let waker = Waker::new()?;
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (mailbox, rx) = Mailbox::new(Arc::clone(&waker) as Arc<dyn super::Wake>);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let w = Arc::clone(&waker);
         let remote = Arc::new(std::sync::OnceLock::new());
@@ -98,18 +87,12 @@ impl UringEngine {
                 };
                 let _ = ready_tx.send(Ok(()));
                 super::local::set_reactor_home(home);
-                Reactor {
-                    core,
-                    rx,
-                    shutting: false,
-                }
-                .run()
+                Reactor::new(core, rx).run()
             })
             .map_err(|e| Error::from_io("spawn reactor", &e))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Arc::new(UringEngine {
-                tx,
-                waker: waker as Arc<dyn super::Wake>,
+                mailbox,
                 id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
                 entries,
                 memory: std::sync::Mutex::new(Vec::new()),
@@ -118,23 +101,6 @@ impl UringEngine {
             })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::new(libc::EIO, "reactor thread died at start")),
-        }
-    }
-
-    fn send(&self, m: Msg) {
-        match self.tx.send(m) {
-            Ok(()) => super::wake::wake_or_defer(&self.waker),
-            // The reactor is gone (it only stops after shutdown or a bug):
-            // nothing can start the ops, so they fail here.
-            Err(e) => match e.into_inner() {
-                Msg::One(op) => op.complete(-libc::ESHUTDOWN),
-                Msg::Ops(ops) => {
-                    for op in ops {
-                        op.complete(-libc::ESHUTDOWN);
-                    }
-                }
-                _ => {}
-            },
         }
     }
 }
@@ -150,12 +116,7 @@ impl Engine for UringEngine {
             return;
         }
         super::local::offer(self.id, ops);
-        if !ops.is_empty() {
-            self.send(match ops.len() {
-                1 => Msg::One(ops.pop().expect("one op")),
-                _ => Msg::Ops(std::mem::take(ops)),
-            });
-        }
+        self.mailbox.send_ops(ops);
     }
 
     /// One op with no vector: the caller's ring (SYNC), the completion
@@ -166,7 +127,7 @@ impl Engine for UringEngine {
         }
         super::local::offer_one(&self.local, self.id, op);
         if let Some(op) = op.take() {
-            self.send(Msg::One(op));
+            self.mailbox.send(Msg::One(op));
         }
     }
 
@@ -187,11 +148,11 @@ impl Engine for UringEngine {
     }
 
     fn arm_on_engine_thread(&self, at: Instant, timer: Weak<dyn Timer>) {
-        self.send(Msg::Deadline(at, timer));
+        self.mailbox.send(Msg::Deadline(at, timer));
     }
 
     fn register_memory(&self, region: (usize, usize)) {
-        self.send(Msg::Register(region));
+        self.mailbox.send(Msg::Register(region));
         let mut m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         match self.remote.get() {
             Some(r) => r.memory(region, true),
@@ -200,7 +161,7 @@ impl Engine for UringEngine {
     }
 
     fn unregister_memory(&self, region: (usize, usize)) {
-        self.send(Msg::Unregister(region));
+        self.mailbox.send(Msg::Unregister(region));
         let mut m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         match self.remote.get() {
             Some(r) => r.memory(region, false),
@@ -221,7 +182,7 @@ impl Engine for UringEngine {
     }
 
     fn shutdown(&self) {
-        self.send(Msg::Shutdown);
+        self.mailbox.send(Msg::Shutdown);
     }
 }
 
@@ -289,45 +250,4 @@ pub(super) struct Core {
     /// When the wait that the next reap follows began, if it counts for
     /// the watch's adaptation ([`super::watch::Watch::adapt`]).
     watch_t0: Option<Instant>,
-}
-
-/// The reactor thread: a [`Core`] fed through the engine's channel.
-struct Reactor {
-    core: Core,
-    rx: Receiver<Msg>,
-    shutting: bool,
-}
-
-impl Reactor {
-    fn run(mut self) {
-        loop {
-            let now = Instant::now();
-            while let Ok(m) = self.rx.try_recv() {
-                self.take(m);
-            }
-            // The completion thread is woken once per batch of events (a
-            // burst of deadlines, a batch of completions), not per event.
-            super::wake::with_deferred_wakes(|| self.core.pump(now));
-            if self.shutting && self.core.idle() {
-                break;
-            }
-            let rx = &self.rx;
-            self.core.wait(Some(now), &|| !rx.is_empty(), None);
-            super::wake::with_deferred_wakes(|| self.core.reap());
-        }
-    }
-
-    fn take(&mut self, m: Msg) {
-        match m {
-            Msg::One(op) => self.core.admit(std::iter::once(op)),
-            Msg::Ops(ops) => self.core.admit(ops),
-            Msg::Register(region) => self.core.register(region),
-            Msg::Unregister(region) => self.core.unregister(region),
-            Msg::Deadline(at, req) => self.core.arm(at, req),
-            Msg::Shutdown => {
-                self.shutting = true;
-                self.core.clear_deadlines();
-            }
-        }
-    }
 }

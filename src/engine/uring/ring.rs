@@ -7,6 +7,7 @@ use super::poll::{poll_for_completion, poll_wait};
 use super::waker::{new_eventfd, Waker};
 use super::{Core, Slot};
 use crate::engine::gate;
+use crate::engine::reactor::ReactorCore;
 use crate::engine::sched::Sched;
 use crate::engine::{IoOp, OpKind, Timer};
 use crate::error::{Error, Result};
@@ -308,15 +309,6 @@ impl Core {
         Ok(core)
     }
 
-    /// Takes new ops: fault rules first, then the backlog.
-    pub(in crate::engine) fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
-        for op in ops {
-            if let Some(op) = self.sched.admit(op) {
-                self.backlog.push_back(op);
-            }
-        }
-    }
-
     /// One new op (taken out of `op`), then [`Core::push_backlog`]. The
     /// usual op (nothing queued or waiting for a kernel slot before it, no
     /// fault rule, no remote device, no library pages, no linked flush,
@@ -377,23 +369,6 @@ impl Core {
         self.push_backlog();
     }
 
-    pub(in crate::engine) fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
-        self.sched.arm(at, timer);
-    }
-
-    pub(in crate::engine) fn clear_deadlines(&mut self) {
-        self.sched.clear_deadlines();
-    }
-
-    /// Fires due timers and puts ready ops into the submission queue.
-    pub(in crate::engine) fn pump(&mut self, now: Instant) {
-        self.sched.expire(now, &mut self.ready);
-        if !self.ready.is_empty() {
-            self.backlog.extend(self.ready.drain(..));
-        }
-        self.push_backlog();
-    }
-
     /// [`Core::pump`], reading the clock only when a timer, delayed or
     /// held op needs it.
     pub(in crate::engine) fn pump_lazy(&mut self) {
@@ -426,15 +401,6 @@ impl Core {
     pub(in crate::engine) fn depth(&mut self) -> (usize, usize) {
         let q = self.ring.submission().len();
         (self.inflight.saturating_sub(q), q)
-    }
-
-    /// No op in the kernel, queued or parked.
-    pub(in crate::engine) fn idle(&self) -> bool {
-        self.inflight == 0
-            && self.backlog.is_empty()
-            && self.gate.is_empty()
-            && self.sched.parked() == 0
-            && self.no_sockets()
     }
 
     /// Ops that wait for a kernel slot of their disk.
@@ -581,11 +547,93 @@ impl Core {
         }
     }
 
+    /// Before the thread announces its sleep ([`Core::wait`]): with IO of
+    /// its own in the kernel and nothing to reap yet, a thread that watches
+    /// ([`Core::with_watch`]) starts what is queued, then watches for a
+    /// completion, `pending()` or the sockets' kicks until the watch ends
+    /// or `at`, yielding the CPU now and then ([`crate::engine::watch`]).
+    /// At QD1 the completion then needs no wake-up of the thread nor of
+    /// its idle vCPU. It only returns: the wait goes on as it would have,
+    /// and returns at once when something came (the kernel runs the
+    /// deferred completions it flagged in that same `io_uring_enter`).
+    /// With more than [`crate::engine::watch::WATCH_DEPTH`] ops in the
+    /// kernel, or completions already there, it does not watch (a
+    /// comparison or two loads).
+    #[inline]
+    fn watch_first(&mut self, at: Option<Instant>, sends: u32, pending: &dyn Fn() -> bool) {
+        if !self.watch.wants(self.inflight)
+            || sends > 0
+            || !self.gate.is_empty()
+            || Core::completions_seen(&mut self.ring, self.taskrun_flag)
+        {
+            return;
+        }
+        let t0 = Instant::now();
+        self.watch_t0 = Some(t0);
+        let Some(end) = self.watch.end(t0, at) else {
+            return;
+        };
+        if !self.ring.submission().is_empty() {
+            // The IO must be in the kernel before its completion is
+            // watched for.
+            let _ = self.ring.submit();
+        }
+        let (ring, kicks, flag) = (&mut self.ring, &self.kicks, self.taskrun_flag);
+        crate::engine::watch::watch(end, &mut || {
+            Core::completions_seen(ring, flag) || pending() || kicks.pending.load(Ordering::SeqCst)
+        });
+    }
+}
+
+impl ReactorCore for Core {
+    fn register(&mut self, region: (usize, usize)) {
+        Core::register(self, region);
+    }
+
+    fn unregister(&mut self, region: (usize, usize)) {
+        Core::unregister(self, region);
+    }
+
+    /// Takes new ops: fault rules first, then the backlog.
+    fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
+        for op in ops {
+            if let Some(op) = self.sched.admit(op) {
+                self.backlog.push_back(op);
+            }
+        }
+    }
+
+    fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
+        self.sched.arm(at, timer);
+    }
+
+    fn clear_deadlines(&mut self) {
+        self.sched.clear_deadlines();
+    }
+
+    /// No op in the kernel, queued or parked.
+    fn idle(&self) -> bool {
+        self.inflight == 0
+            && self.backlog.is_empty()
+            && self.gate.is_empty()
+            && self.sched.parked() == 0
+            && self.no_sockets()
+    }
+
+    /// Fires due timers and puts ready ops into the submission queue.
+    fn pump(&mut self, now: Instant) {
+        self.sched.expire(now, &mut self.ready);
+        if !self.ready.is_empty() {
+            self.backlog.extend(self.ready.drain(..));
+        }
+        self.push_backlog();
+    }
+
     /// Submits what is queued and, unless `pending()` says there is work
     /// already (checked after announcing the sleep, so a waker cannot be
     /// missed), sleeps until a completion, a wake-up, the next timer, or
     /// `max` (when given).
-    pub(in crate::engine) fn wait(
+    fn wait(
         &mut self,
         now: Option<Instant>,
         pending: &dyn Fn() -> bool,
@@ -661,45 +709,8 @@ impl Core {
         }
     }
 
-    /// Before the thread announces its sleep ([`Core::wait`]): with IO of
-    /// its own in the kernel and nothing to reap yet, a thread that watches
-    /// ([`Core::with_watch`]) starts what is queued, then watches for a
-    /// completion, `pending()` or the sockets' kicks until the watch ends
-    /// or `at`, yielding the CPU now and then ([`crate::engine::watch`]).
-    /// At QD1 the completion then needs no wake-up of the thread nor of
-    /// its idle vCPU. It only returns: the wait goes on as it would have,
-    /// and returns at once when something came (the kernel runs the
-    /// deferred completions it flagged in that same `io_uring_enter`).
-    /// With more than [`crate::engine::watch::WATCH_DEPTH`] ops in the
-    /// kernel, or completions already there, it does not watch (a
-    /// comparison or two loads).
-    #[inline]
-    fn watch_first(&mut self, at: Option<Instant>, sends: u32, pending: &dyn Fn() -> bool) {
-        if !self.watch.wants(self.inflight)
-            || sends > 0
-            || !self.gate.is_empty()
-            || Core::completions_seen(&mut self.ring, self.taskrun_flag)
-        {
-            return;
-        }
-        let t0 = Instant::now();
-        self.watch_t0 = Some(t0);
-        let Some(end) = self.watch.end(t0, at) else {
-            return;
-        };
-        if !self.ring.submission().is_empty() {
-            // The IO must be in the kernel before its completion is
-            // watched for.
-            let _ = self.ring.submit();
-        }
-        let (ring, kicks, flag) = (&mut self.ring, &self.kicks, self.taskrun_flag);
-        crate::engine::watch::watch(end, &mut || {
-            Core::completions_seen(ring, flag) || pending() || kicks.pending.load(Ordering::SeqCst)
-        });
-    }
-
     /// Completes the ops whose CQEs have arrived.
-    pub(in crate::engine) fn reap(&mut self) {
+    fn reap(&mut self) {
         // The SENDs pushed before are submitted and reaped here, or not
         // yet submitted (then the next wait waits for one event less than
         // it could: a second call, never a late one).

@@ -6,6 +6,7 @@ use super::fixed::REFUSED;
 use super::ring::Cqes;
 use super::*;
 use crate::engine::manual::kit::{op, Recorder, TempDev};
+use crate::engine::reactor::ReactorCore;
 use crate::engine::OpKind;
 use crate::memory::caller::CallerPtr;
 use crate::memory::pool::Pool;
