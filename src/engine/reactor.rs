@@ -8,8 +8,10 @@
 //! to ops sent after the reactor is gone are written once, here. A core
 //! says what it can do through [`ReactorCore`].
 
+use super::sched::Sched;
 use super::{IoOp, Timer, Wake};
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -30,11 +32,25 @@ pub(super) enum Msg {
 /// A reactor's core: one ring or AIO context and the ops in it, owned by
 /// the reactor thread.
 pub(super) trait ReactorCore {
-    /// Takes new ops (fault rules first, then the backlog).
-    fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>);
-    fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>);
+    /// The core's scheduler (deadlines, fault rules' delayed and held ops)
+    /// and its backlog (ops waiting for room in the kernel).
+    fn sched_and_backlog(&mut self) -> (&mut Sched, &mut VecDeque<IoOp>);
+    /// Takes new ops: fault rules first, then the backlog.
+    fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
+        let (sched, backlog) = self.sched_and_backlog();
+        for op in ops {
+            if let Some(op) = sched.admit(op) {
+                backlog.push_back(op);
+            }
+        }
+    }
+    fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
+        self.sched_and_backlog().0.arm(at, timer);
+    }
     /// At shutdown: no deadline fires any more.
-    fn clear_deadlines(&mut self);
+    fn clear_deadlines(&mut self) {
+        self.sched_and_backlog().0.clear_deadlines();
+    }
     /// Fires due timers and starts ready ops.
     fn pump(&mut self, now: Instant);
     /// No op in the kernel, queued or parked.

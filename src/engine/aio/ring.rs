@@ -31,12 +31,12 @@ use crate::engine::reactor::ReactorCore;
 use crate::engine::sched::Sched;
 use crate::engine::uring::{ppoll_until, Waker};
 use crate::engine::watch::{watch, Watch};
-use crate::engine::{IoOp, OpKind, Timer};
+use crate::engine::{IoOp, OpKind};
 use crate::memory::lib_pages;
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Iocbs per `io_submit` at most.
@@ -433,21 +433,8 @@ impl Core {
 }
 
 impl ReactorCore for Core {
-    /// Takes new ops: fault rules first, then the backlog.
-    fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
-        for op in ops {
-            if let Some(op) = self.sched.admit(op) {
-                self.backlog.push_back(op);
-            }
-        }
-    }
-
-    fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
-        self.sched.arm(at, timer);
-    }
-
-    fn clear_deadlines(&mut self) {
-        self.sched.clear_deadlines();
+    fn sched_and_backlog(&mut self) -> (&mut Sched, &mut VecDeque<IoOp>) {
+        (&mut self.sched, &mut self.backlog)
     }
 
     /// No op in the kernel, queued or parked.

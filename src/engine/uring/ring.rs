@@ -9,14 +9,14 @@ use super::{Core, Slot};
 use crate::engine::gate;
 use crate::engine::reactor::ReactorCore;
 use crate::engine::sched::Sched;
-use crate::engine::{IoOp, OpKind, Timer};
+use crate::engine::{IoOp, OpKind};
 use crate::error::{Error, Result};
 use crate::memory::{lib_pages, pages};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub(super) const WAKE: u64 = u64::MAX;
@@ -604,21 +604,8 @@ impl ReactorCore for Core {
         Core::unregister(self, region);
     }
 
-    /// Takes new ops: fault rules first, then the backlog.
-    fn admit(&mut self, ops: impl IntoIterator<Item = IoOp>) {
-        for op in ops {
-            if let Some(op) = self.sched.admit(op) {
-                self.backlog.push_back(op);
-            }
-        }
-    }
-
-    fn arm(&mut self, at: Instant, timer: Weak<dyn Timer>) {
-        self.sched.arm(at, timer);
-    }
-
-    fn clear_deadlines(&mut self) {
-        self.sched.clear_deadlines();
+    fn sched_and_backlog(&mut self) -> (&mut Sched, &mut VecDeque<IoOp>) {
+        (&mut self.sched, &mut self.backlog)
     }
 
     /// No op in the kernel, queued or parked.
