@@ -80,7 +80,7 @@ pub(crate) struct Watch {
     since: Option<Instant>,
     /// When the last wait counted ended.
     last: Option<Instant>,
-    /// The waits an event ended in this phase, after its settling time.
+    /// The completions counted in this phase, after its settling time.
     hits: u32,
 }
 
@@ -156,8 +156,8 @@ impl Watch {
         })
     }
 
-    /// After a wait that began at `t0` with IO in the kernel: `hit`, a
-    /// completion ended it. As KVM's halt polling does, the watch doubles
+    /// After a wait that began at `t0` with IO in the kernel: `events`,
+    /// the completions that ended it (0: something else did). As KVM's halt polling does, the watch doubles
     /// (from [`WATCH_MIN_NS`] up to the longest) when a completion ended
     /// the wait within [`WATCH_MAX`], and halves (below `WATCH_MIN_NS`:
     /// off) when the wait lasted longer, whatever ended it. A shorter wait
@@ -165,15 +165,15 @@ impl Watch {
     /// changes nothing; a longer one halves it too, so a thread that other
     /// threads keep waking while its own IO is stuck stops watching.
     ///
-    /// It also counts the wait for the trial (see the module's text): the
-    /// waits an event ended count, each for how long it lasted.
-    pub(crate) fn adapt(&mut self, t0: Instant, hit: bool) {
+    /// It also counts the completions for the trial (see the module's text).
+    pub(crate) fn adapt(&mut self, t0: Instant, events: usize) {
         if self.max == 0 {
             return;
         }
+        let hit = events > 0;
         let now = Instant::now();
         let took = now.saturating_duration_since(t0).as_nanos();
-        self.count(now, hit);
+        self.count(now, events as u32);
         if self.sleeps_at_once() {
             return;
         }
@@ -190,12 +190,12 @@ impl Watch {
 }
 
 impl Watch {
-    /// Counts a wait that ended at `now` (`hit`: an event ended it), and
+    /// Counts a wait that ended at `now` with `events` completions, and
     /// moves the trial on: each try lasts [`TRIAL`] and counts the
     /// completions per second after its first [`TRIAL_SETTLE`]; the faster
     /// way is kept for [`KEEP`], watching only if it was faster by more
     /// than 5 % (sleeping at once costs less CPU).
-    fn count(&mut self, now: Instant, hit: bool) {
+    fn count(&mut self, now: Instant, events: u32) {
         let gap = self
             .last
             .is_some_and(|l| now.saturating_duration_since(l) > TRIAL_GAP);
@@ -220,8 +220,8 @@ impl Watch {
                 Phase::TryWatch
             }
             _ => {
-                if hit && age >= TRIAL_SETTLE {
-                    self.hits += 1;
+                if age >= TRIAL_SETTLE {
+                    self.hits = self.hits.saturating_add(events);
                 }
                 if age < TRIAL {
                     return;
@@ -267,26 +267,26 @@ mod tests {
         assert_eq!(max, WATCH_MAX.as_nanos() as u32);
         let late = Instant::now() - Duration::from_millis(1);
         for _ in 0..16 {
-            w.adapt(late, true);
+            w.adapt(late, 1);
         }
         assert_eq!(w.ns(), 0, "events later than the longest watch stop it");
         assert!(w.end(Instant::now(), None).is_none());
         assert!(w.enabled(), "stopped, not off: a prompt event restarts it");
-        w.adapt(Instant::now(), true);
+        w.adapt(Instant::now(), 1);
         assert_eq!(w.ns(), WATCH_MIN_NS, "a prompt event starts it again");
         for _ in 0..16 {
-            w.adapt(Instant::now(), true);
+            w.adapt(Instant::now(), 1);
         }
         assert_eq!(w.ns(), max, "it grows back to the longest, no further");
-        w.adapt(Instant::now(), false);
+        w.adapt(Instant::now(), 0);
         assert_eq!(
             w.ns(),
             max,
             "a short wait something else ended changes nothing"
         );
-        w.adapt(late, false);
+        w.adapt(late, 0);
         assert_eq!(w.ns(), max / 2, "a long wait without an event halves it");
-        w.adapt(late, true);
+        w.adapt(late, 1);
         assert_eq!(w.ns(), max / 4, "a long wait halves it whatever ended it");
     }
 
@@ -296,7 +296,7 @@ mod tests {
         let end = *t + d;
         while *t < end {
             *t += Duration::from_micros(every_us);
-            w.count(*t, true);
+            w.count(*t, 1);
         }
     }
 
@@ -341,7 +341,7 @@ mod tests {
         let mut w = Watch::off();
         assert!(!w.enabled());
         for _ in 0..4 {
-            w.adapt(Instant::now(), true);
+            w.adapt(Instant::now(), 1);
         }
         assert_eq!(w.ns(), 0);
         assert!(w.end(Instant::now(), None).is_none());

@@ -102,6 +102,9 @@ pub(super) struct Core {
     /// How long the thread watches the kernel's ring before it sleeps
     /// ([`Core::with_watch`]).
     watch: Watch,
+    /// When the watch that ended the last wait began (its events are
+    /// counted by the reap that follows).
+    watch_t0: Option<Instant>,
 }
 
 /// The iocb of `op`'s next step, with `aio_data` `idx`: an fdatasync for a
@@ -179,6 +182,7 @@ impl Core {
             blocking: None,
             punted: Vec::new(),
             watch: Watch::off(),
+            watch_t0: None,
             #[cfg(test)]
             nowait_files: false,
         };
@@ -484,7 +488,8 @@ impl ReactorCore for Core {
             let ctx = &self.ctx;
             if let Some(end) = self.watch.end(t0, at) {
                 if watch(end, &mut || ctx.has_events() || pending()) {
-                    self.watch.adapt(t0, self.ctx.has_events());
+                    // The reap that follows counts the events for the watch.
+                    self.watch_t0 = Some(t0);
                     return;
                 }
             }
@@ -508,8 +513,10 @@ impl ReactorCore for Core {
         };
         self.waker.sleeping.store(false, Ordering::SeqCst);
         if let Some(t0) = watched {
-            let hit = self.events[..self.got].iter().any(|e| e.data != POLL_TOKEN);
-            self.watch.adapt(t0, hit);
+            let events = self.events[..self.got]
+                .iter()
+                .filter(|e| e.data != POLL_TOKEN);
+            self.watch.adapt(t0, events.count());
         }
         if let Err(e) = r {
             eprintln!("libdmio: waiting for AIO completions failed: {e}");
@@ -521,10 +528,15 @@ impl ReactorCore for Core {
     /// then what `io_getevents` gives while the ring has more.
     fn reap(&mut self) {
         let mut n = std::mem::take(&mut self.got);
+        let watched = self.watch_t0.take();
         if n == 0 && !self.may_have_events() {
+            if let Some(t0) = watched {
+                self.watch.adapt(t0, 0);
+            }
             return;
         }
         let mut events = std::mem::take(&mut self.events);
+        let mut completed = 0;
         loop {
             if n == 0 {
                 n = self.ctx.reap(&mut events);
@@ -543,6 +555,7 @@ impl ReactorCore for Core {
                 let Some(mut op) = self.disown(ev.data as usize) else {
                     continue;
                 };
+                completed += 1;
                 self.full = false;
                 let res = ev.res.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
                 if res == -libc::EAGAIN && self.nowait(&op) {
@@ -567,6 +580,9 @@ impl ReactorCore for Core {
             }
         }
         self.events = events;
+        if let Some(t0) = watched {
+            self.watch.adapt(t0, completed);
+        }
         self.punt();
     }
 }

@@ -722,8 +722,8 @@ impl ReactorCore for Core {
         if let Some(t0) = self.watch_t0.take() {
             // A completion of the ring's IO ended the wait, or something
             // else did (a wake-up, a timer).
-            let hit = cqes.iter().any(|&(ud, _)| ud != WAKE);
-            self.watch.adapt(t0, hit);
+            let events = cqes.iter().filter(|&&(ud, _)| ud != WAKE).count();
+            self.watch.adapt(t0, events);
         }
         for &(ud, res) in cqes.iter() {
             if ud == WAKE {
