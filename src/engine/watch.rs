@@ -157,8 +157,9 @@ impl Watch {
     }
 
     /// After a wait that began at `t0` with IO in the kernel: `events`,
-    /// the completions that ended it (0: something else did). As KVM's halt polling does, the watch doubles
-    /// (from [`WATCH_MIN_NS`] up to the longest) when a completion ended
+    /// the completions that ended it (0: something else did). As KVM's
+    /// halt polling does, the watch doubles (from [`WATCH_MIN_NS`] up to
+    /// the longest) when a completion ended
     /// the wait within [`WATCH_MAX`], and halves (below `WATCH_MIN_NS`:
     /// off) when the wait lasted longer, whatever ended it. A shorter wait
     /// that something else ended (work from another thread, a timer)
@@ -187,9 +188,7 @@ impl Watch {
             }
         }
     }
-}
 
-impl Watch {
     /// Counts a wait that ended at `now` with `events` completions, and
     /// moves the trial on: each try lasts [`TRIAL`] and counts the
     /// completions per second after its first [`TRIAL_SETTLE`]; the faster

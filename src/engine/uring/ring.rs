@@ -126,6 +126,8 @@ fn run_op_inline(op: &IoOp) -> i32 {
 /// starts the read, instead of sleeping under it. Deeper, the extra call
 /// costs more than it saves (QD32: 5-10 % fewer IOPS).
 const SUBMIT_APART_DEPTH: usize = 4;
+// A watch ([`Core::watch_first`]) relies on that submission.
+const _: () = assert!(crate::engine::watch::WATCH_DEPTH <= SUBMIT_APART_DEPTH);
 
 /// A ring for one reactor thread: completions are processed only when the
 /// reactor asks for them (DEFER_TASKRUN, no interruptions while it works),
@@ -557,9 +559,9 @@ impl Core {
         }
     }
 
-    /// Before the thread announces its sleep ([`Core::wait`]): with IO of
-    /// its own in the kernel and nothing to reap yet, a thread that watches
-    /// ([`Core::with_watch`]) starts what is queued, then watches for a
+    /// Before the thread announces its sleep ([`Core::wait`]), once what
+    /// was queued is in the kernel: with IO of its own there and nothing to
+    /// reap yet, a thread that watches ([`Core::with_watch`]) watches for a
     /// completion, `pending()` or the sockets' kicks until the watch ends
     /// or `at`, yielding the CPU now and then ([`crate::engine::watch`]).
     /// At QD1 the completion then needs no wake-up of the thread nor of
@@ -583,11 +585,6 @@ impl Core {
         let Some(end) = self.watch.end(t0, at) else {
             return;
         };
-        if !self.ring.submission().is_empty() {
-            // The IO must be in the kernel before its completion is
-            // watched for.
-            let _ = self.ring.submit();
-        }
         let (ring, kicks, flag) = (&mut self.ring, &self.kicks, self.taskrun_flag);
         crate::engine::watch::watch(end, &mut || {
             Core::completions_seen(ring, flag) || pending() || kicks.pending.load(Ordering::SeqCst)
@@ -648,6 +645,12 @@ impl ReactorCore for Core {
         }
         // `now`: the caller's clock reading, or read here if a timer needs it.
         let at = self.sched.sleep_until(now, max);
+        if self.inflight <= SUBMIT_APART_DEPTH && !self.ring.submission().is_empty() {
+            // Few ops: start them in a call of their own, then wait (or
+            // watch: the IO must be in the kernel before its completion is
+            // watched for, and a watch needs at most WATCH_DEPTH ops).
+            let _ = self.ring.submit();
+        }
         self.watch_first(at, sends, pending);
         if !self.waker.announce_sleep(at, &|| {
             pending() || self.kicked() || self.gate.slot_freed(&self.waker)
@@ -676,10 +679,6 @@ impl ReactorCore for Core {
         } else {
             1
         };
-        if self.inflight <= SUBMIT_APART_DEPTH && !self.ring.submission().is_empty() {
-            // Few ops: start them in a call of their own, then wait.
-            let _ = self.ring.submit();
-        }
         let ts;
         let mut args = types::SubmitArgs::new();
         if want > 1 {
