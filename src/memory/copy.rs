@@ -63,6 +63,24 @@ mod x86 {
     /// As for [`super::copy`], and the CPU must have AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn copy_avx2(dst: *mut u8, src: *const u8, n: usize) {
+        if n == 4096 {
+            // One page, the usual copy (a 4 KiB read or write): eight
+            // 512-byte blocks straight through, no loop and no tail
+            // checks (about 260 instructions instead of 295).
+            macro_rules! half_kib {
+                ($($k:literal)+) => {$(
+                    // SAFETY: `n == 4096` and `$k < 8`: the 512 bytes at
+                    // `$k * 512` lie in both ranges.
+                    unsafe {
+                        block!(dst.add($k * 512), src.add($k * 512),
+                            r0 0 r1 1 r2 2 r3 3 r4 4 r5 5 r6 6 r7 7
+                            r8 8 r9 9 r10 10 r11 11 r12 12 r13 13 r14 14 r15 15)
+                    };
+                )+};
+            }
+            half_kib!(0 1 2 3 4 5 6 7);
+            return;
+        }
         let mut i = 0;
         while i + 1024 <= n {
             // SAFETY: `i + 1024 <= n`: both 1 KiB ranges lie in the
