@@ -1,5 +1,6 @@
 /* Reads into library pages (dm_io_page_alloc, whole pages) run in those
- * pages with the io_uring engine: no private memory, no copy. They still
+ * pages with the io_uring and AIO engines: no private memory, no copy
+ * (io_uring reads them as a fixed buffer; AIO's io_submit pins them). They still
  * end CANCELLED at once while their IO is stuck in the kernel: the cancel
  * puts fresh pages under the caller's addresses and the stuck IO finishes
  * into the old ones, which the caller no longer sees. On a loop device
@@ -125,7 +126,8 @@ int main(void)
 	CHECK(dm_io_bdev_is_direct(dev) == 1, "%s not opened with O_DIRECT", hungdev_path(h));
 	/* max_size one page: the two-page read is two pieces. */
 	struct dm_io_client *cl = make_client(1, 4, PG);
-	int uring = stats(cl).engine == DM_IO_ENGINE_URING;
+	int engine = stats(cl).engine;
+	int in_place = engine == DM_IO_ENGINE_URING || engine == DM_IO_ENGINE_AIO;
 
 	fill_pattern(data, LEN, SEED);
 	CHECK_OK(sync_io(cl, DM_IO_WRITE, dev, OFF / 512, LEN / 512, data, 0));
@@ -144,12 +146,12 @@ int main(void)
 	CHECK_OK(async_io_one(cl, DM_IO_READ, pl_mem(), dev, OFF / 512, LEN / 512));
 	CHECK(pages_hold(SEED), "read into library pages differs");
 	struct dm_io_stats st = stats(cl);
-	if (uring)
+	if (in_place)
 		CHECK(st.private_bytes_high_water == hw0,
 		      "a read into library pages took private memory (high water %llu -> %llu)",
 		      (unsigned long long)hw0, (unsigned long long)st.private_bytes_high_water);
 	fprintf(stderr, "case 1: %s engine, private memory high water %llu -> %llu bytes\n",
-		uring ? "io_uring" : "thread-pool", (unsigned long long)hw0,
+		engine == DM_IO_ENGINE_URING ? "io_uring" : in_place ? "AIO" : "thread-pool", (unsigned long long)hw0,
 		(unsigned long long)st.private_bytes_high_water);
 
 	/* A file device with fault injection, for reads held before the kernel. */
@@ -185,7 +187,7 @@ int main(void)
 	 * 16 KiB bound) a read into a page goes through private memory (with
 	 * the thread-pool engine, the two stuck reads hold theirs too). */
 	uint64_t held = held_private(cl, fdev, p0);
-	CHECK(held == (uring ? 1 : 3) * PG, "with cancelled reads stuck, a held read into a page "
+	CHECK(held == (in_place ? 1 : 3) * PG, "with cancelled reads stuck, a held read into a page "
 	      "leaves %llu bytes of private memory in use", (unsigned long long)held);
 	mark(p0, PG);
 	release(h, "case 2");
@@ -239,7 +241,7 @@ int main(void)
 
 	/* ---- 6. a read held before the kernel, cancelled, then let go ---- */
 	held = held_private(cl, fdev, p0);
-	CHECK(held == (uring ? 0 : PG), "a held read into a page holds %llu bytes of private memory",
+	CHECK(held == (in_place ? 0 : PG), "a held read into a page holds %llu bytes of private memory",
 	      (unsigned long long)held);
 	CHECK_OK(dm_io_bdev_set_faults(fdev, "hang"));
 	tracker_init(&t, 1);

@@ -193,9 +193,10 @@ impl Client {
     }
 
     /// Whether `s` is a read whose every op (a `max_size` piece) lands in
-    /// whole library pages of one arena chunk, on the io_uring engine: it
-    /// then runs in those pages, with no private memory and no copy, and a
-    /// cancel detaches the pages instead of waiting ([`Mode::lib_pages`], [`lib_pages`]).
+    /// whole library pages of one arena chunk, on an engine that reads in
+    /// place ([`in_place_engine`]): it then runs in those pages, with no
+    /// private memory and no copy, and a cancel detaches the pages instead
+    /// of waiting ([`Mode::lib_pages`], [`lib_pages`]).
     pub(super) fn in_library_pages(&self, s: &Submit) -> bool {
         // Cheap looks first: most reads are not into library pages.
         let [r] = &*s.regions else {
@@ -206,7 +207,7 @@ impl Client {
             || s.mode.zero_copy
             || r.dev.remote().is_some()
             || !lib_pages::starts_in_arena(&s.mem)
-            || self.engine.kind() != EngineKind::Uring
+            || !in_place_engine(self.engine.kind(), r)
         {
             return false;
         }
@@ -217,5 +218,18 @@ impl Client {
             self.detached.load(Ordering::Relaxed),
             self.pool.bound(),
         )
+    }
+}
+
+/// Whether a read of region `r` into library pages runs in them on an
+/// engine of `kind`: io_uring reads them as a fixed buffer; AIO hands
+/// their address to `io_submit`, which pins them, on a device opened with
+/// O_DIRECT (others go to its thread pool, which reads through private
+/// memory). The thread-pool engine never does.
+fn in_place_engine(kind: EngineKind, r: &crate::request::RegionSpec) -> bool {
+    match kind {
+        EngineKind::Uring => true,
+        EngineKind::Aio => r.dev.direct(),
+        _ => false,
     }
 }

@@ -165,12 +165,13 @@ const RW_KNOWN: c_int = DM_IO_WRITE | DM_IO_SYNC | DM_IO_FLUSH | DM_IO_FUA | DM_
 /// Safety); a cancelled write's data on disk and a cancelled read's memory
 /// are undefined. By default the memory may have any alignment: IO runs on
 /// the client's private memory, and `dm_io` waits while all of it is in
-/// use (bounded memory, never growth). With the io_uring engine a read
-/// into whole pages from `dm_io_page_alloc` (each `max_size` piece within
-/// one allocation chunk of 64 pages) runs in the pages, with no copy and
-/// the same guarantee, except a read already going into pages the kernel
-/// refused to register (`RLIMIT_MEMLOCK`): cancelled, it ends CANCELLED
-/// only when its IO ends.
+/// use (bounded memory, never growth). With the io_uring engine, and with
+/// the AIO engine on a device opened with O_DIRECT, a read into whole
+/// pages from `dm_io_page_alloc` (each `max_size` piece within one
+/// allocation chunk of 64 pages) runs in the pages, with no copy and the
+/// same guarantee, except a read already going into pages the kernel
+/// refused to register (`RLIMIT_MEMLOCK`, io_uring) or that AIO hands to
+/// its thread pool: cancelled, it ends CANCELLED only when its IO ends.
 ///
 /// With `DM_IO_ZERO_COPY` in `ctrl->flags` the IO runs in `ctrl->memory`
 /// itself (no private memory, no copy, no wait for memory), which must be

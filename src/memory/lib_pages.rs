@@ -7,7 +7,7 @@
 //!
 //! - **Which reads** ([`eligible`], asked by `Client::in_library_pages`
 //!   for single-region reads that are not hedged or zero-copy, on the
-//!   io_uring engine): each `max_size` piece is whole live arena pages of
+//!   io_uring engine, or the AIO engine on an O_DIRECT device): each `max_size` piece is whole live arena pages of
 //!   one chunk no ring refused ([`super::pages::LivePages::arena_span`]),
 //!   and the reads stuck in detached pages are within the private-memory
 //!   bound. The request's `Mode::lib_pages` says so; each op names its
@@ -17,7 +17,11 @@
 //!   (`Core::register_chunk`) when the chunk's [`generation`] is newer
 //!   than the ring's registration; a chunk the kernel will not register
 //!   is [`refuse`]d, and a read already headed there runs as a plain read
-//!   (`OpSink::demote`) or not at all.
+//!   (`OpSink::demote`) or not at all. AIO has no fixed buffers: its
+//!   `io_submit` pins the pages at the read's address before it returns,
+//!   and a [`detach`] waits for an `io_submit` under way in the chunk
+//!   ([`Submitting`]), so the kernel pins the old pages or the engine sees
+//!   the detached mark.
 //! - **Detach on cancel** (`Request::detach`, then [`detach_memory`] and
 //!   [`detach`]): the request is marked detached, fresh zeroed pages are
 //!   mapped over the caller's addresses and the chunks' generations
@@ -37,6 +41,41 @@ static GEN: [AtomicU32; MAX_CHUNKS] = [const { AtomicU32::new(0) }; MAX_CHUNKS];
 
 /// Per chunk: a ring could not register it; its pages use private memory.
 static REFUSED: [AtomicBool; MAX_CHUNKS] = [const { AtomicBool::new(false) }; MAX_CHUNKS];
+
+/// Per chunk: reads into its pages being handed to the kernel at their
+/// address ([`Submitting`]); a [`detach`] there waits for none to be.
+static SUBMITTING: [AtomicU32; MAX_CHUNKS] = [const { AtomicU32::new(0) }; MAX_CHUNKS];
+
+/// The longest a [`detach`] waits for the reads of [`Submitting`].
+const SUBMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A read into library pages of one chunk being handed to the kernel by
+/// address (the AIO engine's `io_submit`, which pins the pages mapped at
+/// that address before it returns), from before the engine looks at the
+/// request's detached mark until that system call returned. A [`detach`]
+/// in the chunk maps fresh pages only when no such read is being handed
+/// over: so either the engine sees the mark and drops the read, or the
+/// kernel pins the old pages and finishes the read there, unseen.
+/// (A detach waits for at most [`SUBMIT_WAIT`]; past it, it replaces
+/// nothing and the region waits for its IO, as when the kernel refuses
+/// the new mapping.)
+pub struct Submitting(u16);
+
+impl Submitting {
+    /// Starts handing a read in chunk `c` to the kernel: look at the
+    /// request's detached mark after this, drop the guard after the
+    /// system call.
+    pub fn start(c: u16) -> Submitting {
+        SUBMITTING[c as usize].fetch_add(1, Ordering::SeqCst);
+        Submitting(c)
+    }
+}
+
+impl Drop for Submitting {
+    fn drop(&mut self) {
+        SUBMITTING[self.0 as usize].fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The arena chunk of `addr`, an address [`LivePages::arena_span`]
 /// accepted.
@@ -72,6 +111,21 @@ pub fn detach(addr: usize, len: usize) -> bool {
     let (Some(first), Some(last)) = (chunk_of(addr), chunk_of(addr + len.max(1) - 1)) else {
         return false;
     };
+    // The request is marked detached (SeqCst, before this): a read of it
+    // being handed to the kernel by address now either saw the mark, or
+    // is pinning the old pages; wait for that system call to return. An
+    // `io_submit` that blocks (a file system reading its metadata from a
+    // hung disk) is not waited for: nothing is replaced, and the region
+    // waits for its IO instead.
+    let until = std::time::Instant::now() + SUBMIT_WAIT;
+    for n in &SUBMITTING[first..=last] {
+        while n.load(Ordering::SeqCst) != 0 {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
     // SAFETY: `[addr, addr + len)` is whole pages of mapped arena chunks
     // (checked at submission; chunks are never unmapped); replacing them
     // with fresh private pages only changes what the caller's addresses
@@ -185,5 +239,43 @@ mod tests {
         for q in again {
             assert!(free(q));
         }
+    }
+
+    #[test]
+    fn a_detach_waits_while_a_read_in_its_chunk_is_being_submitted() {
+        use std::sync::Arc;
+        let _one = DETACH_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let p = alloc().unwrap();
+        let c = chunk_index(p);
+        // A submission under way for a few ms: the detach maps fresh
+        // pages only after it returned (or, past its wait, not at all).
+        let submitting = Submitting::start(c);
+        let returned = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&returned);
+        let t = std::thread::spawn(move || {
+            let ok = detach(p, PAGE_SIZE);
+            assert!(
+                !ok || r.load(Ordering::SeqCst),
+                "the detach mapped fresh pages while a read there was being submitted"
+            );
+        });
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        returned.store(true, Ordering::SeqCst);
+        drop(submitting);
+        t.join().unwrap();
+        // A submission that does not return: the detach gives up,
+        // replacing nothing (the region then waits for its IO).
+        let stuck = Submitting::start(c);
+        // SAFETY: `p` is a live page of ours; no IO runs into it.
+        unsafe { *(p as *mut u8) = 7 };
+        assert!(!detach(p, PAGE_SIZE));
+        // SAFETY: as above.
+        assert_eq!(unsafe { *(p as *const u8) }, 7, "nothing was replaced");
+        drop(stuck);
+        // Another chunk's submission does not hold it up.
+        let other = Submitting::start(c.wrapping_add(1) % MAX_CHUNKS as u16);
+        assert!(detach(p, PAGE_SIZE));
+        drop(other);
+        assert!(free(p));
     }
 }

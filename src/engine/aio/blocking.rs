@@ -62,6 +62,7 @@ impl Blocking {
             .into_iter()
             .partition(|op| self.wants(op));
         *ops = rest;
+        plain_for_threads(&mut mine);
         match self.pool() {
             Ok(t) => t.submit(&mut mine),
             Err(e) => mine.into_iter().for_each(|op| op.complete(-e)),
@@ -69,7 +70,8 @@ impl Blocking {
     }
 
     /// Runs ops the AIO core already admitted (fault rules applied) and
-    /// the kernel would not start without blocking.
+    /// the kernel would not start without blocking (after
+    /// [`plain_for_threads`]).
     pub(super) fn run_admitted(&self, ops: Vec<IoOp>) {
         match self.pool() {
             Ok(t) => t.start_admitted(ops),
@@ -109,6 +111,24 @@ impl Blocking {
         match &*p {
             Pool::Running(t) => t.shutdown(),
             _ => *p = Pool::Refused(libc::ESHUTDOWN),
+        }
+    }
+}
+
+/// Reads into library pages among `ops`, which threads are about to run:
+/// a thread hands the read's address to the kernel only when it runs it,
+/// after a cancel may have mapped fresh pages there, so these run as plain
+/// reads, which a cancel waits for (`OpSink::demote`); one whose pages a
+/// cancel detached already ends now, unstarted.
+pub(super) fn plain_for_threads(ops: &mut Vec<IoOp>) {
+    if ops.iter().all(|op| op.lib_chunk.is_none()) {
+        return;
+    }
+    for op in std::mem::take(ops) {
+        if op.lib_chunk.is_some() && (op.sink.detached() || !op.sink.demote(op.region)) {
+            op.complete(-libc::ECANCELED);
+        } else {
+            ops.push(op);
         }
     }
 }

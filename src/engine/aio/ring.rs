@@ -99,6 +99,9 @@ pub(super) struct Core {
     pub(super) nowait_files: bool,
     /// Ops for `blocking`, handed over after the batch that found them.
     punted: Vec<IoOp>,
+    /// The reads into library pages of the `io_submit` under way
+    /// ([`lib_pages::Submitting`]).
+    submitting: Vec<lib_pages::Submitting>,
     /// How long the thread watches the kernel's ring before it sleeps
     /// ([`Core::with_watch`]).
     watch: Watch,
@@ -181,6 +184,7 @@ impl Core {
             events: vec![IoEvent::default(); EVENTS],
             blocking: None,
             punted: Vec::new(),
+            submitting: Vec::new(),
             watch: Watch::off(),
             watch_t0: None,
             #[cfg(test)]
@@ -267,10 +271,11 @@ impl Core {
         if self.punted.is_empty() {
             return;
         }
-        let ops = std::mem::take(&mut self.punted);
+        let mut ops = std::mem::take(&mut self.punted);
         // Run by a thread, they leave the count of ops the ring has in
         // the kernel.
         ops.iter().for_each(gate::give_back);
+        super::blocking::plain_for_threads(&mut ops);
         match &self.blocking {
             Some(b) => b.run_admitted(ops),
             None => ops.into_iter().for_each(|op| op.complete(-libc::EAGAIN)),
@@ -329,18 +334,22 @@ impl Core {
                     break;
                 };
                 let held = self.gate.popped();
-                // Library pages (only the io_uring engine picks them, see
-                // `Client::in_library_pages`): AIO cannot register them, so
-                // such a read runs as a plain read if the request lets it.
+                // Library pages: `io_submit` pins the pages mapped at the
+                // read's address before it returns, so a read that starts
+                // before a cancel detaches them finishes into them, unseen
+                // (the detach waits for this call, `lib_pages::Submitting`);
+                // one that a cancel detached already must not start.
                 if let Some(c) = op.lib_chunk {
-                    lib_pages::refuse(c);
-                    if op.sink.detached() || !op.sink.demote(op.region) {
+                    let submitting = lib_pages::Submitting::start(c);
+                    if op.sink.detached() {
+                        drop(submitting);
                         if held {
                             gate::give_back(&op);
                         }
                         op.complete(-libc::ECANCELED);
                         continue;
                     }
+                    self.submitting.push(submitting);
                 }
                 // A kernel slot of the op's disk, unless it holds one.
                 let op = if held {
@@ -394,6 +403,9 @@ impl Core {
                     }
                 }
             }
+            // The reads into library pages are pinned, refused or back
+            // in the backlog (where they look at the mark again).
+            self.submitting.clear();
             // What the kernel did not take goes back, in order, with the
             // slots the ops hold.
             for cb in iocbs[done..n].iter().rev() {

@@ -454,3 +454,62 @@ fn a_write_the_kernel_would_block_on_runs_on_the_thread_pool() {
         );
     }
 }
+
+#[test]
+fn library_page_reads_run_in_their_pages_and_go_to_threads_as_plain_reads() {
+    use crate::memory::caller::CallerPtr;
+    use crate::memory::{lib_pages, pages, PAGE_SIZE};
+    use std::sync::atomic::Ordering;
+    let _one = lib_pages::DETACH_TESTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let Some(mut core) = core(8) else { return };
+    let dev = TempDev::new("aio-pages");
+    let p = pages::alloc().unwrap();
+    let Some(c) = pages::LivePages::lock().arena_span(p, PAGE_SIZE) else {
+        eprintln!("skipped: no page arena");
+        assert!(pages::free(p));
+        return;
+    };
+    let read = |sink: &Arc<Recorder>, sector: u64| IoOp {
+        direct: CallerPtr::from_addr(p),
+        lib_chunk: Some(c),
+        ..op(OpKind::Read, &dev, sink, 0, sector * 512, 4096, None)
+    };
+    // SAFETY: `p` is a live page of ours; no IO runs into it now.
+    let first_byte = || unsafe { *(p as *const u8) };
+
+    // In place: the data lands in the page, no demotion.
+    let sink = Arc::new(Recorder::default());
+    core.admit([read(&sink, 24)]);
+    run(&mut core, &sink, 1);
+    assert_eq!(sink.results(), vec![(0, 4096)]);
+    assert_eq!(first_byte(), 24);
+    assert_eq!(sink.demotes.load(Ordering::SeqCst), 0, "ran in place");
+
+    // A request whose pages a cancel detached: its op never starts.
+    let sink = Arc::new(Recorder::default());
+    sink.detached.store(true, Ordering::SeqCst);
+    core.admit([read(&sink, 40)]);
+    run(&mut core, &sink, 1);
+    assert_eq!(sink.results(), vec![(0, -libc::ECANCELED)]);
+    assert_eq!(first_byte(), 24);
+
+    // Headed for a thread: a plain read (a cancel waits for it), or, if
+    // the pages are detached or the request will not wait, not at all.
+    let (plain, gone, refused) = (
+        Arc::new(Recorder::default()),
+        Arc::new(Recorder::default()),
+        Arc::new(Recorder::default()),
+    );
+    gone.detached.store(true, Ordering::SeqCst);
+    refused.refuse_demote.store(true, Ordering::SeqCst);
+    let mut ops = vec![read(&plain, 8), read(&gone, 8), read(&refused, 8)];
+    blocking::plain_for_threads(&mut ops);
+    assert_eq!(ops.len(), 1);
+    assert_eq!(plain.demotes.load(Ordering::SeqCst), 1);
+    assert_eq!(gone.results(), vec![(0, -libc::ECANCELED)]);
+    assert_eq!(refused.results(), vec![(0, -libc::ECANCELED)]);
+    drop(ops);
+    assert!(pages::free(p));
+}
