@@ -87,6 +87,9 @@ pub(super) struct Core {
     sched: Sched,
     ready: Vec<IoOp>,
     iocbs: Vec<Iocb>,
+    /// The iocb of the poll on the eventfd ([`Core::arm_poll`]), kept
+    /// while it is armed.
+    poll_cb: Box<Iocb>,
     events: Vec<IoEvent>,
     /// Where ops go that the kernel would start only by blocking: with it,
     /// reads and writes of block devices carry `RWF_NOWAIT` ([`Core::nowait`]),
@@ -181,6 +184,7 @@ impl Core {
             sched: Sched::default(),
             ready: Vec::new(),
             iocbs: Vec::with_capacity(BATCH),
+            poll_cb: Box::default(),
             events: vec![IoEvent::default(); EVENTS],
             blocking: None,
             punted: Vec::new(),
@@ -203,14 +207,18 @@ impl Core {
     /// Puts the poll on the eventfd into the context (one shot: its event
     /// disarms it); the errno if the kernel refuses it.
     fn arm_poll(&mut self) -> std::result::Result<(), i32> {
-        let mut cb = Iocb {
+        // In the core's own box, not on the stack: the event gives the
+        // iocb's address back, and tools that read the iocb there when
+        // the event comes (valgrind's `io_getevents`) must find it, not
+        // whatever the stack holds by then.
+        *self.poll_cb = Iocb {
             aio_data: POLL_TOKEN,
             aio_lio_opcode: IOCB_CMD_POLL,
             aio_fildes: self.waker.efd.as_raw_fd() as u32,
             aio_buf: libc::POLLIN as u64,
             ..Iocb::default()
         };
-        let mut ptrs = [&mut cb as *mut Iocb];
+        let mut ptrs = [&mut *self.poll_cb as *mut Iocb];
         // SAFETY: one live iocb, copied by the kernel during the call; a
         // poll names no buffer, and its fd, our eventfd, stays open until
         // the context is destroyed (`ctx` is dropped before `waker`), which
